@@ -99,7 +99,6 @@ class QuantConfig:
     calib: CalibConfig = field(default_factory=CalibConfig)
     gptq: GPTQOptions = field(default_factory=GPTQOptions)
     slim: SlimOptions = field(default_factory=SlimOptions)
-    skip: tuple[str, ...] = ()  # linear names (fnmatch patterns) left in full precision
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -129,6 +128,4 @@ class QuantConfig:
                     if f.name in vals and isinstance(vals[f.name], list):
                         vals[f.name] = tuple(vals[f.name])
                 d[key] = typ(**vals)
-        if "skip" in d:
-            d["skip"] = tuple(d["skip"])
         return cls(**d)
