@@ -17,6 +17,9 @@ A linear ``y = x W^T`` with ``W [N, K]`` (out_features N, in_features K) is stor
   position inside the group in g_idx order), so all groups of one bit-width are
   contiguous and each group stays contiguous. A short last group goes last in its
   bit-width run, so within a run group ``j`` covers columns ``[j*gs, (j+1)*gs)``.
+  (When bit-widths vary along both rows and columns, the sort key is the tuple of
+  a group's bit-widths over all row blocks, then group id; with rows of uniform
+  width (MixLLM) this is just the group id.)
 * ``row_perm``  int32 ``[N]`` or absent: output rows in storage order; present only
   when rows carry different bit-widths (MixLLM). Storage row ``i`` is original row
   ``row_perm[i]``, i.e. ``y[..., row_perm] = y_storage``.
@@ -24,7 +27,10 @@ A linear ``y = x W^T`` with ``W [N, K]`` (out_features N, in_features K) is stor
   rows ``[r0, r1)`` x columns ``[c0, c1)``, holding one bit-width ``b`` and one group
   size ``gs`` (every group full except possibly the last one of the segment).
   SliM-LLM: one row range, one segment per bit-width. MixLLM: one row range per
-  bit-width, each a single segment spanning all columns.
+  bit-width, each a single segment spanning all columns. Irregular group sizes
+  (a short group that is not last in its run) just split a run into more
+  segments; ``gs`` is the layer's largest group size. Kernels must accept any
+  list of segments that tiles the matrix.
 
 Per segment (``Ks = c1 - c0`` columns, ``Ns = r1 - r0`` rows, ``Gs = ceil(Ks/gs)`` groups):
 
