@@ -1,0 +1,67 @@
+"""QuantLinear: buffers named as in checkpoints, forward equals the dequantized matmul."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimq.kernels import BackendUnavailableError
+from slimq.nn import QuantLinear, set_backend
+from test_packing import random_qt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bits", [3, "mixed", "rows"])
+def test_forward_equals_dequantized_matmul(dtype, bits):
+    n, k, gs = 45, 160, 32
+    b = {3: 3, "mixed": torch.tensor([1, 2, 3, 4, 2]), "rows": torch.randint(2, 4, (n, 1)).expand(n, 5)}[bits]
+    qt = random_qt(n, k, gs, b)
+    bias = torch.randn(n)
+    layer = QuantLinear.from_quantized(qt, bias, dtype=dtype)
+    x = torch.randn(2, 7, k).to(dtype)
+    y = layer(x)
+    ref = x.double() @ qt.dequantize(torch.float64).T + bias.to(dtype).double()
+    assert y.dtype == dtype and y.shape == (2, 7, n)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    assert ((y.double() - ref).abs().max() / ref.abs().max()) < tol
+    assert torch.equal(layer.dequantize(), qt.dequantize())
+
+
+def test_state_dict_names_match_layout():
+    qt = random_qt(8, 96, 32, torch.randint(1, 4, (8, 3)))
+    layer = QuantLinear.from_quantized(qt, torch.zeros(8))
+    names = set(layer.state_dict())
+    assert {"col_perm", "row_perm", "bias"} <= names
+    assert all(n in {"col_perm", "row_perm", "bias"} or n.split(".")[0].startswith("seg") for n in names)
+    for i, m in enumerate(layer.segment_meta):
+        n_planes = {1: 1, 2: 1, 3: 2}[m["bits"]]
+        assert {f"seg{i}.plane{p}" for p in range(n_planes)} | {f"seg{i}.scales", f"seg{i}.zeros"} <= names
+    no_rows = QuantLinear.from_quantized(random_qt(8, 96, 32, 4))
+    assert "row_perm" not in no_rows.state_dict() and "bias" not in no_rows.state_dict()
+
+
+def test_empty_skeleton_loads_with_assign():
+    qt = random_qt(20, 100, 32, torch.tensor([2, 3, 2, 8]))
+    src = QuantLinear.from_quantized(qt, torch.randn(20), dtype=torch.float32)
+    skel = QuantLinear.empty(src.meta(), dtype=torch.float32)
+    assert all(t.is_meta for t in skel.state_dict().values())
+    assert {k: tuple(v.shape) for k, v in skel.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in src.state_dict().items()}
+    skel.load_state_dict(src.state_dict(), assign=True)
+    x = torch.randn(3, 100)
+    assert torch.equal(skel(x), src(x))
+
+
+def test_backend_choice():
+    layer = QuantLinear.from_quantized(random_qt(4, 64, 32, 4), backend="reference")
+    assert layer(torch.randn(1, 64)).shape == (1, 4)
+    with pytest.raises(BackendUnavailableError, match="nonexistent"):
+        set_backend(layer, "nonexistent", "cpu")
+    layer.backend = "nonexistent"
+    with pytest.raises(BackendUnavailableError):
+        layer(torch.randn(1, 64))
+
+
+def test_extra_repr_shows_bits():
+    layer = QuantLinear.from_quantized(random_qt(4, 64, 32, torch.tensor([2, 4])))
+    r = repr(layer)
+    assert "avg_bits=3.000" in r and "2b:50%" in r and "4b:50%" in r
