@@ -106,7 +106,11 @@ def quantize(
     from slimq.models.loading import load_model
     from slimq.quant.methods import NEEDS_HESSIAN, NEEDS_SAMPLES, get_method
 
+    from slimq.data import load_texts
+
     device = device or default_device()
+    if NEEDS_HESSIAN[config.method]:  # fail on bad calibration data before the (slow) model load
+        load_texts(config.calib.dataset, purpose="calibration", data_dir=data_dir)
     source = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "<model>")
     if isinstance(model, str):
         model, tok = load_model(model, dtype=_default_dtype(device))
@@ -187,7 +191,11 @@ def evaluate(
     from slimq.models import get_arch
     from slimq.models.loading import load_model
 
+    from slimq.data import load_texts
+
     device = device or default_device()
+    for name in ppl:  # fail on a bad dataset before the (slow) model load
+        load_texts(name, purpose="evaluation", data_dir=data_dir)
     t0 = time.perf_counter()
     if isinstance(model, (str, Path)):
         if is_quantized_dir(model):
