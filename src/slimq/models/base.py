@@ -156,25 +156,25 @@ def check_arch(model: nn.Module, arch: ArchSpec) -> None:
     """Check every block's linears exist with consistent shapes.
 
     A linear's in-features must equal the hidden size or the out-features of a
-    linear in an earlier group (o_proj after v_proj, down_proj after up_proj);
+    linear in the previous group (o_proj after q/k/v, down_proj after gate/up);
     the last group must write back to the hidden size. This catches a wrong
     Conv1D flag or a wrong path, which would otherwise quantize the wrong axis.
     """
     hidden = hidden_size_of(model)
     for i, block in enumerate(get_blocks(model, arch)):
         linears = block_linears(block, arch)
-        widths = {hidden}
+        prev_outs: set[int] = set()
         for group in arch.sequential:
             outs = set()
             for name in group:
                 k, n = _in_out(linears[name], arch, f"{arch.blocks}.{i}.{name}")
-                if k not in widths:
+                if k != hidden and k not in prev_outs:
                     raise ArchMappingError(
                         f"{arch.blocks}.{i}.{name}: in_features {k} is neither the hidden size {hidden} "
-                        f"nor an earlier linear's out_features {sorted(widths - {hidden})}"
+                        f"nor an out_features of the previous group {sorted(prev_outs)}"
                     )
                 outs.add(n)
-            widths |= outs
+            prev_outs = outs
         for name in arch.sequential[-1]:
             n = _in_out(linears[name], arch, name)[1]
             if n != hidden:
