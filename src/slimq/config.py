@@ -74,10 +74,13 @@ class SlimOptions:
     sqc_lambda: float = 2.0
     sqc_threshold: float = 2.0
     sqc_grid: tuple[float, float, int] = (0.9, 1.1, 101)  # (low, high, points) of the range scale p
-    # SBA: which bit-widths groups may take, relative to the target N.
+    # SBA: which bit-widths groups may take, relative to N = floor(bits): a contiguous
+    # run of integers containing 0, e.g. (-1, 0, 1) (paper) or (-1, 0, 1, 2).
     palette: tuple[int, ...] = (-1, 0, 1)
-    # SBA candidate scoring: "rtn" (authors' code) or "gptq" (error after compensation).
+    # SBA candidate scoring: "rtn" (authors' code) or "gptq" (output KL after GPTQ
+    # compensation, on the `gptq_shortlist` best RTN-scored allocations; one GPTQ run each).
     score: str = "rtn"
+    gptq_shortlist: int = 3
     allocation_file: str | None = None  # reuse a saved allocation instead of searching
 
     def __post_init__(self) -> None:
@@ -85,6 +88,11 @@ class SlimOptions:
         lo, hi, n = self.sqc_grid
         _check(0 < lo <= hi and int(n) >= 1, f"sqc_grid must be (low>0, high>=low, points>=1), got {self.sqc_grid}")
         _check(0 in self.palette, f"palette must contain 0 (the target width), got {self.palette}")
+        pal = sorted(self.palette)
+        _check(all(isinstance(o, int) and not isinstance(o, bool) for o in pal)
+               and pal == list(range(pal[0], pal[-1] + 1)) and -7 <= pal[0] and pal[-1] <= 7,
+               f"palette must be distinct contiguous integers in -7..7, e.g. (-1, 0, 1), got {self.palette}")
+        _check(self.gptq_shortlist >= 1, f"gptq_shortlist must be >= 1, got {self.gptq_shortlist}")
         _check(self.score in ("rtn", "gptq"), f"score must be 'rtn' or 'gptq', got {self.score!r}")
 
 
