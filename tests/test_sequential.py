@@ -192,8 +192,9 @@ def test_capture_records_per_block_masks():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("activations_device", [None, "cpu"])
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma2"])
-def test_cuda_one_block_on_device_and_matches_cpu(model_type):
+def test_cuda_one_block_on_device_and_matches_cpu(model_type, activations_device):
     model = tiny_model(model_type)
     arch = get_arch(model)
     ids = calib()
@@ -205,7 +206,8 @@ def test_cuda_one_block_on_device_and_matches_cpu(model_type):
         seen.append((job.block_index, on_gpu, job.W.device.type, job.H.device.type))
         return rtn(job.W.cpu())
 
-    results = quantize_blocks(model, arch, ids, quantizer, device="cuda", progress=False)
+    results = quantize_blocks(model, arch, ids, quantizer, device="cuda", progress=False,
+                              activations_device=activations_device)
     assert all(on_gpu == {i} and w == "cuda" and h == "cuda" for i, on_gpu, w, h in seen)
     assert all(not p.is_cuda for p in model.parameters())
     for name, qt in results.items():  # bit-exact is too strict across devices: allow a few codes to flip

@@ -169,15 +169,14 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def _run_block(block: nn.Module, hidden: list[torch.Tensor], args: tuple, kwargs: dict[str, Any],
-               device: torch.device | str, keep: bool) -> list[torch.Tensor]:
-    """Run ``block`` on every sample; returns outputs (on each input's device) if ``keep``."""
-    outs = []
-    for h in hidden:
+               device: torch.device | str, replace: bool) -> None:
+    """Run ``block`` on every sample; with ``replace``, each output takes its input's
+    place in ``hidden`` (on the input's device), so only one set of activations is alive."""
+    for j, h in enumerate(hidden):
         out = block(h.to(device), *args, **kwargs)
         out = out[0] if isinstance(out, (tuple, list)) else out
-        if keep:
-            outs.append(out.to(h.device))
-    return outs
+        if replace:
+            hidden[j] = out.to(h.device)
 
 
 class _InputStats:
@@ -223,7 +222,7 @@ def _collect(block: nn.Module, linears: dict[str, nn.Module], hidden: list[torch
     stats = _InputStats(linears, device, max_rows, seed)
     try:
         for h in hidden:
-            _run_block(block, [h], args, kwargs, device, keep=False)
+            _run_block(block, [h], args, kwargs, device, replace=False)
             stats.end_forward()
     finally:
         stats.remove()
@@ -259,7 +258,7 @@ def _quantize_one(name: str, i: int, module: nn.Module, acc: HessianAccumulator,
 def quantize_blocks(model: nn.Module, arch: ArchSpec, calib_ids: torch.LongTensor,
                     quantize_linear: QuantizeLinear, *, device: torch.device | str = "cpu",
                     true_sequential: bool = True, max_sample_rows: int = 2048, seed: int = 0,
-                    progress: bool = True, activations_device: torch.device | str = "cpu"
+                    progress: bool = True, activations_device: torch.device | str | None = None
                     ) -> dict[str, QuantizedTensor]:
     """Quantize every linear of every decoder block of ``model`` in place (fake quant).
 
@@ -275,7 +274,10 @@ def quantize_blocks(model: nn.Module, arch: ArchSpec, calib_ids: torch.LongTenso
         max_sample_rows: reservoir size of ``LinearJob.X_sample`` (0: none).
         seed: seed of the reservoir sampling.
         progress: show a per-block tqdm bar.
-        activations_device: where block inputs/outputs wait between blocks.
+        activations_device: where block inputs/outputs wait between blocks
+            (``nsamples * seqlen * hidden`` elements, twice); default ``device``.
+            ``"cpu"`` saves GPU memory at some speed (SmolLM2-135M, 128 x 2048,
+            H100: 35 s instead of 24 s with RTN).
 
     Returns:
         ``{full linear name: QuantizedTensor}`` (on CPU) for every quantized linear.
@@ -284,7 +286,8 @@ def quantize_blocks(model: nn.Module, arch: ArchSpec, calib_ids: torch.LongTenso
         raise ValueError(f"calib_ids must be int64 [nsamples, seqlen], got {calib_ids.dtype} {tuple(calib_ids.shape)}")
     check_arch(model, arch)
     blocks = get_blocks(model, arch)
-    inputs = capture_block_inputs(model, arch, calib_ids, device=device, activations_device=activations_device)
+    act_device = device if activations_device is None else activations_device
+    inputs = capture_block_inputs(model, arch, calib_ids, device=device, activations_device=act_device)
     groups = arch.sequential if true_sequential else (arch.linear_names,)
     results: dict[str, QuantizedTensor] = {}
     was_training = model.training
@@ -318,6 +321,6 @@ def _quantize_block(block: nn.Module, i: int, arch: ArchSpec, groups: tuple[tupl
                 if qt is not None:
                     results[full] = qt
             del accs
-        inputs.hidden = _run_block(block, inputs.hidden, args, kwargs, device, keep=True)
+        _run_block(block, inputs.hidden, args, kwargs, device, replace=True)
     finally:
         block.to(home)
