@@ -1,0 +1,231 @@
+"""Triton kernels for layout slimq.segmented-bitplane.v1 against the pure-torch reference.
+
+Without a GPU the same kernels run under the Triton interpreter (TRITON_INTERPRET=1, set
+below before the kernels are defined) on small shapes; with a GPU they are compiled and the
+CUDA-graph / larger-shape tests run too.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+GPU = torch.cuda.is_available()
+DEV = torch.device("cuda" if GPU else "cpu")
+# Without a GPU the kernels must be defined under the Triton interpreter, which triton decides
+# when it is imported. If something imported triton earlier in this process, the whole module
+# re-runs in a fresh interpreter-mode process (test_in_interpreter_subprocess) instead.
+_CHILD_FLAG = "SLIMQ_TEST_TRITON_INTERPRETER_CHILD"
+IN_PROCESS = GPU or "triton" not in sys.modules or os.environ.get(_CHILD_FLAG) == "1"
+if not GPU and IN_PROCESS:
+    os.environ["TRITON_INTERPRET"] = "1"
+triton = pytest.importorskip("triton")
+if not IN_PROCESS:
+    def test_in_interpreter_subprocess():
+        env = dict(os.environ, TRITON_INTERPRET="1", **{_CHILD_FLAG: "1"})
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                           env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+    pytest.skip("kernel tests ran in a subprocess (test_in_interpreter_subprocess)", allow_module_level=True)
+
+import slimq.kernels.triton as slt  # noqa: E402
+from slimq.format.packing import pack  # noqa: E402
+from slimq.kernels import BackendUnavailableError, get_backend  # noqa: E402
+from slimq.kernels.reference import packed_matmul_reference  # noqa: E402
+from slimq.quant.result import QuantizedTensor  # noqa: E402
+
+KernelConfig, Workspace, sbp_matmul, select_config = slt.KernelConfig, slt.Workspace, slt.sbp_matmul, slt.select_config
+
+
+def random_layer(n, k, gs, bits, *, seed=0, row_bits=None):
+    """Packed random layer ``[n, k]``. ``bits``: int, or a list of per-group widths (cycled);
+    ``row_bits``: per-row widths (MixLLM-style rows, gives a row_perm)."""
+    gen = torch.Generator().manual_seed(seed)
+    size = k if gs == -1 else gs
+    g = math.ceil(k / size)
+    g_idx = (torch.arange(k) // size).to(torch.int32)
+    if row_bits is not None:
+        b = torch.tensor([row_bits[i % len(row_bits)] for i in range(n)])[:, None].expand(n, g)
+    elif isinstance(bits, int):
+        b = torch.full((n, g), bits)
+    else:
+        order = torch.randperm(g, generator=gen)
+        b = torch.tensor([bits[int(order[i]) % len(bits)] for i in range(g)])[None].expand(n, g)
+    b = b.to(torch.int8).contiguous()
+    maxq = (1 << b.long()[:, g_idx.long()]) - 1
+    codes = torch.minimum((torch.rand(n, k, generator=gen) * (maxq + 1)).floor(), maxq.float()).to(torch.uint8)
+    scales = (torch.rand(n, g, generator=gen) * 0.02 + 2e-3).half()
+    zeros = (torch.rand(n, g, generator=gen) * (1 << b.long()).float()).half()
+    return pack(QuantizedTensor(codes.to(DEV), scales.to(DEV), zeros.to(DEV), g_idx.to(DEV), b.to(DEV), gs))
+
+
+def _rel_err(y, ref):
+    return float((y.float() - ref.float()).norm() / ref.float().norm())
+
+
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1.2e-2, torch.float32: 2e-3}
+
+
+def _check(p, m, dtype, cfg, *, bias=False, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, p.in_features, generator=gen).to(DEV, dtype)
+    b = torch.randn(p.out_features, generator=gen).to(DEV, dtype) if bias else None
+    ref = packed_matmul_reference(x, p, b)
+    out = torch.full((m, p.out_features), float("nan"), dtype=dtype, device=DEV)  # poison: all must be written
+    ws = Workspace(DEV, m, p.out_features, p.in_features, dtype, dequant=cfg is not None and cfg.path == "dequant")
+    y = sbp_matmul(x, p, b, out=out, workspace=ws, config=cfg)
+    assert y is out
+    assert bool(torch.isfinite(y).all()), "unwritten (NaN) outputs"
+    err = _rel_err(y, ref)
+    assert err < TOL[dtype], f"relative error {err:.2e} (path {cfg.path if cfg else 'auto'})"
+    assert not bool(ws.acc.any()), "the split-K workspace must be left zeroed"
+
+
+# (n, k, gs, bits): odd sizes, short last groups, 1..8 bits, SliM-style 1/2/3-bit mixes
+LAYERS = {
+    "mix123_short": (40, 200, 64, [1, 2, 3]),
+    "u3_odd": (33, 96, 32, 3),
+    "mix_wide": (24, 320, 64, [4, 5, 6, 7, 8]),
+    "u2_g128_short": (48, 300, 128, 2),
+    "unaligned_g20": (40, 100, 20, [2, 5]),
+}
+CFGS = {
+    "fma1": KernelConfig("fma", block_m=1, block_n=32, block_k=64),
+    "fma1_split_perseg": KernelConfig("fma", block_m=1, block_n=32, block_k=32, split_k=3, walk=False),
+    "fma_gather_m2": KernelConfig("fma", block_m=2, block_n=32, block_k=64, gather=True),
+    "dot": KernelConfig("dot", block_m=16, block_n=32, block_k=64),
+    "dot_split_gather": KernelConfig("dot", block_m=16, block_n=16, block_k=32, split_k=2, gather=True),
+    "gemm": KernelConfig("gemm", block_m=16, block_n=32, block_k=32),
+    "gemm_split_perseg": KernelConfig("gemm", block_m=16, block_n=16, block_k=64, split_k=2, walk=False),
+    "dequant": KernelConfig("dequant", block_n=32, block_k=64),
+}
+M_OF = {"fma1": 1, "fma1_split_perseg": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+        "gemm": 19, "gemm_split_perseg": 7, "dequant": 3}
+
+
+PATH_CASES = [("mix123_short", c) for c in CFGS] + [("u3_odd", c) for c in ("fma1", "dot_split_gather", "gemm")]
+
+
+@pytest.mark.parametrize("layer,cfg_name", PATH_CASES)
+def test_paths_match_reference(layer, cfg_name):
+    _check(random_layer(*LAYERS[layer]), M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=cfg_name != "dot")
+
+
+@pytest.mark.parametrize("layer,cfg_name", [("mix_wide", "fma1"), ("mix_wide", "gemm"), ("u2_g128_short", "dot"),
+                                            ("unaligned_g20", "fma1"), ("unaligned_g20", "dot")])
+def test_bit_widths_and_groupings(layer, cfg_name):
+    _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name])
+
+
+@pytest.mark.parametrize("dtype,cfg_name", [(torch.bfloat16, "fma1"), (torch.bfloat16, "dot"),
+                                            (torch.bfloat16, "gemm_split_perseg"), (torch.float32, "fma1"),
+                                            (torch.float32, "gemm_split_perseg")])
+def test_dtypes(dtype, cfg_name):
+    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path != "fma":
+        pytest.skip("the Triton interpreter computes bf16 tl.dot wrongly (numpy has no bf16); runs on GPU")
+    _check(random_layer(*LAYERS["mix123_short"], seed=5), M_OF[cfg_name], dtype, CFGS[cfg_name], bias=True)
+
+
+@pytest.mark.parametrize("cfg_name", ["fma1_split_perseg", "dot", "dequant"])
+def test_row_permuted_layers(cfg_name):
+    """Bit-widths varying along rows (MixLLM): several bands and a row_perm."""
+    p = random_layer(37, 128, 32, None, row_bits=[2, 4, 3], seed=7)
+    assert p.row_perm is not None and len({(s.r0, s.r1) for s in p.segments}) == 3
+    _check(p, M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=True)
+
+
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_auto_dispatch_and_registry(m):
+    p = random_layer(*LAYERS["mix123_short"], seed=11)
+    _check(p, m, torch.float16, None, bias=True)
+    x = torch.randn(2, m, p.in_features).to(DEV, torch.float16)
+    if GPU:
+        y = get_backend("triton", DEV).matmul(x, p, None)
+        assert y.shape == (2, m, p.out_features)
+        assert _rel_err(y, packed_matmul_reference(x, p)) < TOL[torch.float16]
+
+
+def test_select_config_is_explicit():
+    assert select_config(1, 4096, 4096).path == "fma"
+    assert [select_config(m, 4096, 4096).path for m in (2, 8, 16)] == ["dot"] * 3
+    assert [select_config(m, 4096, 4096).path for m in (17, 64, 256, 1024)] == ["gemm"] * 4
+    for m in (1, 16, 64, 1024):
+        for n, k in ((4096, 4096), (28672, 8192), (8192, 28672)):
+            cfg = select_config(m, n, k)
+            assert cfg.split_k >= 1 and cfg.block_k >= 32
+    with pytest.raises(ValueError, match="m, n, k must be >= 1"):
+        select_config(0, 8, 8)
+
+
+def test_config_and_input_errors():
+    with pytest.raises(ValueError, match="path must be one of"):
+        KernelConfig("cutlass")
+    with pytest.raises(ValueError, match="power of two"):
+        KernelConfig("gemm", block_n=48)
+    with pytest.raises(ValueError, match="block_k must be >= 32"):
+        KernelConfig("fma", block_k=16)
+    p = random_layer(*LAYERS["u3_odd"])
+    with pytest.raises(ValueError, match="x must be"):
+        sbp_matmul(torch.zeros(2, 5, device=DEV, dtype=torch.float16), p)
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        sbp_matmul(torch.zeros(2, p.in_features, device=DEV, dtype=torch.int32), p)
+    ws = Workspace(DEV, 1, p.out_features, p.in_features, torch.float16)
+    with pytest.raises(ValueError, match="workspace holds"):
+        sbp_matmul(torch.zeros(2, p.in_features, device=DEV, dtype=torch.float16), p, workspace=ws)
+    with pytest.raises(ValueError, match="dequant path needs"):
+        sbp_matmul(torch.zeros(1, p.in_features, device=DEV, dtype=torch.float16), p, workspace=ws,
+                   config=KernelConfig("dequant"))
+
+
+def test_backend_registration():
+    backend = get_backend("triton")
+    assert backend.priority > get_backend("reference").priority
+    assert "CUDA" in (backend.unavailable(torch.device("cpu")) or "")
+    with pytest.raises(BackendUnavailableError):
+        get_backend("triton", "cpu")
+
+
+# --- GPU only -------------------------------------------------------------------------------
+
+gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+
+
+@gpu
+@pytest.mark.parametrize("m", [1, 4, 16, 64, 300])
+@pytest.mark.parametrize("bits", [2, 3, 4, [1, 2, 3]])
+def test_gpu_shapes(m, bits):
+    p = random_layer(1000, 1100, 128, bits, seed=m)
+    _check(p, m, torch.float16, None, bias=True)
+    _check(p, m, torch.bfloat16, None)
+
+
+@gpu
+@pytest.mark.parametrize("m", [1, 8, 128])
+def test_cuda_graph_capture(m):
+    """With preallocated out/workspace a call allocates nothing and replays under a CUDA graph."""
+    p = random_layer(512, 640, 64, [1, 2, 3], seed=2)
+    x = torch.randn(m, p.in_features, device=DEV, dtype=torch.float16)
+    out = torch.empty(m, p.out_features, device=DEV, dtype=torch.float16)
+    ws = Workspace(DEV, m, p.out_features, p.in_features, torch.float16)
+    cfg = select_config(m, p.out_features, p.in_features)
+    cfg = KernelConfig(cfg.path, block_m=cfg.block_m, block_n=cfg.block_n, block_k=cfg.block_k, split_k=2,
+                       num_warps=cfg.num_warps, num_stages=cfg.num_stages, walk=False)
+    sbp_matmul(x, p, out=out, workspace=ws, config=cfg)  # compile outside the capture
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        sbp_matmul(x, p, out=out, workspace=ws, config=cfg)
+    assert torch.cuda.memory_allocated() == before
+    for _ in range(2):
+        x.copy_(torch.randn_like(x))
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        assert _rel_err(out, packed_matmul_reference(x, p)) < TOL[torch.float16]
+    assert not bool(ws.acc.any())
