@@ -175,3 +175,16 @@ def test_reference_matmul_checks_inputs():
         packed_matmul_reference(torch.randn(2, 63), packed)
     with pytest.raises(TypeError):
         packed_matmul_reference(torch.ones(2, 64, dtype=torch.int32), packed)
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 8])
+def test_byte_path_equals_arithmetic_path(width):
+    from slimq.format.packing import _pack_width, _pack_width_arith
+
+    ks, ns = 77, 6
+    part = torch.randint(0, 2 ** width, (ks, ns), dtype=torch.uint8)
+    per = 32 // width
+    n_words = math.ceil(ks / per)
+    padded = torch.zeros(n_words * per, ns, dtype=torch.uint8)
+    padded[:ks] = part
+    assert torch.equal(_pack_width(part, width), _pack_width_arith(padded, width, n_words))

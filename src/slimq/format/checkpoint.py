@@ -175,6 +175,11 @@ class CheckpointWriter:
             "segments": [s.meta() for s in packed.segments], **(extra or {}),
         }
 
+    def add_quantized(self, name: str, qt: QuantizedTensor, bias: torch.Tensor | None = None, *,
+                      conv1d: bool = False) -> None:
+        """Pack ``qt`` (``W [out, in]``) and queue it as linear ``name`` with its bit allocation."""
+        self.add_linear(name, pack(qt.to("cpu")), bias, {"conv1d": conv1d, **_bits_meta(qt)})
+
     def _flush(self) -> None:
         fname = f"shard-{len(self._shards):05d}.tmp"
         save_file(self._pending, str(self._tmp / fname), metadata={"format": "pt"})
@@ -306,8 +311,7 @@ def save_quantized(model: nn.Module, qtensors: dict[str, QuantizedTensor], quant
         for name, qt in qtensors.items():
             module, kind = targets[name]
             bias = getattr(module, "bias", None)
-            extra = {"conv1d": kind == "conv1d", **_bits_meta(qt)}
-            writer.add_linear(name, pack(qt.to("cpu")), None if bias is None else bias.to(dtype), extra)
+            writer.add_quantized(name, qt, None if bias is None else bias.to(dtype), conv1d=kind == "conv1d")
         return writer.finish(config, quant_config, dtype=dtype, tied=tied, tokenizer=tokenizer,
                              generation_config=getattr(model, "generation_config", None))
 

@@ -9,6 +9,7 @@ loops run over bit planes, the <= 32 slots of a word, patterns and segments.
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -44,8 +45,25 @@ def _pack_width(part: torch.Tensor, width: int) -> torch.Tensor:
     n_words = math.ceil(ks / per)
     padded = torch.zeros(n_words * per, ns, dtype=torch.uint8, device=part.device)
     padded[:ks] = part
-    slots = padded.view(n_words, per, ns)
-    acc = torch.zeros(n_words, ns, dtype=torch.int64, device=part.device)
+    if sys.byteorder != "little":
+        return _pack_width_arith(padded, width, n_words)
+    # Build the 4 bytes of each word (slot j sits in byte j*width//8), then reinterpret
+    # [.., 4] bytes as one little-endian int32: one pass over uint8 data, no int64 temporaries.
+    spb = 8 // width
+    slots = padded.view(n_words * 4, spb, ns)
+    byte = slots[:, 0, :].clone()
+    for i in range(1, spb):  # <= 8 slots per byte
+        byte |= slots[:, i, :] << (width * i)
+    out = torch.empty(n_words, ns, 4, dtype=torch.uint8, device=part.device)  # fresh, standard strides
+    out.copy_(byte.view(n_words, 4, ns).permute(0, 2, 1))
+    return out.view(torch.int32).reshape(n_words, ns)
+
+
+def _pack_width_arith(padded: torch.Tensor, width: int, n_words: int) -> torch.Tensor:
+    """Endianness-independent ``_pack_width`` on zero-padded ``[n_words * 32/width, Ns]`` uint8."""
+    per = 32 // width
+    slots = padded.view(n_words, per, padded.shape[1])
+    acc = torch.zeros(n_words, padded.shape[1], dtype=torch.int64, device=padded.device)
     for j in range(per):  # <= 32 slots: bounded, independent of the matrix size
         acc |= slots[:, j, :].to(torch.int64) << (width * j)
     return _to_int32_wrapping(acc)
@@ -71,9 +89,11 @@ def pack_planes(codes: torch.Tensor, bits: int) -> list[torch.Tensor]:
         raise ValueError(f"codes must be 2-D [Ks, Ns], got shape {tuple(codes.shape)}")
     if codes.dtype.is_floating_point or codes.dtype == torch.bool:
         raise TypeError(f"codes must have an integer dtype, got {codes.dtype}")
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= 2 ** bits):
-        raise ValueError(f"codes must lie in [0, {2 ** bits - 1}] for {bits}-bit planes, "
-                         f"got range [{int(codes.min())}, {int(codes.max())}]")
+    if codes.numel():
+        hi = int(codes.max())
+        lo = 0 if codes.dtype == torch.uint8 else int(codes.min())
+        if lo < 0 or hi >= 2 ** bits:
+            raise ValueError(f"codes must lie in [0, {2 ** bits - 1}] for {bits}-bit planes, got range [{lo}, {hi}]")
     c = codes.to(torch.uint8)
     planes, shift = [], 0
     for w in widths:
@@ -148,6 +168,13 @@ def _segments_of_block(pattern_bits: torch.Tensor, sizes: torch.Tensor, gs: int)
     return list(zip(starts[:-1], starts[1:]))
 
 
+def _take(t: torch.Tensor, idx: torch.Tensor, start: int, dim: int) -> torch.Tensor:
+    """``t.index_select(dim, idx)``, or a plain slice when ``idx`` is ``start, start+1, ...``."""
+    if bool((idx == torch.arange(start, start + idx.numel(), device=idx.device)).all()):
+        return t.narrow(dim, start, idx.numel())
+    return t.index_select(dim, idx)
+
+
 def pack(qt: QuantizedTensor) -> PackedLinear:
     """Pack ``qt`` (``W [N, K]``) into layout ``slimq.segmented-bitplane.v1``.
 
@@ -179,7 +206,7 @@ def pack(qt: QuantizedTensor) -> PackedLinear:
             cols = col_perm[c0:c1].to(dev)
             gids = order[g0:g1].to(dev)
             b = int(patterns[p, order[g0]])
-            codes = qt.codes[rows][:, cols].t()
+            codes = _take(_take(qt.codes, rows, r0, 0), cols, c0, 1).t()
             segments.append(Segment(
                 r0=r0, r1=r1, c0=c0, c1=c1, bits=b, group_size=gs,
                 planes=pack_planes(codes, b),
