@@ -275,7 +275,7 @@ def quantize_blocks(model: nn.Module, arch: ArchSpec, calib_ids: torch.LongTenso
         seed: seed of the reservoir sampling.
         progress: show a per-block tqdm bar.
         activations_device: where block inputs/outputs wait between blocks
-            (``nsamples * seqlen * hidden`` elements, twice); default ``device``.
+            (``nsamples * seqlen * hidden`` elements); default ``device``.
             ``"cpu"`` saves GPU memory at some speed (SmolLM2-135M, 128 x 2048,
             H100: 35 s instead of 24 s with RTN).
 
