@@ -2,6 +2,9 @@
 layer-output error against RTN on real SmolLM2 activations."""
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,6 +12,25 @@ from slimq.quant.gptq import _gptq_solve, gptq_quantize
 from slimq.quant.linalg import HessianError, inverse_hessian_cholesky
 from slimq.quant.primitives import fit_qparams
 from slimq.quant.rtn import rtn_quantize
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """These problems are small: on a shared 2-core machine extra intra-op threads only
+    spin (measured 5x slower with 2 threads under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    with _one_thread():
+        yield
+
 
 N, K = 16, 44  # K = 5 * 8 + 4: group size 8 leaves a short last group
 
@@ -98,11 +120,10 @@ def test_matches_float64_obs_reference(bits, gs, act_order, static) -> None:
 @pytest.mark.parametrize("gs", [8, 12, -1])
 def test_blocksize_does_not_change_result(gs: int) -> None:
     W, H = _problem(seed=3)
-    ref = gptq_quantize(W, H, bits=3, group_size=gs, blocksize=128)
-    for bs in (1, 5, 8, 13, 44):  # 5 and 13 make groups straddle block boundaries
-        for ao in (False, True):
+    for ao in (False, True):
+        base = gptq_quantize(W, H, bits=3, group_size=gs, blocksize=128, act_order=ao)
+        for bs in (1, 5, 13, 44):  # 5 and 13 make groups straddle block boundaries
             qt = gptq_quantize(W, H, bits=3, group_size=gs, blocksize=bs, act_order=ao)
-            base = ref if not ao else gptq_quantize(W, H, bits=3, group_size=gs, act_order=True)
             assert torch.equal(qt.codes, base.codes), (bs, ao)
             assert torch.equal(qt.g_idx, base.g_idx)
             assert torch.allclose(qt.dequantize(), base.dequantize(), rtol=0, atol=1e-6)
@@ -218,3 +239,84 @@ def test_cuda_matches_cpu() -> None:
         assert gpu.codes.is_cuda
         assert (gpu.codes.cpu() != cpu.codes).float().mean() < 0.01
         assert torch.allclose(gpu.dequantize().cpu(), cpu.dequantize(), atol=1e-3)
+
+
+# --- real activations ----------------------------------------------------------------
+_LAYER, _SEQ, _N_CALIB, _N_EVAL = 5, 256, 16, 4
+_LINEARS = ("self_attn.q_proj", "mlp.up_proj")  # both read the 576-wide hidden state
+
+
+def _capture_real_inputs() -> dict[str, torch.Tensor]:
+    """Weights and inputs of two layer-5 linears of SmolLM2-135M on WikiText-2 text:
+    ``{name}.W [N, 576]`` and ``{name}.X [tokens, 576]`` float32, calibration tokens first."""
+    loading = pytest.importorskip("slimq.models.loading")
+    try:
+        model, tok = loading.load_model("smollm2-local", dtype=torch.float32)
+    except loading.ModelLoadError as e:
+        pytest.skip(f"SmolLM2 not available: {e}")
+    text = (Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-test.raw").read_text()[:60000]
+    ids = tok(text, return_tensors="pt").input_ids[0, : _SEQ * (_N_CALIB + _N_EVAL)].view(-1, _SEQ)
+    layer = model.model.layers[_LAYER]
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in _LINEARS}
+
+    class _Stop(Exception):  # nothing after layer _LAYER is needed
+        pass
+
+    def stop(*_):
+        raise _Stop
+
+    hooks = [layer.get_submodule(name).register_forward_pre_hook(
+        lambda m, args, name=name: out[name].append(args[0].reshape(-1, args[0].shape[-1]).detach()))
+        for name in _LINEARS] + [layer.register_forward_hook(stop)]
+    try:
+        with torch.no_grad():
+            for row in ids:  # one sequence at a time keeps calibration tokens first
+                try:
+                    model(row[None])
+                except _Stop:
+                    pass
+    finally:
+        for h in hooks:
+            h.remove()
+    acts = {f"{name}.X": torch.cat(out[name]) for name in _LINEARS}
+    acts.update({f"{name}.W": layer.get_submodule(name).weight.detach().float().clone() for name in _LINEARS})
+    return acts
+
+
+@pytest.fixture(scope="session")
+def real_inputs(pytestconfig, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Cached in pytest's cache dir: the first run loads the model, later ones read a file."""
+    cache = getattr(pytestconfig, "cache", None)  # absent under -p no:cacheprovider
+    folder = cache.mkdir("slimq_gptq_real") if cache is not None else tmp_path_factory.mktemp("slimq_gptq_real")
+    path = folder / f"layer{_LAYER}_seq{_SEQ}x{_N_CALIB}+{_N_EVAL}_v1.pt"
+    if path.is_file():
+        return torch.load(path)
+    with _one_thread():  # session fixtures start before the module-wide one
+        acts = _capture_real_inputs()
+    torch.save(acts, path)
+    return acts
+
+
+def layer_output_errors(W, X, bits, gs, act_order=False):
+    """Output errors ``||X W^T - X W_q^T||_F`` of (GPTQ, RTN) on held-out tokens, and
+    GPTQ/RTN on the calibration tokens; GPTQ is calibrated on the first ``_N_CALIB``
+    sequences."""
+    n_cal = _SEQ * _N_CALIB
+    Xc, Xe = X[:n_cal], X[n_cal:]
+    H = (2 / n_cal) * (Xc.T @ Xc)
+    qg = gptq_quantize(W, H, bits=bits, group_size=gs, act_order=act_order).dequantize()
+    qr = rtn_quantize(W, bits=bits, group_size=gs).dequantize()
+    err = lambda Xs, Q: float(torch.linalg.norm(Xs @ (W - Q).T))  # noqa: E731
+    return err(Xe, qg), err(Xe, qr), err(Xc, qg) / err(Xc, qr)
+
+
+@pytest.mark.parametrize("name", _LINEARS)
+def test_gptq_beats_rtn_on_real_activations(real_inputs, name) -> None:
+    W, X = real_inputs[f"{name}.W"], real_inputs[f"{name}.X"]
+    assert W.shape[1] == 576 and X.shape == (_SEQ * (_N_CALIB + _N_EVAL), 576)
+    for bits in (2, 3, 4):
+        for gs in (128, 64):  # 576 = 4 * 128 + 64: g128 has a short last group
+            e_gptq, e_rtn, calib_ratio = layer_output_errors(W, X, bits, gs)
+            # measured held-out GPTQ/RTN 0.65-0.88, calibration 0.56-0.73 (see report)
+            assert e_gptq < 0.95 * e_rtn, (bits, gs, e_gptq, e_rtn)
+            assert calib_ratio < 0.8, (bits, gs, calib_ratio)

@@ -133,6 +133,7 @@ def _gptq_solve(W: torch.Tensor, H: torch.Tensor, *, bits: BitsSpec, group_size:
     gbits = resolve_group_bits(bits, len(bounds))
     W = W.to(torch.float32, copy=True)
     H = H.to(W.device)
+    salience = None if salience is None else salience.to(W.device)
     dead = dead_columns(H)
     W[:, dead] = 0
     if act_order:

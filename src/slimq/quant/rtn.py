@@ -114,6 +114,7 @@ def rtn_quantize(W: torch.Tensor, *, bits: BitsSpec, group_size: int, sym: bool 
     bounds = group_bounds(k, group_size)
     gbits = resolve_group_bits(bits, len(bounds))
     Wf = W.to(torch.float32)
+    salience = None if salience is None else salience.to(W.device)
     codes = torch.empty_like(Wf)
     scales = torch.empty(n, len(bounds), dtype=torch.float32, device=W.device)
     zeros = torch.empty_like(scales)
