@@ -64,7 +64,7 @@ def write_report(ckpt: Path, out: Path | None = None, *, layer: str | None = Non
     from slimq.format.checkpoint import read_quantization_config
 
     qcfg = read_quantization_config(ckpt)
-    layers = qcfg.get("layers", {})
+    layers = qcfg.get("linears", {})
     alloc = {name: meta["group_bits"] for name, meta in layers.items() if "group_bits" in meta}
     if not alloc:
         raise ValueError(f"{ckpt} records no per-group bit allocation")
@@ -72,7 +72,7 @@ def write_report(ckpt: Path, out: Path | None = None, *, layer: str | None = Non
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "allocation_heatmap.png"]
     plot_allocation_heatmap(alloc, written[0])
-    sal = {name: meta["group_salience"] for name, meta in layers.items() if meta.get("group_salience")}
+    sal = qcfg.get("config", {}).get("group_salience", {})
     if sal:
         name = layer or next(iter(sal))
         if name not in sal:
