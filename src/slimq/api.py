@@ -57,8 +57,19 @@ class QuantizationResult:
 
         meta = self.config.to_dict()
         meta["source_model"] = self.source
-        save_quantized(self.model, self.qtensors, meta, Path(out_dir), self.tokenizer, force=force)
-        return Path(out_dir)
+        meta["seconds"] = self.seconds
+        salience = {n: qt.info["group_salience"] for n, qt in self.qtensors.items() if "group_salience" in qt.info}
+        if salience:  # drawn by `slimq report`
+            meta["group_salience"] = salience
+        out = Path(out_dir)
+        save_quantized(self.model, self.qtensors, meta, out, self.tokenizer, force=force)
+        if self.config.method == "slim":  # reusable with `--allocation` / SlimOptions.allocation_file
+            from slimq.quant.slim.io import save_allocation
+
+            save_allocation(out / "allocation.json", {n: qt.bits[0] for n, qt in self.qtensors.items()},
+                            {"source_model": self.source, "target_bits": self.config.bits,
+                             "group_size": self.config.group_size})
+        return out
 
 
 def _quantize_rtn_direct(model, arch, config: QuantConfig, progress: bool) -> dict:
@@ -94,7 +105,7 @@ def quantize(
     tokenizer: Any = None,
     data_dir: str | Path | None = None,
     device: str | None = None,
-    allocation: dict[str, list[int]] | None = None,
+    allocation: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> QuantizationResult:
     """Quantize ``model`` (a hub id, local dir, ``.gguf`` file, or a loaded model) with ``config``.
@@ -119,7 +130,7 @@ def quantize(
     if allocation is None and config.method == "slim" and config.slim.allocation_file:
         from slimq.quant.slim.io import load_allocation
 
-        allocation = load_allocation(config.slim.allocation_file)
+        allocation, _ = load_allocation(config.slim.allocation_file)
     t0 = time.perf_counter()
     model.eval()
     if not NEEDS_HESSIAN[config.method]:
@@ -138,7 +149,7 @@ def quantize(
             if allocation is not None:
                 if job.name not in allocation:
                     raise ValueError(f"allocation has no entry for layer {job.name}")
-                alloc = torch.tensor(allocation[job.name], dtype=torch.int64)
+                alloc = torch.as_tensor(allocation[job.name], dtype=torch.int64)
             return method(job, config, alloc)
 
         qtensors = quantize_blocks(
