@@ -250,7 +250,7 @@ def _segment_dot(x_ptr, stride_xm, perm_ptr, seg, ns, gs, offs_m, mask_m, offs_n
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "r0", "split_k"])
 def skinny_kernel(x_ptr, stride_xm, perm_ptr, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr,
                   M, r0, ns, gs, split_k, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
@@ -277,7 +277,7 @@ def skinny_kernel(x_ptr, stride_xm, perm_ptr, out_ptr, stride_om, acc_ptr, strid
                offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "r0", "split_k"])
 def gemm_kernel(x_ptr, stride_xm, perm_ptr, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr,
                 M, r0, ns, gs, split_k, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
@@ -345,7 +345,7 @@ def gather_kernel(x_ptr, stride_xm, perm_ptr, xp_ptr, stride_pm, K, BLOCK: tl.co
     tl.store(xp_ptr + m * stride_pm + offs, v.to(xp_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def finalize_kernel(acc_ptr, stride_am, out_ptr, stride_om, rowperm_ptr, bias_ptr, M, N,
                     BLOCK: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr):
     """``out[m, row_perm[n]] = acc[m, n] + bias``; then ``acc[m, n] = 0``. Grid ``(cdiv(N, BLOCK), M)``."""

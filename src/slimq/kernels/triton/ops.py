@@ -29,7 +29,7 @@ import triton
 from slimq.format.layout import PackedLinear, Segment
 from slimq.kernels.triton import _kernels as K
 
-__all__ = ["KernelConfig", "Workspace", "select_config", "sbp_matmul", "PATHS",
+__all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "sbp_matmul", "plan_launches", "PATHS",
            "FMA_MAX_M", "SKINNY_MAX_M"]
 
 PATHS = ("fma", "dot", "gemm", "dequant")
@@ -103,26 +103,54 @@ class Workspace:
 
     ``acc``: float32 ``[max_m * max_n]``, all zeros between calls (kernels that use it
     re-zero it). ``xperm``: ``[max_m * max_k]`` activations gathered into storage column
-    order (``xperm32``: the same in float32 for the ``M == 1`` path). ``wbuf``:
-    ``[max_n * max_k]`` dequantized weights (only if ``dequant``).
+    order (``xperm32``: ``[max_k]`` the same in float32 for the ``M == 1`` path). ``wbuf``:
+    ``[max_n * max_k]`` dequantized weights (only with ``dequant``).
     """
 
     def __init__(self, device: torch.device | str, max_m: int, max_n: int, max_k: int,
-                 dtype: torch.dtype = torch.float16, *, dequant: bool = False) -> None:
+                 dtype: torch.dtype = torch.float16, *, dequant: bool = False,
+                 buffers: tuple[str, ...] = ("acc", "xperm", "xperm32")) -> None:
         self.max_m, self.max_n, self.max_k, self.dtype = max_m, max_n, max_k, dtype
-        self.acc = torch.zeros(max_m * max_n, dtype=torch.float32, device=device)
-        self.xperm = torch.empty(max_m * max_k, dtype=dtype, device=device)
-        self.xperm32 = torch.empty(max_k, dtype=torch.float32, device=device)
-        self.wbuf = torch.empty(max_n * max_k, dtype=dtype, device=device) if dequant else None
+        sizes = {"acc": (max_m * max_n, torch.float32), "xperm": (max_m * max_k, dtype),
+                 "xperm32": (max_k, torch.float32), "wbuf": (max_n * max_k, dtype)}
+        names = set(buffers) | ({"wbuf"} if dequant else set())
+        for name, (numel, dt) in sizes.items():
+            size = numel if name in names else 0
+            alloc = torch.zeros if name == "acc" else torch.empty
+            setattr(self, name, alloc(size, dtype=dt, device=device))
 
-    def check(self, m: int, n: int, k: int, dtype: torch.dtype, path: str) -> None:
+    @classmethod
+    def for_call(cls, x: torch.Tensor, n: int, cfg: KernelConfig, atomic: bool) -> "Workspace":
+        """Only the buffers one call with ``cfg`` needs (used when the caller passes none)."""
+        m, k = x.shape
+        need = {"acc"} if atomic else set()
+        if not cfg.gather or cfg.path == "dequant":
+            need.add("xperm32" if cfg.path == "fma" and m == 1 else "xperm")
+        return cls(x.device, m, n, k, x.dtype, dequant=cfg.path == "dequant", buffers=tuple(need))
+
+    def check(self, m: int, n: int, k: int, dtype: torch.dtype, cfg: KernelConfig, atomic: bool) -> None:
         if m > self.max_m or n > self.max_n or k > self.max_k:
             raise ValueError(f"workspace holds m, n, k <= {self.max_m}, {self.max_n}, {self.max_k}; "
                              f"got {m}, {n}, {k}")
         if dtype != self.dtype:
             raise TypeError(f"workspace dtype is {self.dtype}, activations are {dtype}")
-        if path == "dequant" and self.wbuf is None:
+        if cfg.path == "dequant" and self.wbuf.numel() < n * k:
             raise ValueError("the dequant path needs a Workspace(..., dequant=True)")
+        if atomic and self.acc.numel() < m * n:
+            raise ValueError("this config accumulates in workspace.acc, which was not allocated")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: ``getattr(_kernels, kernel)[grid](*args, **kwargs)``."""
+
+    kernel: str
+    grid: tuple[int, ...]
+    args: tuple
+    kwargs: dict
+
+    def __call__(self) -> None:
+        getattr(K, self.kernel)[self.grid](*self.args, **self.kwargs)
 
 
 def _bands(packed: PackedLinear) -> list[tuple[int, int, list[Segment]]]:
@@ -181,25 +209,46 @@ def sbp_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None 
     m, kdim = x.shape
     n = packed.out_features
     cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device))
-    if cfg.path in ("fma", "dot") and m > (cfg.block_m if cfg.path == "fma" else max(cfg.block_m, 16)):
-        raise ValueError(f"path {cfg.path!r} with block_m={cfg.block_m} takes M <= {cfg.block_m}, got {m}")
     if out is None:
         out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    if workspace is None:
-        workspace = Workspace(x.device, m, n, kdim, x.dtype, dequant=cfg.path == "dequant")
-    workspace.check(m, n, kdim, x.dtype, cfg.path)
     if m == 0:
         return out
+    atomic = _uses_acc(packed, cfg)
+    if workspace is None:
+        workspace = Workspace.for_call(x, n, cfg, atomic)
+    workspace.check(m, n, kdim, x.dtype, cfg, atomic)
+    for launch in plan_launches(x, packed, bias, out, workspace, cfg):
+        launch()
     if cfg.path == "dequant":
-        return _run_dequant(x, packed, bias, out, workspace, cfg)
-    xin = x
-    if not cfg.gather:
-        buf = workspace.xperm32 if cfg.path == "fma" and m == 1 else workspace.xperm
-        xin = buf[: m * kdim].view(m, kdim)
-        K.gather_kernel[(triton.cdiv(kdim, _GATHER_BLOCK), m)](x, x.stride(0), packed.col_perm, xin, xin.stride(0),
-                                                              kdim, BLOCK=_GATHER_BLOCK)
-    _run_kernels(xin, packed, bias, out, workspace, cfg, cfg.gather)
+        _dequant_mm(x, packed, bias, out, workspace)
     return out
+
+
+def _uses_acc(packed: PackedLinear, cfg: KernelConfig) -> bool:
+    """Whether ``cfg`` accumulates in the float32 workspace (split-K or one launch per segment)."""
+    if cfg.path == "dequant":
+        return False
+    per_band = max(len(segs) for _, _, segs in _bands(packed))
+    return cfg.split_k > 1 or (not cfg.walk and per_band > 1)
+
+
+def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                  ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """The Triton launches of one :func:`sbp_matmul` call, in order (no cuBLAS part)."""
+    m, kdim = x.shape
+    if cfg.path in ("fma", "dot") and m > max(cfg.block_m, 16 if cfg.path == "dot" else 1):
+        raise ValueError(f"path {cfg.path!r} with block_m={cfg.block_m} takes M <= {cfg.block_m}, got {m}")
+    launches = []
+    xin = x
+    if not cfg.gather or cfg.path == "dequant":
+        buf = ws.xperm32 if cfg.path == "fma" and m == 1 else ws.xperm
+        xin = buf[: m * kdim].view(m, kdim)
+        launches.append(Launch("gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
+                               (x, x.stride(0), packed.col_perm, xin, xin.stride(0), kdim),
+                               {"BLOCK": _GATHER_BLOCK}))
+    if cfg.path == "dequant":
+        return _dequant_launches(packed, ws, cfg, kdim) + launches
+    return launches + _matmul_launches(xin, packed, bias, out, ws, cfg, cfg.gather)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -208,65 +257,68 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _run_kernels(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
-                 ws: Workspace, cfg: KernelConfig, gather: bool) -> None:
+def _matmul_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                     ws: Workspace, cfg: KernelConfig, gather: bool) -> list[Launch]:
     m = x.shape[0]
     n = packed.out_features
-    bands = _bands(packed)
     gs = packed.segments[0].group_size
     bk, aligned = _block_k(cfg.block_k, gs)
     skinny = cfg.path in ("fma", "dot")
-    bm = (max(cfg.block_m, 16) if cfg.path == "dot" else cfg.block_m) if skinny else cfg.block_m
-    launches = [(r0, ns, segs) for r0, ns, segs in bands] if cfg.walk else \
-        [(r0, ns, [s]) for r0, ns, segs in bands for s in segs]
-    per_band = {r0: len(segs) for r0, _, segs in bands}
-    atomic = cfg.split_k > 1 or (not cfg.walk and max(per_band.values()) > 1)
-    acc = ws.acc[: m * n].view(m, n)
+    bm = max(cfg.block_m, 16) if cfg.path == "dot" else cfg.block_m
+    bands = _bands(packed)
+    groups = bands if cfg.walk else [(r0, ns, [s]) for r0, ns, segs in bands for s in segs]
+    atomic = _uses_acc(packed, cfg)
+    acc = ws.acc[: m * n].view(m, n) if atomic else ws.acc
     has_rp = packed.row_perm is not None
     rp = packed.row_perm if has_rp else packed.col_perm  # any int32 tensor when unused
     b = bias if bias is not None else out
-    for r0, ns, segs in launches:
-        common = dict(
-            SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BM=bm, BN=cfg.block_n, BK=bk,
-            GATHER=gather, ALIGNED=aligned, ATOMIC=atomic,
-            HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
-        args = (x, x.stride(0), packed.col_perm, out, out.stride(0), acc, acc.stride(0), rp, b,
+    launches = []
+    for r0, ns, segs in groups:
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BM=bm, BN=cfg.block_n, BK=bk,
+                  GATHER=gather, ALIGNED=aligned, ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        args = (x, x.stride(0), packed.col_perm, out, out.stride(0), acc, acc.stride(0) if atomic else 0, rp, b,
                 m, r0, ns, gs, cfg.split_k, tuple(_seg_arg(s) for s in segs))
         if skinny:
             grid = (triton.cdiv(ns, cfg.block_n), cfg.split_k)
-            K.skinny_kernel[grid](*args, USE_DOT=cfg.path == "dot", ASM=x.is_cuda, **common)
+            launches.append(Launch("skinny_kernel", grid, args, dict(kw, USE_DOT=cfg.path == "dot", ASM=x.is_cuda)))
         else:
             grid = (triton.cdiv(m, bm) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
-            K.gemm_kernel[grid](*args, GROUP_M=cfg.group_m, **common)
+            launches.append(Launch("gemm_kernel", grid, args, dict(kw, GROUP_M=cfg.group_m)))
     if atomic:
-        grid = (triton.cdiv(n, _FINALIZE_BLOCK), m)
-        K.finalize_kernel[grid](acc, acc.stride(0), out, out.stride(0), rp, b, m, n,
-                                BLOCK=_FINALIZE_BLOCK, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None)
+        launches.append(Launch("finalize_kernel", (triton.cdiv(n, _FINALIZE_BLOCK), m),
+                               (acc, acc.stride(0), out, out.stride(0), rp, b, m, n),
+                               dict(BLOCK=_FINALIZE_BLOCK, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None)))
+    return launches
 
 
-def _run_dequant(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
-                 ws: Workspace, cfg: KernelConfig) -> torch.Tensor:
-    m, kdim = x.shape
+def _dequant_launches(packed: PackedLinear, ws: Workspace, cfg: KernelConfig, kdim: int) -> list[Launch]:
     n = packed.out_features
     w = ws.wbuf[: n * kdim].view(n, kdim)
     gs = packed.segments[0].group_size
     bk, aligned = _block_k(cfg.block_k, gs)
     has_rp = packed.row_perm is not None
     rp = packed.row_perm if has_rp else packed.col_perm
+    launches = []
     for r0, ns, segs in _bands(packed):
         max_tiles = max(triton.cdiv(s.c1 - s.c0, bk) for s in segs)
-        grid = (triton.cdiv(ns, cfg.block_n), max_tiles)
-        K.dequant_kernel[grid](w, w.stride(0), rp, r0, ns, gs, tuple(_seg_arg(s) for s in segs),
-                               SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BN=cfg.block_n, BK=bk,
-                               ALIGNED=aligned, HAS_ROWPERM=has_rp, num_warps=cfg.num_warps)
+        launches.append(Launch("dequant_kernel", (triton.cdiv(ns, cfg.block_n), max_tiles),
+                               (w, w.stride(0), rp, r0, ns, gs, tuple(_seg_arg(s) for s in segs)),
+                               dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BN=cfg.block_n, BK=bk,
+                                    ALIGNED=aligned, HAS_ROWPERM=has_rp, num_warps=cfg.num_warps)))
+    return launches
+
+
+def _dequant_mm(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                ws: Workspace) -> None:
+    """cuBLAS part of the dequant path: ``out = xperm @ wbuf^T (+ bias)``."""
+    m, kdim = x.shape
+    n = packed.out_features
+    w = ws.wbuf[: n * kdim].view(n, kdim)
     xp = ws.xperm[: m * kdim].view(m, kdim)
-    K.gather_kernel[(triton.cdiv(kdim, _GATHER_BLOCK), m)](x, x.stride(0), packed.col_perm, xp, xp.stride(0),
-                                                          kdim, BLOCK=_GATHER_BLOCK)
     if bias is not None and bias.dtype == x.dtype:
         torch.addmm(bias, xp, w.t(), out=out)
     else:
         torch.mm(xp, w.t(), out=out)
         if bias is not None:
             out.add_(bias)
-    return out

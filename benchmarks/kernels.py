@@ -1,0 +1,275 @@
+"""Speed of slimq's Triton kernels against cuBLAS FP16 and torch's int4 kernel (run on a GPU).
+
+Convention: a shape ``N x K`` is ``out_features x in_features``; ``x [M, K]``, ``y = x W^T [M, N]``.
+
+Per shape and M it times cuBLAS FP16 (``torch.mm``), slimq at 2, 3, 4 bits uniform and
+SliM-mixed (groups of 1/2/3 bits in proportions 1:2:1, 2 bits on average), all with group size
+128, and ``torch._weight_int4pack_mm`` (group 128, bf16 activations) as a peer. Each time is the
+median of ``triton.testing.do_bench`` (L2 flushed before every run) over CUDA-graph replays of
+one call, on random non-zero data. Bandwidth counts packed weights + scales/zeros + x + y once,
+against the card's device-to-device copy bandwidth measured in the same run. Every timed
+slimq output is first checked against the pure-torch reference.
+
+    PYTHONPATH=src python benchmarks/kernels.py [--tune] [--shapes 4096x4096,...] [--ms 1,16] [--out DIR]
+
+``--tune`` also times candidate configs per (shape, M, variant) and reports the best; the
+JSON then holds every candidate's time (used to set ``select_config``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]
+MS = [1, 4, 16, 64, 256, 1024]
+VARIANTS = ["2b", "3b", "4b", "slim"]
+GS = 128
+
+
+def build_layer(n: int, k: int, variant: str, device, seed: int = 0):
+    """A packed random layer: uniform ``"2b"/"3b"/"4b"`` or ``"slim"`` (1/2/3-bit groups 1:2:1)."""
+    from slimq.format.packing import pack
+    from slimq.quant.result import QuantizedTensor
+    gen = torch.Generator(device=device).manual_seed(seed)
+    g = math.ceil(k / GS)
+    if variant == "slim":
+        pattern = torch.tensor([1, 2, 2, 3], device=device).repeat(math.ceil(g / 4))[:g]
+        gbits = pattern[torch.randperm(g, generator=gen, device=device)]
+    else:
+        gbits = torch.full((g,), int(variant[0]), device=device)
+    g_idx = (torch.arange(k, device=device) // GS).to(torch.int32)
+    maxq = ((1 << gbits.long()) - 1)[g_idx.long()]
+    codes = (torch.rand(n, k, generator=gen, device=device) * (maxq + 1).float()).floor().clamp_max(maxq.float())
+    scales = (torch.rand(n, g, generator=gen, device=device) * 2e-3 + 1e-3).half()
+    zeros = (torch.rand(n, g, generator=gen, device=device) * (1 << gbits.long()).float()).half()
+    bits = gbits.to(torch.int8)[None].expand(n, g).contiguous()
+    return pack(QuantizedTensor(codes.to(torch.uint8), scales, zeros, g_idx, bits, GS))
+
+
+def packed_bytes(p) -> int:
+    t = [p.col_perm] + [x for s in p.segments for x in (*s.planes, s.scales, s.zeros)]
+    return sum(x.numel() * x.element_size() for x in t)
+
+
+def time_graph(fn, rep_ms: int = 40) -> float:
+    """Median microseconds of CUDA-graph replays of ``fn`` (L2 flushed before each replay)."""
+    import triton
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    ms = triton.testing.do_bench(g.replay, warmup=10, rep=rep_ms, return_mode="median")
+    del g
+    return ms * 1e3
+
+
+def copy_bandwidth(device) -> float:
+    """Device-to-device copy bandwidth in GB/s (bytes read + bytes written)."""
+    import triton
+    src = torch.randn(2 ** 28, device=device)  # 1 GiB
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=10, rep=100, return_mode="median")
+    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def int4_peer(n: int, k: int, m: int, device):
+    """``torch._weight_int4pack_mm`` (group 128, bf16): returns a zero-arg callable."""
+    w = torch.randint(0, 16, (n, k), dtype=torch.int32, device=device)
+    w8 = ((w[:, ::2] << 4) | w[:, 1::2]).to(torch.uint8)
+    wp = torch._convert_weight_to_int4pack(w8, 8)
+    sz = (torch.rand(k // GS, n, 2, device=device) * 1e-2 + 1e-3).to(torch.bfloat16)
+    x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+    return lambda: torch._weight_int4pack_mm(x, wp, GS, sz)
+
+
+def candidates(m: int) -> list:
+    """Configs tried by ``--tune`` (besides the dispatch default)."""
+    from slimq.kernels.triton import KernelConfig as C
+    if m == 1:
+        base = [C("fma", block_m=1, block_n=bn, block_k=bk, num_warps=w, num_stages=st)
+                for bn, bk, w, st in ((128, 128, 4, 3), (256, 128, 4, 3), (256, 128, 8, 3), (512, 64, 4, 3))]
+        return [dataclasses.replace(c, split_k=s) for c in base for s in (1, 2, 4, 8)]
+    if m <= 16:
+        base = [C("dot", block_m=16, block_n=bn, block_k=bk, num_warps=w, num_stages=st)
+                for bn, bk, w, st in ((32, 128, 4, 3), (64, 128, 4, 3), (128, 128, 4, 3), (64, 64, 4, 4))]
+        return [dataclasses.replace(c, split_k=s) for c in base for s in (1, 2, 4)]
+    base = [C("gemm", block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=st)
+            for bm, bn, bk, w, st in ((64, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3),
+                                      (256, 128, 64, 8, 3), (128, 128, 128, 8, 3))]
+    if m <= 64:
+        base += [dataclasses.replace(c, split_k=2) for c in base[:2]]
+    return base + [C("dequant", block_n=64, block_k=128, num_warps=4)]
+
+
+class Case:
+    """One (shape, M, variant) with its static buffers."""
+
+    def __init__(self, p, m: int, device, ws):
+        self.p, self.m, self.ws = p, m, ws
+        self.x = torch.randn(m, p.in_features, device=device, dtype=torch.float16)
+        self.out = torch.empty(m, p.out_features, device=device, dtype=torch.float16)
+
+    def launches(self, cfg):
+        from slimq.kernels.triton import plan_launches
+        return plan_launches(self.x, self.p, None, self.out, self.ws, cfg)
+
+    def fn(self, cfg):
+        from slimq.kernels.triton import sbp_matmul
+        return lambda: sbp_matmul(self.x, self.p, out=self.out, workspace=self.ws, config=cfg)
+
+
+def cfg_name(c) -> str:
+    if c.path == "dequant":
+        return "dequant"
+    walk = "" if c.walk else "/seg"
+    return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES))
+    ap.add_argument("--ms", default=",".join(map(str, MS)))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--tune", action="store_true")
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1))
+    ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="smoke test on the CPU (Triton interpreter, wall-clock 'times'; needs TRITON_INTERPRET=1)")
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        _make_dry()
+    import triton
+    from slimq.kernels.reference import packed_matmul_reference
+    from slimq.kernels.triton import KernelConfig, Workspace, select_config
+    from slimq.kernels.triton.warmup import precompile
+
+    dev = torch.device("cpu" if args.dry_run else "cuda")
+    torch.manual_seed(0)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    ms = [int(v) for v in args.ms.split(",")]
+    variants = args.variants.split(",")
+    props = torch.cuda.get_device_properties(dev) if dev.type == "cuda" else argparse.Namespace(
+        name="cpu (dry run)", multi_processor_count=0)
+    meta = {"gpu": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
+            "triton": triton.__version__, "python": platform.python_version(), "group_size": GS,
+            "convention": "shape N x K = out_features x in_features; y[M, N] = x[M, K] W^T"}
+    print(json.dumps(meta), flush=True)
+    bw = copy_bandwidth(dev)
+    meta["copy_GBps"] = bw
+    print(f"copy bandwidth (read+write): {bw:.0f} GB/s", flush=True)
+
+    t0 = time.time()
+    layers = {(n, k, v): build_layer(n, k, v, dev, seed=n + k) for n, k in shapes for v in variants}
+    max_n, max_k = max(n for n, _ in shapes), max(k for _, k in shapes)
+    ws = Workspace(dev, max(ms), max_n, max_k, torch.float16, dequant=args.tune or any(m > 16 for m in ms))
+    cases = {(n, k, m, v): Case(layers[n, k, v], m, dev, ws) for n, k in shapes for m in ms for v in variants}
+    cfgs = {key: [select_config(key[2], key[0], key[1])] + (candidates(key[2]) if args.tune else [])
+            for key in cases}
+    for key, lst in cfgs.items():  # one-launch-per-segment alternative for the mixed layers
+        if key[3] == "slim" and key[2] <= 16:
+            lst.append(dataclasses.replace(lst[0], walk=False))
+    launches = [lc for key, c in cases.items() for cfg in cfgs[key] for lc in c.launches(cfg)]
+    try:
+        n_var = 0 if args.dry_run else precompile(launches, processes=args.procs)
+    except Exception as e:  # noqa: BLE001 - fall back to compiling on first launch
+        n_var = -1
+        print(f"precompile failed ({type(e).__name__}: {e}); compiling lazily", flush=True)
+    print(f"built {len(layers)} layers, precompiled {n_var} kernel variants in {time.time() - t0:.0f}s", flush=True)
+
+    rows = []
+    for n, k in shapes:
+        w16 = torch.randn(n, k, device=dev, dtype=torch.float16) * 0.02
+        for m in ms:
+            x16 = torch.randn(m, k, device=dev, dtype=torch.float16)
+            y16 = torch.empty(m, n, device=dev, dtype=torch.float16)
+            row = {"N": n, "K": k, "M": m, "fp16_us": time_graph(lambda: torch.mm(x16, w16.t(), out=y16))}
+            fp16_bytes = (n * k + m * k + m * n) * 2
+            row["fp16_GBps"] = fp16_bytes / row["fp16_us"] / 1e3
+            if not args.no_peer:
+                try:
+                    row["int4_us"] = time_graph(int4_peer(n, k, m, dev))
+                except RuntimeError as e:  # the peer kernel is missing on some builds
+                    row["int4_us"], row["int4_error"] = None, str(e)[:200]
+            for v in variants:
+                case = cases[n, k, m, v]
+                ref = packed_matmul_reference(case.x, case.p).float()
+                results = []
+                for cfg in cfgs[n, k, m, v]:
+                    case.out.fill_(float("nan"))
+                    case.fn(cfg)()
+                    err = float((case.out.float() - ref).norm() / ref.norm())
+                    t = time_graph(case.fn(cfg), rep_ms=40 if cfg is cfgs[n, k, m, v][0] else 15)
+                    results.append({"cfg": cfg_name(cfg), "us": t, "err": err, "ok": err < 3e-3})
+                auto = results[0]
+                ok = [r for r in results if r["ok"]]
+                best = min(ok, key=lambda r: r["us"]) if ok else auto
+                nbytes = packed_bytes(case.p) + (m * k + m * n) * 2
+                row[v] = {"us": auto["us"], "cfg": auto["cfg"], "err": auto["err"], "ok": auto["ok"],
+                          "GBps": nbytes / auto["us"] / 1e3, "best_us": best["us"], "best_cfg": best["cfg"],
+                          "all": results if args.tune or v == "slim" else None}
+            rows.append(row)
+            print(_fmt_row(row, variants, bw), flush=True)
+        del w16
+    print(_table(rows, variants, bw, meta))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "kernels.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    bad = [(r["N"], r["K"], r["M"], v) for r in rows for v in variants if not r[v]["ok"]]
+    if bad:
+        print(f"ERROR: outputs differ from the reference for {bad}")
+    return 1 if bad else 0
+
+
+def _make_dry() -> None:
+    """Replace the GPU timers by wall-clock ones (for --dry-run)."""
+    global time_graph, copy_bandwidth, int4_peer
+
+    def time_graph(fn, rep_ms=0):  # noqa: F811
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e6
+
+    def copy_bandwidth(device):  # noqa: F811
+        return 1.0
+
+    def int4_peer(n, k, m, device):  # noqa: F811
+        raise RuntimeError("no int4 peer in a dry run")
+
+
+def _fmt_row(r, variants, bw) -> str:
+    parts = [f"{r['N']}x{r['K']} M={r['M']}: fp16 {r['fp16_us']:.1f}us"]
+    if r.get("int4_us"):
+        parts.append(f"int4 {r['int4_us']:.1f}us ({r['fp16_us'] / r['int4_us']:.2f}x)")
+    for v in variants:
+        d = r[v]
+        parts.append(f"{v} {d['us']:.1f}us ({r['fp16_us'] / d['us']:.2f}x, best {d['best_us']:.1f} {d['best_cfg']})")
+    return " | ".join(parts)
+
+
+def _table(rows, variants, bw, meta) -> str:
+    head = (f"\n{meta['gpu']} ({meta['sms']} SMs), torch {meta['torch']}, triton {meta['triton']}; "
+            f"copy {bw:.0f} GB/s; times in us (speedup over FP16); BW% = achieved/copy bandwidth\n")
+    cols = ["N x K", "M", "fp16", "int4"] + [f"{v}" for v in variants] + [f"BW%{v}" for v in variants]
+    lines = [head, " ".join(f"{c:>17}" if i >= 4 else f"{c:>11}" for i, c in enumerate(cols))]
+    for r in rows:
+        cells = [f"{r['N']}x{r['K']:<5}", f"{r['M']}", f"{r['fp16_us']:.1f}",
+                 f"{r['int4_us']:.1f}({r['fp16_us'] / r['int4_us']:.2f}x)" if r.get("int4_us") else "-"]
+        cells += [f"{r[v]['us']:.1f}({r['fp16_us'] / r[v]['us']:.2f}x)" for v in variants]
+        cells += [f"{100 * r[v]['GBps'] / bw:.0f}%" for v in variants]
+        lines.append(" ".join(f"{c:>17}" if i >= 4 else f"{c:>11}" for i, c in enumerate(cells)))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
