@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slimq.models import get_arch, get_blocks, get_submodule, set_weight_matrix, weight_matrix
-from slimq.models.tiny import TINY_VOCAB, tiny_model
+from slimq.models.tiny import TINY_VOCAB, tiny_model, tiny_model_types
 from slimq.quant.primitives import fit_qparams, group_bounds, make_g_idx, quantize_codes
 from slimq.quant.result import QuantizedTensor
 from slimq.quant.sequential import LinearJob, NonFiniteHessianError, capture_block_inputs, quantize_blocks
@@ -75,8 +75,9 @@ def recording(quantizer, jobs: dict[str, LinearJob]):
     return fn
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma3_text", "opt"])
-def test_identity_quantizer_keeps_logits_and_hessians_match_direct_capture(model_type):
+@pytest.mark.parametrize("model_type,batch_size", [("llama", 1), ("gpt2", 1), ("gemma3_text", 1), ("opt", 1)]
+                         + [(t, 2) for t in tiny_model_types()])
+def test_identity_quantizer_keeps_logits_and_hessians_match_direct_capture(model_type, batch_size):
     model = fp16_exact_model(model_type)
     arch = get_arch(model)
     ids = calib()
@@ -85,7 +86,8 @@ def test_identity_quantizer_keeps_logits_and_hessians_match_direct_capture(model
     names = [f"{arch.blocks}.{i}.{n}" for i in range(2) for n in arch.linear_names]
     X = input_rows(model, ids, names)
     jobs: dict[str, LinearJob] = {}
-    quantize_blocks(model, arch, ids, recording(exact, jobs), progress=False, max_sample_rows=0)
+    quantize_blocks(model, arch, ids, recording(exact, jobs), progress=False, max_sample_rows=0,
+                    batch_size=batch_size)  # 3 samples: batches of 2 and 1
     with torch.no_grad():
         after = model(ids).logits
     assert torch.equal(before, after)
@@ -177,6 +179,8 @@ def test_wrong_result_shape_and_bad_calib_are_rejected():
         quantize_blocks(model, arch, calib(), lambda job: rtn(job.W[:, :32]), progress=False)
     with pytest.raises(ValueError, match="int64"):
         quantize_blocks(model, arch, calib().int(), lambda job: rtn(job.W), progress=False)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        quantize_blocks(model, arch, calib(), lambda job: rtn(job.W), progress=False, batch_size=0)
 
 
 def test_capture_records_per_block_masks():
