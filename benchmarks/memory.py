@@ -56,7 +56,7 @@ with torch.device("meta"):
 gc.collect()
 before = status()
 t0 = time.perf_counter()
-model, _ = load_quantized(sys.argv[1], device="cpu")
+model, _ = load_quantized(sys.argv[1], device="cpu", tokenizer=False)
 seconds = time.perf_counter() - t0
 gc.collect()
 loaded = status()

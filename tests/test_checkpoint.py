@@ -235,3 +235,15 @@ def test_checkpoint_info(llama_ckpt):
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} == set(info["by_type"])
     text = format_info(info)
     assert "down_proj" in text and "total" in text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_load_on_gpu(llama_ckpt):
+    model, _, out = llama_ckpt
+    loaded, _ = load_quantized(out, device="cuda", dtype=torch.float16)
+    assert loaded.model.layers[0].mlp.up_proj.seg0.plane0.is_cuda
+    got = logits(loaded, IDS.cuda()).cpu()
+    torch.testing.assert_close(got, logits(model, IDS), atol=5e-2, rtol=5e-2)
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float16, device_map="cuda")
+    torch.testing.assert_close(logits(hf, IDS.cuda()).cpu(), got, atol=5e-2, rtol=5e-2)

@@ -65,3 +65,19 @@ def test_extra_repr_shows_bits():
     layer = QuantLinear.from_quantized(random_qt(4, 64, 32, torch.tensor([2, 4])))
     r = repr(layer)
     assert "avg_bits=3.000" in r and "2b:50%" in r and "4b:50%" in r
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_gpu_auto_backend_matches_reference(m):
+    from slimq.kernels import select_backend
+
+    qt = random_qt(300, 576, 64, torch.tensor([2, 3, 4, 3, 2, 1, 8, 4, 3]))
+    layer = QuantLinear.from_quantized(qt, torch.randn(300), dtype=torch.float16).cuda()
+    x = torch.randn(m, 576, dtype=torch.float16, device="cuda")
+    y = layer(x)
+    assert layer._backend_for(x.device).name == select_backend("auto", "cuda").name
+    set_backend(layer, "reference", "cuda")
+    ref = layer(x)
+    assert ((y.float() - ref.float()).abs().max() / ref.float().abs().max()) < 2e-3

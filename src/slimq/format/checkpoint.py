@@ -406,7 +406,7 @@ def _retie(model: nn.Module, tied: dict[str, str]) -> None:
 
 
 def load_quantized(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                   backend: str = "auto", verify: bool = True) -> tuple[nn.Module, Any]:
+                   backend: str = "auto", verify: bool = True, tokenizer: bool = True) -> tuple[nn.Module, Any]:
     """Load a slimq checkpoint: ``(model, tokenizer or None)``, model in eval mode on ``device``.
 
     Checksums are verified first (``verify``). The skeleton is built on the meta
@@ -414,6 +414,7 @@ def load_quantized(path: str | Path, *, device: str | torch.device = "cpu", dtyp
     tensors are loaded with ``assign=True``, so peak memory is about the checkpoint
     size. ``dtype`` (default: the saved one) applies to non-quantized tensors and
     biases; ``backend`` is set on every QuantLinear and checked for ``device``.
+    ``tokenizer=False`` skips loading the tokenizer (the second item is then None).
     """
     from slimq.nn.qlinear import set_backend
 
@@ -436,7 +437,7 @@ def load_quantized(path: str | Path, *, device: str | torch.device = "cpu", dtyp
     model.to(device)
     set_backend(model, backend, device)
     model.eval()
-    return model, _load_tokenizer(path)
+    return model, _load_tokenizer(path) if tokenizer else None
 
 
 def _load_tokenizer(path: Path) -> Any:
