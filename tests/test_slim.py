@@ -257,15 +257,16 @@ def _weighted_err(w, scale, zero, bits, weight):
     return float((weight * (w - dequantize_codes(quantize_codes(w, scale, zero, bits), scale, zero)) ** 2).sum())
 
 
+@pytest.mark.parametrize("search", ["coarse_fine", "exhaustive"])
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
-def test_sqc_lowers_salience_weighted_error(bits: int) -> None:
+def test_sqc_lowers_salience_weighted_error(bits: int, search: str) -> None:
     g = torch.Generator().manual_seed(20 + bits)
     w = torch.randn(256, 128, generator=g) * 0.05
     sal = w.square() * torch.rand(256, 128, generator=g) ** 3
     lam, thr = 4.0, 1.5
     weight = sqc_weights(sal, w.shape, lam, thr)
     assert weight is not None and 0 < float((weight > 1).float().mean()) < 0.2
-    fit = make_sqc_fitter(lam, thr, (0.9, 1.1, 101), chunk_elems=5000)  # small chunks exercise the loop
+    fit = make_sqc_fitter(lam, thr, (0.9, 1.1, 101), search=search, chunk_elems=5000)  # small chunks: many
     base = fit_minmax(w, bits, False)
     ours = fit(w, bits, False, sal)
     e_base, e_ours = _weighted_err(w, *base, bits, weight), _weighted_err(w, *ours, bits, weight)
@@ -274,6 +275,27 @@ def test_sqc_lowers_salience_weighted_error(bits: int) -> None:
     from slimq.quant.primitives import dequantize_codes, quantize_codes
     per_row = lambda s, z: (weight * (w - dequantize_codes(quantize_codes(w, s, z, bits), s, z)) ** 2).sum(1)  # noqa: E731
     assert bool((per_row(*ours) <= per_row(*base) * (1 + 1e-6) + 1e-12).all())
+
+
+def test_sqc_exhaustive_is_the_grid_optimum_and_coarse_fine_is_close() -> None:
+    g = torch.Generator().manual_seed(25)
+    w = torch.randn(300, 64, generator=g) * 0.05
+    sal = w.square() * torch.rand(300, 64, generator=g) ** 3
+    weight = sqc_weights(sal, w.shape, 3.0, 1.5)
+    grid = sqc_grid((0.9, 1.1, 101))
+    from slimq.quant.primitives import dequantize_codes, quantize_codes
+    err = torch.stack([(weight * (w - dequantize_codes(quantize_codes(w, *fit_minmax(w, 3, False, float(p)), 3),
+                                                       *fit_minmax(w, 3, False, float(p))))**2).sum(1)
+                       for p in grid])  # [P, R], one grid point at a time
+    def row_err(s, z):
+        return (weight * (w - dequantize_codes(quantize_codes(w, s, z, 3), s, z)) ** 2).sum(1)
+    ex = row_err(*make_sqc_fitter(3.0, 1.5, grid, search="exhaustive")(w, 3, False, sal))
+    cf = row_err(*make_sqc_fitter(3.0, 1.5, grid, search="coarse_fine")(w, 3, False, sal))
+    assert torch.allclose(ex, err.min(0).values, rtol=1e-5)
+    assert bool((cf >= ex * (1 - 1e-6)).all())
+    assert float(cf.sum()) <= 1.01 * float(ex.sum())
+    with pytest.raises(ValueError, match="search"):
+        make_sqc_fitter(2.0, 2.0, grid, search="golden")
 
 
 def test_sqc_one_bit_is_weighted_binarisation() -> None:
@@ -381,6 +403,8 @@ def test_slim_options_validation() -> None:
         SlimOptions(palette=(-2, 0, 1))
     with pytest.raises(ConfigError, match="gptq_shortlist"):
         SlimOptions(gptq_shortlist=0)
+    with pytest.raises(ConfigError, match="sqc_search"):
+        SlimOptions(sqc_search="fast")
     assert SlimOptions(palette=(-1, 0, 1, 2)).palette == (-1, 0, 1, 2)
 
 

@@ -74,6 +74,9 @@ class SlimOptions:
     sqc_lambda: float = 2.0
     sqc_threshold: float = 2.0
     sqc_grid: tuple[float, float, int] = (0.9, 1.1, 101)  # (low, high, points) of the range scale p
+    # "coarse_fine" (every 4th grid point, then the best one's neighbours: a third of the
+    # work, same choice in ~99% of rows) or "exhaustive" (every point, as the authors).
+    sqc_search: str = "coarse_fine"
     # SBA: which bit-widths groups may take, relative to N = floor(bits): a contiguous
     # run of integers containing 0, e.g. (-1, 0, 1) (paper) or (-1, 0, 1, 2).
     palette: tuple[int, ...] = (-1, 0, 1)
@@ -87,6 +90,8 @@ class SlimOptions:
         _check(self.sqc_lambda >= 1.0, f"sqc_lambda must be >= 1, got {self.sqc_lambda}")
         lo, hi, n = self.sqc_grid
         _check(0 < lo <= hi and int(n) >= 1, f"sqc_grid must be (low>0, high>=low, points>=1), got {self.sqc_grid}")
+        _check(self.sqc_search in ("coarse_fine", "exhaustive"),
+               f"sqc_search must be 'coarse_fine' or 'exhaustive', got {self.sqc_search!r}")
         _check(0 in self.palette, f"palette must contain 0 (the target width), got {self.palette}")
         pal = sorted(self.palette)
         _check(all(isinstance(o, int) and not isinstance(o, bool) for o in pal)

@@ -219,22 +219,36 @@ def output_kl(logp_ref: torch.Tensor, logits: torch.Tensor) -> float:
     return float((logp_ref.exp() * (logp_ref - logq)).sum(dim=-1).mean())
 
 
+class _KL:
+    """``output_kl`` against fixed reference logits ``[m, N]``, using
+    ``KL = sum p log p - sum p y + logsumexp(y)`` (``sum p = 1``): one exp pass per
+    candidate, all in float64."""
+
+    def __init__(self, ref_logits: torch.Tensor):
+        logp = torch.log_softmax(ref_logits.double(), dim=-1)
+        self.p = logp.exp()
+        self.neg_entropy = (self.p * logp).sum(dim=-1)
+
+    def __call__(self, logits: torch.Tensor) -> float:
+        y = logits.double()
+        return float((self.neg_entropy - (self.p * y).sum(dim=-1) + torch.logsumexp(y, dim=-1)).mean())
+
+
 class _Scorer:
     """Layer outputs of candidate allocations on ``X [m, K]``, updated incrementally."""
 
     def __init__(self, W: torch.Tensor, X: torch.Tensor, g_idx: torch.Tensor, wq: Mapping[int, torch.Tensor],
                  bits: torch.Tensor):
         self.X = X.float()
-        self.logp_ref = torch.log_softmax((self.X @ W.float().T).double(), dim=-1)
+        self.kl = _KL(self.X @ W.float().T)
         self.g_idx = g_idx.long().to(W.device)
         self.cols = [torch.nonzero(self.g_idx == g).flatten() for g in range(len(bits))]
         self.wq = wq
         self.bits = bits.clone()
         colbits = bits.to(W.device).long()[self.g_idx]
-        Wc = torch.empty_like(W, dtype=torch.float32)
+        Wc = torch.zeros_like(W, dtype=torch.float32)
         for b, w in wq.items():
-            mask = colbits == b
-            Wc[:, mask] = w[:, mask]
+            Wc = torch.where(colbits == b, w, Wc)
         self.Y = self.X @ Wc.T
 
     def moved(self, new_bits: torch.Tensor) -> torch.Tensor:
@@ -243,12 +257,12 @@ class _Scorer:
         if not changed:
             return self.Y
         idx = torch.cat([self.cols[g] for g in changed])
-        dW = torch.cat([self.wq[int(new_bits[g])][:, self.cols[g]] - self.wq[int(self.bits[g])][:, self.cols[g]]
-                        for g in changed], dim=1)
-        return self.Y + self.X[:, idx] @ dW.T
+        dW = torch.cat([self.wq[int(new_bits[g])].index_select(1, self.cols[g])
+                        - self.wq[int(self.bits[g])].index_select(1, self.cols[g]) for g in changed], dim=1)
+        return torch.addmm(self.Y, self.X.index_select(1, idx), dW.T)
 
     def score(self, Y: torch.Tensor) -> float:
-        return output_kl(self.logp_ref, Y)
+        return self.kl(Y)
 
 
 def sba_search(W: torch.Tensor, X: torch.Tensor, group_sal: torch.Tensor, g_idx: torch.Tensor,

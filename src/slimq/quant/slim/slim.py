@@ -162,8 +162,8 @@ def slim_quantize(W: torch.Tensor, H: torch.Tensor, X_sample: torch.Tensor | Non
         counts = torch.bincount(g_idx.long(), minlength=n_groups).tolist()
         alloc, info["allocation_source"] = start_allocation(plan_budget(bits, counts), gsal), "start"
     t2 = time.perf_counter()
-    fitter = make_sqc_fitter(options.sqc_lambda, options.sqc_threshold, options.sqc_grid) if options.sqc \
-        else fit_qparams
+    fitter = make_sqc_fitter(options.sqc_lambda, options.sqc_threshold, options.sqc_grid,
+                             search=options.sqc_search) if options.sqc else fit_qparams
 
     def run(a: torch.Tensor) -> QuantizedTensor:
         return gptq_quantize(W, H, bits=a.to(torch.int64), group_size=group_size, sym=sym,
