@@ -85,7 +85,7 @@ def format_table(rows: list[dict]) -> str:
         p = r["ppl"]
         qs = "" if r["quant_seconds"] is None else f"{r['quant_seconds']:.0f}"
         bits = r.get("avg_bits", r["bits"])
-        lines.append(f"{r['name']:<26}{bits:>6.2f}" + "".join(f"{p.get(d, float('nan')):>11.2f}" for d in DATASETS)
+        lines.append(f"{r['name']:<26}{bits:>6.2f}" + "".join(f"{p.get(d, float('nan')):>11.4g}" for d in DATASETS)
                      + f"{qs:>9}")
     return "\n".join(lines)
 
