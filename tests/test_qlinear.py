@@ -81,3 +81,29 @@ def test_gpu_auto_backend_matches_reference(m):
     set_backend(layer, "reference", "cuda")
     ref = layer(x)
     assert ((y.float() - ref.float()).abs().max() / ref.float().abs().max()) < 2e-3
+
+
+def test_packed_view_cache_follows_buffers():
+    qt = random_qt(6, 64, 32, 3)
+    layer = QuantLinear.from_quantized(qt, dtype=torch.float32)
+    assert layer.packed is layer.packed
+    layer.to(torch.float64)  # replaces the buffers' tensors
+    assert layer.packed.segments[0].scales is layer.seg0.scales
+    other = QuantLinear.from_quantized(random_qt(6, 64, 32, 3, seed=1), dtype=torch.float32)
+    layer.load_state_dict(other.state_dict(), assign=True)
+    assert layer.packed.col_perm is layer.col_perm and layer.packed.segments[0].planes[0] is layer.seg0.plane0
+
+
+@pytest.mark.parametrize("cast", ["bf16", "float", "half"])
+def test_dtype_casts_keep_scales_float16(cast):
+    qt = random_qt(6, 64, 32, torch.tensor([2, 4]))
+    layer = QuantLinear.from_quantized(qt, torch.randn(6), dtype=torch.float32)
+    want = {"bf16": torch.bfloat16, "float": torch.float32, "half": torch.float16}[cast]
+    {"bf16": lambda m: m.to(torch.bfloat16), "float": lambda m: m.float(), "half": lambda m: m.half()}[cast](layer)
+    assert layer.bias.dtype == want
+    for i in range(len(layer.segment_meta)):
+        seg = getattr(layer, f"seg{i}")
+        assert seg.scales.dtype == torch.float16 and seg.zeros.dtype == torch.float16
+        assert seg.plane0.dtype == torch.int32
+    assert layer.col_perm.dtype == torch.int32
+    assert torch.equal(layer.dequantize(), qt.dequantize())

@@ -41,6 +41,17 @@ class _SegmentBuffers(nn.Module):
     def planes(self) -> list[torch.Tensor]:
         return [getattr(self, f"plane{p}") for p in range(self.n_planes)]
 
+    def _apply(self, fn, recurse: bool = True):
+        # model.to(torch.bfloat16) / .float() must move scales and zeros but keep them
+        # float16 (the layout's dtype; a round trip through bfloat16 would lose bits).
+        probe = fn(torch.zeros(1, dtype=torch.float16, device=self.scales.device))
+        if probe.dtype == torch.float16:
+            return super()._apply(fn, recurse)
+        for name, buf in self._buffers.items():
+            if buf is not None:
+                self._buffers[name] = buf.to(probe.device) if buf.is_floating_point() else fn(buf)
+        return self
+
 
 def _check_meta(meta: dict) -> None:
     for key in ("in_features", "out_features", "segments"):
@@ -79,6 +90,7 @@ class QuantLinear(nn.Module):
         self.register_parameter("bias", None if bias is None else nn.Parameter(bias, requires_grad=False))
         self.backend = backend
         self._resolved: dict[str, Backend] = {}
+        self._packed_view: PackedLinear | None = None
 
     # --- constructors ---------------------------------------------------------------------
 
@@ -137,7 +149,29 @@ class QuantLinear(nn.Module):
 
     @property
     def packed(self) -> PackedLinear:
-        """A ``PackedLinear`` view of the current buffers (no copies)."""
+        """A ``PackedLinear`` view of the current buffers (no copies).
+
+        Cached: rebuilt after ``.to()`` / ``load_state_dict`` replace buffers. Assigning
+        a buffer attribute by hand needs :meth:`invalidate_cache`.
+        """
+        if self._packed_view is None:
+            self._packed_view = self._build_packed()
+        return self._packed_view
+
+    def invalidate_cache(self) -> None:
+        """Forget the cached ``PackedLinear`` view and resolved backends."""
+        self._packed_view = None
+        self._resolved.clear()
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half() ... replace buffers
+        self.invalidate_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # assign=True replaces buffers
+        self.invalidate_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _build_packed(self) -> PackedLinear:
         segs = []
         for i, m in enumerate(self.segment_meta):
             buf = getattr(self, f"seg{i}")
@@ -200,5 +234,5 @@ def set_backend(model: nn.Module, backend: str, device: torch.device | str | Non
     layers = quant_linears(model)
     for m in layers.values():
         m.backend = backend
-        m._resolved.clear()
+        m.invalidate_cache()
     return len(layers)
