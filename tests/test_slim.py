@@ -418,3 +418,28 @@ def test_rtn_candidates_match_rtn_quantize() -> None:
     perm = torch.randperm(300, generator=torch.Generator().manual_seed(0))
     c = rtn_candidates(W, [3], 64, False, perm)[3]
     assert torch.equal(c[:, perm], rtn_quantize(W[:, perm], bits=3, group_size=64).dequantize())
+
+
+def test_single_group_and_tiny_layers() -> None:
+    W, X, H = _layer(8, 40, seed=47)
+    for gs in (-1, 64):  # one group: nothing to trade, fractional targets round down
+        qt = slim_quantize(W, H, X[:16], bits=2.7, group_size=gs, options=SlimOptions(sqc=False))
+        assert qt.info["allocation"] == [2] and qt.info["sba_k"] == 0
+        assert qt.avg_bits() == 2.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("act_order", [False, True])
+def test_cuda_matches_cpu(act_order: bool) -> None:
+    W, X, H = _layer(64, 448, seed=48, spread=2.0)
+    gopt = GPTQOptions(act_order=act_order)
+    cpu = slim_quantize(W, H, X[:128], bits=2.5, group_size=64, gptq=gopt)
+    gpu = slim_quantize(W.cuda(), H.cuda(), X[:128].cuda(), bits=2.5, group_size=64, gptq=gopt)
+    assert gpu.codes.is_cuda
+    assert gpu.info["allocation"] == cpu.info["allocation"]
+    assert torch.equal(gpu.g_idx.cpu(), cpu.g_idx)
+    diff = (gpu.dequantize().cpu() - cpu.dequantize()).abs()
+    assert float((diff > 1e-3).float().mean()) < 0.02
+    half = slim_quantize(W.cuda().half(), H.cuda(), X[:128].cuda().half(), bits=2.5, group_size=64, gptq=gopt)
+    assert half.avg_bits() == cpu.avg_bits()
