@@ -281,10 +281,12 @@ def quantize_blocks(model: nn.Module, arch: ArchSpec, calib_ids: torch.LongTenso
         progress: show a per-block tqdm bar.
         activations_device: where block inputs/outputs wait between blocks
             (``nsamples * seqlen * hidden`` elements); default ``device``.
-            ``"cpu"`` saves GPU memory at some speed (SmolLM2-135M, 128 x 2048,
-            H100: 35 s instead of 24 s with RTN).
+            ``"cpu"`` saves GPU memory at some speed.
         batch_size: calibration samples per block forward; larger batches cut
             per-call overhead on small models at the cost of activation memory.
+            Measured on an H100, SmolLM2-135M shape, fp16, 128 x 2048, RTN:
+            batch 1: 20-25 s (activations on GPU), 35-48 s (on CPU);
+            batch 8: 6.7 s (GPU), 12.8 s (CPU).
 
     Returns:
         ``{full linear name: QuantizedTensor}`` (on CPU) for every quantized linear.
