@@ -102,7 +102,7 @@ def _clean_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _model_device_modules(model: nn.Module, arch: ArchSpec) -> list[nn.Module]:
+def _pre_modules(model: nn.Module, arch: ArchSpec) -> list[nn.Module]:
     return [m for m in (get_submodule(model, p) for p in arch.pre_modules) if m is not None]
 
 
@@ -130,7 +130,7 @@ def capture_block_inputs(model: nn.Module, arch: ArchSpec, calib_ids: torch.Long
             return hidden  # 4.x models index [0] of this; only block 0's hidden states are used
         return catcher
 
-    pre = _model_device_modules(model, arch)
+    pre = _pre_modules(model, arch)
     homes = [_device_of(m) for m in pre]
     was_training = model.training
     model.eval()
