@@ -153,9 +153,13 @@ def test_auto_dispatch_and_registry(m):
 def test_select_config_is_explicit():
     assert select_config(1, 4096, 4096).path == "fma"
     assert [select_config(m, 4096, 4096).path for m in (2, 8, 16)] == ["dot"] * 3
-    assert [select_config(m, 4096, 4096).path for m in (17, 64, 256, 1024)] == ["gemm"] * 4
+    assert [select_config(m, 4096, 4096).path for m in (17, 64)] == ["gemm"] * 2
+    assert [select_config(m, 4096, 4096).path for m in (65, 256, 1024)] == ["dequant"] * 3
+    assert select_config(1, 28672, 8192).split_k == 8  # measured best on the H100 (KERNEL_NOTES.md)
+    assert select_config(1, 4096, 200).split_k == 2  # never more splits than K-tiles
+    assert select_config(64, 28672, 8192).split_k == 1 and select_config(64, 4096, 11008).split_k == 5
     for m in (1, 16, 64, 1024):
-        for n, k in ((4096, 4096), (28672, 8192), (8192, 28672)):
+        for n, k in ((4096, 4096), (28672, 8192), (8192, 28672), (576, 576)):
             cfg = select_config(m, n, k)
             assert cfg.split_k >= 1 and cfg.block_k >= 32
     with pytest.raises(ValueError, match="m, n, k must be >= 1"):

@@ -11,11 +11,11 @@ import torch
 from slimq.format.layout import PackedLinear
 from slimq.kernels import REGISTRY, Backend
 from slimq.kernels.triton.ops import (
-    FMA_MAX_M, PATHS, SKINNY_MAX_M, KernelConfig, Launch, Workspace, plan_launches, sbp_matmul, select_config,
+    DEQUANT_MIN_M, FMA_MAX_M, PATHS, SKINNY_MAX_M, KernelConfig, Launch, Workspace, plan_launches, sbp_matmul, select_config,
 )
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "sbp_matmul", "plan_launches", "triton_matmul",
-           "triton_unavailable", "PATHS", "FMA_MAX_M", "SKINNY_MAX_M"]
+           "triton_unavailable", "PATHS", "FMA_MAX_M", "SKINNY_MAX_M", "DEQUANT_MIN_M"]
 
 _MIN_CAPABILITY = (8, 0)  # bf16 tensor-core dots
 

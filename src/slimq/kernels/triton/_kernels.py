@@ -352,9 +352,10 @@ def finalize_kernel(acc_ptr, stride_am, out_ptr, stride_om, rowperm_ptr, bias_pt
     m = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    a_ptrs = acc_ptr + m * stride_am + offs
-    y = tl.load(a_ptrs, mask=mask, other=0.0)
-    tl.store(a_ptrs, tl.zeros([BLOCK], tl.float32), mask=mask)
+    # one atomic exchange reads the sum and re-zeroes it: a separate load and store may be laid
+    # out over different threads, and a thread could then zero an element before another read it
+    bits_ptr = (acc_ptr + m * stride_am + offs).to(tl.pointer_type(tl.int32))  # exchange the bit patterns
+    y = tl.atomic_xchg(bits_ptr, tl.zeros([BLOCK], tl.int32), mask=mask).to(tl.float32, bitcast=True)
     if HAS_ROWPERM:
         dst = tl.load(rowperm_ptr + offs, mask=mask, other=0)
     else:

@@ -9,9 +9,9 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
 
 * ``"fma"``  (``M == 1``): CUDA-core GEMV that streams the packed words once.
 * ``"dot"``  (``1 < M <= 16``): same streaming, tensor cores with ``M`` padded to 16.
-* ``"gemm"`` (``M > 16``): tiled ``tl.dot`` on tiles dequantized in registers.
-* ``"dequant"``: dequantize into ``workspace.wbuf`` then cuBLAS (``torch.mm``); selectable,
-  measured against ``"gemm"`` by ``benchmarks/kernels.py``.
+* ``"gemm"`` (``16 < M <= 64``): tiled ``tl.dot`` on tiles dequantized in registers.
+* ``"dequant"`` (``M > 64``): dequantize into ``workspace.wbuf`` then cuBLAS (``torch.mm``);
+  faster than ``"gemm"`` there on every shape measured (benchmarks/KERNEL_NOTES.md).
 
 ``walk=True`` runs one launch per band (rows shared by several segments, e.g. the 1/2/3-bit
 segments of a SliM-LLM layer) that walks all its segments; ``walk=False`` runs one launch per
@@ -30,11 +30,12 @@ from slimq.format.layout import PackedLinear, Segment
 from slimq.kernels.triton import _kernels as K
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "sbp_matmul", "plan_launches", "PATHS",
-           "FMA_MAX_M", "SKINNY_MAX_M"]
+           "FMA_MAX_M", "SKINNY_MAX_M", "DEQUANT_MIN_M"]
 
 PATHS = ("fma", "dot", "gemm", "dequant")
 FMA_MAX_M = 1        # CUDA cores up to here ...
-SKINNY_MAX_M = 16    # ... tensor cores with M padded to 16 up to here, tiled GEMM beyond
+SKINNY_MAX_M = 16    # ... tensor cores with M padded to 16 up to here, tiled GEMM beyond ...
+DEQUANT_MIN_M = 65   # ... and dequantize-then-cuBLAS from here
 _FINALIZE_BLOCK = 1024
 _GATHER_BLOCK = 1024
 
@@ -76,26 +77,27 @@ def _pow2_at_least(v: int) -> int:
 def select_config(m: int, n: int, k: int, *, num_sms: int = 132) -> KernelConfig:
     """The dispatch rule: kernel path and tiling for ``x [m, k] @ W^T`` with ``W [n, k]``.
 
-    Split-K is used only where the output tiles alone cannot fill ``num_sms`` multiprocessors.
+    Set from ``benchmarks/kernels.py --tune`` on an H100 (132 SMs; benchmarks/KERNEL_NOTES.md,
+    run 1): the ``M == 1`` and skinny kernels are latency-bound, so they split K deeply (8 and 4
+    ways were the best measured for every shape); ``17 <= M <= 64`` splits K until about 160
+    output tiles exist; beyond ``DEQUANT_MIN_M`` dequantize-then-cuBLAS beat the fused GEMM on
+    every measured shape.
     """
     if m < 1 or n < 1 or k < 1:
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
+    k_tiles = triton.cdiv(k, 128)
     if m <= FMA_MAX_M:
-        bn = 128
-        cfg = KernelConfig("fma", block_m=1, block_n=bn, block_k=128, num_warps=4, num_stages=3)
-        tiles = triton.cdiv(n, bn)
-        want = max(1, min(triton.cdiv(2 * num_sms, tiles), max(1, k // 1024)))
-        return dataclasses.replace(cfg, split_k=want)
+        return KernelConfig("fma", block_m=1, block_n=128, block_k=128, split_k=max(1, min(8, k_tiles)),
+                            num_warps=4, num_stages=3)
     if m <= SKINNY_MAX_M:
-        bn = 64
-        tiles = triton.cdiv(n, bn)
-        want = max(1, min(triton.cdiv(2 * num_sms, tiles), max(1, k // 1024)))
-        return KernelConfig("dot", block_m=16, block_n=bn, block_k=128, split_k=want, num_warps=4, num_stages=3)
-    bm = 64 if m <= 64 else 128
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, 128)
-    want = max(1, min(triton.cdiv(num_sms, tiles), max(1, k // 2048)))
-    return KernelConfig("gemm", block_m=bm, block_n=128, block_k=64, split_k=want, num_warps=4 if bm == 64 else 8,
-                        num_stages=4, gather=False)
+        return KernelConfig("dot", block_m=16, block_n=128, block_k=128, split_k=max(1, min(4, k_tiles)),
+                            num_warps=4, num_stages=3)
+    if m < DEQUANT_MIN_M:
+        tiles = triton.cdiv(m, 64) * triton.cdiv(n, 128)
+        split = max(1, min(8, round(1.2 * num_sms / tiles), triton.cdiv(k, 64)))
+        return KernelConfig("gemm", block_m=64, block_n=128, block_k=64, split_k=split, num_warps=4,
+                            num_stages=4)
+    return KernelConfig("dequant", block_n=64, block_k=128, num_warps=4)
 
 
 class Workspace:
