@@ -17,5 +17,5 @@ if [ ! -f "$S/model.gguf" ] && [ -f "$S/part00" ] && [ -f "$S/part01" ]; then
   mv "$S/model.gguf.tmp" "$S/model.gguf"
   rm -f "$S/part00" "$S/part01"
 fi
-python3 -c "import gguf" 2>/dev/null || pip install --no-deps -q "$S"/gguf-*.whl
+python3 -c "import gguf" 2>/dev/null || python3 -m pip install --no-deps -q "$S"/gguf-*.whl
 [ -f "$S/model.gguf" ] && echo "$S/model.gguf" || echo "waiting for the other half" >&2
