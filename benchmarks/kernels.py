@@ -98,11 +98,12 @@ def candidates(m: int) -> list:
     if m == 1:
         base = [C("fma", block_m=1, block_n=bn, block_k=bk, num_warps=w, num_stages=st)
                 for bn, bk, w, st in ((128, 128, 4, 3), (256, 128, 4, 3), (256, 128, 8, 3), (512, 64, 4, 3))]
-        return [dataclasses.replace(c, split_k=s) for c in base for s in (1, 2, 4, 8)]
+        return ([dataclasses.replace(c, split_k=s) for c in base for s in (2, 4, 8, 16)]
+                + [dataclasses.replace(c, split_k=s, prefetch=True) for c in base[:2] for s in (4, 8, 16)])
     if m <= 16:
         base = [C("dot", block_m=16, block_n=bn, block_k=bk, num_warps=w, num_stages=st)
                 for bn, bk, w, st in ((32, 128, 4, 3), (64, 128, 4, 3), (128, 128, 4, 3), (64, 64, 4, 4))]
-        return [dataclasses.replace(c, split_k=s) for c in base for s in (1, 2, 4)]
+        return [dataclasses.replace(c, split_k=s) for c in base for s in (2, 4, 8)]
     base = [C("gemm", block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=st)
             for bm, bn, bk, w, st in ((64, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3),
                                       (256, 128, 64, 8, 3), (128, 128, 128, 8, 3))]
@@ -131,7 +132,7 @@ class Case:
 def cfg_name(c) -> str:
     if c.path == "dequant":
         return "dequant"
-    walk = "" if c.walk else "/seg"
+    walk = ("" if c.walk else "/seg") + ("/pf" if c.prefetch else "")
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 
@@ -144,9 +145,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
+    ap.add_argument("--from-json", metavar="PATH",
+                    help="no GPU: re-read a --tune JSON and print the table for the current select_config")
     ap.add_argument("--dry-run", action="store_true",
                     help="smoke test on the CPU (Triton interpreter, wall-clock 'times'; needs TRITON_INTERPRET=1)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        return _table_from_json(Path(args.from_json))
     if args.dry_run:
         _make_dry()
     import triton
@@ -231,6 +236,36 @@ def main(argv=None) -> int:
     return 1 if bad else 0
 
 
+def _table_from_json(path: Path) -> int:
+    """Print, from a ``--tune`` run's JSON, the times of the configs ``select_config`` picks now.
+
+    A cell whose config was not among those timed is marked ``n/t``; ``!`` marks a config
+    whose output differed from the reference in that run."""
+    from slimq.kernels.triton import select_config
+    data = json.loads(path.read_text())
+    meta, rows = data["meta"], data["rows"]
+    variants = [v for v in VARIANTS if v in rows[0]]
+    out_rows, notes = [], []
+    for r in rows:
+        cfg = cfg_name(select_config(r["M"], r["N"], r["K"], num_sms=meta["sms"]))
+        row = {k: r[k] for k in ("N", "K", "M", "fp16_us", "int4_us")}
+        for v in variants:
+            hit = [a for a in (r[v]["all"] or []) if a["cfg"] == cfg]
+            if not hit:
+                notes.append(f"{r['N']}x{r['K']} M={r['M']} {v}: {cfg} not timed")
+                row[v] = {"us": float("nan"), "GBps": float("nan"), "ok": False}
+                continue
+            a = min(hit, key=lambda h: h["us"])
+            nbytes = r[v]["GBps"] * r[v]["us"] * 1e3  # bytes moved, as recorded for the run's own config
+            row[v] = {"us": a["us"], "GBps": nbytes / a["us"] / 1e3, "ok": a["ok"], "cfg": a["cfg"]}
+        out_rows.append(row)
+    print(f"times of the configs select_config picks now, from {path}")
+    print(_table(out_rows, variants, meta["copy_GBps"], meta, mark_bad=True))
+    for n in notes:
+        print("  " + n)
+    return 0
+
+
 def _make_dry() -> None:
     """Replace the GPU timers by wall-clock ones (for --dry-run)."""
     global time_graph, copy_bandwidth, int4_peer
@@ -257,7 +292,7 @@ def _fmt_row(r, variants, bw) -> str:
     return " | ".join(parts)
 
 
-def _table(rows, variants, bw, meta) -> str:
+def _table(rows, variants, bw, meta, mark_bad: bool = False) -> str:
     head = (f"\n{meta['gpu']} ({meta['sms']} SMs), torch {meta['torch']}, triton {meta['triton']}; "
             f"copy {bw:.0f} GB/s; times in us (speedup over FP16); BW% = achieved/copy bandwidth\n")
     cols = ["N x K", "M", "fp16", "int4"] + [f"{v}" for v in variants] + [f"BW%{v}" for v in variants]
@@ -265,7 +300,8 @@ def _table(rows, variants, bw, meta) -> str:
     for r in rows:
         cells = [f"{r['N']}x{r['K']:<5}", f"{r['M']}", f"{r['fp16_us']:.1f}",
                  f"{r['int4_us']:.1f}({r['fp16_us'] / r['int4_us']:.2f}x)" if r.get("int4_us") else "-"]
-        cells += [f"{r[v]['us']:.1f}({r['fp16_us'] / r[v]['us']:.2f}x)" for v in variants]
+        cells += [f"{r[v]['us']:.1f}({r['fp16_us'] / r[v]['us']:.2f}x){'!' if mark_bad and not r[v]['ok'] else ''}"
+                  for v in variants]
         cells += [f"{100 * r[v]['GBps'] / bw:.0f}%" for v in variants]
         lines.append(" ".join(f"{c:>17}" if i >= 4 else f"{c:>11}" for i, c in enumerate(cells)))
     return "\n".join(lines)

@@ -97,6 +97,7 @@ LAYERS = {
 CFGS = {
     "fma1": KernelConfig("fma", block_m=1, block_n=32, block_k=64),
     "fma1_split_perseg": KernelConfig("fma", block_m=1, block_n=32, block_k=32, split_k=3, walk=False),
+    "fma1_prefetch": KernelConfig("fma", block_m=1, block_n=32, block_k=32, split_k=2, prefetch=True),
     "fma_gather_m2": KernelConfig("fma", block_m=2, block_n=32, block_k=64, gather=True),
     "dot": KernelConfig("dot", block_m=16, block_n=32, block_k=64),
     "dot_split_gather": KernelConfig("dot", block_m=16, block_n=16, block_k=32, split_k=2, gather=True),
@@ -104,7 +105,7 @@ CFGS = {
     "gemm_split_perseg": KernelConfig("gemm", block_m=16, block_n=16, block_k=64, split_k=2, walk=False),
     "dequant": KernelConfig("dequant", block_n=32, block_k=64),
 }
-M_OF = {"fma1": 1, "fma1_split_perseg": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+M_OF = {"fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3}
 
 
@@ -117,6 +118,7 @@ def test_paths_match_reference(layer, cfg_name):
 
 
 @pytest.mark.parametrize("layer,cfg_name", [("mix_wide", "fma1"), ("mix_wide", "gemm"), ("u2_g128_short", "dot"),
+                                            ("u2_g128_short", "fma1_prefetch"),
                                             ("unaligned_g20", "fma1"), ("unaligned_g20", "dot")])
 def test_bit_widths_and_groupings(layer, cfg_name):
     _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name])

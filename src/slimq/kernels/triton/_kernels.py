@@ -64,13 +64,13 @@ def _fma_plane(acc, plane_ptr, coef, x_ptr, stride_xm, perm_ptr, sc_ptr, zr_ptr,
 
 
 @triton.jit
-def _fma_plane2d(acc, plane_ptr, coef, x_ptr, c0, ks, k0, ns, offs_n, mask_n, s, z,
-                 W: tl.constexpr, FIRST: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, FULL: tl.constexpr):
-    """``M == 1`` variant of ``_fma_plane`` (ALIGNED, contiguous ``x``): 2-D ``acc [KW, BN]``,
-    slots unrolled, so every tensor keeps the coalesced layout of the word load."""
+def _fma_plane2d(acc, words, coef, x_ptr, c0, ks, k0, s, z, W: tl.constexpr, FIRST: tl.constexpr,
+                 BK: tl.constexpr, ASM: tl.constexpr, FULL: tl.constexpr):
+    """``M == 1`` variant of ``_fma_plane`` (ALIGNED, contiguous ``x``) on loaded ``words
+    [KW, BN]``: 2-D ``acc [KW, BN]``, slots unrolled, so every tensor keeps the coalesced
+    layout of the word load."""
     E: tl.constexpr = 32 // W
     KW: tl.constexpr = BK // E
-    words = word_tile(plane_ptr, k0, ks, ns, offs_n, mask_n, W, BK)
     hi = words >> 16
     cols0 = k0 + tl.arange(0, KW) * E
     part = tl.zeros(acc.shape, tl.float32)
@@ -93,47 +93,77 @@ def _fma_plane2d(acc, plane_ptr, coef, x_ptr, c0, ks, k0, ns, offs_n, mask_n, s,
 
 
 @triton.jit
-def _fma1_tile(acc0, acc1, acc2, x_ptr, seg, k0, ns, gs, offs_n, mask_n, BITS: tl.constexpr, BK: tl.constexpr,
-               ASM: tl.constexpr, FULL: tl.constexpr):
-    """All planes of one K-tile for ``M == 1``."""
+def _fma1_loads(seg, k0, valid, ns, gs, offs_n, mask_n, BITS: tl.constexpr, BK: tl.constexpr):
+    """Global loads of one K-tile for ``M == 1``: the words of every plane and the group's
+    ``(scale, zero)``; everything reads as 0 unless ``valid`` (so a prefetch may run past the end)."""
+    ks = seg[1]
+    W0: tl.constexpr = plane_width(BITS, 0)
+    W1: tl.constexpr = plane_width(BITS, 1)
+    W2: tl.constexpr = plane_width(BITS, 2)
+    m = offs_n < tl.where(valid, ns, 0)  # == mask_n when valid, all False otherwise
+    w0 = word_tile(seg[4], k0, ks, ns, offs_n, m, W0, BK)
+    if W1 > 0:
+        w1 = word_tile(seg[5], k0, ks, ns, offs_n, m, W1, BK)
+    else:
+        w1 = w0
+    if W2 > 0:
+        w2 = word_tile(seg[6], k0, ks, ns, offs_n, m, W2, BK)
+    else:
+        w2 = w0
+    s, z = group_params(seg[2], seg[3], k0, gs, ns, offs_n, m)
+    return w0, w1, w2, s, z
+
+
+@triton.jit
+def _fma1_compute(acc0, acc1, acc2, w0, w1, w2, s, z, x_ptr, seg, k0, BITS: tl.constexpr, BK: tl.constexpr,
+                  ASM: tl.constexpr, FULL: tl.constexpr):
+    """All planes of one loaded K-tile for ``M == 1``."""
     c0 = seg[0]
     ks = seg[1]
     W0: tl.constexpr = plane_width(BITS, 0)
     W1: tl.constexpr = plane_width(BITS, 1)
     W2: tl.constexpr = plane_width(BITS, 2)
-    s, z = group_params(seg[2], seg[3], k0, gs, ns, offs_n, mask_n)
-    acc0 = _fma_plane2d(acc0, seg[4], 1.0, x_ptr, c0, ks, k0, ns, offs_n, mask_n, s, z, W0, True, BK, ASM, FULL)
+    acc0 = _fma_plane2d(acc0, w0, 1.0, x_ptr, c0, ks, k0, s, z, W0, True, BK, ASM, FULL)
     if W1 > 0:
-        acc1 = _fma_plane2d(acc1, seg[5], plane_coef(BITS, 1), x_ptr, c0, ks, k0, ns, offs_n, mask_n, s, z,
-                            W1, False, BK, ASM, FULL)
+        acc1 = _fma_plane2d(acc1, w1, plane_coef(BITS, 1), x_ptr, c0, ks, k0, s, z, W1, False, BK, ASM, FULL)
     if W2 > 0:
-        acc2 = _fma_plane2d(acc2, seg[6], plane_coef(BITS, 2), x_ptr, c0, ks, k0, ns, offs_n, mask_n, s, z,
-                            W2, False, BK, ASM, FULL)
+        acc2 = _fma_plane2d(acc2, w2, plane_coef(BITS, 2), x_ptr, c0, ks, k0, s, z, W2, False, BK, ASM, FULL)
     return acc0, acc1, acc2
 
 
 @triton.jit
 def _segment_fma1(x_ptr, seg, ns, gs, offs_n, mask_n, pid_k, BITS: tl.constexpr, BN: tl.constexpr,
-                  BK: tl.constexpr, split_k, ASM: tl.constexpr):
-    """float32 ``[1, BN]`` for ``M == 1``, aligned groups, ``x`` already in storage order."""
+                  BK: tl.constexpr, split_k, ASM: tl.constexpr, PREFETCH: tl.constexpr):
+    """float32 ``[1, BN]`` for ``M == 1``, aligned groups, ``x`` already in storage order.
+
+    PREFETCH: issue the next tile's global loads before multiplying the current one (register
+    double buffering; Triton's pipeliner does not pipeline loads that feed no ``tl.dot``)."""
     ks = seg[1]
-    W0: tl.constexpr = plane_width(BITS, 0)
-    W1: tl.constexpr = plane_width(BITS, 1)
-    W2: tl.constexpr = plane_width(BITS, 2)
     acc0 = tl.zeros([plane_rows(BITS, 0, BK), BN], tl.float32)
     acc1 = tl.zeros([plane_rows(BITS, 1, BK), BN], tl.float32)
     acc2 = tl.zeros([plane_rows(BITS, 2, BK), BN], tl.float32)
     t_lo, t_hi = _tile_range(ks, pid_k, BK, split_k)
-    for t in range(t_lo, tl.minimum(t_hi, ks // BK)):
-        acc0, acc1, acc2 = _fma1_tile(acc0, acc1, acc2, x_ptr, seg, t * BK, ns, gs, offs_n, mask_n,
-                                      BITS, BK, ASM, True)
+    t_full = tl.minimum(t_hi, ks // BK)
+    if PREFETCH:
+        w0, w1, w2, s, z = _fma1_loads(seg, t_lo * BK, t_lo < t_full, ns, gs, offs_n, mask_n, BITS, BK)
+        for t in range(t_lo, t_full):
+            c0w, c1w, c2w, cs, cz = w0, w1, w2, s, z
+            w0, w1, w2, s, z = _fma1_loads(seg, (t + 1) * BK, t + 1 < t_full, ns, gs, offs_n, mask_n, BITS, BK)
+            acc0, acc1, acc2 = _fma1_compute(acc0, acc1, acc2, c0w, c1w, c2w, cs, cz, x_ptr, seg, t * BK,
+                                             BITS, BK, ASM, True)
+    else:
+        for t in range(t_lo, t_full):
+            w0, w1, w2, s, z = _fma1_loads(seg, t * BK, t < t_full, ns, gs, offs_n, mask_n, BITS, BK)
+            acc0, acc1, acc2 = _fma1_compute(acc0, acc1, acc2, w0, w1, w2, s, z, x_ptr, seg, t * BK,
+                                             BITS, BK, ASM, True)
     if (t_hi > t_lo) & (t_hi * BK > ks):  # the segment's last tile is partial and ours
-        acc0, acc1, acc2 = _fma1_tile(acc0, acc1, acc2, x_ptr, seg, (t_hi - 1) * BK, ns, gs, offs_n, mask_n,
-                                      BITS, BK, ASM, False)
+        k0 = (t_hi - 1) * BK
+        w0, w1, w2, s, z = _fma1_loads(seg, k0, t_hi > t_lo, ns, gs, offs_n, mask_n, BITS, BK)
+        acc0, acc1, acc2 = _fma1_compute(acc0, acc1, acc2, w0, w1, w2, s, z, x_ptr, seg, k0, BITS, BK, ASM, False)
     y = tl.sum(acc0, axis=0)
-    if W1 > 0:
+    if plane_width(BITS, 1) > 0:
         y += tl.sum(acc1, axis=0)
-    if W2 > 0:
+    if plane_width(BITS, 2) > 0:
         y += tl.sum(acc2, axis=0)
     return y[None, :]
 
@@ -255,7 +285,8 @@ def skinny_kernel(x_ptr, stride_xm, perm_ptr, out_ptr, stride_om, acc_ptr, strid
                   M, r0, ns, gs, split_k, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                   USE_DOT: tl.constexpr, GATHER: tl.constexpr, ALIGNED: tl.constexpr, ATOMIC: tl.constexpr,
-                  HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr = False):
+                  HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr = False,
+                  PREFETCH: tl.constexpr = False):
     """Grid ``(cdiv(ns, BN), split_k)``; ``M <= BM``. ``ASM``: inline PTX (not in the interpreter)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -269,7 +300,7 @@ def skinny_kernel(x_ptr, stride_xm, perm_ptr, out_ptr, stride_om, acc_ptr, strid
             y += _segment_dot(x_ptr, stride_xm, perm_ptr, segs[i], ns, gs, offs_m, mask_m, offs_n, mask_n, pid_k,
                               SEG_BITS[i], BM, BN, BK, split_k, GATHER, ALIGNED)
         elif BM == 1 and ALIGNED and not GATHER:
-            y += _segment_fma1(x_ptr, segs[i], ns, gs, offs_n, mask_n, pid_k, SEG_BITS[i], BN, BK, split_k, ASM)
+            y += _segment_fma1(x_ptr, segs[i], ns, gs, offs_n, mask_n, pid_k, SEG_BITS[i], BN, BK, split_k, ASM, PREFETCH)
         else:
             y += _segment_fma(x_ptr, stride_xm, perm_ptr, segs[i], ns, gs, offs_m, mask_m, offs_n, mask_n, pid_k,
                               SEG_BITS[i], BM, BN, BK, split_k, GATHER, ALIGNED)

@@ -54,6 +54,7 @@ class KernelConfig:
     walk: bool = True
     gather: bool = False  # fuse x[:, col_perm] into the matmul kernel (else a gather pass into the workspace)
     group_m: int = 8
+    prefetch: bool = False  # "fma", M == 1: software-prefetch the next tile (not yet timed on a GPU)
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -283,7 +284,8 @@ def _matmul_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor |
                 m, r0, ns, gs, cfg.split_k, tuple(_seg_arg(s) for s in segs))
         if skinny:
             grid = (triton.cdiv(ns, cfg.block_n), cfg.split_k)
-            launches.append(Launch("skinny_kernel", grid, args, dict(kw, USE_DOT=cfg.path == "dot", ASM=x.is_cuda)))
+            launches.append(Launch("skinny_kernel", grid, args, dict(kw, USE_DOT=cfg.path == "dot", ASM=x.is_cuda,
+                                                                     PREFETCH=cfg.prefetch)))
         else:
             grid = (triton.cdiv(m, bm) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
             launches.append(Launch("gemm_kernel", grid, args, dict(kw, GROUP_M=cfg.group_m)))
