@@ -136,7 +136,7 @@ def cfg_name(c) -> str:
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 
-def main(argv=None) -> int:
+def _parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES))
     ap.add_argument("--ms", default=",".join(map(str, MS)))
@@ -149,35 +149,17 @@ def main(argv=None) -> int:
                     help="no GPU: re-read a --tune JSON and print the table for the current select_config")
     ap.add_argument("--dry-run", action="store_true",
                     help="smoke test on the CPU (Triton interpreter, wall-clock 'times'; needs TRITON_INTERPRET=1)")
-    args = ap.parse_args(argv)
-    if args.from_json:
-        return _table_from_json(Path(args.from_json))
-    if args.dry_run:
-        _make_dry()
-    import triton
-    from slimq.kernels.reference import packed_matmul_reference
-    from slimq.kernels.triton import KernelConfig, Workspace, select_config
+    return ap.parse_args(argv)
+
+
+def _prepare(args, dev, shapes, ms, variants):
+    """Packed layers, static buffers and config lists for every (N, K, M, variant); precompiles."""
+    from slimq.kernels.triton import Workspace, select_config
     from slimq.kernels.triton.warmup import precompile
-
-    dev = torch.device("cpu" if args.dry_run else "cuda")
-    torch.manual_seed(0)
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    ms = [int(v) for v in args.ms.split(",")]
-    variants = args.variants.split(",")
-    props = torch.cuda.get_device_properties(dev) if dev.type == "cuda" else argparse.Namespace(
-        name="cpu (dry run)", multi_processor_count=0)
-    meta = {"gpu": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
-            "triton": triton.__version__, "python": platform.python_version(), "group_size": GS,
-            "convention": "shape N x K = out_features x in_features; y[M, N] = x[M, K] W^T"}
-    print(json.dumps(meta), flush=True)
-    bw = copy_bandwidth(dev)
-    meta["copy_GBps"] = bw
-    print(f"copy bandwidth (read+write): {bw:.0f} GB/s", flush=True)
-
     t0 = time.time()
     layers = {(n, k, v): build_layer(n, k, v, dev, seed=n + k) for n, k in shapes for v in variants}
     max_n, max_k = max(n for n, _ in shapes), max(k for _, k in shapes)
-    ws = Workspace(dev, max(ms), max_n, max_k, torch.float16, dequant=args.tune or any(m > 16 for m in ms))
+    ws = Workspace(dev, max(ms), max_n, max_k, torch.float16, dequant=True)
     cases = {(n, k, m, v): Case(layers[n, k, v], m, dev, ws) for n, k in shapes for m in ms for v in variants}
     cfgs = {key: [select_config(key[2], key[0], key[1])] + (candidates(key[2]) if args.tune else [])
             for key in cases}
@@ -191,7 +173,51 @@ def main(argv=None) -> int:
         n_var = -1
         print(f"precompile failed ({type(e).__name__}: {e}); compiling lazily", flush=True)
     print(f"built {len(layers)} layers, precompiled {n_var} kernel variants in {time.time() - t0:.0f}s", flush=True)
+    return cases, cfgs
 
+
+def _measure_variant(case, cfgs, tune: bool, keep_all: bool) -> dict:
+    """Check every config's output against the reference, then time it."""
+    from slimq.kernels.reference import packed_matmul_reference
+    ref = packed_matmul_reference(case.x, case.p).float()
+    results = []
+    for cfg in cfgs:
+        case.out.fill_(float("nan"))
+        case.fn(cfg)()
+        err = float((case.out.float() - ref).norm() / ref.norm())
+        t = time_graph(case.fn(cfg), rep_ms=40 if cfg is cfgs[0] else 15)
+        results.append({"cfg": cfg_name(cfg), "us": t, "err": err, "ok": err < 3e-3})
+    auto = results[0]
+    ok = [r for r in results if r["ok"]]
+    best = min(ok, key=lambda r: r["us"]) if ok else auto
+    m, k = case.x.shape
+    nbytes = packed_bytes(case.p) + (m * k + m * case.p.out_features) * 2
+    return {"us": auto["us"], "cfg": auto["cfg"], "err": auto["err"], "ok": auto["ok"],
+            "GBps": nbytes / auto["us"] / 1e3, "best_us": best["us"], "best_cfg": best["cfg"],
+            "all": results if keep_all else None}
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    if args.from_json:
+        return _table_from_json(Path(args.from_json))
+    if args.dry_run:
+        _make_dry()
+    import triton
+    dev = torch.device("cpu" if args.dry_run else "cuda")
+    torch.manual_seed(0)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    ms = [int(v) for v in args.ms.split(",")]
+    variants = args.variants.split(",")
+    props = torch.cuda.get_device_properties(dev) if dev.type == "cuda" else argparse.Namespace(
+        name="cpu (dry run)", multi_processor_count=0)
+    meta = {"gpu": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
+            "triton": triton.__version__, "python": platform.python_version(), "group_size": GS,
+            "convention": "shape N x K = out_features x in_features; y[M, N] = x[M, K] W^T"}
+    print(json.dumps(meta), flush=True)
+    bw = meta["copy_GBps"] = copy_bandwidth(dev)
+    print(f"copy bandwidth (read+write): {bw:.0f} GB/s", flush=True)
+    cases, cfgs = _prepare(args, dev, shapes, ms, variants)
     rows = []
     for n, k in shapes:
         w16 = torch.randn(n, k, device=dev, dtype=torch.float16) * 0.02
@@ -199,30 +225,14 @@ def main(argv=None) -> int:
             x16 = torch.randn(m, k, device=dev, dtype=torch.float16)
             y16 = torch.empty(m, n, device=dev, dtype=torch.float16)
             row = {"N": n, "K": k, "M": m, "fp16_us": time_graph(lambda: torch.mm(x16, w16.t(), out=y16))}
-            fp16_bytes = (n * k + m * k + m * n) * 2
-            row["fp16_GBps"] = fp16_bytes / row["fp16_us"] / 1e3
+            row["fp16_GBps"] = (n * k + m * k + m * n) * 2 / row["fp16_us"] / 1e3
             if not args.no_peer:
                 try:
                     row["int4_us"] = time_graph(int4_peer(n, k, m, dev))
                 except RuntimeError as e:  # the peer kernel is missing on some builds
                     row["int4_us"], row["int4_error"] = None, str(e)[:200]
             for v in variants:
-                case = cases[n, k, m, v]
-                ref = packed_matmul_reference(case.x, case.p).float()
-                results = []
-                for cfg in cfgs[n, k, m, v]:
-                    case.out.fill_(float("nan"))
-                    case.fn(cfg)()
-                    err = float((case.out.float() - ref).norm() / ref.norm())
-                    t = time_graph(case.fn(cfg), rep_ms=40 if cfg is cfgs[n, k, m, v][0] else 15)
-                    results.append({"cfg": cfg_name(cfg), "us": t, "err": err, "ok": err < 3e-3})
-                auto = results[0]
-                ok = [r for r in results if r["ok"]]
-                best = min(ok, key=lambda r: r["us"]) if ok else auto
-                nbytes = packed_bytes(case.p) + (m * k + m * n) * 2
-                row[v] = {"us": auto["us"], "cfg": auto["cfg"], "err": auto["err"], "ok": auto["ok"],
-                          "GBps": nbytes / auto["us"] / 1e3, "best_us": best["us"], "best_cfg": best["cfg"],
-                          "all": results if args.tune or v == "slim" else None}
+                row[v] = _measure_variant(cases[n, k, m, v], cfgs[n, k, m, v], args.tune, args.tune or v == "slim")
             rows.append(row)
             print(_fmt_row(row, variants, bw), flush=True)
         del w16

@@ -3,8 +3,9 @@
 Launch-level kernels (host wrappers live in ``slimq.kernels.triton.ops``):
 
 * ``skinny_kernel``: decode-sized ``M <= 16``. Streams each packed word once. ``USE_DOT=False``
-  multiplies on the CUDA cores (best for ``M <= 4``), ``USE_DOT=True`` feeds the unpacked codes
-  to the tensor cores with ``M`` padded to 16. Scales and zeros are applied once per
+  multiplies on the CUDA cores (the dispatch uses it for ``M == 1``: a dedicated 2-D path; the
+  generic 3-D path serves gathered x / unaligned groups), ``USE_DOT=True`` feeds the unpacked
+  codes to the tensor cores with ``M`` padded to 16. Scales and zeros are applied once per
   (tile, row): ``sum_k x_k w_k = s * (sum_k x_k q_k - z * sum_k x_k)`` inside a group.
 * ``gemm_kernel``: ``M > 16``. Dequantizes a ``[BK, BN]`` tile to the activation dtype and
   feeds ``tl.dot``; ``M x N`` output tiles, optional split-K.
@@ -23,7 +24,8 @@ import triton
 import triton.language as tl
 
 from slimq.kernels.triton._tiles import (
-    code_tile, elem_group_params, slot_codes, word_tile, group_params, plane_coef, plane_rows, plane_width, store_rows, x_tile2, x_tile3,
+    code_tile, elem_group_params, group_params, plane_coef, plane_rows, plane_width, slot_codes, store_rows,
+    word_tile, x_tile2, x_tile3,
 )
 
 __all__ = ["skinny_kernel", "gemm_kernel", "dequant_kernel", "gather_kernel", "finalize_kernel"]
@@ -209,16 +211,15 @@ def _fma_tile3(acc0, acc1, acc2, seg, x_ptr, stride_xm, perm_ptr, sc_ptr, zr_ptr
     W0: tl.constexpr = plane_width(BITS, 0)
     W1: tl.constexpr = plane_width(BITS, 1)
     W2: tl.constexpr = plane_width(BITS, 2)
-    if True:
-        acc0 = _fma_plane(acc0, seg[4], 1.0, x_ptr, stride_xm, perm_ptr, sc_ptr, zr_ptr, c0, ks, k0, ns, gs,
-                          offs_m, mask_m, offs_n, mask_n, s, z, W0, True, BK, GATHER, ALIGNED)
-        if W1 > 0:
-            acc1 = _fma_plane(acc1, seg[5], plane_coef(BITS, 1), x_ptr, stride_xm, perm_ptr, sc_ptr, zr_ptr, c0, ks,
-                              k0, ns, gs, offs_m, mask_m, offs_n, mask_n, s, z, W1, False, BK, GATHER, ALIGNED)
-        if W2 > 0:
-            acc2 = _fma_plane(acc2, seg[6], plane_coef(BITS, 2), x_ptr, stride_xm, perm_ptr, sc_ptr, zr_ptr,
-                              c0, ks, k0, ns, gs, offs_m, mask_m, offs_n, mask_n, s, z, W2, False, BK, GATHER,
-                              ALIGNED)
+    acc0 = _fma_plane(acc0, seg[4], 1.0, x_ptr, stride_xm, perm_ptr, sc_ptr, zr_ptr, c0, ks, k0, ns, gs,
+                      offs_m, mask_m, offs_n, mask_n, s, z, W0, True, BK, GATHER, ALIGNED)
+    if W1 > 0:
+        acc1 = _fma_plane(acc1, seg[5], plane_coef(BITS, 1), x_ptr, stride_xm, perm_ptr, sc_ptr, zr_ptr, c0, ks,
+                          k0, ns, gs, offs_m, mask_m, offs_n, mask_n, s, z, W1, False, BK, GATHER, ALIGNED)
+    if W2 > 0:
+        acc2 = _fma_plane(acc2, seg[6], plane_coef(BITS, 2), x_ptr, stride_xm, perm_ptr, sc_ptr, zr_ptr,
+                          c0, ks, k0, ns, gs, offs_m, mask_m, offs_n, mask_n, s, z, W2, False, BK, GATHER,
+                          ALIGNED)
     return acc0, acc1, acc2
 
 
