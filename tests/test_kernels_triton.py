@@ -24,14 +24,17 @@ IN_PROCESS = GPU or "triton" not in sys.modules or os.environ.get(_CHILD_FLAG) =
 if not GPU and IN_PROCESS:
     os.environ["TRITON_INTERPRET"] = "1"
 triton = pytest.importorskip("triton")
-if not IN_PROCESS:
-    def test_in_interpreter_subprocess():
-        env = dict(os.environ, TRITON_INTERPRET="1", **{_CHILD_FLAG: "1"})
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                           env=env, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+inproc = pytest.mark.skipif(not IN_PROCESS, reason="ran in test_in_interpreter_subprocess")
 
-    pytest.skip("kernel tests ran in a subprocess (test_in_interpreter_subprocess)", allow_module_level=True)
+
+@pytest.mark.skipif(IN_PROCESS, reason="kernels run in this process")
+def test_in_interpreter_subprocess():
+    """triton was imported before this module (compiled mode, no GPU): run it in a fresh process."""
+    env = dict(os.environ, TRITON_INTERPRET="1", **{_CHILD_FLAG: "1"})
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
 
 import slimq.kernels.triton as slt  # noqa: E402
 from slimq.format.packing import pack  # noqa: E402
@@ -112,11 +115,13 @@ M_OF = {"fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 
 PATH_CASES = [("mix123_short", c) for c in CFGS] + [("u3_odd", c) for c in ("fma1", "dot_split_gather", "gemm")]
 
 
+@inproc
 @pytest.mark.parametrize("layer,cfg_name", PATH_CASES)
 def test_paths_match_reference(layer, cfg_name):
     _check(random_layer(*LAYERS[layer]), M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=cfg_name != "dot")
 
 
+@inproc
 @pytest.mark.parametrize("layer,cfg_name", [("mix_wide", "fma1"), ("mix_wide", "gemm"), ("u2_g128_short", "dot"),
                                             ("u2_g128_short", "fma1_prefetch"),
                                             ("unaligned_g20", "fma1"), ("unaligned_g20", "dot")])
@@ -124,6 +129,7 @@ def test_bit_widths_and_groupings(layer, cfg_name):
     _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name])
 
 
+@inproc
 @pytest.mark.parametrize("dtype,cfg_name", [(torch.bfloat16, "fma1"), (torch.bfloat16, "dot"),
                                             (torch.bfloat16, "gemm_split_perseg"), (torch.float32, "fma1"),
                                             (torch.float32, "gemm_split_perseg")])
@@ -133,6 +139,7 @@ def test_dtypes(dtype, cfg_name):
     _check(random_layer(*LAYERS["mix123_short"], seed=5), M_OF[cfg_name], dtype, CFGS[cfg_name], bias=True)
 
 
+@inproc
 @pytest.mark.parametrize("cfg_name", ["fma1_split_perseg", "dot", "dequant"])
 def test_row_permuted_layers(cfg_name):
     """Bit-widths varying along rows (MixLLM): several bands and a row_perm."""
@@ -141,6 +148,7 @@ def test_row_permuted_layers(cfg_name):
     _check(p, M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=True)
 
 
+@inproc
 @pytest.mark.parametrize("m", [1, 3, 17])
 def test_auto_dispatch_and_registry(m):
     p = random_layer(*LAYERS["mix123_short"], seed=11)
@@ -152,6 +160,7 @@ def test_auto_dispatch_and_registry(m):
         assert _rel_err(y, packed_matmul_reference(x, p)) < TOL[torch.float16]
 
 
+@inproc
 def test_select_config_is_explicit():
     assert select_config(1, 4096, 4096).path == "fma"
     assert [select_config(m, 4096, 4096).path for m in (2, 8, 16)] == ["dot"] * 3
@@ -168,6 +177,7 @@ def test_select_config_is_explicit():
         select_config(0, 8, 8)
 
 
+@inproc
 def test_config_and_input_errors():
     with pytest.raises(ValueError, match="path must be one of"):
         KernelConfig("cutlass")
@@ -188,6 +198,7 @@ def test_config_and_input_errors():
                    config=KernelConfig("dequant"))
 
 
+@inproc
 def test_backend_registration():
     backend = get_backend("triton")
     assert backend.priority > get_backend("reference").priority
@@ -201,6 +212,7 @@ def test_backend_registration():
 gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 
 
+@inproc
 @gpu
 @pytest.mark.parametrize("m", [1, 4, 16, 64, 300])
 @pytest.mark.parametrize("bits", [2, 3, 4, [1, 2, 3]])
@@ -210,6 +222,7 @@ def test_gpu_shapes(m, bits):
     _check(p, m, torch.bfloat16, None)
 
 
+@inproc
 @gpu
 @pytest.mark.parametrize("m", [1, 8, 128])
 def test_cuda_graph_capture(m):
