@@ -2,9 +2,6 @@
 layer-output error against RTN on real SmolLM2 activations."""
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -13,22 +10,12 @@ from slimq.quant.linalg import HessianError, inverse_hessian_cholesky
 from slimq.quant.primitives import fit_qparams
 from slimq.quant.rtn import rtn_quantize
 
-
-@contextlib.contextmanager
-def _one_thread():
-    """These problems are small: on a shared 2-core machine extra intra-op threads only
-    spin (measured 5x slower with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+from _real_activations import cached_linear_inputs, one_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
-    with _one_thread():
+    with one_thread():
         yield
 
 
@@ -246,55 +233,12 @@ _LAYER, _SEQ, _N_CALIB, _N_EVAL = 5, 256, 16, 4
 _LINEARS = ("self_attn.q_proj", "mlp.up_proj")  # both read the 576-wide hidden state
 
 
-def _capture_real_inputs() -> dict[str, torch.Tensor]:
-    """Weights and inputs of two layer-5 linears of SmolLM2-135M on WikiText-2 text:
-    ``{name}.W [N, 576]`` and ``{name}.X [tokens, 576]`` float32, calibration tokens first."""
-    loading = pytest.importorskip("slimq.models.loading")
-    try:
-        model, tok = loading.load_model("smollm2-local", dtype=torch.float32)
-    except loading.ModelLoadError as e:
-        pytest.skip(f"SmolLM2 not available: {e}")
-    text = (Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-test.raw").read_text()[:60000]
-    ids = tok(text, return_tensors="pt").input_ids[0, : _SEQ * (_N_CALIB + _N_EVAL)].view(-1, _SEQ)
-    layer = model.model.layers[_LAYER]
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in _LINEARS}
-
-    class _Stop(Exception):  # nothing after layer _LAYER is needed
-        pass
-
-    def stop(*_):
-        raise _Stop
-
-    hooks = [layer.get_submodule(name).register_forward_pre_hook(
-        lambda m, args, name=name: out[name].append(args[0].reshape(-1, args[0].shape[-1]).detach()))
-        for name in _LINEARS] + [layer.register_forward_hook(stop)]
-    try:
-        with torch.no_grad():
-            for row in ids:  # one sequence at a time keeps calibration tokens first
-                try:
-                    model(row[None])
-                except _Stop:
-                    pass
-    finally:
-        for h in hooks:
-            h.remove()
-    acts = {f"{name}.X": torch.cat(out[name]) for name in _LINEARS}
-    acts.update({f"{name}.W": layer.get_submodule(name).weight.detach().float().clone() for name in _LINEARS})
-    return acts
-
-
 @pytest.fixture(scope="session")
 def real_inputs(pytestconfig, tmp_path_factory) -> dict[str, torch.Tensor]:
-    """Cached in pytest's cache dir: the first run loads the model, later ones read a file."""
-    cache = getattr(pytestconfig, "cache", None)  # absent under -p no:cacheprovider
-    folder = cache.mkdir("slimq_gptq_real") if cache is not None else tmp_path_factory.mktemp("slimq_gptq_real")
-    path = folder / f"layer{_LAYER}_seq{_SEQ}x{_N_CALIB}+{_N_EVAL}_v1.pt"
-    if path.is_file():
-        return torch.load(path)
-    with _one_thread():  # session fixtures start before the module-wide one
-        acts = _capture_real_inputs()
-    torch.save(acts, path)
-    return acts
+    """Weights ``{name}.W [N, 576]`` and inputs ``{name}.X [tokens, 576]`` of two layer-5
+    linears of SmolLM2-135M on WikiText-2 text, calibration tokens first."""
+    return cached_linear_inputs(pytestconfig, tmp_path_factory, tag="gptq_real", layer=_LAYER, linears=_LINEARS,
+                                seq=_SEQ, n_seqs=_N_CALIB + _N_EVAL)
 
 
 def layer_output_errors(W, X, bits, gs, act_order=False):

@@ -23,29 +23,13 @@ from slimq.models import (
     weight_matrix,
 )
 from slimq.models.tiny import TINY_VOCAB, tiny_config, tiny_model, tiny_model_types
-from slimq.quant.primitives import fit_qparams, group_bounds, make_g_idx, quantize_codes
-from slimq.quant.result import QuantizedTensor
 from slimq.quant.sequential import quantize_blocks
+
+from _plain_rtn import rtn
 
 ALL_TYPES = tiny_model_types()
 # Modules of a multimodal model that a text-only quantization run never touches.
 _UNUSED = {"gemma3": ("model.vision_tower", "model.multi_modal_projector")}
-
-
-def rtn(W: torch.Tensor, bits: int = 3, gs: int = 32) -> QuantizedTensor:
-    """Plain asymmetric min/max round-to-nearest of ``W [N, K]``, from the primitives."""
-    n, k = W.shape
-    bounds = group_bounds(k, gs)
-    codes = torch.empty(n, k)
-    scales, zeros = [], []
-    for s, e in bounds:
-        sc, z = fit_qparams(W[:, s:e], bits, False)
-        codes[:, s:e] = quantize_codes(W[:, s:e], sc, z, bits)
-        scales.append(sc)
-        zeros.append(z)
-    return QuantizedTensor(codes.to(torch.uint8), torch.stack(scales, 1).half(), torch.stack(zeros, 1).half(),
-                           make_g_idx(k, gs), torch.full((n, len(bounds)), bits, dtype=torch.int8), gs,
-                           {"loss": 0.0})
 
 
 def test_every_supported_type_has_a_tiny_model():

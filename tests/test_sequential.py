@@ -9,26 +9,12 @@ import torch
 
 from slimq.models import get_arch, get_blocks, get_submodule, set_weight_matrix, weight_matrix
 from slimq.models.tiny import TINY_VOCAB, tiny_model, tiny_model_types
-from slimq.quant.primitives import fit_qparams, group_bounds, make_g_idx, quantize_codes
 from slimq.quant.result import QuantizedTensor
 from slimq.quant.sequential import LinearJob, NonFiniteHessianError, capture_block_inputs, quantize_blocks
 
+from _plain_rtn import rtn
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def rtn(W: torch.Tensor, bits: int = 3, gs: int = 32) -> QuantizedTensor:
-    """Plain asymmetric min/max round-to-nearest of ``W [N, K]``, from the primitives."""
-    n, k = W.shape
-    bounds = group_bounds(k, gs)
-    codes = torch.empty(n, k)
-    scales, zeros = [], []
-    for s, e in bounds:
-        sc, z = fit_qparams(W[:, s:e], bits, False)
-        codes[:, s:e] = quantize_codes(W[:, s:e], sc, z, bits)
-        scales.append(sc)
-        zeros.append(z)
-    return QuantizedTensor(codes.to(torch.uint8), torch.stack(scales, 1).half(), torch.stack(zeros, 1).half(),
-                           make_g_idx(k, gs), torch.full((n, len(bounds)), bits, dtype=torch.int8), gs)
 
 
 def exact(W: torch.Tensor) -> QuantizedTensor:

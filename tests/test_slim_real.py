@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,45 +14,18 @@ import torch
 from slimq.quant.gptq import gptq_quantize
 from slimq.quant.slim import slim_quantize
 
+from _real_activations import cached_linear_inputs
+
 pytestmark = pytest.mark.slow
 
 _LAYER, _SEQ, _N_CALIB, _N_EVAL = 5, 256, 8, 2
 _LINEARS = ("mlp.up_proj", "mlp.down_proj")  # [1536, 576] and [576, 1536]
 
 
-def _capture() -> dict[str, torch.Tensor]:
-    loading = pytest.importorskip("slimq.models.loading")
-    try:
-        model, tok = loading.load_model("smollm2-local", dtype=torch.float32)
-    except loading.ModelLoadError as e:
-        pytest.skip(f"SmolLM2 not available: {e}")
-    text = (Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-test.raw").read_text()[:60000]
-    ids = tok(text, return_tensors="pt").input_ids[0, : _SEQ * (_N_CALIB + _N_EVAL)].view(-1, _SEQ)
-    layer = model.model.layers[_LAYER]
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in _LINEARS}
-    hooks = [layer.get_submodule(name).register_forward_pre_hook(
-        lambda m, args, name=name: out[name].append(args[0].reshape(-1, args[0].shape[-1]).detach()))
-        for name in _LINEARS]
-    try:
-        with torch.no_grad():
-            for row in ids:
-                model(row[None])
-    finally:
-        for h in hooks:
-            h.remove()
-    acts = {f"{name}.X": torch.cat(out[name]) for name in _LINEARS}
-    acts.update({f"{name}.W": layer.get_submodule(name).weight.detach().float().clone() for name in _LINEARS})
-    return acts
-
-
 @pytest.fixture(scope="module")
-def real(pytestconfig) -> dict[str, torch.Tensor]:
-    path = pytestconfig.cache.mkdir("slimq_slim_real") / f"layer{_LAYER}_v1.pt"
-    if path.is_file():
-        return torch.load(path)
-    acts = _capture()
-    torch.save(acts, path)
-    return acts
+def real(pytestconfig, tmp_path_factory) -> dict[str, torch.Tensor]:
+    return cached_linear_inputs(pytestconfig, tmp_path_factory, tag="slim_real", layer=_LAYER, linears=_LINEARS,
+                                seq=_SEQ, n_seqs=_N_CALIB + _N_EVAL)
 
 
 def _split(real, name):
