@@ -43,11 +43,9 @@ def build_rows(bits_list, group_sizes, include):
                              QuantConfig(method="slim", bits=b, group_size=g, slim=SlimOptions(sqc=False))))
                 rows.append((f"slim-sqc-only-w{b}g{g}",
                              QuantConfig(method="slim", bits=b, group_size=g, slim=SlimOptions(sba=False))))
-                # The default SQC is a plain range search (sqc_lambda=1, chosen by benchmarks/sqc_sweep.py);
-                # this row turns the paper's salience weighting on.
-                rows.append((f"slim-lambda2-w{b}g{g}",
-                             QuantConfig(method="slim", bits=b, group_size=g,
-                                         slim=SlimOptions(sqc_lambda=2.0, sqc_threshold=2.0))))
+                # lambda = 1 turns SQC's salience weighting off (a plain range search).
+                rows.append((f"slim-lambda1-w{b}g{g}",
+                             QuantConfig(method="slim", bits=b, group_size=g, slim=SlimOptions(sqc_lambda=1.0))))
     return rows
 
 
