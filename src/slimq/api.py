@@ -78,6 +78,7 @@ def _quantize_rtn_direct(model, arch, config: QuantConfig, progress: bool) -> di
 
     from slimq.models import block_linears, get_blocks, set_weight_matrix, weight_matrix
     from slimq.quant.methods import get_method
+    from slimq.quant.sequential import LinearJob
 
     method = get_method("rtn")
     out = {}
@@ -85,17 +86,11 @@ def _quantize_rtn_direct(model, arch, config: QuantConfig, progress: bool) -> di
     for i, block in enumerate(tqdm(blocks, desc="rtn", disable=not progress)):
         for name, module in block_linears(block, arch).items():
             W = weight_matrix(module, arch)
-            qt = method(_Job(W), config, None)
+            full_name = f"{arch.blocks}.{i}.{name}"
+            qt = method(LinearJob(full_name, i, W, None, None, 0), config, None)
             set_weight_matrix(module, qt.dequantize(), arch)
-            out[f"{arch.blocks}.{i}.{name}"] = qt
+            out[full_name] = qt
     return out
-
-
-@dataclass
-class _Job:
-    W: torch.Tensor
-    H: torch.Tensor | None = None
-    X_sample: torch.Tensor | None = None
 
 
 def quantize(

@@ -34,14 +34,10 @@ def allocation_shares(allocation: dict[str, list[int]], group_cols: dict[str, li
     return out
 
 
-def _group_cols(qt) -> list[int]:
-    return torch.bincount(qt.g_idx.long(), minlength=qt.n_groups).tolist()
-
-
 def summarize_result(res) -> str:
     """Table: per layer type, share of columns at each bit-width, average bits, mean layer loss."""
     alloc = res.allocation()
-    shares = allocation_shares(alloc, {n: _group_cols(qt) for n, qt in res.qtensors.items()})
+    shares = allocation_shares(alloc, {n: qt.group_cols().tolist() for n, qt in res.qtensors.items()})
     losses: dict[str, list[float]] = defaultdict(list)
     for name, info in res.layer_info.items():
         if "loss" in info:

@@ -72,9 +72,13 @@ class QuantizedTensor:
             raise ValueError("bit-widths vary along rows; use .bits")
         return self.bits[0].clone()
 
+    def group_cols(self) -> torch.Tensor:
+        """int64 ``[G]`` number of columns in each group (a short last group counts what it holds)."""
+        return torch.bincount(self.g_idx.long(), minlength=self.n_groups)
+
     def avg_bits(self) -> float:
         """Mean weight bit-width, weighting each (row, group) by its column count."""
-        counts = torch.bincount(self.g_idx.long(), minlength=self.n_groups).float()
+        counts = self.group_cols().float()
         return float((self.bits.float() * counts).sum() / (counts.sum() * self.shape[0]))
 
     def to(self, device: torch.device | str) -> "QuantizedTensor":
