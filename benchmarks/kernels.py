@@ -96,20 +96,21 @@ def candidates(m: int) -> list:
     """Configs tried by ``--tune`` (besides the dispatch default)."""
     from slimq.kernels.triton import KernelConfig as C
     if m == 1:
-        base = [C("fma", block_m=1, block_n=bn, block_k=bk, num_warps=w, num_stages=st)
-                for bn, bk, w, st in ((128, 128, 4, 3), (256, 128, 4, 3), (256, 128, 8, 3), (512, 64, 4, 3))]
-        return ([dataclasses.replace(c, split_k=s) for c in base for s in (2, 4, 8, 16)]
-                + [dataclasses.replace(c, split_k=s, prefetch=True) for c in base[:2] for s in (4, 8, 16)])
+        h2 = [C("h2", block_m=1, block_n=bn, block_k=128, split_k=s, num_warps=w, num_stages=1, prefetch=pf)
+              for bn, w in ((64, 2), (128, 4), (256, 4)) for s in (8, 16) for pf in (False, True)]
+        return h2 + [C("fma", block_m=1, block_n=128, block_k=128, split_k=s, prefetch=True) for s in (8, 16)]
     if m <= 16:
-        base = [C("dot", block_m=16, block_n=bn, block_k=bk, num_warps=w, num_stages=st)
-                for bn, bk, w, st in ((32, 128, 4, 3), (64, 128, 4, 3), (128, 128, 4, 3), (64, 64, 4, 4))]
-        return [dataclasses.replace(c, split_k=s) for c in base for s in (2, 4, 8)]
-    base = [C("gemm", block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=st)
-            for bm, bn, bk, w, st in ((64, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3),
-                                      (256, 128, 64, 8, 3), (128, 128, 128, 8, 3))]
+        bm = 1 << max(0, (m - 1).bit_length())
+        h2 = [C("h2", block_m=bm, block_n=bn, block_k=128, split_k=s, num_warps=w, num_stages=1)
+              for bn, w in ((128, 4), (256, 4), (256, 8)) for s in (4, 8)] if bm <= 8 else []
+        return h2 + [C("dot", block_m=16, block_n=128, block_k=128, split_k=4, num_warps=4, num_stages=3)]
     if m <= 64:
+        base = [C("gemm", block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=st)
+                for bm, bn, bk, w, st in ((64, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3))]
         base += [dataclasses.replace(c, split_k=2) for c in base[:2]]
-    return base + [C("dequant", block_n=64, block_k=128, num_warps=4)]
+    else:
+        base = [C("gemm", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=3)]
+    return base + [C("dequant", block_n=64, block_k=128, num_warps=4, chunk_n=c) for c in (0, 1024, 2048, 4096, 8192)]
 
 
 class Case:
@@ -131,7 +132,7 @@ class Case:
 
 def cfg_name(c) -> str:
     if c.path == "dequant":
-        return "dequant"
+        return f"dequant/c{c.chunk_n}" if c.chunk_n else "dequant"
     walk = ("" if c.walk else "/seg") + ("/pf" if c.prefetch else "")
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
@@ -163,9 +164,6 @@ def _prepare(args, dev, shapes, ms, variants):
     cases = {(n, k, m, v): Case(layers[n, k, v], m, dev, ws) for n, k in shapes for m in ms for v in variants}
     cfgs = {key: [select_config(key[2], key[0], key[1])] + (candidates(key[2]) if args.tune else [])
             for key in cases}
-    for key, lst in cfgs.items():  # one-launch-per-segment alternative for the mixed layers
-        if key[3] == "slim" and key[2] <= 16:
-            lst.append(dataclasses.replace(lst[0], walk=False))
     launches = [lc for key, c in cases.items() for cfg in cfgs[key] for lc in c.launches(cfg)]
     try:
         n_var = 0 if args.dry_run else precompile(launches, processes=args.procs)

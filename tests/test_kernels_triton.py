@@ -80,7 +80,8 @@ def _check(p, m, dtype, cfg, *, bias=False, seed=1):
     b = torch.randn(p.out_features, generator=gen).to(DEV, dtype) if bias else None
     ref = packed_matmul_reference(x, p, b)
     out = torch.full((m, p.out_features), float("nan"), dtype=dtype, device=DEV)  # poison: all must be written
-    ws = Workspace(DEV, m, p.out_features, p.in_features, dtype, dequant=cfg is not None and cfg.path == "dequant")
+    path = (cfg or select_config(m, p.out_features, p.in_features)).path
+    ws = Workspace(DEV, m, p.out_features, p.in_features, dtype, dequant=path == "dequant")
     y = sbp_matmul(x, p, b, out=out, workspace=ws, config=cfg)
     assert y is out
     assert bool(torch.isfinite(y).all()), "unwritten (NaN) outputs"
@@ -107,12 +108,20 @@ CFGS = {
     "gemm": KernelConfig("gemm", block_m=16, block_n=32, block_k=32),
     "gemm_split_perseg": KernelConfig("gemm", block_m=16, block_n=16, block_k=64, split_k=2, walk=False),
     "dequant": KernelConfig("dequant", block_n=32, block_k=64),
+    "dequant_chunked": KernelConfig("dequant", block_n=16, block_k=64, chunk_n=16),
+    "h2_m1": KernelConfig("h2", block_m=1, block_n=32, block_k=64),
+    "h2_m1_split": KernelConfig("h2", block_m=1, block_n=16, block_k=32, split_k=3),
+    "h2_m1_prefetch": KernelConfig("h2", block_m=1, block_n=32, block_k=32, split_k=2, prefetch=True),
+    "h2_m4": KernelConfig("h2", block_m=4, block_n=32, block_k=64, split_k=2),
+    "h2_m16": KernelConfig("h2", block_m=16, block_n=16, block_k=64),
 }
 M_OF = {"fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
-        "gemm": 19, "gemm_split_perseg": 7, "dequant": 3}
+        "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
+        "h2_m4": 3, "h2_m16": 16}
 
 
-PATH_CASES = [("mix123_short", c) for c in CFGS] + [("u3_odd", c) for c in ("fma1", "dot_split_gather", "gemm")]
+PATH_CASES = ([("mix123_short", c) for c in CFGS]
+              + [("u3_odd", c) for c in ("fma1", "dot_split_gather", "gemm", "h2_m1", "h2_m4", "dequant_chunked")])
 
 
 @inproc
@@ -123,7 +132,9 @@ def test_paths_match_reference(layer, cfg_name):
 
 @inproc
 @pytest.mark.parametrize("layer,cfg_name", [("mix_wide", "fma1"), ("mix_wide", "gemm"), ("u2_g128_short", "dot"),
-                                            ("u2_g128_short", "fma1_prefetch"),
+                                            ("u2_g128_short", "fma1_prefetch"), ("mix_wide", "h2_m1_split"), ("mix_wide", "h2_m1_prefetch"),
+                                            ("u2_g128_short", "h2_m1_prefetch"),
+                                            ("mix_wide", "h2_m4"), ("u2_g128_short", "h2_m16"),
                                             ("unaligned_g20", "fma1"), ("unaligned_g20", "dot")])
 def test_bit_widths_and_groupings(layer, cfg_name):
     _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name])
@@ -131,16 +142,18 @@ def test_bit_widths_and_groupings(layer, cfg_name):
 
 @inproc
 @pytest.mark.parametrize("dtype,cfg_name", [(torch.bfloat16, "fma1"), (torch.bfloat16, "dot"),
+                                            (torch.bfloat16, "h2_m4"), (torch.float32, "h2_m1"),
                                             (torch.bfloat16, "gemm_split_perseg"), (torch.float32, "fma1"),
                                             (torch.float32, "gemm_split_perseg")])
 def test_dtypes(dtype, cfg_name):
-    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path != "fma":
+    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path not in ("fma", "h2"):
         pytest.skip("the Triton interpreter computes bf16 tl.dot wrongly (numpy has no bf16); runs on GPU")
     _check(random_layer(*LAYERS["mix123_short"], seed=5), M_OF[cfg_name], dtype, CFGS[cfg_name], bias=True)
 
 
 @inproc
-@pytest.mark.parametrize("cfg_name", ["fma1_split_perseg", "dot", "dequant"])
+@pytest.mark.parametrize("cfg_name", ["fma1_split_perseg", "dot", "dequant", "dequant_chunked", "h2_m1_split",
+                                      "h2_m4"])
 def test_row_permuted_layers(cfg_name):
     """Bit-widths varying along rows (MixLLM): several bands and a row_perm."""
     p = random_layer(37, 128, 32, None, row_bits=[2, 4, 3], seed=7)
@@ -161,12 +174,37 @@ def test_auto_dispatch_and_registry(m):
 
 
 @inproc
+def test_h2_needs_32_column_segments_and_falls_back():
+    """gs=20 puts segment boundaries off 32-column multiples: explicit h2 refuses, auto falls back."""
+    p = random_layer(*LAYERS["unaligned_g20"], seed=4)
+    assert slt.h2_supported(p) is not None and slt.h2_supported(random_layer(*LAYERS["u3_odd"])) is None
+    x = torch.randn(1, p.in_features).to(DEV, torch.float16)
+    with pytest.raises(ValueError, match="path 'h2' cannot run this layer"):
+        sbp_matmul(x, p, config=CFGS["h2_m1"])
+    _check(p, 1, torch.float16, None)
+    _check(p, 4, torch.float16, None)
+
+
+@inproc
+def test_h2_handles_large_activations():
+    """Half2 partial sums must not overflow for activations in the thousands (x is pre-scaled)."""
+    p = random_layer(64, 256, 128, 4, seed=9)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 256, generator=gen) * 3000).to(DEV, torch.float16)
+    y = sbp_matmul(x, p, config=CFGS["h2_m4"])
+    assert bool(torch.isfinite(y).all())
+    assert _rel_err(y, packed_matmul_reference(x, p)) < TOL[torch.float16]
+
+
+@inproc
 def test_select_config_is_explicit():
-    assert select_config(1, 4096, 4096).path == "fma"
-    assert [select_config(m, 4096, 4096).path for m in (2, 8, 16)] == ["dot"] * 3
+    assert [select_config(m, 4096, 4096).path for m in (1, 2, 4, 5, 16)] == ["h2"] * 3 + ["dot"] * 2
+    assert [select_config(m, 4096, 4096).block_m for m in (1, 3, 16)] == [1, 4, 16]
+    assert slt.fallback_config(1, 4096, 4096).path == "fma" and slt.fallback_config(5, 4096, 4096).path == "dot"
     assert [select_config(m, 4096, 4096).path for m in (17, 64)] == ["gemm"] * 2
     assert [select_config(m, 4096, 4096).path for m in (65, 256, 1024)] == ["dequant"] * 3
-    assert select_config(1, 28672, 8192).split_k == 8  # measured best on the H100 (KERNEL_NOTES.md)
+    assert select_config(256, 28672, 8192).chunk_n > 0 and select_config(256, 4096, 4096).chunk_n == 0
+    assert select_config(1, 28672, 8192).split_k == 16  # measured best on the H100 (KERNEL_NOTES.md)
     assert select_config(1, 4096, 200).split_k == 2  # never more splits than K-tiles
     assert select_config(64, 28672, 8192).split_k == 1 and select_config(64, 4096, 11008).split_k == 5
     for m in (1, 16, 64, 1024):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from slimq.kernels import BackendUnavailableError
-from slimq.nn import QuantLinear, set_backend
+from slimq.nn import QuantLinear, set_backend, share_workspace
 from test_packing import random_qt
 
 
@@ -59,6 +59,42 @@ def test_backend_choice():
     layer.backend = "nonexistent"
     with pytest.raises(BackendUnavailableError):
         layer(torch.randn(1, 64))
+
+
+def test_share_workspace_on_cpu_and_errors():
+    model = torch.nn.Sequential(QuantLinear.from_quantized(random_qt(8, 64, 32, 2)),
+                                QuantLinear.from_quantized(random_qt(64, 8, 8, 3)))
+    assert share_workspace(model, 4, "cpu") is None  # the reference backend needs no scratch
+    x = torch.randn(3, 64)
+    assert model(x).shape == (3, 64)
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        share_workspace(model, 0, "cpu")
+    model[1].backend = "triton"
+    with pytest.raises(ValueError, match="different backends"):
+        share_workspace(model, 4, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("m", [1, 4, 16, 100])
+def test_gpu_shared_workspace_graph_capture(m):
+    """With a shared workspace a layer call allocates only its output and replays in a graph."""
+    qt = random_qt(384, 576, 64, torch.tensor([2, 3, 1, 2, 2, 3, 2, 1, 2]))
+    layers = torch.nn.Sequential(QuantLinear.from_quantized(qt, dtype=torch.float16),
+                                 QuantLinear.from_quantized(random_qt(576, 384, 128, 2), dtype=torch.float16)).cuda()
+    ws = share_workspace(layers, 128, "cuda")
+    assert ws is not None and layers[0].workspace is ws and layers[1].workspace is ws
+    x = torch.randn(m, 576, dtype=torch.float16, device="cuda")
+    layers(x)  # compile outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = layers(x)
+    x.copy_(torch.randn_like(x))
+    ref = (layers[1].dequantize().cuda().float() @ (layers[0].dequantize().cuda().float() @ x.float().t())).t()
+    g.replay()
+    torch.cuda.synchronize()
+    assert float((y.float() - ref).norm() / ref.norm()) < 5e-3
 
 
 def test_extra_repr_shows_bits():

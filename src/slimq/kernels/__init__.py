@@ -49,13 +49,17 @@ class Backend:
     ``matmul(x, packed, bias) -> y``: ``x [..., K]`` float16/bfloat16/float32 on the
     backend's device, ``bias [N]`` or None, ``y [..., N]`` in ``x.dtype``.
     ``unavailable(device) -> str | None``: None if it can run on ``device``, else why not.
-    ``priority``: higher wins in ``"auto"`` selection.
+    ``priority``: higher wins in ``"auto"`` selection. ``make_workspace(device, max_m, max_n,
+    max_k, dtype) -> workspace`` (optional): preallocated scratch that ``matmul`` then accepts
+    as ``workspace=`` so that a call allocates nothing but its output (see
+    ``slimq.nn.qlinear.share_workspace``).
     """
 
     name: str
     matmul: MatmulFn
     unavailable: Callable[[torch.device], str | None]
     priority: int = 0
+    make_workspace: Callable[..., object] | None = None
 
 
 def _reference_unavailable(device: torch.device) -> str | None:

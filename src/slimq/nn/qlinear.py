@@ -24,7 +24,7 @@ from slimq.format.packing import check_packed, pack, plane_shape, unpack
 from slimq.kernels import Backend, select_backend
 from slimq.quant.result import QuantizedTensor
 
-__all__ = ["QuantLinear", "set_backend", "quant_linears"]
+__all__ = ["QuantLinear", "set_backend", "quant_linears", "share_workspace"]
 
 
 class _SegmentBuffers(nn.Module):
@@ -89,6 +89,7 @@ class QuantLinear(nn.Module):
             raise ValueError(f"bias must be [out_features={self.out_features}], got {tuple(bias.shape)}")
         self.register_parameter("bias", None if bias is None else nn.Parameter(bias, requires_grad=False))
         self.backend = backend
+        self.workspace: object | None = None  # shared scratch of the backend (see share_workspace)
         self._resolved: dict[str, Backend] = {}
         self._packed_view: PackedLinear | None = None
 
@@ -209,7 +210,10 @@ class QuantLinear(nn.Module):
         return b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._backend_for(x.device).matmul(x, self.packed, self.bias)
+        backend = self._backend_for(x.device)
+        if self.workspace is not None and backend.make_workspace is not None:
+            return backend.matmul(x, self.packed, self.bias, workspace=self.workspace)
+        return backend.matmul(x, self.packed, self.bias)
 
     def extra_repr(self) -> str:
         bits = ", ".join(f"{b}b:{c / (self.in_features * self.out_features):.0%}" for b, c in self.bits.items())
@@ -236,3 +240,30 @@ def set_backend(model: nn.Module, backend: str, device: torch.device | str | Non
         m.backend = backend
         m.invalidate_cache()
     return len(layers)
+
+
+def share_workspace(model: nn.Module, max_tokens: int, device: torch.device | str,
+                    dtype: torch.dtype = torch.float16) -> object | None:
+    """Give every QuantLinear of ``model`` one preallocated workspace of the backend that runs
+    on ``device``, so that a forward call allocates only its output (and works under CUDA-graph
+    capture without growing the memory pool). ``max_tokens``: the most rows of activations per
+    call it serves (calls with more allocate their own scratch). Returns the workspace, or
+    None when that backend needs none (e.g. the pure-torch reference)."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    layers = quant_linears(model)
+    if not layers:
+        return None
+    backends = {m.backend for m in layers.values()}
+    if len(backends) != 1:
+        raise ValueError(f"layers use different backends {sorted(backends)}; call set_backend first")
+    backend = select_backend(backends.pop(), device)
+    if backend.make_workspace is None:
+        ws = None
+    else:
+        max_n = max(m.out_features for m in layers.values())
+        max_k = max(m.in_features for m in layers.values())
+        ws = backend.make_workspace(torch.device(device), max_tokens, max_n, max_k, dtype)
+    for m in layers.values():
+        m.workspace = ws
+    return ws

@@ -11,11 +11,13 @@ import torch
 from slimq.format.layout import PackedLinear
 from slimq.kernels import REGISTRY, Backend
 from slimq.kernels.triton.ops import (
-    DEQUANT_MIN_M, FMA_MAX_M, PATHS, SKINNY_MAX_M, KernelConfig, Launch, Workspace, plan_launches, sbp_matmul, select_config,
+    DEQUANT_MIN_M, FMA_MAX_M, H2_MAX_M, H2_XSCALE, PATHS, SKINNY_MAX_M, KernelConfig, Launch, Workspace, fallback_config,
+    h2_supported, plan_launches, sbp_matmul, select_config,
 )
 
-__all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "sbp_matmul", "plan_launches", "triton_matmul",
-           "triton_unavailable", "PATHS", "FMA_MAX_M", "SKINNY_MAX_M", "DEQUANT_MIN_M"]
+__all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_config", "h2_supported", "sbp_matmul",
+           "plan_launches", "triton_matmul", "triton_unavailable", "make_workspace", "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M",
+           "DEQUANT_MIN_M", "H2_XSCALE"]
 
 _MIN_CAPABILITY = (8, 0)  # bf16 tensor-core dots
 
@@ -32,13 +34,35 @@ def triton_unavailable(device: torch.device) -> str | None:
     return None
 
 
-def triton_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``y [..., N] = x [..., K] @ W_hat^T + bias`` (allocates ``y`` and a workspace per call)."""
+def triton_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None = None, *,
+                  workspace: Workspace | None = None) -> torch.Tensor:
+    """``y [..., N] = x [..., K] @ W_hat^T + bias``. With a ``workspace`` (from
+    :func:`make_workspace`) large enough for this call only ``y`` is allocated; otherwise a
+    workspace is allocated per call."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    return sbp_matmul(x2, packed, bias).reshape(*lead, packed.out_features)
+    ws = workspace if workspace is not None and _fits(workspace, x2, packed) else None
+    return sbp_matmul(x2, packed, bias, workspace=ws).reshape(*lead, packed.out_features)
 
 
-REGISTRY.register(Backend("triton", triton_matmul, triton_unavailable, priority=10), replace=True)
+def _fits(ws: Workspace, x: torch.Tensor, packed: PackedLinear) -> bool:
+    m, k = x.shape
+    n = packed.out_features
+    if m > ws.max_m or n > ws.max_n or k > ws.max_k or x.dtype != ws.dtype or ws.acc.device != x.device:
+        return False
+    cfg = select_config(m, n, k)
+    return cfg.path != "dequant" or ws.wbuf.numel() >= min(cfg.chunk_n or n, n) * k
+
+
+def make_workspace(device: torch.device | str, max_m: int, max_n: int, max_k: int,
+                   dtype: torch.dtype = torch.float16) -> Workspace:
+    """One :class:`Workspace` serving every layer up to ``max_n x max_k`` and ``max_m`` rows of
+    activations (the dequant path's buffer holds at most 8192 rows: larger layers go in chunks)."""
+    dequant = max_m >= DEQUANT_MIN_M
+    return Workspace(device, max_m, max_n, max_k, dtype, dequant=dequant, dequant_rows=min(max_n, 8192))
+
+
+REGISTRY.register(Backend("triton", triton_matmul, triton_unavailable, priority=10, make_workspace=make_workspace),
+                  replace=True)

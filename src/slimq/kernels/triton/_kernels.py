@@ -343,18 +343,21 @@ def gemm_kernel(x_ptr, stride_xm, perm_ptr, out_ptr, stride_om, acc_ptr, stride_
                offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS)
 
 
-@triton.jit
-def dequant_kernel(w_ptr, stride_wn, rowperm_ptr, r0, ns, gs, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr,
-                   BN: tl.constexpr, BK: tl.constexpr, ALIGNED: tl.constexpr, HAS_ROWPERM: tl.constexpr):
-    """``w[row_perm[r0 + n], c0 + k] = W_hat`` for the band; grid ``(cdiv(ns, BN), max_tiles)``:
-    program ``(i, t)`` writes K-tile ``t`` of every segment that has one."""
+@triton.jit(do_not_specialize=["n_lo", "n_hi", "row0"])
+def dequant_kernel(w_ptr, stride_wn, rowperm_ptr, r0, ns, n_lo, n_hi, row0, gs, segs, SEG_BITS: tl.constexpr,
+                   NSEG: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ALIGNED: tl.constexpr,
+                   HAS_ROWPERM: tl.constexpr):
+    """``w[row_perm[r0 + n] - row0, c0 + k] = W_hat`` for band rows ``n in [n_lo, n_hi)``; grid
+    ``(cdiv(n_hi - n_lo, BN), max_tiles)``: program ``(i, t)`` writes K-tile ``t`` of every
+    segment that has one. (``row0 > 0`` only without ``row_perm``: a chunk of rows.)"""
     pid_n = tl.program_id(0)
     t = tl.program_id(1)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    mask_n = offs_n < ns
+    offs_n = n_lo + pid_n * BN + tl.arange(0, BN)
+    mask_n = offs_n < n_hi
     rows = r0 + offs_n
     if HAS_ROWPERM:
         rows = tl.load(rowperm_ptr + rows, mask=mask_n, other=0)
+    rows -= row0
     offs_k = tl.arange(0, BK)
     for i in tl.static_range(NSEG):
         seg = segs[i]

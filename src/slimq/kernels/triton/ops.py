@@ -7,11 +7,16 @@ synchronises with the host, so it can be captured in a CUDA graph.
 
 Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
 
-* ``"fma"``  (``M == 1``): CUDA-core GEMV that streams the packed words once.
+* ``"h2"``   (``M <= 16``): CUDA-core kernel in half2 arithmetic (two weights per instruction),
+  activations pre-paired by a gather kernel (``slimq.kernels.triton._h2``); needs segments on
+  32-column boundaries (:func:`h2_supported`), else the dispatch falls back to ``fma``/``dot``.
+* ``"fma"``  (``M == 1``): CUDA-core GEMV in float32 that streams the packed words once.
 * ``"dot"``  (``1 < M <= 16``): same streaming, tensor cores with ``M`` padded to 16.
 * ``"gemm"`` (``16 < M <= 64``): tiled ``tl.dot`` on tiles dequantized in registers.
 * ``"dequant"`` (``M > 64``): dequantize into ``workspace.wbuf`` then cuBLAS (``torch.mm``);
-  faster than ``"gemm"`` there on every shape measured (benchmarks/KERNEL_NOTES.md).
+  faster than ``"gemm"`` there on every shape measured (benchmarks/KERNEL_NOTES.md). With
+  ``chunk_n`` it alternates dequantizing ``chunk_n`` output rows and multiplying them, so the
+  dequantized chunk is re-read from L2 instead of DRAM and ``wbuf`` is only ``chunk_n x K``.
 
 ``walk=True`` runs one launch per band (rows shared by several segments, e.g. the 1/2/3-bit
 segments of a SliM-LLM layer) that walks all its segments; ``walk=False`` runs one launch per
@@ -26,14 +31,17 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from slimq.format.layout import PackedLinear, Segment
+from slimq.format.layout import PackedLinear, Segment, plane_widths
+from slimq.kernels.triton import _h2 as H2
 from slimq.kernels.triton import _kernels as K
 
-__all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "sbp_matmul", "plan_launches", "PATHS",
-           "FMA_MAX_M", "SKINNY_MAX_M", "DEQUANT_MIN_M"]
+__all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "sbp_matmul", "plan_launches", "h2_supported",
+           "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
 
-PATHS = ("fma", "dot", "gemm", "dequant")
-FMA_MAX_M = 1        # CUDA cores up to here ...
+PATHS = ("h2", "fma", "dot", "gemm", "dequant")
+H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
+FMA_MAX_M = 1        # float32 CUDA-core fallback for M == 1 (layers h2 cannot run)
+H2_MAX_M = 4         # half2 CUDA cores up to here ...
 SKINNY_MAX_M = 16    # ... tensor cores with M padded to 16 up to here, tiled GEMM beyond ...
 DEQUANT_MIN_M = 65   # ... and dequantize-then-cuBLAS from here
 _FINALIZE_BLOCK = 1024
@@ -54,7 +62,8 @@ class KernelConfig:
     walk: bool = True
     gather: bool = False  # fuse x[:, col_perm] into the matmul kernel (else a gather pass into the workspace)
     group_m: int = 8
-    prefetch: bool = False  # "fma", M == 1: software-prefetch the next tile (not yet timed on a GPU)
+    prefetch: bool = False  # "fma" / "h2" with M == 1: load the next tile before computing this one
+    chunk_n: int = 0  # "dequant": rows dequantized per step (0: the whole layer at once)
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -69,6 +78,10 @@ class KernelConfig:
             raise ValueError(f"tensor-core paths need block_m, block_n >= 16, got {self.block_m}, {self.block_n}")
         if self.split_k < 1:
             raise ValueError(f"split_k must be >= 1, got {self.split_k}")
+        if self.path == "h2" and self.block_m > 16:
+            raise ValueError(f"path 'h2' takes block_m <= 16, got {self.block_m}")
+        if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):
+            raise ValueError(f"chunk_n must be 0, or > 0 with path 'dequant'; got {self.chunk_n} for {self.path!r}")
 
 
 def _pow2_at_least(v: int) -> int:
@@ -79,17 +92,23 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132) -> KernelConfig
     """The dispatch rule: kernel path and tiling for ``x [m, k] @ W^T`` with ``W [n, k]``.
 
     Set from ``benchmarks/kernels.py --tune`` on an H100 (132 SMs; benchmarks/KERNEL_NOTES.md,
-    run 1): the ``M == 1`` and skinny kernels are latency-bound, so they split K deeply (8 and 4
-    ways were the best measured for every shape); ``17 <= M <= 64`` splits K until about 160
-    output tiles exist; beyond ``DEQUANT_MIN_M`` dequantize-then-cuBLAS beat the fused GEMM on
-    every measured shape.
+    runs 2-3): ``M == 1`` takes the half2 path with small tiles (64 rows, 2 warps), K split 16
+    ways and register prefetch (best or within 3% of best on all six shapes and bit-widths);
+    ``M <= 4`` the half2 path with ``M`` padded to 4 (256-row tiles from ``N >= 8192``); ``5..16``
+    the tensor-core ``dot`` path (half2 with 16 rows was 4x slower); ``17 <= M <= 64`` splits K
+    until about 160 output tiles exist; beyond ``DEQUANT_MIN_M`` dequantize-then-cuBLAS, in
+    chunks of 4096 rows for ``N > 8192`` (about as fast, and a 4096-row workspace instead of ``N``).
+    Layers the half2 path cannot run use :func:`fallback_config`.
     """
     if m < 1 or n < 1 or k < 1:
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
     k_tiles = triton.cdiv(k, 128)
-    if m <= FMA_MAX_M:
-        return KernelConfig("fma", block_m=1, block_n=128, block_k=128, split_k=max(1, min(8, k_tiles)),
-                            num_warps=4, num_stages=3)
+    if m == 1:
+        return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, min(16, k_tiles)),
+                            num_warps=2, num_stages=1, prefetch=True)
+    if m <= H2_MAX_M:
+        return KernelConfig("h2", block_m=_pow2_at_least(m), block_n=256 if n >= 8192 else 128, block_k=128,
+                            split_k=max(1, min(8, k_tiles)), num_warps=4, num_stages=1)
     if m <= SKINNY_MAX_M:
         return KernelConfig("dot", block_m=16, block_n=128, block_k=128, split_k=max(1, min(4, k_tiles)),
                             num_warps=4, num_stages=3)
@@ -98,7 +117,28 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132) -> KernelConfig
         split = max(1, min(8, round(1.2 * num_sms / tiles), triton.cdiv(k, 64)))
         return KernelConfig("gemm", block_m=64, block_n=128, block_k=64, split_k=split, num_warps=4,
                             num_stages=4)
-    return KernelConfig("dequant", block_n=64, block_k=128, num_warps=4)
+    return KernelConfig("dequant", block_n=64, block_k=128, num_warps=4, chunk_n=4096 if n > 8192 else 0)
+
+
+def fallback_config(m: int, n: int, k: int) -> KernelConfig:
+    """The float32 skinny paths, for ``M <= 16`` layers the ``h2`` path cannot take."""
+    k_tiles = triton.cdiv(k, 128)
+    if m <= FMA_MAX_M:
+        return KernelConfig("fma", block_m=1, block_n=128, block_k=128, split_k=max(1, min(8, k_tiles)),
+                            num_warps=4, num_stages=3)
+    return KernelConfig("dot", block_m=16, block_n=128, block_k=128, split_k=max(1, min(4, k_tiles)),
+                        num_warps=4, num_stages=3)
+
+
+def h2_supported(packed: PackedLinear, block_k: int = 128) -> str | None:
+    """None if the ``h2`` path can run ``packed`` with tiles of ``block_k``, else why not."""
+    k = packed.in_features
+    for s in packed.segments:
+        if s.c0 % 32 or (s.c1 % 32 and s.c1 != k):
+            return f"segment columns [{s.c0}, {s.c1}) are not on 32-column boundaries"
+    if not _block_k(block_k, packed.segments[0].group_size)[1]:
+        return f"group size {packed.segments[0].group_size} is not a multiple of 32"
+    return None
 
 
 class Workspace:
@@ -107,15 +147,23 @@ class Workspace:
     ``acc``: float32 ``[max_m * max_n]``, all zeros between calls (kernels that use it
     re-zero it). ``xperm``: ``[max_m * max_k]`` activations gathered into storage column
     order (``xperm32``: ``[max_k]`` the same in float32 for the ``M == 1`` path). ``wbuf``:
-    ``[max_n * max_k]`` dequantized weights (only with ``dequant``).
+    ``[dequant_rows * max_k]`` dequantized weights (only with ``dequant``; ``dequant_rows``
+    defaults to ``max_n``, a chunked config needs only ``chunk_n``). ``xpair`` int32
+    ``[4, max_m, Kp / 2]`` and ``xs32`` float32 ``[max_m, Kp / 32]`` (``Kp = max_k`` rounded up to 32):
+    paired activations and block sums of the ``h2`` path.
     """
 
     def __init__(self, device: torch.device | str, max_m: int, max_n: int, max_k: int,
-                 dtype: torch.dtype = torch.float16, *, dequant: bool = False,
-                 buffers: tuple[str, ...] = ("acc", "xperm", "xperm32")) -> None:
+                 dtype: torch.dtype = torch.float16, *, dequant: bool = False, dequant_rows: int | None = None,
+                 buffers: tuple[str, ...] = ("acc", "xperm", "xperm32", "xpair", "xs32")) -> None:
         self.max_m, self.max_n, self.max_k, self.dtype = max_m, max_n, max_k, dtype
+        kp = triton.cdiv(max_k, 32) * 32
+        rows = max_n if dequant_rows is None else min(dequant_rows, max_n)
         sizes = {"acc": (max_m * max_n, torch.float32), "xperm": (max_m * max_k, dtype),
-                 "xperm32": (max_k, torch.float32), "wbuf": (max_n * max_k, dtype)}
+                 "xperm32": (max_k, torch.float32), "wbuf": (rows * max_k, dtype),
+                 "xpair": (4 * max_m * kp // 2, torch.int32), "xs32": (max_m * kp // 32, torch.float32)}
+        self.kp = kp
+        self.pair_stride = max_m * kp // 2  # elements between the width slots of xpair
         names = set(buffers) | ({"wbuf"} if dequant else set())
         for name, (numel, dt) in sizes.items():
             size = numel if name in names else 0
@@ -127,9 +175,12 @@ class Workspace:
         """Only the buffers one call with ``cfg`` needs (used when the caller passes none)."""
         m, k = x.shape
         need = {"acc"} if atomic else set()
-        if not cfg.gather or cfg.path == "dequant":
+        if cfg.path == "h2":
+            need |= {"xpair", "xs32"}
+        elif not cfg.gather or cfg.path == "dequant":
             need.add("xperm32" if cfg.path == "fma" and m == 1 else "xperm")
-        return cls(x.device, m, n, k, x.dtype, dequant=cfg.path == "dequant", buffers=tuple(need))
+        return cls(x.device, m, n, k, x.dtype, dequant=cfg.path == "dequant",
+                   dequant_rows=cfg.chunk_n or None, buffers=tuple(need))
 
     def check(self, m: int, n: int, k: int, dtype: torch.dtype, cfg: KernelConfig, atomic: bool) -> None:
         if m > self.max_m or n > self.max_n or k > self.max_k:
@@ -137,8 +188,11 @@ class Workspace:
                              f"got {m}, {n}, {k}")
         if dtype != self.dtype:
             raise TypeError(f"workspace dtype is {self.dtype}, activations are {dtype}")
-        if cfg.path == "dequant" and self.wbuf.numel() < n * k:
-            raise ValueError("the dequant path needs a Workspace(..., dequant=True)")
+        if cfg.path == "dequant" and self.wbuf.numel() < min(cfg.chunk_n or n, n) * k:
+            raise ValueError("the dequant path needs a Workspace(..., dequant=True) with room for "
+                             f"{min(cfg.chunk_n or n, n)} x {k} weights")
+        if cfg.path == "h2" and (self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0):
+            raise ValueError("the h2 path needs a Workspace with buffers 'xpair' and 'xs32'")
         if atomic and self.acc.numel() < m * n:
             raise ValueError("this config accumulates in workspace.acc, which was not allocated")
 
@@ -151,9 +205,14 @@ class Launch:
     grid: tuple[int, ...]
     args: tuple
     kwargs: dict
+    module: str = "kernels"  # "kernels" (``_kernels``) or "h2" (``_h2``)
+
+    @property
+    def fn(self):
+        return getattr(H2 if self.module == "h2" else K, self.kernel)
 
     def __call__(self) -> None:
-        getattr(K, self.kernel)[self.grid](*self.args, **self.kwargs)
+        self.fn[self.grid](*self.args, **self.kwargs)
 
 
 def _bands(packed: PackedLinear) -> list[tuple[int, int, list[Segment]]]:
@@ -212,6 +271,12 @@ def sbp_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None 
     m, kdim = x.shape
     n = packed.out_features
     cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device))
+    if cfg.path == "h2":
+        why = h2_supported(packed, cfg.block_k)
+        if why is not None:
+            if config is not None:
+                raise ValueError(f"path 'h2' cannot run this layer: {why}")
+            cfg = fallback_config(m, n, kdim)
     if out is None:
         out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
@@ -220,10 +285,14 @@ def sbp_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None 
     if workspace is None:
         workspace = Workspace.for_call(x, n, cfg, atomic)
     workspace.check(m, n, kdim, x.dtype, cfg, atomic)
+    if cfg.path == "dequant":
+        for launch, rows in _dequant_steps(x, packed, out, workspace, cfg):
+            launch()
+            if rows is not None:
+                _dequant_mm(x, packed, bias, out, workspace, rows)
+        return out
     for launch in plan_launches(x, packed, bias, out, workspace, cfg):
         launch()
-    if cfg.path == "dequant":
-        _dequant_mm(x, packed, bias, out, workspace)
     return out
 
 
@@ -232,15 +301,19 @@ def _uses_acc(packed: PackedLinear, cfg: KernelConfig) -> bool:
     if cfg.path == "dequant":
         return False
     per_band = max(len(segs) for _, _, segs in _bands(packed))
-    return cfg.split_k > 1 or (not cfg.walk and per_band > 1)
+    return cfg.split_k > 1 or (not cfg.walk and per_band > 1 and cfg.path != "h2")
 
 
 def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                   ws: Workspace, cfg: KernelConfig) -> list[Launch]:
     """The Triton launches of one :func:`sbp_matmul` call, in order (no cuBLAS part)."""
     m, kdim = x.shape
-    if cfg.path in ("fma", "dot") and m > max(cfg.block_m, 16 if cfg.path == "dot" else 1):
+    if cfg.path in ("fma", "dot", "h2") and m > max(cfg.block_m, 16 if cfg.path == "dot" else 1):
         raise ValueError(f"path {cfg.path!r} with block_m={cfg.block_m} takes M <= {cfg.block_m}, got {m}")
+    if cfg.path == "dequant":
+        return [lc for lc, _ in _dequant_steps(x, packed, out, ws, cfg)]
+    if cfg.path == "h2":
+        return _h2_launches(x, packed, bias, out, ws, cfg)
     launches = []
     xin = x
     if not cfg.gather or cfg.path == "dequant":
@@ -249,8 +322,6 @@ def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
         launches.append(Launch("gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
                                (x, x.stride(0), packed.col_perm, xin, xin.stride(0), kdim),
                                {"BLOCK": _GATHER_BLOCK}))
-    if cfg.path == "dequant":
-        return _dequant_launches(packed, ws, cfg, kdim) + launches
     return launches + _matmul_launches(xin, packed, bias, out, ws, cfg, cfg.gather)
 
 
@@ -296,33 +367,93 @@ def _matmul_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor |
     return launches
 
 
-def _dequant_launches(packed: PackedLinear, ws: Workspace, cfg: KernelConfig, kdim: int) -> list[Launch]:
+def _gather_launch(x: torch.Tensor, packed: PackedLinear, ws: Workspace) -> tuple[Launch, torch.Tensor]:
+    m, kdim = x.shape
+    xin = ws.xperm[: m * kdim].view(m, kdim)
+    return Launch("gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
+                  (x, x.stride(0), packed.col_perm, xin, xin.stride(0), kdim), {"BLOCK": _GATHER_BLOCK}), xin
+
+
+def _dequant_steps(x: torch.Tensor, packed: PackedLinear, out: torch.Tensor, ws: Workspace,
+                   cfg: KernelConfig) -> list[tuple[Launch, tuple[int, int] | None]]:
+    """The dequant path in order: ``(launch, rows)``; after a launch with ``rows = (a, b)`` the
+    caller multiplies ``wbuf`` (holding original rows ``[a, b)``) into ``out[:, a:b]``.
+
+    Chunks (``cfg.chunk_n``) need a single band without ``row_perm``; other layers are
+    dequantized whole."""
+    m, kdim = x.shape
     n = packed.out_features
-    w = ws.wbuf[: n * kdim].view(n, kdim)
     gs = packed.segments[0].group_size
     bk, aligned = _block_k(cfg.block_k, gs)
     has_rp = packed.row_perm is not None
     rp = packed.row_perm if has_rp else packed.col_perm
-    launches = []
-    for r0, ns, segs in _bands(packed):
+    bands = _bands(packed)
+    chunk = cfg.chunk_n if cfg.chunk_n and not has_rp and len(bands) == 1 and cfg.chunk_n < n else 0
+    w = ws.wbuf[: (chunk or n) * kdim].view(chunk or n, kdim)
+    steps: list[tuple[Launch, tuple[int, int] | None]] = [(_gather_launch(x, packed, ws)[0], None)]
+
+    def launch(r0, ns, segs, lo, hi, row0):
         max_tiles = max(triton.cdiv(s.c1 - s.c0, bk) for s in segs)
-        launches.append(Launch("dequant_kernel", (triton.cdiv(ns, cfg.block_n), max_tiles),
-                               (w, w.stride(0), rp, r0, ns, gs, tuple(_seg_arg(s) for s in segs)),
-                               dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BN=cfg.block_n, BK=bk,
-                                    ALIGNED=aligned, HAS_ROWPERM=has_rp, num_warps=cfg.num_warps)))
-    return launches
+        return Launch("dequant_kernel", (triton.cdiv(hi - lo, cfg.block_n), max_tiles),
+                      (w, w.stride(0), rp, r0, ns, lo, hi, row0, gs, tuple(_seg_arg(s) for s in segs)),
+                      dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BN=cfg.block_n, BK=bk,
+                           ALIGNED=aligned, HAS_ROWPERM=has_rp, num_warps=cfg.num_warps))
+
+    if chunk:
+        r0, ns, segs = bands[0]
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            steps.append((launch(r0, ns, segs, a, b, a), (a, b)))
+        return steps
+    for i, (r0, ns, segs) in enumerate(bands):
+        steps.append((launch(r0, ns, segs, 0, ns, 0), (0, n) if i == len(bands) - 1 else None))
+    return steps
 
 
 def _dequant_mm(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
-                ws: Workspace) -> None:
-    """cuBLAS part of the dequant path: ``out = xperm @ wbuf^T (+ bias)``."""
+                ws: Workspace, rows: tuple[int, int]) -> None:
+    """cuBLAS part of the dequant path: ``out[:, a:b] = xperm @ wbuf[:b-a]^T (+ bias[a:b])``."""
+    m, kdim = x.shape
+    a, b = rows
+    w = ws.wbuf[: (b - a) * kdim].view(b - a, kdim)
+    xp = ws.xperm[: m * kdim].view(m, kdim)
+    o = out[:, a:b]
+    bb = bias[a:b] if bias is not None else None
+    if bb is not None and bb.dtype == x.dtype:
+        torch.addmm(bb, xp, w.t(), out=o)
+    else:
+        torch.mm(xp, w.t(), out=o)
+        if bb is not None:
+            o.add_(bb)
+
+
+def _h2_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """Pair gather, one ``h2_kernel`` per band, and the split-K finalize."""
     m, kdim = x.shape
     n = packed.out_features
-    w = ws.wbuf[: n * kdim].view(n, kdim)
-    xp = ws.xperm[: m * kdim].view(m, kdim)
-    if bias is not None and bias.dtype == x.dtype:
-        torch.addmm(bias, xp, w.t(), out=out)
-    else:
-        torch.mm(xp, w.t(), out=out)
-        if bias is not None:
-            out.add_(bias)
+    gs = packed.segments[0].group_size
+    bk, _ = _block_k(cfg.block_k, gs)
+    widths = tuple(sorted({w for s in packed.segments for w in plane_widths(s.bits)}))
+    stride_wm, stride_sm = ws.kp // 2, ws.kp // 32
+    launches = [Launch("pair_gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
+                       (x, x.stride(0), packed.col_perm, ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, kdim),
+                       dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), BLOCK=_GATHER_BLOCK), module="h2")]
+    atomic = cfg.split_k > 1
+    acc = ws.acc[: m * n].view(m, n) if atomic else ws.acc
+    has_rp = packed.row_perm is not None
+    rp = packed.row_perm if has_rp else packed.col_perm
+    b = bias if bias is not None else out
+    for r0, ns, segs in _bands(packed):
+        args = (ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, out, out.stride(0), acc,
+                acc.stride(0) if atomic else 0, rp, b, m, r0, ns, gs, cfg.split_k, tuple(_seg_arg(s) for s in segs))
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BM=cfg.block_m, BN=cfg.block_n, BK=bk,
+                  ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, ASM=x.is_cuda,
+                  XSCALE_INV=1.0 / H2_XSCALE, PREFETCH=cfg.prefetch and cfg.block_m == 1, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages)
+        launches.append(Launch("h2_kernel", (triton.cdiv(ns, cfg.block_n), cfg.split_k), args, kw, module="h2"))
+    if atomic:
+        launches.append(Launch("finalize_kernel", (triton.cdiv(n, _FINALIZE_BLOCK), m),
+                               (acc, acc.stride(0), out, out.stride(0), rp, b, m, n),
+                               dict(BLOCK=_FINALIZE_BLOCK, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None)))
+    return launches

@@ -30,7 +30,7 @@ def _spec(v):
 def launch_spec(launch: Launch) -> tuple:
     """A picklable description of what ``launch`` compiles: kernel, argument types and values
     that Triton specialises on, constexprs. Tensors become their dtypes (all 16-byte aligned)."""
-    return (launch.kernel, _spec(launch.args), tuple(sorted(launch.kwargs.items())))
+    return (launch.module, launch.kernel, _spec(launch.args), tuple(sorted(launch.kwargs.items())))
 
 
 def _rebuild(spec, device):
@@ -43,10 +43,11 @@ def _rebuild(spec, device):
 
 
 def _compile(specs: list[tuple], device: str = "cuda") -> int:
+    from slimq.kernels.triton import _h2 as H2
     from slimq.kernels.triton import _kernels as K
     dev = torch.device(device)
-    for name, args, kwargs in specs:
-        getattr(K, name).warmup(*_rebuild(args, dev), grid=(1,), **dict(kwargs))
+    for module, name, args, kwargs in specs:
+        getattr(H2 if module == "h2" else K, name).warmup(*_rebuild(args, dev), grid=(1,), **dict(kwargs))
     return len(specs)
 
 

@@ -1,0 +1,382 @@
+"""Half2 CUDA-core kernels for decode-sized ``M <= 16`` (path ``"h2"``), layout
+``slimq.segmented-bitplane.v1``.
+
+Why: the float32 ``fma`` path spends ~3 instructions per weight (mask, subtract, FFMA) and is
+issue-bound at 2-3 bits. Here two codes share one 32-bit register as a half2, so one LOP3, one
+HSUB2 and one HFMA2 serve two weights (1.5 instructions per weight and row of ``x``).
+
+The pairing. A width-``W`` plane word holds ``E = 32 / W`` codes; slot ``i`` of the low half and
+slot ``i + H`` (``H = E / 2``) of the high half sit at the same bit offset ``b = i * W`` of their
+half-words. One LOP3 ``(word & MASK2) | MAGIC2`` turns both into the half2
+``(2^(10-p) + q_i, 2^(10-p) + q_{i+H})`` (``p`` the code's bit position, ``b`` or ``b - 8`` when
+the code would reach the exponent: then ``word >> 8`` is used, once per word); HSUB2 removes
+the magic exactly. The matching activations are pre-paired by ``pair_gather_kernel``: for each
+width, ``xw[m, (c / E) * H + i] = (x[c + i], x[c + i + H])`` (fp16 bits, ``c`` a multiple of
+``E``), so one 32-bit load gives the half2 partner of a code pair.
+
+Numerics. Products accumulate in half2 over one word only (``H`` <= 16 pairs, i.e. at most 16
+products per lane), then in float32. ``x`` is pre-scaled by ``1/16`` (``XSCALE``) so that a
+lane stays far below the fp16 limit (65504) for activations up to ~``4e4 / max_code``; the
+float32 result is multiplied back. The zero-point term uses float32 sums of the same fp16
+values per 32-column block (``xs``), so ``sum (q - z) x`` has no cancellation in fp16.
+
+Requirements (checked on the host): every segment starts on a multiple of 32 storage columns
+and ends on one (or at ``K``), and the tile ``BK`` divides the group size.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from slimq.kernels.triton._tiles import group_params, plane_coef, plane_width, store_rows, word_tile
+
+__all__ = ["h2_kernel", "pair_gather_kernel", "WIDTH_SLOT"]
+
+# pair buffer slot of each plane width (the workspace holds 4 slots of ``[M, Kpad / 2]`` int32)
+WIDTH_SLOT = {1: 0, 2: 1, 4: 2, 8: 3}
+
+
+@triton.constexpr_function
+def _slot(w):
+    return {1: 0, 2: 1, 4: 2, 8: 3}[int(w)]
+
+
+@triton.constexpr_function
+def _shifted(i, w):
+    """Whether pair ``i`` of a width-``w`` plane is read from ``word >> 8``."""
+    return int(i) * int(w) + int(w) > 10
+
+
+@triton.constexpr_function
+def _mask2(i, w):
+    p = int(i) * int(w) - (8 if _shifted(i, w) else 0)
+    m = ((1 << int(w)) - 1) << p
+    return m | (m << 16)
+
+
+@triton.constexpr_function
+def _magic2(i, w):
+    p = int(i) * int(w) - (8 if _shifted(i, w) else 0)
+    m = (25 - p) << 10
+    return m | (m << 16)
+
+
+@triton.jit
+def _lo_hi_f32(v):
+    """float32 values of the low and high fp16 halves of int32 bit patterns ``v``."""
+    lo = (v & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    hi = (v >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _h2_pair(acc2, acc_lo, acc_hi, words, sh, xw_ptr, pair0, stride_wm, offs_m, mask_m, offs_kw, kw_ok,
+             I: tl.constexpr, W: tl.constexpr, BM: tl.constexpr, ASM: tl.constexpr, FULL: tl.constexpr):
+    """Code pair ``I`` of every word: ``acc2 += (q_I, q_{I+H}) * (x_I, x_{I+H})`` in half2
+    (``ASM``), else the float32 emulation in ``acc_lo`` / ``acc_hi``."""
+    H: tl.constexpr = 16 // W
+    SHIFTED: tl.constexpr = _shifted(I, W)
+    M2: tl.constexpr = _mask2(I, W)
+    MAGIC2: tl.constexpr = _magic2(I, W)
+    P: tl.constexpr = I * W - (8 if SHIFTED else 0)
+    if SHIFTED:
+        src = sh
+    else:
+        src = words
+    if BM == 1:
+        xp = xw_ptr + pair0 + offs_kw * H + I
+        if FULL:
+            x2 = tl.load(xp)[:, None]
+        else:
+            x2 = tl.load(xp, mask=kw_ok, other=0)[:, None]
+        q2 = src
+    else:
+        # offs_m is clamped to M - 1 by the caller: rows past M read row M - 1 (never stored)
+        xp = xw_ptr + offs_m[:, None] * stride_wm + (pair0 + offs_kw * H + I)[None, :]
+        if FULL:
+            x2 = tl.load(xp)[:, :, None]
+        else:
+            x2 = tl.load(xp, mask=kw_ok[None, :], other=0)[:, :, None]
+        q2 = src[None, :, :]
+    q2, x2 = tl.broadcast(q2, x2)
+    if ASM:
+        acc2 = tl.inline_asm_elementwise(
+            "{ .reg .b32 t; lop3.b32 t, $1, $2, $3, 0xEA; sub.f16x2 t, t, $3; fma.rn.f16x2 $0, t, $4, $5; }",
+            "=r,r,r,r,r,r",
+            [q2, tl.full(q2.shape, M2, tl.int32), tl.full(q2.shape, MAGIC2, tl.int32), x2, acc2],
+            dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        qv = q2 & M2
+        q_lo = ((qv >> P) & ((1 << W) - 1)).to(tl.float32)
+        q_hi = ((qv >> (P + 16)) & ((1 << W) - 1)).to(tl.float32)
+        x_lo, x_hi = _lo_hi_f32(x2)
+        acc_lo += q_lo * x_lo
+        acc_hi += q_hi * x_hi
+    return acc2, acc_lo, acc_hi
+
+
+@triton.jit
+def _h2_plane(words, xw_ptr, pair0, stride_wm, offs_m, mask_m, kw_ok, W: tl.constexpr, BM: tl.constexpr,
+              KW: tl.constexpr, ASM: tl.constexpr, FULL: tl.constexpr):
+    """float32 ``sum_e q * x`` per word of one plane tile: ``[KW, BN]`` (``BM == 1``) or
+    ``[BM, KW, BN]``. ``words [KW, BN]`` int32; the pairs of word row ``r`` start at
+    ``xw_ptr + pair0 + r * H``."""
+    E: tl.constexpr = 32 // W
+    H: tl.constexpr = E // 2
+    offs_kw = tl.arange(0, KW)
+    sh = words >> 8
+    if BM == 1:
+        zero_shape = words
+    else:
+        zero_shape = tl.broadcast_to(words[None, :, :], (BM, KW, words.shape[1]))
+    acc2 = tl.zeros(zero_shape.shape, tl.int32)  # half2 (+0, +0)
+    acc_lo = tl.zeros(zero_shape.shape, tl.float32)  # interpreter path
+    acc_hi = tl.zeros(zero_shape.shape, tl.float32)
+    for i in tl.static_range(H):
+        acc2, acc_lo, acc_hi = _h2_pair(acc2, acc_lo, acc_hi, words, sh, xw_ptr, pair0, stride_wm, offs_m, mask_m,
+                                        offs_kw, kw_ok, i, W, BM, ASM, FULL)
+    if ASM:
+        s = tl.inline_asm_elementwise(
+            "{ .reg .f16 lo, hi; .reg .f32 a, b; mov.b32 {lo, hi}, $1; cvt.f32.f16 a, lo; cvt.f32.f16 b, hi; "
+            "add.f32 a, a, b; mov.b32 $0, a; }",
+            "=r,r", [acc2], dtype=tl.int32, is_pure=True, pack=1)
+        return s.to(tl.float32, bitcast=True)
+    else:
+        return acc_lo + acc_hi
+
+
+@triton.jit
+def _h2_plane_acc(acc, seg, k0, xw_ptr, stride_wm, stride_wb, ns, offs_m, mask_m, offs_n, mask_n, s, z, xs,
+                  P: tl.constexpr, BITS: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr,
+                  FULL: tl.constexpr):
+    """``acc`` plus plane ``P``'s share of the tile (the zero-point term with plane 0)."""
+    W: tl.constexpr = plane_width(BITS, P)
+    E: tl.constexpr = 32 // W
+    KW: tl.constexpr = BK // E
+    c0 = seg[0]
+    ks = seg[1]
+    n_words = (ks + E - 1) // E
+    kw_ok = (k0 // E + tl.arange(0, KW)) < n_words
+    words = word_tile(seg[4 + P], k0, ks, ns, offs_n, mask_n, W, BK)
+    part = _h2_plane(words, xw_ptr + _slot(W) * stride_wb, (c0 + k0) // 2, stride_wm, offs_m, mask_m,
+                     kw_ok, W, BM, KW, ASM, FULL)
+    if BM == 1:
+        if P == 0:
+            acc += s[None, :] * tl.sum(part, axis=0)[None, :] - (s * z)[None, :] * xs
+        else:
+            acc += (s * plane_coef(BITS, P))[None, :] * tl.sum(part, axis=0)[None, :]
+    else:
+        if P == 0:
+            acc += s[None, :] * tl.sum(part, axis=1) - (s * z)[None, :] * xs[:, None]
+        else:
+            acc += (s * plane_coef(BITS, P))[None, :] * tl.sum(part, axis=1)
+    return acc
+
+
+@triton.jit
+def _h2_acc1(acc, words, seg, k0, xw_ptr, stride_wb, s, z, xs, P: tl.constexpr, BITS: tl.constexpr,
+             BK: tl.constexpr, ASM: tl.constexpr, FULL: tl.constexpr):
+    """``M == 1``: ``acc [KW, BN] +=`` plane ``P``'s per-word share of the tile, from its loaded
+    ``words [KW, BN]`` (no reduction: the zero-point term is spread evenly over the word rows)."""
+    W: tl.constexpr = plane_width(BITS, P)
+    E: tl.constexpr = 32 // W
+    KW: tl.constexpr = BK // E
+    kw_ok = (k0 // E + tl.arange(0, KW)) < (seg[1] + E - 1) // E
+    part = _h2_plane(words, xw_ptr + _slot(W) * stride_wb, (seg[0] + k0) // 2, 0, tl.arange(0, 1), kw_ok, kw_ok,
+                     W, 1, KW, ASM, FULL)
+    if P == 0:
+        return acc + s[None, :] * part - (s * z)[None, :] * (xs / KW)
+    else:
+        return acc + (s * plane_coef(BITS, P))[None, :] * part
+
+
+@triton.jit
+def _h2_loads1(seg, k0, valid, xs_ptr, ns, gs, offs_n, BITS: tl.constexpr, BK: tl.constexpr):
+    """``M == 1``: the global loads of one K-tile (words of every plane, scale, zero, sum of x);
+    all zero unless ``valid``, so a prefetch may run past the end."""
+    ks = seg[1]
+    m = offs_n < tl.where(valid, ns, 0)
+    w0 = word_tile(seg[4], k0, ks, ns, offs_n, m, plane_width(BITS, 0), BK)
+    if plane_width(BITS, 1) > 0:
+        w1 = word_tile(seg[5], k0, ks, ns, offs_n, m, plane_width(BITS, 1), BK)
+    else:
+        w1 = w0
+    if plane_width(BITS, 2) > 0:
+        w2 = word_tile(seg[6], k0, ks, ns, offs_n, m, plane_width(BITS, 2), BK)
+    else:
+        w2 = w0
+    s, z = group_params(seg[2], seg[3], k0, gs, ns, offs_n, m)
+    blk = tl.arange(0, BK // 32)
+    xs = tl.sum(tl.load(xs_ptr + (seg[0] + k0) // 32 + blk, mask=(k0 + blk * 32) < tl.where(valid, ks, 0), other=0.0),
+                axis=0)
+    return w0, w1, w2, s, z, xs
+
+
+@triton.jit
+def _h2_compute1(acc0, acc1, acc2, w0, w1, w2, s, z, xs, seg, k0, xw_ptr, stride_wb, BITS: tl.constexpr,
+                 BK: tl.constexpr, ASM: tl.constexpr, FULL: tl.constexpr):
+    acc0 = _h2_acc1(acc0, w0, seg, k0, xw_ptr, stride_wb, s, z, xs, 0, BITS, BK, ASM, FULL)
+    if plane_width(BITS, 1) > 0:
+        acc1 = _h2_acc1(acc1, w1, seg, k0, xw_ptr, stride_wb, s, z, xs, 1, BITS, BK, ASM, FULL)
+    if plane_width(BITS, 2) > 0:
+        acc2 = _h2_acc1(acc2, w2, seg, k0, xw_ptr, stride_wb, s, z, xs, 2, BITS, BK, ASM, FULL)
+    return acc0, acc1, acc2
+
+
+@triton.jit
+def _h2_segment1(seg, xw_ptr, stride_wb, xs_ptr, ns, gs, offs_n, mask_n, pid_k, split_k, BITS: tl.constexpr,
+                 BN: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr):
+    """``M == 1``: float32 ``[1, BN]``, this program's share of one segment. PREFETCH: issue the
+    next tile's loads before computing the current one (register double buffering)."""
+    ks = seg[1]
+    W1: tl.constexpr = plane_width(BITS, 1)
+    W2: tl.constexpr = plane_width(BITS, 2)
+    acc0 = tl.zeros([BK * plane_width(BITS, 0) // 32, BN], tl.float32)
+    acc1 = tl.zeros([max(BK * W1 // 32, 1), BN], tl.float32)
+    acc2 = tl.zeros([max(BK * W2 // 32, 1), BN], tl.float32)
+    n_tiles = tl.cdiv(ks, BK)
+    per = tl.cdiv(n_tiles, split_k)
+    t_lo = pid_k * per
+    t_hi = tl.minimum(t_lo + per, n_tiles)
+    t_full = tl.minimum(t_hi, ks // BK)
+    if PREFETCH:
+        w0, w1, w2, s, z, xs = _h2_loads1(seg, t_lo * BK, t_lo < t_full, xs_ptr, ns, gs, offs_n, BITS, BK)
+        for t in range(t_lo, t_full):
+            c0w, c1w, c2w, cs, cz, cxs = w0, w1, w2, s, z, xs
+            w0, w1, w2, s, z, xs = _h2_loads1(seg, (t + 1) * BK, t + 1 < t_full, xs_ptr, ns, gs, offs_n, BITS, BK)
+            acc0, acc1, acc2 = _h2_compute1(acc0, acc1, acc2, c0w, c1w, c2w, cs, cz, cxs, seg, t * BK, xw_ptr,
+                                            stride_wb, BITS, BK, ASM, True)
+    else:
+        for t in range(t_lo, t_full):
+            w0, w1, w2, s, z, xs = _h2_loads1(seg, t * BK, t < t_full, xs_ptr, ns, gs, offs_n, BITS, BK)
+            acc0, acc1, acc2 = _h2_compute1(acc0, acc1, acc2, w0, w1, w2, s, z, xs, seg, t * BK, xw_ptr, stride_wb,
+                                            BITS, BK, ASM, True)
+    if (t_hi > t_lo) & (t_hi * BK > ks):  # the segment's last tile is partial and ours
+        k0 = (t_hi - 1) * BK
+        w0, w1, w2, s, z, xs = _h2_loads1(seg, k0, t_hi > t_lo, xs_ptr, ns, gs, offs_n, BITS, BK)
+        acc0, acc1, acc2 = _h2_compute1(acc0, acc1, acc2, w0, w1, w2, s, z, xs, seg, k0, xw_ptr, stride_wb,
+                                        BITS, BK, ASM, False)
+    y = tl.sum(acc0, axis=0)
+    if W1 > 0:
+        y += tl.sum(acc1, axis=0)
+    if W2 > 0:
+        y += tl.sum(acc2, axis=0)
+    return y[None, :]
+
+
+@triton.jit
+def _h2_tile(acc, seg, k0, xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, ns, gs, offs_m, mask_m, offs_n, mask_n,
+             BITS: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr, FULL: tl.constexpr):
+    """``acc += W_tile x_tile`` (scaled) for segment columns ``[k0, k0 + BK)`` of every plane."""
+    c0 = seg[0]
+    ks = seg[1]
+    s, z = group_params(seg[2], seg[3], k0, gs, ns, offs_n, mask_n)
+    # float32 sum of the tile's (scaled fp16) activations, from the 32-column block sums
+    NB: tl.constexpr = BK // 32
+    blk = tl.arange(0, NB)
+    bmask = (k0 + blk * 32) < ks
+    if BM == 1:
+        xs = tl.sum(tl.load(xs_ptr + (c0 + k0) // 32 + blk, mask=bmask, other=0.0), axis=0)
+    else:
+        xsp = xs_ptr + offs_m[:, None] * stride_sm + ((c0 + k0) // 32 + blk)[None, :]
+        if FULL:
+            xs = tl.sum(tl.load(xsp), axis=1)
+        else:
+            xs = tl.sum(tl.load(xsp, mask=bmask[None, :], other=0.0), axis=1)
+    acc = _h2_plane_acc(acc, seg, k0, xw_ptr, stride_wm, stride_wb, ns, offs_m, mask_m, offs_n, mask_n, s, z, xs,
+                        0, BITS, BM, BK, ASM, FULL)
+    if plane_width(BITS, 1) > 0:
+        acc = _h2_plane_acc(acc, seg, k0, xw_ptr, stride_wm, stride_wb, ns, offs_m, mask_m, offs_n, mask_n, s, z, xs,
+                            1, BITS, BM, BK, ASM, FULL)
+    if plane_width(BITS, 2) > 0:
+        acc = _h2_plane_acc(acc, seg, k0, xw_ptr, stride_wm, stride_wb, ns, offs_m, mask_m, offs_n, mask_n, s, z, xs,
+                            2, BITS, BM, BK, ASM, FULL)
+    return acc
+
+
+@triton.jit
+def _h2_segment(acc, seg, xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, ns, gs, offs_m, mask_m, offs_n, mask_n,
+                pid_k, split_k, BITS: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr):
+    """``M > 1``: ``acc [BM, BN]`` plus this program's share of one segment."""
+    ks = seg[1]
+    n_tiles = tl.cdiv(ks, BK)
+    per = tl.cdiv(n_tiles, split_k)
+    t_lo = pid_k * per
+    t_hi = tl.minimum(t_lo + per, n_tiles)
+    t_full = tl.minimum(t_hi, ks // BK)
+    for t in range(t_lo, t_full):
+        acc = _h2_tile(acc, seg, t * BK, xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, ns, gs, offs_m, mask_m,
+                       offs_n, mask_n, BITS, BM, BK, ASM, True)
+    if (t_hi > t_lo) & (t_hi * BK > ks):
+        acc = _h2_tile(acc, seg, (t_hi - 1) * BK, xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, ns, gs,
+                       offs_m, mask_m, offs_n, mask_n, BITS, BM, BK, ASM, False)
+    return acc
+
+
+@triton.jit(do_not_specialize=["M", "r0", "split_k"])
+def h2_kernel(xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr,
+              bias_ptr, M, r0, ns, gs, split_k, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ATOMIC: tl.constexpr,
+              HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr,
+              PREFETCH: tl.constexpr = False):
+    """Grid ``(cdiv(ns, BN), split_k)``, ``M <= BM``; activations come pre-paired from
+    ``pair_gather_kernel``. ``ASM``: half2 inline PTX (else a float32 emulation for the interpreter)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    mask_n = offs_n < ns
+    offs_m = tl.arange(0, BM)
+    mask_m = offs_m < M
+    acc = tl.zeros([BM, BN], tl.float32)
+    for i in tl.static_range(NSEG):
+        if BM == 1:
+            acc += _h2_segment1(segs[i], xw_ptr, stride_wb, xs_ptr, ns, gs, offs_n, mask_n, pid_k, split_k,
+                                SEG_BITS[i], BN, BK, ASM, PREFETCH)
+        else:
+            acc = _h2_segment(acc, segs[i], xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, ns, gs,
+                              tl.minimum(offs_m, M - 1), mask_m, offs_n, mask_n, pid_k, split_k, SEG_BITS[i], BM, BK,
+                              ASM)
+    store_rows(acc * XSCALE_INV, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
+               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS)
+
+
+@triton.jit
+def _scaled_x(x_ptr, row_off, perm_ptr, cols, K, XSCALE: tl.constexpr):
+    """fp16 ``x[m, col_perm[cols]] * XSCALE`` (0 past ``K``), any shape of ``cols``."""
+    ok = cols < K
+    idx = tl.load(perm_ptr + cols, mask=ok, other=0)
+    v = tl.load(x_ptr + row_off + idx, mask=ok, other=0.0).to(tl.float32)
+    return (v * XSCALE).to(tl.float16)
+
+
+@triton.jit(do_not_specialize=["K"])
+def pair_gather_kernel(x_ptr, stride_xm, perm_ptr, xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, K,
+                       XSCALE: tl.constexpr, WIDTHS: tl.constexpr, NW: tl.constexpr, BLOCK: tl.constexpr):
+    """Pairs the activations of row ``m`` for every plane width in ``WIDTHS`` and sums them per
+    32-column block. Grid ``(cdiv(K, BLOCK), M)``; ``BLOCK`` a multiple of 32.
+
+    ``xw[slot(W)][m, (c / E) * H + i] = (x16[c + i], x16[c + i + H])`` (int32 with the fp16 bits),
+    ``xs[m, c / 32] = sum of x16[c : c + 32]`` in float32, where ``x16 = fp16(x[m, col_perm] * XSCALE)``.
+    """
+    m = tl.program_id(1)
+    base = tl.program_id(0) * BLOCK
+    row = m.to(tl.int64) * stride_xm
+    cols = base + tl.arange(0, BLOCK // 32)[:, None] * 32 + tl.arange(0, 32)[None, :]
+    sums = tl.sum(_scaled_x(x_ptr, row, perm_ptr, cols, K, XSCALE).to(tl.float32), axis=1)
+    nblk = tl.cdiv(K, 32)
+    bi = base // 32 + tl.arange(0, BLOCK // 32)
+    tl.store(xs_ptr + m * stride_sm + bi, sums, mask=bi < nblk)
+    j = base // 2 + tl.arange(0, BLOCK // 2)  # pair indices of this block
+    for w in tl.static_range(NW):
+        _store_pairs(x_ptr, row, perm_ptr, xw_ptr, stride_wm, stride_wb, m, j, K, XSCALE, WIDTHS[w])
+
+
+@triton.jit
+def _store_pairs(x_ptr, row, perm_ptr, xw_ptr, stride_wm, stride_wb, m, j, K, XSCALE: tl.constexpr, W: tl.constexpr):
+    """Pairs ``j`` of width ``W`` (see ``pair_gather_kernel``)."""
+    E: tl.constexpr = 32 // W
+    H: tl.constexpr = E // 2
+    c_lo = (j // H) * E + j % H
+    lo = _scaled_x(x_ptr, row, perm_ptr, c_lo, K, XSCALE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hi = _scaled_x(x_ptr, row, perm_ptr, c_lo + H, K, XSCALE).to(tl.int16, bitcast=True).to(tl.int32)
+    tl.store(xw_ptr + _slot(W) * stride_wb + m * stride_wm + j, lo | (hi << 16), mask=j < (K + 31) // 32 * 16)
