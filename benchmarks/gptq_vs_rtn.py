@@ -13,12 +13,14 @@ seed 0, first ``--max-windows`` 2048-token windows of WikiText-2 / PTB / held-ou
 * "swap" rows: the RTN model with one linear type (q, k, v, o, gate, up, down)
   replaced by its weights from the GPTQ run of the same setting, which locates the
   layers where GPTQ loses (GPTQ for that type was computed on GPTQ-quantized inputs,
-  so this is a diagnostic, not a method).
+  so this is a diagnostic, not a method);
+* "except" rows: one GPTQ pass in which the linears of the named type(s) are RTN-quantized
+  instead (inside the sequential pass, so later layers' GPTQ sees their RTN outputs).
 
 Per row it prints perplexities and the weight-space relative error ``||Q - W|| / ||W||``
 over all quantized linears (W: that row's reference weights).
 
-Full run (about 50 min on 2 shared cores; rows are resumable; rows can be split over processes with --only):
+Full run (about 90 min on 2 shared cores; rows are resumable; rows can be split over processes with --only):
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/gptq_vs_rtn.py --data-dir ../shared/data \
         --out benchmarks/results/gptq_vs_rtn.json --resume
 """
@@ -50,11 +52,11 @@ TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_p
 class Row:
     name: str
     variant: str  # "orig" or "degrid"
-    kind: str  # "fp", "rtn", "gptq" or "swap"
+    kind: str  # "fp", "rtn", "gptq", "swap" or "except"
     bits: int = 16
     group_size: int = 128
     gptq: GPTQOptions = GPTQOptions()
-    swap: str | None = None  # linear type taken from GPTQ in a "swap" row
+    swap: str | None = None  # "swap": type taken from GPTQ; "except": comma-separated types given to RTN
 
 
 def build_rows() -> list[Row]:
@@ -63,8 +65,14 @@ def build_rows() -> list[Row]:
         rows += [Row(f"orig-rtn-w4g{g}", "orig", "rtn", 4, g), Row(f"orig-gptq-w4g{g}", "orig", "gptq", 4, g)]
     rows += [Row("orig-gptq-w4g128-actorder", "orig", "gptq", 4, 128, GPTQOptions(act_order=True)),
              Row("orig-gptq-w4g128-static", "orig", "gptq", 4, 128, GPTQOptions(static_groups=True)),
-             Row("orig-gptq-w4g128-damp0.1", "orig", "gptq", 4, 128, GPTQOptions(percdamp=0.1))]
+             Row("orig-gptq-w4g128-damp0.1", "orig", "gptq", 4, 128, GPTQOptions(percdamp=0.1)),
+             Row("orig-gptq-w4g128-actorder-static", "orig", "gptq", 4, 128,
+                 GPTQOptions(act_order=True, static_groups=True))]
     rows += [Row(f"orig-swap-{t}-w4g128", "orig", "swap", 4, 128, swap=t) for t in TYPES]
+    rows += [Row(f"orig-gptq-rtn_{t.replace(',', '+')}-w4g128", "orig", "except", 4, 128, swap=t)
+             for t in ("v_proj", "k_proj,v_proj")]
+    rows.append(Row("orig-gptq-w4g128-actorder-rtn_v_proj", "orig", "except", 4, 128, GPTQOptions(act_order=True),
+                    swap="v_proj"))
     rows.append(Row("degrid-fp", "degrid", "fp"))
     for b in (4, 3):
         rows += [Row(f"degrid-rtn-w{b}g128", "degrid", "rtn", b, 128),
@@ -126,6 +134,26 @@ def _gptq_qtensors(row: Row, args, cache: dict):
     return cache[key]
 
 
+def _gptq_except(model, tok, row: Row, args) -> dict:
+    """GPTQ pass (as ``api.quantize``, CPU) with the linears of types ``row.swap`` RTN-quantized."""
+    from slimq.data import get_calibration
+    from slimq.quant.methods import get_method
+    from slimq.quant.sequential import quantize_blocks
+
+    cfg = QuantConfig(method="gptq", bits=row.bits, group_size=row.group_size, gptq=row.gptq, calib=_calib(args))
+    rtn_types = tuple(row.swap.split(","))
+    calib = get_calibration("c4", tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                            data_dir=args.data_dir)
+
+    def quantize_linear(job):
+        return get_method("rtn" if job.name.endswith(rtn_types) else "gptq")(job, cfg, None)
+
+    model.eval()
+    return quantize_blocks(model, get_arch(model), calib, quantize_linear, device="cpu",
+                           true_sequential=row.gptq.true_sequential, max_sample_rows=0, seed=args.seed,
+                           progress=False, batch_size=1)
+
+
 def _calib(args) -> CalibConfig:
     return CalibConfig(dataset="c4", nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
 
@@ -146,11 +174,15 @@ def run_row(row: Row, args, cache: dict) -> dict:
             W = gq[name].dequantize() if name.endswith(row.swap) else \
                 rtn_quantize(ref[name], bits=row.bits, group_size=row.group_size).dequantize()
             set_weight_matrix(module, W, arch)
+    elif row.kind == "except":
+        t0 = time.perf_counter()
+        _gptq_except(model, tok, row, args)
+        qsec = time.perf_counter() - t0
     ev = api.evaluate(model, DATASETS, tokenizer=tok, seqlen=2048, max_windows=args.max_windows,
                       data_dir=args.data_dir, device="cpu", progress=False)
     return {"name": row.name, "variant": row.variant, "kind": row.kind, "bits": row.bits,
             "group_size": None if row.kind == "fp" else row.group_size,
-            "gptq": None if row.kind not in ("gptq", "swap") else vars(row.gptq), "swap": row.swap,
+            "gptq": None if row.kind not in ("gptq", "swap", "except") else vars(row.gptq), "swap": row.swap,
             "ppl": ev["ppl"], "tokens": ev["tokens"], "weight_rel_err": _rel_err(ref, model),
             "quant_seconds": qsec, **info}
 
