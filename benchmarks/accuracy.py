@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from slimq import api
-from slimq.config import CalibConfig, QuantConfig, SlimOptions
+from slimq.config import GPTQOptions, CalibConfig, QuantConfig, SlimOptions
 
 DATASETS = ("wikitext2", "ptb", "c4")
 
@@ -36,6 +36,9 @@ def build_rows(bits_list, group_sizes, include):
                 rows.append((f"rtn-w{b}g{g}", QuantConfig(method="rtn", bits=b, group_size=g)))
             if "gptq" in include:
                 rows.append((f"gptq-w{b}g{g}", QuantConfig(method="gptq", bits=b, group_size=g)))
+            if "gptq-ao" in include:  # act-order + static groups (contiguous groups: no g_idx at inference)
+                rows.append((f"gptq-ao-w{b}g{g}", QuantConfig(method="gptq", bits=b, group_size=g,
+                                                               gptq=GPTQOptions(act_order=True, static_groups=True))))
             if "slim" in include and b <= 3:
                 rows.append((f"slim-w{b}g{g}", QuantConfig(method="slim", bits=b, group_size=g)))
             if "ablation" in include and b <= 3:

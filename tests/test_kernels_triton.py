@@ -114,14 +114,18 @@ CFGS = {
     "h2_m1_prefetch": KernelConfig("h2", block_m=1, block_n=32, block_k=32, split_k=2, prefetch=True),
     "h2_m4": KernelConfig("h2", block_m=4, block_n=32, block_k=64, split_k=2),
     "h2_m16": KernelConfig("h2", block_m=16, block_n=16, block_k=64),
+    "h2dot": KernelConfig("h2dot", block_m=16, block_n=16, split_k=2),
+    "h2dot_join": KernelConfig("h2dot", block_m=16, block_n=32, join=True),
+    "h2dot_join_split": KernelConfig("h2dot", block_m=32, block_n=16, split_k=3, join=True),
 }
 M_OF = {"fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
-        "h2_m4": 3, "h2_m16": 16}
+        "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20}
 
 
 PATH_CASES = ([("mix123_short", c) for c in CFGS]
-              + [("u3_odd", c) for c in ("fma1", "dot_split_gather", "gemm", "h2_m1", "h2_m4", "dequant_chunked")])
+              + [("u3_odd", c) for c in ("fma1", "dot_split_gather", "gemm", "h2_m1", "h2_m4", "dequant_chunked",
+                                         "h2dot_join")])
 
 
 @inproc
@@ -135,6 +139,8 @@ def test_paths_match_reference(layer, cfg_name):
                                             ("u2_g128_short", "fma1_prefetch"), ("mix_wide", "h2_m1_split"), ("mix_wide", "h2_m1_prefetch"),
                                             ("u2_g128_short", "h2_m1_prefetch"),
                                             ("mix_wide", "h2_m4"), ("u2_g128_short", "h2_m16"),
+                                            ("mix_wide", "h2dot"), ("mix_wide", "h2dot_join_split"),
+                                            ("u2_g128_short", "h2dot_join"), ("unaligned_g20", "gemm"),
                                             ("unaligned_g20", "fma1"), ("unaligned_g20", "dot")])
 def test_bit_widths_and_groupings(layer, cfg_name):
     _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name])
@@ -153,7 +159,7 @@ def test_dtypes(dtype, cfg_name):
 
 @inproc
 @pytest.mark.parametrize("cfg_name", ["fma1_split_perseg", "dot", "dequant", "dequant_chunked", "h2_m1_split",
-                                      "h2_m4"])
+                                      "h2_m4", "h2dot", "h2dot_join_split"])
 def test_row_permuted_layers(cfg_name):
     """Bit-widths varying along rows (MixLLM): several bands and a row_perm."""
     p = random_layer(37, 128, 32, None, row_bits=[2, 4, 3], seed=7)
@@ -181,6 +187,8 @@ def test_h2_needs_32_column_segments_and_falls_back():
     x = torch.randn(1, p.in_features).to(DEV, torch.float16)
     with pytest.raises(ValueError, match="path 'h2' cannot run this layer"):
         sbp_matmul(x, p, config=CFGS["h2_m1"])
+    with pytest.raises(ValueError, match="path 'h2dot' cannot run this layer"):
+        sbp_matmul(x, p, config=CFGS["h2dot"])
     _check(p, 1, torch.float16, None)
     _check(p, 4, torch.float16, None)
 
@@ -198,8 +206,9 @@ def test_h2_handles_large_activations():
 
 @inproc
 def test_select_config_is_explicit():
-    assert [select_config(m, 4096, 4096).path for m in (1, 2, 4, 5, 16)] == ["h2"] * 3 + ["dot"] * 2
-    assert [select_config(m, 4096, 4096).block_m for m in (1, 3, 16)] == [1, 4, 16]
+    assert [select_config(m, 4096, 4096).path for m in (1, 2, 4, 5, 16)] == ["h2"] + ["h2dot"] * 4
+    assert [select_config(m, 4096, 4096).block_m for m in (1, 3, 16)] == [1, 16, 16]
+    assert select_config(16, 8192, 28672).split_k == 4 and select_config(16, 28672, 8192).split_k == 8
     assert slt.fallback_config(1, 4096, 4096).path == "fma" and slt.fallback_config(5, 4096, 4096).path == "dot"
     assert [select_config(m, 4096, 4096).path for m in (17, 64)] == ["gemm"] * 2
     assert [select_config(m, 4096, 4096).path for m in (65, 256, 1024)] == ["dequant"] * 3

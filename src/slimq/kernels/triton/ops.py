@@ -33,15 +33,16 @@ import triton
 
 from slimq.format.layout import PackedLinear, Segment, plane_widths
 from slimq.kernels.triton import _h2 as H2
+from slimq.kernels.triton import _h2dot as H2D
 from slimq.kernels.triton import _kernels as K
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "sbp_matmul", "plan_launches", "h2_supported",
            "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
 
-PATHS = ("h2", "fma", "dot", "gemm", "dequant")
+PATHS = ("h2", "h2dot", "fma", "dot", "gemm", "dequant")
 H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
 FMA_MAX_M = 1        # float32 CUDA-core fallback for M == 1 (layers h2 cannot run)
-H2_MAX_M = 4         # half2 CUDA cores up to here ...
+H2_MAX_M = 1         # half2 CUDA cores up to here ...
 SKINNY_MAX_M = 16    # ... tensor cores with M padded to 16 up to here, tiled GEMM beyond ...
 DEQUANT_MIN_M = 65   # ... and dequantize-then-cuBLAS from here
 _FINALIZE_BLOCK = 1024
@@ -64,6 +65,7 @@ class KernelConfig:
     group_m: int = 8
     prefetch: bool = False  # "fma" / "h2" with M == 1: load the next tile before computing this one
     chunk_n: int = 0  # "dequant": rows dequantized per step (0: the whole layer at once)
+    join: bool = False  # "h2dot": join a tile's operand pieces into one tl.dot (else one dot per code pair)
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -74,7 +76,7 @@ class KernelConfig:
                 raise ValueError(f"{name} must be a power of two, got {v}")
         if self.block_k < 32:
             raise ValueError(f"block_k must be >= 32 (whole words of every plane), got {self.block_k}")
-        if self.path in ("dot", "gemm") and (self.block_m < 16 or self.block_n < 16):
+        if self.path in ("dot", "gemm", "h2dot") and (self.block_m < 16 or self.block_n < 16):
             raise ValueError(f"tensor-core paths need block_m, block_n >= 16, got {self.block_m}, {self.block_n}")
         if self.split_k < 1:
             raise ValueError(f"split_k must be >= 1, got {self.split_k}")
@@ -92,13 +94,14 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132) -> KernelConfig
     """The dispatch rule: kernel path and tiling for ``x [m, k] @ W^T`` with ``W [n, k]``.
 
     Set from ``benchmarks/kernels.py --tune`` on an H100 (132 SMs; benchmarks/KERNEL_NOTES.md,
-    runs 2-3): ``M == 1`` takes the half2 path with small tiles (64 rows, 2 warps), K split 16
-    ways and register prefetch (best or within 3% of best on all six shapes and bit-widths);
-    ``M <= 4`` the half2 path with ``M`` padded to 4 (256-row tiles from ``N >= 8192``); ``5..16``
-    the tensor-core ``dot`` path (half2 with 16 rows was 4x slower); ``17 <= M <= 64`` splits K
-    until about 160 output tiles exist; beyond ``DEQUANT_MIN_M`` dequantize-then-cuBLAS, in
-    chunks of 4096 rows for ``N > 8192`` (about as fast, and a 4096-row workspace instead of ``N``).
-    Layers the half2 path cannot run use :func:`fallback_config`.
+    runs 2-5): ``M == 1`` takes the half2 CUDA-core path ``h2`` with small tiles (64 rows, 2 warps),
+    K split 16 ways and register prefetch (best or within 3% of best on all six shapes and
+    bit-widths); ``2 <= M <= 16`` the half2-dequantizing tensor-core path ``h2dot`` with ``M``
+    padded to 16 (128-row tiles, 3 pipeline stages, K split 8, or 4 for ``K > 8192``; it beat
+    ``h2`` and ``dot`` there except 3-bit at M=16, 10% behind ``dot``); ``17 <= M <= 64``
+    splits K until about 160 output tiles exist; beyond ``DEQUANT_MIN_M`` dequantize-then-cuBLAS,
+    in chunks of 4096 rows for ``N > 8192`` (about as fast, and a 4096-row workspace instead of
+    ``N``). Layers the half2 paths cannot run use :func:`fallback_config`.
     """
     if m < 1 or n < 1 or k < 1:
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
@@ -106,11 +109,8 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132) -> KernelConfig
     if m == 1:
         return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, min(16, k_tiles)),
                             num_warps=2, num_stages=1, prefetch=True)
-    if m <= H2_MAX_M:
-        return KernelConfig("h2", block_m=_pow2_at_least(m), block_n=256 if n >= 8192 else 128, block_k=128,
-                            split_k=max(1, min(8, k_tiles)), num_warps=4, num_stages=1)
     if m <= SKINNY_MAX_M:
-        return KernelConfig("dot", block_m=16, block_n=128, block_k=128, split_k=max(1, min(4, k_tiles)),
+        return KernelConfig("h2dot", block_m=16, block_n=128, split_k=max(1, min(8 if k <= 8192 else 4, k_tiles)),
                             num_warps=4, num_stages=3)
     if m < DEQUANT_MIN_M:
         tiles = triton.cdiv(m, 64) * triton.cdiv(n, 128)
@@ -121,7 +121,8 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132) -> KernelConfig
 
 
 def fallback_config(m: int, n: int, k: int) -> KernelConfig:
-    """The float32 skinny paths, for ``M <= 16`` layers the ``h2`` path cannot take."""
+    """The float32 skinny paths, for ``M <= 16`` layers the ``h2``/``h2dot`` paths cannot take
+    (group sizes that are not multiples of 32)."""
     k_tiles = triton.cdiv(k, 128)
     if m <= FMA_MAX_M:
         return KernelConfig("fma", block_m=1, block_n=128, block_k=128, split_k=max(1, min(8, k_tiles)),
@@ -177,6 +178,8 @@ class Workspace:
         need = {"acc"} if atomic else set()
         if cfg.path == "h2":
             need |= {"xpair", "xs32"}
+        elif cfg.path == "h2dot":
+            need |= {"xpair", "xperm"}
         elif not cfg.gather or cfg.path == "dequant":
             need.add("xperm32" if cfg.path == "fma" and m == 1 else "xperm")
         return cls(x.device, m, n, k, x.dtype, dequant=cfg.path == "dequant",
@@ -191,8 +194,8 @@ class Workspace:
         if cfg.path == "dequant" and self.wbuf.numel() < min(cfg.chunk_n or n, n) * k:
             raise ValueError("the dequant path needs a Workspace(..., dequant=True) with room for "
                              f"{min(cfg.chunk_n or n, n)} x {k} weights")
-        if cfg.path == "h2" and (self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0):
-            raise ValueError("the h2 path needs a Workspace with buffers 'xpair' and 'xs32'")
+        if cfg.path in ("h2", "h2dot") and (self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0):
+            raise ValueError(f"the {cfg.path} path needs a Workspace with buffer 'xpair'")
         if atomic and self.acc.numel() < m * n:
             raise ValueError("this config accumulates in workspace.acc, which was not allocated")
 
@@ -205,11 +208,11 @@ class Launch:
     grid: tuple[int, ...]
     args: tuple
     kwargs: dict
-    module: str = "kernels"  # "kernels" (``_kernels``) or "h2" (``_h2``)
+    module: str = "kernels"  # "kernels" (``_kernels``), "h2" (``_h2``) or "h2dot" (``_h2dot``)
 
     @property
     def fn(self):
-        return getattr(H2 if self.module == "h2" else K, self.kernel)
+        return getattr({"h2": H2, "h2dot": H2D}.get(self.module, K), self.kernel)
 
     def __call__(self) -> None:
         self.fn[self.grid](*self.args, **self.kwargs)
@@ -271,11 +274,11 @@ def sbp_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None 
     m, kdim = x.shape
     n = packed.out_features
     cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device))
-    if cfg.path == "h2":
-        why = h2_supported(packed, cfg.block_k)
+    if cfg.path in ("h2", "h2dot"):
+        why = h2_supported(packed, 128) if cfg.path == "h2" or cfg.join else _h2dot_unsupported(packed)
         if why is not None:
             if config is not None:
-                raise ValueError(f"path 'h2' cannot run this layer: {why}")
+                raise ValueError(f"path {cfg.path!r} cannot run this layer: {why}")
             cfg = fallback_config(m, n, kdim)
     if out is None:
         out = torch.empty(m, n, dtype=x.dtype, device=x.device)
@@ -314,6 +317,8 @@ def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
         return [lc for lc, _ in _dequant_steps(x, packed, out, ws, cfg)]
     if cfg.path == "h2":
         return _h2_launches(x, packed, bias, out, ws, cfg)
+    if cfg.path == "h2dot":
+        return _h2dot_launches(x, packed, bias, out, ws, cfg)
     launches = []
     xin = x
     if not cfg.gather or cfg.path == "dequant":
@@ -360,6 +365,49 @@ def _matmul_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor |
         else:
             grid = (triton.cdiv(m, bm) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
             launches.append(Launch("gemm_kernel", grid, args, dict(kw, GROUP_M=cfg.group_m)))
+    if atomic:
+        launches.append(Launch("finalize_kernel", (triton.cdiv(n, _FINALIZE_BLOCK), m),
+                               (acc, acc.stride(0), out, out.stride(0), rp, b, m, n),
+                               dict(BLOCK=_FINALIZE_BLOCK, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None)))
+    return launches
+
+
+def _h2dot_unsupported(packed: PackedLinear) -> str | None:
+    gs = packed.segments[0].group_size
+    return None if gs % 32 == 0 else f"group size {gs} is not a multiple of 32"
+
+
+def _h2dot_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                    ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """Gather ``x`` (storage order, or the joined operands' tree order in ``xpair`` viewed as fp16),
+    one ``h2dot_kernel`` per band, split-K finalize."""
+    m, kdim = x.shape
+    n = packed.out_features
+    gs = packed.segments[0].group_size
+    xt = ws.xpair.view(torch.float16)
+    stride_tm, stride_tb = ws.kp, 2 * ws.pair_stride
+    if cfg.join:
+        widths = tuple(sorted({w for s in packed.segments for w in plane_widths(s.bits)}))
+        launches = [Launch("tree_gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
+                           (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, kdim),
+                           dict(WIDTHS=widths, NW=len(widths), BLOCK=_GATHER_BLOCK), module="h2dot")]
+        xin = x
+    else:
+        gather, xin = _gather_launch(x, packed, ws)
+        launches = [gather]
+    atomic = cfg.split_k > 1
+    acc = ws.acc[: m * n].view(m, n) if atomic else ws.acc
+    has_rp = packed.row_perm is not None
+    rp = packed.row_perm if has_rp else packed.col_perm
+    b = bias if bias is not None else out
+    for r0, ns, segs in _bands(packed):
+        args = (xin, xin.stride(0), xt, stride_tm, stride_tb, out, out.stride(0), acc, acc.stride(0) if atomic else 0,
+                rp, b, m, r0, ns, gs, cfg.split_k, tuple(_seg_arg(s) for s in segs))
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BM=cfg.block_m, BN=cfg.block_n,
+                  ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, ASM=x.is_cuda, JOIN=cfg.join,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
+        launches.append(Launch("h2dot_kernel", grid, args, kw, module="h2dot"))
     if atomic:
         launches.append(Launch("finalize_kernel", (triton.cdiv(n, _FINALIZE_BLOCK), m),
                                (acc, acc.stride(0), out, out.stride(0), rp, b, m, n),

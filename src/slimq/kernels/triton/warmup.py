@@ -43,11 +43,10 @@ def _rebuild(spec, device):
 
 
 def _compile(specs: list[tuple], device: str = "cuda") -> int:
-    from slimq.kernels.triton import _h2 as H2
-    from slimq.kernels.triton import _kernels as K
+    from slimq.kernels.triton.ops import Launch
     dev = torch.device(device)
     for module, name, args, kwargs in specs:
-        getattr(H2 if module == "h2" else K, name).warmup(*_rebuild(args, dev), grid=(1,), **dict(kwargs))
+        Launch(name, (1,), (), {}, module=module).fn.warmup(*_rebuild(args, dev), grid=(1,), **dict(kwargs))
     return len(specs)
 
 
