@@ -49,16 +49,30 @@ def _shifted(i, w):
 
 @triton.constexpr_function
 def _mask2(i, w):
-    p = int(i) * int(w) - (8 if _shifted(i, w) else 0)
-    m = ((1 << int(w)) - 1) << p
+    m = ((1 << int(w)) - 1) << _pos(i, w)
     return m | (m << 16)
 
 
 @triton.constexpr_function
 def _magic2(i, w):
-    p = int(i) * int(w) - (8 if _shifted(i, w) else 0)
-    m = (25 - p) << 10
+    m = (25 - _pos(i, w)) << 10
     return m | (m << 16)
+
+
+@triton.constexpr_function
+def _pos(i, w):
+    """Bit position (within its half-word) at which pair ``i``'s codes are read."""
+    return int(i) * int(w) - (8 if _shifted(i, w) else 0)
+
+
+@triton.jit
+def _pair_src(words, sh, I: tl.constexpr, W: tl.constexpr):
+    """The words pair ``I`` is read from: ``words``, or ``sh = words >> 8`` when the codes would
+    reach the fp16 exponent."""
+    if _shifted(I, W):
+        return sh
+    else:
+        return words
 
 
 @triton.jit
@@ -75,14 +89,10 @@ def _h2_pair(acc2, acc_lo, acc_hi, words, sh, xw_ptr, pair0, stride_wm, offs_m, 
     """Code pair ``I`` of every word: ``acc2 += (q_I, q_{I+H}) * (x_I, x_{I+H})`` in half2
     (``ASM``), else the float32 emulation in ``acc_lo`` / ``acc_hi``."""
     H: tl.constexpr = 16 // W
-    SHIFTED: tl.constexpr = _shifted(I, W)
     M2: tl.constexpr = _mask2(I, W)
     MAGIC2: tl.constexpr = _magic2(I, W)
-    P: tl.constexpr = I * W - (8 if SHIFTED else 0)
-    if SHIFTED:
-        src = sh
-    else:
-        src = words
+    P: tl.constexpr = _pos(I, W)
+    src = _pair_src(words, sh, I, W)
     if BM == 1:
         xp = xw_ptr + pair0 + offs_kw * H + I
         if FULL:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from slimq.kernels.triton._h2 import _magic2, _mask2, _scaled_x, _shifted, _slot
+from slimq.kernels.triton._h2 import _magic2, _mask2, _pair_src, _pos, _scaled_x, _slot
 from slimq.kernels.triton._tiles import plane_coef, plane_width, store_rows, word_tile
 
 __all__ = ["h2dot_kernel", "tree_gather_kernel"]
@@ -31,14 +31,10 @@ KW_DOT = tl.constexpr(16)  # word rows per operand piece (the MMA's K)
 def _pair_operands(words, sh, s2, z2, I: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr):
     """fp16 weights ``[KW, BN]`` of slots ``I`` and ``I + H`` of every word (scaled, zero removed).
     ``s2``/``z2``: int32 half2 bit patterns ``(s, s)`` and ``(-z s, -z s)`` (ASM), else float32 s, -z s."""
-    SHIFTED: tl.constexpr = _shifted(I, W)
     M2: tl.constexpr = _mask2(I, W)
     MAGIC2: tl.constexpr = _magic2(I, W)
-    P: tl.constexpr = I * W - (8 if SHIFTED else 0)
-    if SHIFTED:
-        src = sh
-    else:
-        src = words
+    P: tl.constexpr = _pos(I, W)
+    src = _pair_src(words, sh, I, W)
     if ASM:
         lo, hi = tl.inline_asm_elementwise(
             "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 t, t, $5, $6; "

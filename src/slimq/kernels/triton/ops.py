@@ -347,10 +347,7 @@ def _matmul_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor |
     bands = _bands(packed)
     groups = bands if cfg.walk else [(r0, ns, [s]) for r0, ns, segs in bands for s in segs]
     atomic = _uses_acc(packed, cfg)
-    acc = ws.acc[: m * n].view(m, n) if atomic else ws.acc
-    has_rp = packed.row_perm is not None
-    rp = packed.row_perm if has_rp else packed.col_perm  # any int32 tensor when unused
-    b = bias if bias is not None else out
+    acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
     launches = []
     for r0, ns, segs in groups:
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BM=bm, BN=cfg.block_n, BK=bk,
@@ -366,10 +363,27 @@ def _matmul_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor |
             grid = (triton.cdiv(m, bm) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
             launches.append(Launch("gemm_kernel", grid, args, dict(kw, GROUP_M=cfg.group_m)))
     if atomic:
-        launches.append(Launch("finalize_kernel", (triton.cdiv(n, _FINALIZE_BLOCK), m),
-                               (acc, acc.stride(0), out, out.stride(0), rp, b, m, n),
-                               dict(BLOCK=_FINALIZE_BLOCK, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None)))
+        launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
+
+
+def _output_args(packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor, ws: Workspace, m: int,
+                 atomic: bool) -> tuple:
+    """``(acc, has_row_perm, row_perm, bias_or_dummy)`` for a matmul launch writing ``out``."""
+    n = packed.out_features
+    acc = ws.acc[: m * n].view(m, n) if atomic else ws.acc
+    has_rp = packed.row_perm is not None
+    rp = packed.row_perm if has_rp else packed.col_perm  # any int32 tensor when unused
+    return acc, has_rp, rp, bias if bias is not None else out
+
+
+def _finalize_launch(acc: torch.Tensor, out: torch.Tensor, rp: torch.Tensor, b: torch.Tensor, has_rp: bool,
+                     has_bias: bool) -> Launch:
+    """float32 split-K workspace -> ``out`` (row_perm, bias, dtype), re-zeroing the workspace."""
+    m, n = out.shape
+    return Launch("finalize_kernel", (triton.cdiv(n, _FINALIZE_BLOCK), m),
+                  (acc, acc.stride(0), out, out.stride(0), rp, b, m, n),
+                  dict(BLOCK=_FINALIZE_BLOCK, HAS_ROWPERM=has_rp, HAS_BIAS=has_bias))
 
 
 def _h2dot_unsupported(packed: PackedLinear) -> str | None:
@@ -396,10 +410,7 @@ def _h2dot_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | 
         gather, xin = _gather_launch(x, packed, ws)
         launches = [gather]
     atomic = cfg.split_k > 1
-    acc = ws.acc[: m * n].view(m, n) if atomic else ws.acc
-    has_rp = packed.row_perm is not None
-    rp = packed.row_perm if has_rp else packed.col_perm
-    b = bias if bias is not None else out
+    acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
     for r0, ns, segs in _bands(packed):
         args = (xin, xin.stride(0), xt, stride_tm, stride_tb, out, out.stride(0), acc, acc.stride(0) if atomic else 0,
                 rp, b, m, r0, ns, gs, cfg.split_k, tuple(_seg_arg(s) for s in segs))
@@ -409,9 +420,7 @@ def _h2dot_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | 
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
         launches.append(Launch("h2dot_kernel", grid, args, kw, module="h2dot"))
     if atomic:
-        launches.append(Launch("finalize_kernel", (triton.cdiv(n, _FINALIZE_BLOCK), m),
-                               (acc, acc.stride(0), out, out.stride(0), rp, b, m, n),
-                               dict(BLOCK=_FINALIZE_BLOCK, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None)))
+        launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
 
 
@@ -488,10 +497,7 @@ def _h2_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
                        (x, x.stride(0), packed.col_perm, ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, kdim),
                        dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), BLOCK=_GATHER_BLOCK), module="h2")]
     atomic = cfg.split_k > 1
-    acc = ws.acc[: m * n].view(m, n) if atomic else ws.acc
-    has_rp = packed.row_perm is not None
-    rp = packed.row_perm if has_rp else packed.col_perm
-    b = bias if bias is not None else out
+    acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
     for r0, ns, segs in _bands(packed):
         args = (ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, out, out.stride(0), acc,
                 acc.stride(0) if atomic else 0, rp, b, m, r0, ns, gs, cfg.split_k, tuple(_seg_arg(s) for s in segs))
@@ -501,7 +507,5 @@ def _h2_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
                   num_stages=cfg.num_stages)
         launches.append(Launch("h2_kernel", (triton.cdiv(ns, cfg.block_n), cfg.split_k), args, kw, module="h2"))
     if atomic:
-        launches.append(Launch("finalize_kernel", (triton.cdiv(n, _FINALIZE_BLOCK), m),
-                               (acc, acc.stride(0), out, out.stride(0), rp, b, m, n),
-                               dict(BLOCK=_FINALIZE_BLOCK, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None)))
+        launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
