@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +40,9 @@ from slimq.config import CalibConfig, GPTQOptions, QuantConfig
 from slimq.models import block_linears, get_arch, get_blocks, set_weight_matrix, weight_matrix
 from slimq.models.loading import load_model
 from slimq.quant.rtn import rtn_quantize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import _atomic_write  # noqa: E402  (benchmarks/ is not a package)
 
 DATASETS = ("wikitext2", "ptb", "c4")
 Q4_1_BLOCK = 32
@@ -194,14 +195,6 @@ def format_table(rows: list[dict]) -> str:
         p = r["ppl"]
         lines.append(f"{r['name']:<30}" + "".join(f"{p[d]:>10.2f}" for d in DATASETS) + f"{r['weight_rel_err']:>11.4f}")
     return "\n".join(lines)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import group_params, plane_coef, plane_width, store_rows, word_tile
 
 __all__ = ["h2_kernel", "pair_gather_kernel", "WIDTH_SLOT"]
@@ -244,10 +245,7 @@ def _h2_segment1(seg, xw_ptr, stride_wb, xs_ptr, ns, gs, offs_n, mask_n, pid_k, 
     acc0 = tl.zeros([BK * plane_width(BITS, 0) // 32, BN], tl.float32)
     acc1 = tl.zeros([max(BK * W1 // 32, 1), BN], tl.float32)
     acc2 = tl.zeros([max(BK * W2 // 32, 1), BN], tl.float32)
-    n_tiles = tl.cdiv(ks, BK)
-    per = tl.cdiv(n_tiles, split_k)
-    t_lo = pid_k * per
-    t_hi = tl.minimum(t_lo + per, n_tiles)
+    t_lo, t_hi = _tile_range(ks, pid_k, BK, split_k)
     t_full = tl.minimum(t_hi, ks // BK)
     if PREFETCH:
         w0, w1, w2, s, z, xs = _h2_loads1(seg, t_lo * BK, t_lo < t_full, xs_ptr, ns, gs, offs_n, BITS, BK)
@@ -309,10 +307,7 @@ def _h2_segment(acc, seg, xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, ns, g
                 pid_k, split_k, BITS: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, ASM: tl.constexpr):
     """``M > 1``: ``acc [BM, BN]`` plus this program's share of one segment."""
     ks = seg[1]
-    n_tiles = tl.cdiv(ks, BK)
-    per = tl.cdiv(n_tiles, split_k)
-    t_lo = pid_k * per
-    t_hi = tl.minimum(t_lo + per, n_tiles)
+    t_lo, t_hi = _tile_range(ks, pid_k, BK, split_k)
     t_full = tl.minimum(t_hi, ks // BK)
     for t in range(t_lo, t_full):
         acc = _h2_tile(acc, seg, t * BK, xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, ns, gs, offs_m, mask_m,

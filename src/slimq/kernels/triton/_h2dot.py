@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from slimq.kernels.triton._h2 import _magic2, _mask2, _pair_src, _pos, _scaled_x, _slot
+from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import plane_coef, plane_width, store_rows, word_tile
 
 __all__ = ["h2dot_kernel", "tree_gather_kernel"]
@@ -150,10 +151,7 @@ def _plane_dot(acc, seg, x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, offs_m,
     """``acc [BM, BN] += x W_p^T`` over this program's share of plane ``P`` of one segment."""
     BK: tl.constexpr = KW_DOT * (32 // plane_width(BITS, P))
     ks = seg[1]
-    n_tiles = tl.cdiv(ks, BK)
-    per = tl.cdiv(n_tiles, split_k)
-    t_lo = pid_k * per
-    t_hi = tl.minimum(t_lo + per, n_tiles)
+    t_lo, t_hi = _tile_range(ks, pid_k, BK, split_k)
     t_full = tl.minimum(t_hi, ks // BK)
     for t in range(t_lo, t_full):
         acc = _tile_dot(acc, seg, t * BK, x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, offs_m, ns, gs, offs_n,
