@@ -41,6 +41,9 @@ def build_rows(bits_list, group_sizes, include):
                                                                gptq=GPTQOptions(act_order=True, static_groups=True))))
             if "slim" in include and b <= 3:
                 rows.append((f"slim-w{b}g{g}", QuantConfig(method="slim", bits=b, group_size=g)))
+            if "slim-ao" in include and b <= 3:
+                rows.append((f"slim-ao-w{b}g{g}", QuantConfig(method="slim", bits=b, group_size=g,
+                                                               gptq=GPTQOptions(act_order=True, static_groups=True))))
             if "ablation" in include and b <= 3:
                 rows.append((f"slim-sba-only-w{b}g{g}",
                              QuantConfig(method="slim", bits=b, group_size=g, slim=SlimOptions(sqc=False))))
