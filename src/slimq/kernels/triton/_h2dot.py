@@ -79,6 +79,34 @@ def _tree_col(j, H: tl.constexpr):
 
 
 @triton.jit
+def _joined_dot(acc, words, sh, s2, z2, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, W: tl.constexpr,
+                ASM: tl.constexpr, FULL: tl.constexpr):
+    """``JOIN`` variant of one tile: all code pairs joined into one ``[16 E, BN]`` operand, the
+    activations read in the same (tree) order from ``tree_gather_kernel``'s buffer."""
+    E: tl.constexpr = 32 // W
+    H: tl.constexpr = E // 2
+    BK: tl.constexpr = KW_DOT * E
+    t = _pairs_tree(words, sh, s2, z2, 0, H, W, ASM)
+    if H == 2:
+        t = tl.permute(t, (0, 2, 3, 1))
+    elif H == 4:
+        t = tl.permute(t, (0, 2, 3, 4, 1))
+    elif H == 8:
+        t = tl.permute(t, (0, 2, 3, 4, 5, 1))
+    else:
+        t = tl.permute(t, (0, 2, 3, 4, 5, 6, 1))
+    w = tl.reshape(t, [BK, words.shape[1]])
+    xt = xt_ptr + _slot(W) * stride_tb + offs_m[:, None] * stride_tm + (seg[0] + k0 + tl.arange(0, BK))[None, :]
+    if FULL:
+        xv = tl.load(xt)
+    else:
+        jj = tl.arange(0, BK)
+        col = k0 + (jj // E) * E + _tree_col(jj % E, H)
+        xv = tl.load(xt, mask=(col < seg[1])[None, :], other=0.0)
+    return tl.dot(xv, w, acc)
+
+
+@triton.jit
 def _tile_dot(acc, seg, k0, x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, offs_m, ns, gs, offs_n, mask_n,
               P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr, FULL: tl.constexpr, JOIN: tl.constexpr):
     """``acc += x W^T`` over plane ``P``'s segment columns ``[k0, k0 + 16 E)``. ``offs_m`` is
@@ -112,25 +140,7 @@ def _tile_dot(acc, seg, k0, x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, offs
         s2 = s
         z2 = zs
     if JOIN:  # one [16 E, BN] operand and one tl.dot for the whole tile
-        t = _pairs_tree(words, sh, s2, z2, 0, H, W, ASM)
-        if H == 2:
-            t = tl.permute(t, (0, 2, 3, 1))
-        elif H == 4:
-            t = tl.permute(t, (0, 2, 3, 4, 1))
-        elif H == 8:
-            t = tl.permute(t, (0, 2, 3, 4, 5, 1))
-        else:
-            t = tl.permute(t, (0, 2, 3, 4, 5, 6, 1))
-        w = tl.reshape(t, [BK, words.shape[1]])
-        # x comes pre-arranged in tree order (tree_gather_kernel): a plain contiguous tile
-        xt = xt_ptr + _slot(W) * stride_tb + offs_m[:, None] * stride_tm + (seg[0] + k0 + tl.arange(0, BK))[None, :]
-        if FULL:
-            xv = tl.load(xt)
-        else:
-            jj = tl.arange(0, BK)
-            col = k0 + (jj // E) * E + _tree_col(jj % E, H)
-            xv = tl.load(xt, mask=(col < ks)[None, :], other=0.0)
-        return tl.dot(xv, w, acc)
+        return _joined_dot(acc, words, sh, s2, z2, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, W, ASM, FULL)
     xp = x_ptr + offs_m[:, None] * stride_xm + (seg[0] + col_r)[None, :]
     for i in tl.static_range(H):
         lo, hi = _pair_operands(words, sh, s2, z2, i, W, ASM)
