@@ -149,10 +149,11 @@ def test_bit_widths_and_groupings(layer, cfg_name):
 @inproc
 @pytest.mark.parametrize("dtype,cfg_name", [(torch.bfloat16, "fma1"), (torch.bfloat16, "dot"),
                                             (torch.bfloat16, "h2_m4"), (torch.float32, "h2_m1"),
+                                            (torch.bfloat16, "h2dot"), (torch.bfloat16, "h2dot_join"),
                                             (torch.bfloat16, "gemm_split_perseg"), (torch.float32, "fma1"),
                                             (torch.float32, "gemm_split_perseg")])
 def test_dtypes(dtype, cfg_name):
-    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path not in ("fma", "h2"):
+    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path not in ("fma", "h2", "h2dot"):  # h2dot: fp16 dots
         pytest.skip("the Triton interpreter computes bf16 tl.dot wrongly (numpy has no bf16); runs on GPU")
     _check(random_layer(*LAYERS["mix123_short"], seed=5), M_OF[cfg_name], dtype, CFGS[cfg_name], bias=True)
 
