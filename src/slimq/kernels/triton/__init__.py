@@ -12,7 +12,7 @@ from slimq.format.layout import PackedLinear
 from slimq.kernels import REGISTRY, Backend
 from slimq.kernels.triton.ops import (
     DEQUANT_MIN_M, FMA_MAX_M, H2_MAX_M, H2_XSCALE, PATHS, SKINNY_MAX_M, KernelConfig, Launch, Workspace, fallback_config,
-    h2_supported, plan_launches, sbp_matmul, select_config,
+    h2_supported, plan_launches, sbp_matmul, select_config, workspace_fits,
 )
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_config", "h2_supported", "sbp_matmul",
@@ -43,17 +43,8 @@ def triton_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    ws = workspace if workspace is not None and _fits(workspace, x2, packed) else None
+    ws = workspace if workspace is not None and workspace_fits(workspace, x2, packed) else None
     return sbp_matmul(x2, packed, bias, workspace=ws).reshape(*lead, packed.out_features)
-
-
-def _fits(ws: Workspace, x: torch.Tensor, packed: PackedLinear) -> bool:
-    m, k = x.shape
-    n = packed.out_features
-    if m > ws.max_m or n > ws.max_n or k > ws.max_k or x.dtype != ws.dtype or ws.acc.device != x.device:
-        return False
-    cfg = select_config(m, n, k)
-    return cfg.path != "dequant" or ws.wbuf.numel() >= min(cfg.chunk_n or n, n) * k
 
 
 def make_workspace(device: torch.device | str, max_m: int, max_n: int, max_k: int,

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from slimq.kernels.triton._kernels import _tile_range
-from slimq.kernels.triton._tiles import group_params, plane_coef, plane_width, store_rows, word_tile
+from slimq.kernels.triton._tiles import group_params, plane_coef, plane_width, skinny_program, store_rows, word_tile
 
 __all__ = ["h2_kernel", "pair_gather_kernel", "WIDTH_SLOT"]
 
@@ -39,7 +39,8 @@ WIDTH_SLOT = {1: 0, 2: 1, 4: 2, 8: 3}
 
 @triton.constexpr_function
 def _slot(w):
-    return {1: 0, 2: 1, 4: 2, 8: 3}[int(w)]
+    """Slot of the workspace's ``xpair`` buffer holding the activations for plane width ``w``."""
+    return WIDTH_SLOT[int(w)]
 
 
 @triton.constexpr_function
@@ -326,12 +327,7 @@ def h2_kernel(xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, out_ptr, stride_o
               PREFETCH: tl.constexpr = False):
     """Grid ``(cdiv(ns, BN), split_k)``, ``M <= BM``; activations come pre-paired from
     ``pair_gather_kernel``. ``ASM``: half2 inline PTX (else a float32 emulation for the interpreter)."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    mask_n = offs_n < ns
-    offs_m = tl.arange(0, BM)
-    mask_m = offs_m < M
+    pid_k, offs_n, mask_n, offs_m, mask_m = skinny_program(ns, M, BM, BN)
     acc = tl.zeros([BM, BN], tl.float32)
     for i in tl.static_range(NSEG):
         if BM == 1:

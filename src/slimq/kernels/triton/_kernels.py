@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 from slimq.kernels.triton._tiles import (
-    code_tile, elem_group_params, group_params, plane_coef, plane_rows, plane_width, slot_codes, store_rows,
-    word_tile, x_tile2, x_tile3,
+    code_tile, elem_group_params, group_params, plane_coef, plane_rows, plane_width, skinny_program, slot_codes,
+    store_rows, word_tile, x_tile2, x_tile3,
 )
 
 __all__ = ["skinny_kernel", "gemm_kernel", "dequant_kernel", "gather_kernel", "finalize_kernel"]
@@ -289,12 +289,7 @@ def skinny_kernel(x_ptr, stride_xm, perm_ptr, out_ptr, stride_om, acc_ptr, strid
                   HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr = False,
                   PREFETCH: tl.constexpr = False):
     """Grid ``(cdiv(ns, BN), split_k)``; ``M <= BM``. ``ASM``: inline PTX (not in the interpreter)."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    mask_n = offs_n < ns
-    offs_m = tl.arange(0, BM)
-    mask_m = offs_m < M
+    pid_k, offs_n, mask_n, offs_m, mask_m = skinny_program(ns, M, BM, BN)
     y = tl.zeros([BM, BN], tl.float32)
     for i in tl.static_range(NSEG):
         if USE_DOT:

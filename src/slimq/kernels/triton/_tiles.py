@@ -45,6 +45,15 @@ def plane_rows(bits, p, bk):
 
 
 @triton.jit
+def skinny_program(ns, M, BM: tl.constexpr, BN: tl.constexpr):
+    """Program ``(pid_n, pid_k)`` of a skinny launch (grid ``(cdiv(ns, BN), split_k)``, ``M <= BM``):
+    ``(pid_k, offs_n, mask_n, offs_m, mask_m)``."""
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    offs_m = tl.arange(0, BM)
+    return tl.program_id(1), offs_n, offs_n < ns, offs_m, offs_m < M
+
+
+@triton.jit
 def code_tile(plane_ptr, k0, ks, ns, offs_n, mask_n, W: tl.constexpr, BK: tl.constexpr):
     """float32 codes ``[KW, E, BN]`` of segment columns ``[k0, k0 + BK)`` (``k0 % BK == 0``) of
     one width-``W`` plane; columns past ``ks`` read as 0 (masked words)."""

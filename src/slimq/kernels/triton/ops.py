@@ -7,16 +7,18 @@ synchronises with the host, so it can be captured in a CUDA graph.
 
 Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
 
-* ``"h2"``   (``M <= 16``): CUDA-core kernel in half2 arithmetic (two weights per instruction),
-  activations pre-paired by a gather kernel (``slimq.kernels.triton._h2``); needs segments on
-  32-column boundaries (:func:`h2_supported`), else the dispatch falls back to ``fma``/``dot``.
-* ``"fma"``  (``M == 1``): CUDA-core GEMV in float32 that streams the packed words once.
-* ``"dot"``  (``1 < M <= 16``): same streaming, tensor cores with ``M`` padded to 16.
+* ``"h2"``   (``M == 1``): CUDA-core GEMV in half2 arithmetic (two weights per instruction),
+  activations pre-paired by a gather kernel (``slimq.kernels.triton._h2``).
+* ``"h2dot"`` (``2 <= M <= 16``): half2 dequantization straight into fp16 tensor-core operands
+  (``slimq.kernels.triton._h2dot``).
 * ``"gemm"`` (``16 < M <= 64``): tiled ``tl.dot`` on tiles dequantized in registers.
 * ``"dequant"`` (``M > 64``): dequantize into ``workspace.wbuf`` then cuBLAS (``torch.mm``);
   faster than ``"gemm"`` there on every shape measured (benchmarks/KERNEL_NOTES.md). With
   ``chunk_n`` it alternates dequantizing ``chunk_n`` output rows and multiplying them, so the
   dequantized chunk is re-read from L2 instead of DRAM and ``wbuf`` is only ``chunk_n x K``.
+* ``"fma"`` / ``"dot"``: the float32 CUDA-core GEMV and the float32-unpacking tensor-core path,
+  used for layers the half2 paths cannot run (:func:`h2_supported`, :func:`fallback_config`)
+  and selectable by config.
 
 ``walk=True`` runs one launch per band (rows shared by several segments, e.g. the 1/2/3-bit
 segments of a SliM-LLM layer) that walks all its segments; ``walk=False`` runs one launch per
@@ -24,8 +26,6 @@ segment, accumulating in the float32 workspace.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +36,8 @@ from slimq.kernels.triton import _h2 as H2
 from slimq.kernels.triton import _h2dot as H2D
 from slimq.kernels.triton import _kernels as K
 
-__all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "sbp_matmul", "plan_launches", "h2_supported",
+__all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_config", "resolve_config", "sbp_matmul",
+           "plan_launches", "h2_supported", "workspace_fits", "kernel_fn",
            "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
 
 PATHS = ("h2", "h2dot", "fma", "dot", "gemm", "dequant")
@@ -106,7 +107,7 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132) -> KernelConfig
     if m < 1 or n < 1 or k < 1:
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
     k_tiles = triton.cdiv(k, 128)
-    if m == 1:
+    if m <= H2_MAX_M:
         return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, min(16, k_tiles)),
                             num_warps=2, num_stages=1, prefetch=True)
     if m <= SKINNY_MAX_M:
@@ -131,14 +132,18 @@ def fallback_config(m: int, n: int, k: int) -> KernelConfig:
                         num_warps=4, num_stages=3)
 
 
-def h2_supported(packed: PackedLinear, block_k: int = 128) -> str | None:
-    """None if the ``h2`` path can run ``packed`` with tiles of ``block_k``, else why not."""
-    k = packed.in_features
-    for s in packed.segments:
-        if s.c0 % 32 or (s.c1 % 32 and s.c1 != k):
-            return f"segment columns [{s.c0}, {s.c1}) are not on 32-column boundaries"
-    if not _block_k(block_k, packed.segments[0].group_size)[1]:
-        return f"group size {packed.segments[0].group_size} is not a multiple of 32"
+def h2_supported(packed: PackedLinear, *, join: bool = True) -> str | None:
+    """None if the half2 paths can run ``packed``, else why not. All of them need group sizes
+    that are multiples of 32; ``h2`` and the joined ``h2dot`` variant (``join``) also need
+    segments on 32-column boundaries (their activation buffers are laid out per 32 columns)."""
+    gs = packed.segments[0].group_size
+    if gs % 32:
+        return f"group size {gs} is not a multiple of 32"
+    if join:
+        k = packed.in_features
+        for s in packed.segments:
+            if s.c0 % 32 or (s.c1 % 32 and s.c1 != k):
+                return f"segment columns [{s.c0}, {s.c1}) are not on 32-column boundaries"
     return None
 
 
@@ -200,6 +205,11 @@ class Workspace:
             raise ValueError("this config accumulates in workspace.acc, which was not allocated")
 
 
+def kernel_fn(module: str, name: str):
+    """The ``@triton.jit`` function ``name`` of kernel module ``module`` ("kernels", "h2", "h2dot")."""
+    return getattr({"h2": H2, "h2dot": H2D}.get(module, K), name)
+
+
 @dataclass(frozen=True)
 class Launch:
     """One kernel launch: ``getattr(_kernels, kernel)[grid](*args, **kwargs)``."""
@@ -212,7 +222,7 @@ class Launch:
 
     @property
     def fn(self):
-        return getattr({"h2": H2, "h2dot": H2D}.get(self.module, K), self.kernel)
+        return kernel_fn(self.module, self.kernel)
 
     def __call__(self) -> None:
         self.fn[self.grid](*self.args, **self.kwargs)
@@ -273,13 +283,7 @@ def sbp_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None 
     _check_inputs(x, packed, bias, out)
     m, kdim = x.shape
     n = packed.out_features
-    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device))
-    if cfg.path in ("h2", "h2dot"):
-        why = h2_supported(packed, 128) if cfg.path == "h2" or cfg.join else _h2dot_unsupported(packed)
-        if why is not None:
-            if config is not None:
-                raise ValueError(f"path {cfg.path!r} cannot run this layer: {why}")
-            cfg = fallback_config(m, n, kdim)
+    cfg = resolve_config(x, packed, config)
     if out is None:
         out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
@@ -297,6 +301,33 @@ def sbp_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None 
     for launch in plan_launches(x, packed, bias, out, workspace, cfg):
         launch()
     return out
+
+
+def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig | None = None) -> KernelConfig:
+    """The config a call runs: ``config``, else :func:`select_config`; a selected half2 path
+    the layer cannot take becomes :func:`fallback_config` (an explicit one raises)."""
+    m, kdim = x.shape
+    n = packed.out_features
+    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device))
+    if cfg.path in ("h2", "h2dot"):
+        why = h2_supported(packed, join=cfg.path == "h2" or cfg.join)
+        if why is not None:
+            if config is not None:
+                raise ValueError(f"path {cfg.path!r} cannot run this layer: {why}")
+            cfg = fallback_config(m, n, kdim)
+    return cfg
+
+
+def workspace_fits(ws: Workspace, x: torch.Tensor, packed: PackedLinear) -> bool:
+    """Whether ``ws`` (on ``x``'s device) serves ``sbp_matmul(x, packed, workspace=ws)``."""
+    if ws.acc.device != x.device:
+        return False
+    cfg = resolve_config(x, packed)
+    try:
+        ws.check(x.shape[0], packed.out_features, x.shape[1], x.dtype, cfg, _uses_acc(packed, cfg))
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _uses_acc(packed: PackedLinear, cfg: KernelConfig) -> bool:
@@ -384,11 +415,6 @@ def _finalize_launch(acc: torch.Tensor, out: torch.Tensor, rp: torch.Tensor, b: 
     return Launch("finalize_kernel", (triton.cdiv(n, _FINALIZE_BLOCK), m),
                   (acc, acc.stride(0), out, out.stride(0), rp, b, m, n),
                   dict(BLOCK=_FINALIZE_BLOCK, HAS_ROWPERM=has_rp, HAS_BIAS=has_bias))
-
-
-def _h2dot_unsupported(packed: PackedLinear) -> str | None:
-    gs = packed.segments[0].group_size
-    return None if gs % 32 == 0 else f"group size {gs} is not a multiple of 32"
 
 
 def _h2dot_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,

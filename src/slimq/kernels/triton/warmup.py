@@ -43,10 +43,10 @@ def _rebuild(spec, device):
 
 
 def _compile(specs: list[tuple], device: str = "cuda") -> int:
-    from slimq.kernels.triton.ops import Launch
+    from slimq.kernels.triton.ops import kernel_fn
     dev = torch.device(device)
     for module, name, args, kwargs in specs:
-        Launch(name, (1,), (), {}, module=module).fn.warmup(*_rebuild(args, dev), grid=(1,), **dict(kwargs))
+        kernel_fn(module, name).warmup(*_rebuild(args, dev), grid=(1,), **dict(kwargs))
     return len(specs)
 
 
