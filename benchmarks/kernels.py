@@ -100,23 +100,30 @@ def candidates(m: int) -> list:
         return [C("h2dot", block_m=bm, block_n=bn, split_k=s, join=j, num_stages=st, num_warps=w)
                 for bn in bns for s in splits for j in joins for st in stages for w in warps]
 
+    def tc(bm, bns, splits, stages=(2,), warps=(4,)):
+        return [C("tc", block_m=bm, block_n=bn, split_k=sp, num_stages=st, num_warps=w)
+                for bn in bns for sp in splits for st in stages for w in warps]
+
     if m == 1:
         h2 = [C("h2", block_m=1, block_n=bn, block_k=128, split_k=s, num_warps=w, num_stages=1, prefetch=pf)
               for bn, w in ((64, 2), (256, 4)) for s in (8, 16) for pf in (True,)]
-        return h2 + h2dot(16, (64, 128), (8, 16), stages=(1,))
+        return h2 + h2dot(16, (64, 128), (8, 16), stages=(1,)) + tc(16, (128, 256), (4, 8, 16), warps=(4, 8))
     if m <= 16:
         bm = 1 << max(0, (m - 1).bit_length())
         h2 = [C("h2", block_m=bm, block_n=bn, block_k=128, split_k=8, num_warps=4, num_stages=1)
               for bn in (128, 256)] if bm <= 4 else []
         return (h2 + [C("dot", block_m=16, block_n=128, block_k=128, split_k=4)]
-                + h2dot(16, (64, 128), (4, 8), joins=(True, False), stages=(3,)) + h2dot(16, (128,), (8,), stages=(1, 4)))
+                + h2dot(16, (64, 128), (4, 8), joins=(True, False), stages=(3,)) + h2dot(16, (128,), (8,), stages=(1, 4))
+                + tc(16, (128, 256), (4, 8, 16), warps=(4, 8)))
     if m <= 64:
         base = [C("gemm", block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=4, split_k=s) for s in (1, 2)]
         return (base + h2dot(32, (64, 128), (1, 2), joins=(True, False), stages=(3,))
-                + h2dot(64, (64, 128), (1, 2), joins=(True, False), stages=(2,)) + [C("dequant")])
-    return ([C("dequant", block_n=64, block_k=128, num_warps=4, chunk_n=c) for c in (0, 4096)]
+                + h2dot(64, (64, 128), (1, 2), joins=(True, False), stages=(2,)) + [C("dequant")]
+                + tc(1 << max(4, (m - 1).bit_length()), (128, 256), (1, 2, 4), warps=(4, 8)))
+    return ([C("dequant", block_n=64, block_k=128, num_warps=4, chunk_n=c) for c in (0, 512, 1024, 2048, 4096)]
             + h2dot(64, (128,), (1,), joins=(True, False), stages=(2,), warps=(4, 8))
-            + h2dot(128, (128,), (1,), joins=(True, False), stages=(2,), warps=(8,)))
+            + h2dot(128, (128,), (1,), joins=(True, False), stages=(2,), warps=(8,))
+            + tc(64, (128, 256), (1,), stages=(2, 3), warps=(4, 8)) + tc(128, (128, 256), (1,), stages=(2, 3), warps=(8,)))
 
 
 class Case:
@@ -149,6 +156,8 @@ def _parse(argv):
     ap.add_argument("--ms", default=",".join(map(str, MS)))
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--tune", action="store_true")
+    ap.add_argument("--paths", default="",
+                    help="with --tune: only candidates of these paths (comma-separated; the dispatch default is always timed)")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
@@ -161,15 +170,18 @@ def _parse(argv):
 
 def _prepare(args, dev, shapes, ms, variants):
     """Packed layers, static buffers and config lists for every (N, K, M, variant); precompiles."""
-    from slimq.kernels.triton import Workspace, select_config
+    from slimq.kernels.triton import Workspace
+    from slimq.kernels.triton.ops import resolve_config
     from slimq.kernels.triton.warmup import precompile
     t0 = time.time()
     layers = {(n, k, v): build_layer(n, k, v, dev, seed=n + k) for n, k in shapes for v in variants}
     max_n, max_k = max(n for n, _ in shapes), max(k for _, k in shapes)
     ws = Workspace(dev, max(ms), max_n, max_k, torch.float16, dequant=True)
     cases = {(n, k, m, v): Case(layers[n, k, v], m, dev, ws) for n, k in shapes for m in ms for v in variants}
-    cfgs = {key: [select_config(key[2], key[0], key[1])] + (candidates(key[2]) if args.tune else [])
-            for key in cases}
+    paths = set(filter(None, args.paths.split(",")))
+    cfgs = {key: [resolve_config(case.x, case.p)]
+            + ([c for c in candidates(key[2]) if not paths or c.path in paths] if args.tune else [])
+            for key, case in cases.items()}
     launches = [lc for key, c in cases.items() for cfg in cfgs[key] for lc in c.launches(cfg)]
     try:
         n_var = 0 if args.dry_run else precompile(launches, processes=args.procs)

@@ -97,6 +97,7 @@ LAYERS = {
     "mix_wide": (24, 320, 64, [4, 5, 6, 7, 8]),
     "u2_g128_short": (48, 300, 128, 2),
     "unaligned_g20": (40, 100, 20, [2, 5]),
+    "mix123_full": (40, 384, 64, [1, 2, 3]),  # whole groups: segments on 64-column boundaries ("tc")
 }
 CFGS = {
     "fma1": KernelConfig("fma", block_m=1, block_n=32, block_k=64),
@@ -117,15 +118,17 @@ CFGS = {
     "h2dot": KernelConfig("h2dot", block_m=16, block_n=16, split_k=2),
     "h2dot_join": KernelConfig("h2dot", block_m=16, block_n=32, join=True),
     "h2dot_join_split": KernelConfig("h2dot", block_m=32, block_n=16, split_k=3, join=True),
+    "tc": KernelConfig("tc", block_m=16, block_n=32, split_k=2),
+    "tc_m32": KernelConfig("tc", block_m=32, block_n=16, split_k=3, num_warps=2),
 }
 M_OF = {"fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
-        "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20}
+        "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33}
 
 
-PATH_CASES = ([("mix123_short", c) for c in CFGS]
+PATH_CASES = ([("mix123_short" if CFGS[c].path != "tc" else "mix123_full", c) for c in CFGS]
               + [("u3_odd", c) for c in ("fma1", "dot_split_gather", "gemm", "h2_m1", "h2_m4", "dequant_chunked",
-                                         "h2dot_join")])
+                                         "h2dot_join", "tc")])
 
 
 @inproc
@@ -141,7 +144,8 @@ def test_paths_match_reference(layer, cfg_name):
                                             ("mix_wide", "h2_m4"), ("u2_g128_short", "h2_m16"),
                                             ("mix_wide", "h2dot"), ("mix_wide", "h2dot_join_split"),
                                             ("u2_g128_short", "h2dot_join"), ("unaligned_g20", "gemm"),
-                                            ("unaligned_g20", "fma1"), ("unaligned_g20", "dot")])
+                                            ("unaligned_g20", "fma1"), ("unaligned_g20", "dot"),
+                                            ("mix_wide", "tc"), ("mix_wide", "tc_m32"), ("u2_g128_short", "tc")])
 def test_bit_widths_and_groupings(layer, cfg_name):
     _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name])
 
@@ -150,17 +154,19 @@ def test_bit_widths_and_groupings(layer, cfg_name):
 @pytest.mark.parametrize("dtype,cfg_name", [(torch.bfloat16, "fma1"), (torch.bfloat16, "dot"),
                                             (torch.bfloat16, "h2_m4"), (torch.float32, "h2_m1"),
                                             (torch.bfloat16, "h2dot"), (torch.bfloat16, "h2dot_join"),
+                                            (torch.bfloat16, "tc"), (torch.float32, "tc"),
                                             (torch.bfloat16, "gemm_split_perseg"), (torch.float32, "fma1"),
                                             (torch.float32, "gemm_split_perseg")])
 def test_dtypes(dtype, cfg_name):
-    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path not in ("fma", "h2", "h2dot"):  # h2dot: fp16 dots
+    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path not in ("fma", "h2", "h2dot", "tc"):  # fp16 dots
         pytest.skip("the Triton interpreter computes bf16 tl.dot wrongly (numpy has no bf16); runs on GPU")
-    _check(random_layer(*LAYERS["mix123_short"], seed=5), M_OF[cfg_name], dtype, CFGS[cfg_name], bias=True)
+    layer = "mix123_full" if CFGS[cfg_name].path == "tc" else "mix123_short"
+    _check(random_layer(*LAYERS[layer], seed=5), M_OF[cfg_name], dtype, CFGS[cfg_name], bias=True)
 
 
 @inproc
 @pytest.mark.parametrize("cfg_name", ["fma1_split_perseg", "dot", "dequant", "dequant_chunked", "h2_m1_split",
-                                      "h2_m4", "h2dot", "h2dot_join_split"])
+                                      "h2_m4", "h2dot", "h2dot_join_split", "tc"])
 def test_row_permuted_layers(cfg_name):
     """Bit-widths varying along rows (MixLLM): several bands and a row_perm."""
     p = random_layer(37, 128, 32, None, row_bits=[2, 4, 3], seed=7)
@@ -195,6 +201,35 @@ def test_h2_needs_32_column_segments_and_falls_back():
 
 
 @inproc
+def test_tc_needs_block_aligned_segments_and_falls_back():
+    """A short group inside the columns puts later segments off the 64-column blocks: explicit
+    "tc" refuses; auto dispatch takes h2dot (or the float32 path) and stays exact."""
+    p = random_layer(*LAYERS["mix123_short"], seed=4)
+    assert slt.tc_supported(p) is not None and slt.tc_supported(random_layer(*LAYERS["mix123_full"])) is None
+    assert slt.tc_block(128) == 128 and slt.tc_block(64) == 64 and slt.tc_block(96) == 32 and slt.tc_block(20) == 0
+    x = torch.randn(4, p.in_features).to(DEV, torch.float16)
+    with pytest.raises(ValueError, match="path 'tc' cannot run this layer"):
+        sbp_matmul(x, p, config=CFGS["tc"])
+    assert slt.resolve_config(x, p).path == "h2dot"
+    assert slt.resolve_config(x, random_layer(*LAYERS["unaligned_g20"])).path == "dot"
+    x16 = torch.randn(16, p.in_features).to(DEV, torch.float16)
+    assert slt.resolve_config(x16, random_layer(*LAYERS["mix123_full"])).path == "tc"
+    assert slt.resolve_config(x16, p).path == "h2dot"
+    _check(p, 4, torch.float16, None)
+
+
+@inproc
+def test_tc_handles_large_activations():
+    """Codes times fp16 activations accumulate in float32: activations near the fp16 limit stay finite."""
+    p = random_layer(64, 256, 128, 3, seed=9)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 256, generator=gen) * 2e4).clamp(-6e4, 6e4).to(DEV, torch.float16)
+    y = sbp_matmul(x, p, config=CFGS["tc"])
+    assert bool(torch.isfinite(y).all())
+    assert _rel_err(y, packed_matmul_reference(x, p)) < TOL[torch.float16]
+
+
+@inproc
 def test_h2_handles_large_activations():
     """Half2 partial sums must not overflow for activations in the thousands (x is pre-scaled)."""
     p = random_layer(64, 256, 128, 4, seed=9)
@@ -207,13 +242,19 @@ def test_h2_handles_large_activations():
 
 @inproc
 def test_select_config_is_explicit():
-    assert [select_config(m, 4096, 4096).path for m in (1, 2, 4, 5, 16)] == ["h2"] + ["h2dot"] * 4
+    assert [select_config(m, 4096, 4096).path for m in (1, 2, 4, 5, 16)] == ["h2"] + ["tc"] * 4
+    assert [select_config(m, 4096, 4096, bits=(2, 4)).path for m in (2, 8, 9, 16)] == ["h2dot"] * 2 + ["tc"] * 2
+    assert [select_config(m, 4096, 4096, bits=(3,)).path for m in (2, 16)] == ["tc"] * 2
+    assert [select_config(4, 4096, 4096, bits=b).path for b in ((1, 2, 3), (2, 3, 3))] == ["h2dot", "tc"]
+    assert [select_config(m, 4096, 4096, bits=(4, 5)).path for m in (2, 16)] == ["h2dot"] * 2
     assert [select_config(m, 4096, 4096).block_m for m in (1, 3, 16)] == [1, 16, 16]
-    assert select_config(16, 8192, 28672).split_k == 4 and select_config(16, 28672, 8192).split_k == 8
+    assert select_config(16, 8192, 28672, bits=(4,)).split_k == 4 and select_config(16, 28672, 8192, bits=(4,)).split_k == 8
+    assert select_config(8, 8192, 28672, bits=(4,)).split_k == 8
+    assert [select_config(16, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096))] == [4, 16, 16]
     assert slt.fallback_config(1, 4096, 4096).path == "fma" and slt.fallback_config(5, 4096, 4096).path == "dot"
     assert [select_config(m, 4096, 4096).path for m in (17, 64)] == ["gemm"] * 2
     assert [select_config(m, 4096, 4096).path for m in (65, 256, 1024)] == ["dequant"] * 3
-    assert select_config(256, 28672, 8192).chunk_n > 0 and select_config(256, 4096, 4096).chunk_n == 0
+    assert select_config(256, 28672, 8192).chunk_n == 0 and select_config(256, 4096, 4096).chunk_n == 0
     assert select_config(1, 28672, 8192).split_k == 16  # measured best on the H100 (KERNEL_NOTES.md)
     assert select_config(1, 4096, 200).split_k == 2  # never more splits than K-tiles
     assert select_config(64, 28672, 8192).split_k == 1 and select_config(64, 4096, 11008).split_k == 5

@@ -26,6 +26,7 @@ segment, accumulating in the float32 workspace.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,12 +36,13 @@ from slimq.format.layout import PackedLinear, Segment, plane_widths
 from slimq.kernels.triton import _h2 as H2
 from slimq.kernels.triton import _h2dot as H2D
 from slimq.kernels.triton import _kernels as K
+from slimq.kernels.triton import _tc as TC
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_config", "resolve_config", "sbp_matmul",
-           "plan_launches", "h2_supported", "workspace_fits", "kernel_fn",
+           "plan_launches", "h2_supported", "tc_supported", "tc_block", "workspace_fits", "kernel_fn",
            "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
 
-PATHS = ("h2", "h2dot", "fma", "dot", "gemm", "dequant")
+PATHS = ("h2", "h2dot", "tc", "fma", "dot", "gemm", "dequant")
 H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
 FMA_MAX_M = 1        # float32 CUDA-core fallback for M == 1 (layers h2 cannot run)
 H2_MAX_M = 1         # half2 CUDA cores up to here ...
@@ -77,7 +79,7 @@ class KernelConfig:
                 raise ValueError(f"{name} must be a power of two, got {v}")
         if self.block_k < 32:
             raise ValueError(f"block_k must be >= 32 (whole words of every plane), got {self.block_k}")
-        if self.path in ("dot", "gemm", "h2dot") and (self.block_m < 16 or self.block_n < 16):
+        if self.path in ("dot", "gemm", "h2dot", "tc") and (self.block_m < 16 or self.block_n < 16):
             raise ValueError(f"tensor-core paths need block_m, block_n >= 16, got {self.block_m}, {self.block_n}")
         if self.split_k < 1:
             raise ValueError(f"split_k must be >= 1, got {self.split_k}")
@@ -91,7 +93,7 @@ def _pow2_at_least(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
 
 
-def select_config(m: int, n: int, k: int, *, num_sms: int = 132) -> KernelConfig:
+def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int, ...] | None = None) -> KernelConfig:
     """The dispatch rule: kernel path and tiling for ``x [m, k] @ W^T`` with ``W [n, k]``.
 
     Set from ``benchmarks/kernels.py --tune`` on an H100 (132 SMs; benchmarks/KERNEL_NOTES.md,
@@ -100,9 +102,16 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132) -> KernelConfig
     bit-widths); ``2 <= M <= 16`` the half2-dequantizing tensor-core path ``h2dot`` with ``M``
     padded to 16 (128-row tiles, 3 pipeline stages, K split 8, or 4 for ``K > 8192``; it beat
     ``h2`` and ``dot`` there except 3-bit at M=16, 10% behind ``dot``); ``17 <= M <= 64``
-    splits K until about 160 output tiles exist; beyond ``DEQUANT_MIN_M`` dequantize-then-cuBLAS,
-    in chunks of 4096 rows for ``N > 8192`` (about as fast, and a 4096-row workspace instead of
-    ``N``). Layers the half2 paths cannot run use :func:`fallback_config`.
+    splits K until about 160 output tiles exist; beyond ``DEQUANT_MIN_M`` dequantize-then-cuBLAS
+    in one pass (row chunks of 512-4096 were 0-94% slower, run 7: cuBLAS is less efficient on
+    narrow chunks). Layers the half2 paths cannot run use :func:`fallback_config`.
+
+    ``bits``: the layer's segment bit-widths, if known (None: treated as low-bit). For
+    ``9 <= M <= 16`` a layer with any segment below 4 bits takes the exact-code tensor-core path
+    ``tc`` (256-row tiles, K split towards ~400 programs): 1.2-1.9x faster than ``h2dot`` at
+    2 and 3 bits and SliM mixes, 13% slower at uniform 4 bits (run 7, KERNEL_NOTES.md). For
+    ``2 <= M <= 8`` ``h2dot`` wins except where most segments are stored in several planes
+    (3-bit: 1.1-1.7x faster on ``tc``), so only those take ``tc``.
     """
     if m < 1 or n < 1 or k < 1:
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
@@ -111,14 +120,20 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132) -> KernelConfig
         return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, min(16, k_tiles)),
                             num_warps=2, num_stages=1, prefetch=True)
     if m <= SKINNY_MAX_M:
-        return KernelConfig("h2dot", block_m=16, block_n=128, split_k=max(1, min(8 if k <= 8192 else 4, k_tiles)),
+        multi = sum(b not in (1, 2, 4, 8) for b in bits) if bits else 0  # segments stored in several planes
+        if bits is None or (min(bits) < 4 and (m > 8 or 2 * multi > len(bits))):
+            blocks = triton.cdiv(k, 128)
+            split = 1 << max(0, round(math.log2(max(1.0, 400 / triton.cdiv(n, 256)))))
+            return KernelConfig("tc", block_m=16, block_n=256, split_k=max(1, min(16, split, blocks)), num_warps=4,
+                                num_stages=2)
+        return KernelConfig("h2dot", block_m=16, block_n=128, split_k=max(1, min(8 if k <= 8192 or m <= 8 else 4, k_tiles)),
                             num_warps=4, num_stages=3)
     if m < DEQUANT_MIN_M:
         tiles = triton.cdiv(m, 64) * triton.cdiv(n, 128)
         split = max(1, min(8, round(1.2 * num_sms / tiles), triton.cdiv(k, 64)))
         return KernelConfig("gemm", block_m=64, block_n=128, block_k=64, split_k=split, num_warps=4,
                             num_stages=4)
-    return KernelConfig("dequant", block_n=64, block_k=128, num_warps=4, chunk_n=4096 if n > 8192 else 0)
+    return KernelConfig("dequant", block_n=64, block_k=128, num_warps=4)
 
 
 def fallback_config(m: int, n: int, k: int) -> KernelConfig:
@@ -163,7 +178,7 @@ class Workspace:
                  dtype: torch.dtype = torch.float16, *, dequant: bool = False, dequant_rows: int | None = None,
                  buffers: tuple[str, ...] = ("acc", "xperm", "xperm32", "xpair", "xs32")) -> None:
         self.max_m, self.max_n, self.max_k, self.dtype = max_m, max_n, max_k, dtype
-        kp = triton.cdiv(max_k, 32) * 32
+        kp = triton.cdiv(max_k, 128) * 128  # room for the "tc" path's whole 128-column blocks
         rows = max_n if dequant_rows is None else min(dequant_rows, max_n)
         sizes = {"acc": (max_m * max_n, torch.float32), "xperm": (max_m * max_k, dtype),
                  "xperm32": (max_k, torch.float32), "wbuf": (rows * max_k, dtype),
@@ -181,7 +196,7 @@ class Workspace:
         """Only the buffers one call with ``cfg`` needs (used when the caller passes none)."""
         m, k = x.shape
         need = {"acc"} if atomic else set()
-        if cfg.path == "h2":
+        if cfg.path in ("h2", "tc"):
             need |= {"xpair", "xs32"}
         elif cfg.path == "h2dot":
             need |= {"xpair", "xperm"}
@@ -199,7 +214,7 @@ class Workspace:
         if cfg.path == "dequant" and self.wbuf.numel() < min(cfg.chunk_n or n, n) * k:
             raise ValueError("the dequant path needs a Workspace(..., dequant=True) with room for "
                              f"{min(cfg.chunk_n or n, n)} x {k} weights")
-        if cfg.path in ("h2", "h2dot") and (self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0):
+        if cfg.path in ("h2", "h2dot", "tc") and (self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0):
             raise ValueError(f"the {cfg.path} path needs a Workspace with buffer 'xpair'")
         if atomic and self.acc.numel() < m * n:
             raise ValueError("this config accumulates in workspace.acc, which was not allocated")
@@ -207,7 +222,7 @@ class Workspace:
 
 def kernel_fn(module: str, name: str):
     """The ``@triton.jit`` function ``name`` of kernel module ``module`` ("kernels", "h2", "h2dot")."""
-    return getattr({"h2": H2, "h2dot": H2D}.get(module, K), name)
+    return getattr({"h2": H2, "h2dot": H2D, "tc": TC}.get(module, K), name)
 
 
 @dataclass(frozen=True)
@@ -218,7 +233,7 @@ class Launch:
     grid: tuple[int, ...]
     args: tuple
     kwargs: dict
-    module: str = "kernels"  # "kernels" (``_kernels``), "h2" (``_h2``) or "h2dot" (``_h2dot``)
+    module: str = "kernels"  # "kernels" (``_kernels``), "h2" (``_h2``), "h2dot" (``_h2dot``) or "tc" (``_tc``)
 
     @property
     def fn(self):
@@ -308,12 +323,14 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
     the layer cannot take becomes :func:`fallback_config` (an explicit one raises)."""
     m, kdim = x.shape
     n = packed.out_features
-    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device))
-    if cfg.path in ("h2", "h2dot"):
-        why = h2_supported(packed, join=cfg.path == "h2" or cfg.join)
+    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=tuple(s.bits for s in packed.segments))
+    if cfg.path in ("h2", "h2dot", "tc"):
+        why = tc_supported(packed) if cfg.path == "tc" else h2_supported(packed, join=cfg.path == "h2" or cfg.join)
         if why is not None:
             if config is not None:
                 raise ValueError(f"path {cfg.path!r} cannot run this layer: {why}")
+            if cfg.path == "tc" and h2_supported(packed, join=False) is None:
+                return select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=(8,))  # h2dot
             cfg = fallback_config(m, n, kdim)
     return cfg
 
@@ -350,6 +367,8 @@ def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
         return _h2_launches(x, packed, bias, out, ws, cfg)
     if cfg.path == "h2dot":
         return _h2dot_launches(x, packed, bias, out, ws, cfg)
+    if cfg.path == "tc":
+        return _tc_launches(x, packed, bias, out, ws, cfg)
     launches = []
     xin = x
     if not cfg.gather or cfg.path == "dequant":
@@ -532,6 +551,57 @@ def _h2_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
                   XSCALE_INV=1.0 / H2_XSCALE, PREFETCH=cfg.prefetch and cfg.block_m == 1, num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages)
         launches.append(Launch("h2_kernel", (triton.cdiv(ns, cfg.block_n), cfg.split_k), args, kw, module="h2"))
+    if atomic:
+        launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
+    return launches
+
+
+def tc_block(group_size: int) -> int:
+    """Columns per block of the ``tc`` path: the largest power of two <= 128 dividing the group
+    size (0 if below 32)."""
+    blk = 128
+    while blk >= 32 and group_size % blk:
+        blk //= 2
+    return blk if blk >= 32 else 0
+
+
+def tc_supported(packed: PackedLinear) -> str | None:
+    """None if the ``tc`` path can run ``packed``, else why not: it needs a group size divisible
+    by 32 and segments that start (and end, unless at ``K``) on a multiple of :func:`tc_block`."""
+    gs = packed.segments[0].group_size
+    blk = tc_block(gs)
+    if not blk:
+        return f"group size {gs} is not a multiple of 32"
+    k = packed.in_features
+    for s in packed.segments:
+        if s.c0 % blk or (s.c1 % blk and s.c1 != k):
+            return f"segment columns [{s.c0}, {s.c1}) are not on {blk}-column boundaries"
+    return None
+
+
+def _tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """Operand-order gather, one ``tc_kernel`` per band, and the split-K finalize."""
+    m, kdim = x.shape
+    gs = packed.segments[0].group_size
+    blk = tc_block(gs)
+    kt = triton.cdiv(kdim, blk) * blk
+    widths = tuple(sorted({w for s in packed.segments for w in plane_widths(s.bits)}))
+    xt = ws.xpair.view(torch.float16)
+    stride_tm, stride_tb, stride_sm = ws.kp, 2 * ws.pair_stride, ws.kp // 32
+    launches = [Launch("tc_gather_kernel", (triton.cdiv(kt, _GATHER_BLOCK), m),
+                       (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, ws.xs32, stride_sm, kdim, kt),
+                       dict(WIDTHS=widths, NW=len(widths), BLK=blk, BLOCK=_GATHER_BLOCK), module="tc")]
+    atomic = cfg.split_k > 1
+    acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
+    for r0, ns, segs in _bands(packed):
+        args = (xt, stride_tm, stride_tb, ws.xs32, stride_sm, out, out.stride(0), acc, acc.stride(0) if atomic else 0,
+                rp, b, m, r0, ns, cfg.split_k, tuple(_seg_arg(s) for s in segs))
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BM=cfg.block_m, BN=cfg.block_n, BLK=blk,
+                  ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, ASM=x.is_cuda,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
+        launches.append(Launch("tc_kernel", grid, args, kw, module="tc"))
     if atomic:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
