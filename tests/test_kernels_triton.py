@@ -88,6 +88,10 @@ def _check(p, m, dtype, cfg, *, bias=False, seed=1):
     err = _rel_err(y, ref)
     assert err < TOL[dtype], f"relative error {err:.2e} (path {cfg.path if cfg else 'auto'})"
     assert not bool(ws.acc.any()), "the split-K workspace must be left zeroed"
+    assert not bool(ws.cnt.any()), "the split-K tile counters must be left zeroed"
+    if (cfg or slt.resolve_config(x, p)).split_k > 1 and (cfg or slt.resolve_config(x, p)).path in ("h2", "h2dot", "tc"):
+        launches = slt.plan_launches(x, p, b, out, ws, cfg or slt.resolve_config(x, p))
+        assert "finalize_kernel" not in [lc.kernel for lc in launches], "split-K finishes in its last program"
 
 
 # (n, k, gs, bits): odd sizes, short last groups, 1..8 bits, SliM-style 1/2/3-bit mixes

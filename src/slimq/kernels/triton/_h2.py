@@ -321,9 +321,9 @@ def _h2_segment(acc, seg, xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, ns, g
 
 @triton.jit(do_not_specialize=["M", "r0", "split_k"])
 def h2_kernel(xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr,
-              bias_ptr, M, r0, ns, gs, split_k, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr,
+              bias_ptr, M, r0, ns, gs, split_k, cnt_ptr, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr,
               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ATOMIC: tl.constexpr,
-              HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr,
+              HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr,
               PREFETCH: tl.constexpr = False):
     """Grid ``(cdiv(ns, BN), split_k)``, ``M <= BM``; activations come pre-paired from
     ``pair_gather_kernel``. ``ASM``: half2 inline PTX (else a float32 emulation for the interpreter)."""
@@ -338,7 +338,7 @@ def h2_kernel(xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, out_ptr, stride_o
                               tl.minimum(offs_m, M - 1), mask_m, offs_n, mask_n, pid_k, split_k, SEG_BITS[i], BM, BK,
                               ASM)
     store_rows(acc * XSCALE_INV, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
-               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS)
+               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
 
 
 @triton.jit

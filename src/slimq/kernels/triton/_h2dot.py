@@ -174,9 +174,9 @@ def _plane_dot(acc, seg, x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, offs_m,
 
 @triton.jit(do_not_specialize=["M", "r0", "split_k"])
 def h2dot_kernel(x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr,
-                 M, r0, ns, gs, split_k, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr,
+                 M, r0, ns, gs, split_k, cnt_ptr, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, ASM: tl.constexpr, JOIN: tl.constexpr = False):
+                 HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr, JOIN: tl.constexpr = False):
     """Grid ``(cdiv(M, BM) * cdiv(ns, BN), split_k)``; ``x`` already in storage column order
     (fp16). ``ASM``: half2 inline PTX (else a float32 emulation for the interpreter)."""
     pid = tl.program_id(0)
@@ -200,7 +200,7 @@ def h2dot_kernel(x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, out_ptr, stride
             acc = _plane_dot(acc, segs[i], x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, offs_mc, ns, gs, offs_n, mask_n, pid_k, split_k,
                              2, SEG_BITS[i], ASM, JOIN)
     store_rows(acc, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
-               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS)
+               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
 
 
 @triton.jit(do_not_specialize=["K"])

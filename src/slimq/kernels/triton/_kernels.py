@@ -301,7 +301,7 @@ def skinny_kernel(x_ptr, stride_xm, perm_ptr, out_ptr, stride_om, acc_ptr, strid
             y += _segment_fma(x_ptr, stride_xm, perm_ptr, segs[i], ns, gs, offs_m, mask_m, offs_n, mask_n, pid_k,
                               SEG_BITS[i], BM, BN, BK, split_k, GATHER, ALIGNED)
     store_rows(y, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
-               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS)
+               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, acc_ptr, split_k, False)
 
 
 @triton.jit(do_not_specialize=["M", "r0", "split_k"])
@@ -335,7 +335,7 @@ def gemm_kernel(x_ptr, stride_xm, perm_ptr, out_ptr, stride_om, acc_ptr, stride_
             w = _dequant2d(seg, k0, seg[1], ns, gs, offs_n, mask_n, SEG_BITS[i], BN, BK, ALIGNED)
             acc = tl.dot(xv, w.to(xv.dtype), acc)
     store_rows(acc, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
-               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS)
+               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, acc_ptr, split_k, False)
 
 
 @triton.jit(do_not_specialize=["n_lo", "n_hi", "row0"])

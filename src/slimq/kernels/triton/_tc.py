@@ -151,9 +151,9 @@ def _tc_block(acc, seg, k0, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, off
 
 @triton.jit(do_not_specialize=["M", "r0", "split_k"])
 def tc_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr,
-              bias_ptr, M, r0, ns, split_k, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, GS: tl.constexpr,
+              bias_ptr, M, r0, ns, split_k, cnt_ptr, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, GS: tl.constexpr,
               BM: tl.constexpr, BN: tl.constexpr, BLK: tl.constexpr, ATOMIC: tl.constexpr,
-              HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr):
+              HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr):
     """Grid ``(cdiv(M, BM) * cdiv(ns, BN), split_k)``; activations pre-arranged by
     :func:`tc_gather_kernel`. ``ASM``: half2 inline PTX (else integer ops, for the interpreter)."""
     pid = tl.program_id(0)
@@ -177,7 +177,7 @@ def tc_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
             acc = _tc_block(acc, seg, (t_hi - 1) * BLK, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_mc, ns,
                             offs_nc, SEG_BITS[i], GS, BM, BN, BLK, ASM, False)
     store_rows(acc, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
-               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS)
+               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
 
 
 @triton.jit

@@ -162,21 +162,47 @@ def elem_group_params(sc_ptr, zr_ptr, k0, ks, gs, ns, offs_n, mask_n, W: tl.cons
 
 @triton.jit
 def store_rows(y, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
-               offs_n, mask_n, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr):
+               offs_n, mask_n, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+               cnt_ptr, split_k, FUSED: tl.constexpr):
     """Write the float32 tile ``y [BM, BN]`` of storage rows ``r0 + offs_n``.
 
-    ATOMIC: add into the float32 workspace (storage row order; ``finalize`` converts).
+    ATOMIC: add into the float32 workspace (storage row order). Then either ``finalize_kernel``
+    converts it (a separate launch), or, FUSED, the program that finishes this output tile last
+    does: every program adds its part, then bumps the tile's counter ``cnt[program_id(0)]``
+    (one atomic per program, after a CTA barrier, acquire-release at GPU scope); the one that
+    sees ``split_k - 1`` reads the sums (from L2), re-zeroes them and the counter and writes
+    ``out``.
     Else: ``out[m, row_perm[r]] = y + bias[row_perm[r]]`` in ``out``'s dtype.
     """
     rows = r0 + offs_n
     mask = mask_m[:, None] & mask_n[None, :]
     if ATOMIC:
-        tl.atomic_add(acc_ptr + offs_m[:, None] * stride_am + rows[None, :], y, mask=mask, sem="relaxed")
+        ptrs = acc_ptr + offs_m[:, None] * stride_am + rows[None, :]
+        tl.atomic_add(ptrs, y, mask=mask, sem="relaxed")
+        if FUSED:
+            tl.debug_barrier()  # every thread's part is issued before the counter moves
+            done = tl.atomic_add(cnt_ptr + tl.program_id(0), 1, sem="acq_rel", scope="gpu")
+            if done == split_k - 1:
+                # the sums live in L2 (atomics): read them past L1, then zero them once every
+                # thread has its values (the barrier orders the CTA's loads before its stores)
+                tot = tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+                tl.debug_barrier()
+                tl.store(ptrs, tl.zeros_like(tot), mask=mask)
+                tl.store(cnt_ptr + tl.program_id(0), 0)
+                _write_out(tot, out_ptr, stride_om, rowperm_ptr, bias_ptr, rows, offs_m, mask_n, mask, HAS_ROWPERM,
+                           HAS_BIAS)
     else:
-        if HAS_ROWPERM:
-            dst = tl.load(rowperm_ptr + rows, mask=mask_n, other=0)
-        else:
-            dst = rows
-        if HAS_BIAS:
-            y += tl.load(bias_ptr + dst, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + offs_m[:, None] * stride_om + dst[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+        _write_out(y, out_ptr, stride_om, rowperm_ptr, bias_ptr, rows, offs_m, mask_n, mask, HAS_ROWPERM, HAS_BIAS)
+
+
+@triton.jit
+def _write_out(y, out_ptr, stride_om, rowperm_ptr, bias_ptr, rows, offs_m, mask_n, mask, HAS_ROWPERM: tl.constexpr,
+               HAS_BIAS: tl.constexpr):
+    """``out[m, row_perm[r]] = y + bias[row_perm[r]]`` in ``out``'s dtype."""
+    if HAS_ROWPERM:
+        dst = tl.load(rowperm_ptr + rows, mask=mask_n, other=0)
+    else:
+        dst = rows
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + dst, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + offs_m[:, None] * stride_om + dst[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)

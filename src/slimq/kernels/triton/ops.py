@@ -171,31 +171,34 @@ class Workspace:
     ``[dequant_rows * max_k]`` dequantized weights (only with ``dequant``; ``dequant_rows``
     defaults to ``max_n``, a chunked config needs only ``chunk_n``). ``xpair`` int32
     ``[4, max_m, Kp / 2]`` and ``xs32`` float32 ``[max_m, Kp / 32]`` (``Kp = max_k`` rounded up to 32):
-    paired activations and block sums of the ``h2`` path.
+    paired activations and block sums of the ``h2`` path. ``cnt``: int32 per output tile, all zeros
+    between calls: split-K arrival counters, so the last program of a tile writes the output
+    (no finalize launch; ``h2``, ``h2dot``, ``tc`` with tiles of >= 16 rows).
     """
 
     def __init__(self, device: torch.device | str, max_m: int, max_n: int, max_k: int,
                  dtype: torch.dtype = torch.float16, *, dequant: bool = False, dequant_rows: int | None = None,
-                 buffers: tuple[str, ...] = ("acc", "xperm", "xperm32", "xpair", "xs32")) -> None:
+                 buffers: tuple[str, ...] = ("acc", "xperm", "xperm32", "xpair", "xs32", "cnt")) -> None:
         self.max_m, self.max_n, self.max_k, self.dtype = max_m, max_n, max_k, dtype
         kp = triton.cdiv(max_k, 128) * 128  # room for the "tc" path's whole 128-column blocks
         rows = max_n if dequant_rows is None else min(dequant_rows, max_n)
         sizes = {"acc": (max_m * max_n, torch.float32), "xperm": (max_m * max_k, dtype),
                  "xperm32": (max_k, torch.float32), "wbuf": (rows * max_k, dtype),
-                 "xpair": (4 * max_m * kp // 2, torch.int32), "xs32": (max_m * kp // 32, torch.float32)}
+                 "xpair": (4 * max_m * kp // 2, torch.int32), "xs32": (max_m * kp // 32, torch.float32),
+                 "cnt": (triton.cdiv(max_m, 16) * triton.cdiv(max_n, 16), torch.int32)}
         self.kp = kp
         self.pair_stride = max_m * kp // 2  # elements between the width slots of xpair
         names = set(buffers) | ({"wbuf"} if dequant else set())
         for name, (numel, dt) in sizes.items():
             size = numel if name in names else 0
-            alloc = torch.zeros if name == "acc" else torch.empty
+            alloc = torch.zeros if name in ("acc", "cnt") else torch.empty
             setattr(self, name, alloc(size, dtype=dt, device=device))
 
     @classmethod
     def for_call(cls, x: torch.Tensor, n: int, cfg: KernelConfig, atomic: bool) -> "Workspace":
         """Only the buffers one call with ``cfg`` needs (used when the caller passes none)."""
         m, k = x.shape
-        need = {"acc"} if atomic else set()
+        need = {"acc", "cnt"} if atomic else set()
         if cfg.path in ("h2", "tc"):
             need |= {"xpair", "xs32"}
         elif cfg.path == "h2dot":
@@ -455,16 +458,19 @@ def _h2dot_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | 
         gather, xin = _gather_launch(x, packed, ws)
         launches = [gather]
     atomic = cfg.split_k > 1
+    fused = _fused_split(ws, m, packed, cfg)
+    cnt = ws.cnt if fused else ws.acc
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
     for r0, ns, segs in _bands(packed):
         args = (xin, xin.stride(0), xt, stride_tm, stride_tb, out, out.stride(0), acc, acc.stride(0) if atomic else 0,
-                rp, b, m, r0, ns, gs, cfg.split_k, tuple(_seg_arg(s) for s in segs))
+                rp, b, m, r0, ns, gs, cfg.split_k, cnt, tuple(_seg_arg(s) for s in segs))
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BM=cfg.block_m, BN=cfg.block_n,
-                  ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, ASM=x.is_cuda, JOIN=cfg.join,
+                  ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, FUSED=fused, ASM=x.is_cuda,
+                  JOIN=cfg.join,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
         launches.append(Launch("h2dot_kernel", grid, args, kw, module="h2dot"))
-    if atomic:
+    if atomic and not fused:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
 
@@ -542,16 +548,18 @@ def _h2_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
                        (x, x.stride(0), packed.col_perm, ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, kdim),
                        dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), BLOCK=_GATHER_BLOCK), module="h2")]
     atomic = cfg.split_k > 1
+    fused = _fused_split(ws, m, packed, cfg)
+    cnt = ws.cnt if fused else ws.acc
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
     for r0, ns, segs in _bands(packed):
         args = (ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, out, out.stride(0), acc,
-                acc.stride(0) if atomic else 0, rp, b, m, r0, ns, gs, cfg.split_k, tuple(_seg_arg(s) for s in segs))
+                acc.stride(0) if atomic else 0, rp, b, m, r0, ns, gs, cfg.split_k, cnt, tuple(_seg_arg(s) for s in segs))
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BM=cfg.block_m, BN=cfg.block_n, BK=bk,
-                  ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, ASM=x.is_cuda,
+                  ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, FUSED=fused, ASM=x.is_cuda,
                   XSCALE_INV=1.0 / H2_XSCALE, PREFETCH=cfg.prefetch and cfg.block_m == 1, num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages)
         launches.append(Launch("h2_kernel", (triton.cdiv(ns, cfg.block_n), cfg.split_k), args, kw, module="h2"))
-    if atomic:
+    if atomic and not fused:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
 
@@ -593,15 +601,25 @@ def _tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
                        (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, ws.xs32, stride_sm, kdim, kt),
                        dict(WIDTHS=widths, NW=len(widths), BLK=blk, BLOCK=_GATHER_BLOCK), module="tc")]
     atomic = cfg.split_k > 1
+    fused = _fused_split(ws, m, packed, cfg)
+    cnt = ws.cnt if fused else ws.acc
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
     for r0, ns, segs in _bands(packed):
         args = (xt, stride_tm, stride_tb, ws.xs32, stride_sm, out, out.stride(0), acc, acc.stride(0) if atomic else 0,
-                rp, b, m, r0, ns, cfg.split_k, tuple(_seg_arg(s) for s in segs))
+                rp, b, m, r0, ns, cfg.split_k, cnt, tuple(_seg_arg(s) for s in segs))
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BM=cfg.block_m, BN=cfg.block_n, BLK=blk,
-                  ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, ASM=x.is_cuda,
+                  ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, FUSED=fused, ASM=x.is_cuda,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
         launches.append(Launch("tc_kernel", grid, args, kw, module="tc"))
-    if atomic:
+    if atomic and not fused:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
+
+
+def _fused_split(ws: Workspace, m: int, packed: PackedLinear, cfg: KernelConfig) -> bool:
+    """Whether the split-K sums of an ``h2``/``h2dot``/``tc`` launch can be finished by their last
+    program (enough tile counters in ``ws.cnt``), instead of a ``finalize_kernel`` launch."""
+    m_tiles = 1 if cfg.path == "h2" else triton.cdiv(m, cfg.block_m)
+    ns = max(n for _, n, _ in _bands(packed))
+    return cfg.split_k > 1 and m_tiles * triton.cdiv(ns, cfg.block_n) <= ws.cnt.numel()
