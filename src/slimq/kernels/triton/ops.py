@@ -9,13 +9,18 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
 
 * ``"h2"``   (``M == 1``): CUDA-core GEMV in half2 arithmetic (two weights per instruction),
   activations pre-paired by a gather kernel (``slimq.kernels.triton._h2``).
-* ``"h2dot"`` (``2 <= M <= 16``): half2 dequantization straight into fp16 tensor-core operands
-  (``slimq.kernels.triton._h2dot``).
+* ``"tc"`` (``2 <= M <= 16``, low-bit layers): exact half2 codes used unchanged as fp16 MMA operand
+  registers, scale and zero applied per block to the float32 sums (``slimq.kernels.triton._tc``).
+* ``"h2dot"`` (``2 <= M <= 16``, the other layers): half2 dequantization straight into fp16
+  tensor-core operands (``slimq.kernels.triton._h2dot``).
 * ``"gemm"`` (``16 < M <= 64``): tiled ``tl.dot`` on tiles dequantized in registers.
 * ``"dequant"`` (``M > 64``): dequantize into ``workspace.wbuf`` then cuBLAS (``torch.mm``);
   faster than ``"gemm"`` there on every shape measured (benchmarks/KERNEL_NOTES.md). With
-  ``chunk_n`` it alternates dequantizing ``chunk_n`` output rows and multiplying them, so the
-  dequantized chunk is re-read from L2 instead of DRAM and ``wbuf`` is only ``chunk_n x K``.
+  ``chunk_n`` it alternates dequantizing ``chunk_n`` output rows and multiplying them, so
+  ``wbuf`` is only ``chunk_n x K`` (slower: not the default).
+
+Split-K launches of ``h2``/``h2dot``/``tc`` are finished by the last program of each output tile
+(arrival counters in ``workspace.cnt``); the other paths use a ``finalize_kernel`` launch.
 * ``"fma"`` / ``"dot"``: the float32 CUDA-core GEMV and the float32-unpacking tensor-core path,
   used for layers the half2 paths cannot run (:func:`h2_supported`, :func:`fallback_config`)
   and selectable by config.

@@ -1,0 +1,112 @@
+"""Per-launch times of one slimq matmul call, and a split-K stress check (run on a GPU).
+
+For a few layer shapes at M = 1 and 16 it times the whole call and each of its Triton launches
+alone (median of CUDA-graph replays, L2 flushed, like benchmarks/kernels.py), next to one and
+three empty kernels: the fixed cost a launch adds inside a graph. Then it replays each of a few
+calls 300 times in a CUDA graph and checks every 10th output against the pure-torch reference
+and that the split-K workspace (sums and tile counters) is left zeroed: the split-K finish runs
+in whichever program of a tile arrives last, so races would show here.
+
+    PYTHONPATH=src python benchmarks/launches.py [--out DIR]    # writes DIR/launches.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import Case, build_layer, time_graph  # noqa: E402
+
+SHAPES = [(4096, 4096), (11008, 4096), (28672, 8192)]
+STRESS = [(4096, 4096, "2b", 1), (28672, 8192, "slim", 1), (8192, 28672, "3b", 16), (11008, 4096, "4b", 4),
+          (4096, 11008, "2b", 16)]
+
+
+def launch_times(dev) -> dict:
+    import triton
+
+    from slimq.kernels.triton import Workspace, resolve_config
+
+    @triton.jit
+    def _empty(p):
+        pass
+
+    z = torch.zeros(1, device=dev)
+    res = {"1 empty kernel": time_graph(lambda: _empty[(1,)](z)),
+           "3 empty kernels": time_graph(lambda: [_empty[(1,)](z) for _ in range(3)])}
+    for n, k in SHAPES:
+        p = build_layer(n, k, "2b", dev)
+        ws = Workspace(dev, 16, n, k, torch.float16)
+        for m in (1, 16):
+            c = Case(p, m, dev, ws)
+            cfg = resolve_config(c.x, p)
+            res[f"{n}x{k} M={m} 2b: whole call ({cfg.path}, split {cfg.split_k})"] = time_graph(c.fn(cfg))
+            for lc in c.launches(cfg):
+                res[f"{n}x{k} M={m} 2b:   {lc.kernel} grid {lc.grid}"] = time_graph(lc)
+    return res
+
+
+def stress(dev) -> list[dict]:
+    from slimq.kernels.reference import packed_matmul_reference
+    from slimq.kernels.triton import Workspace, resolve_config
+    out = []
+    for n, k, v, m in STRESS:
+        p = build_layer(n, k, v, dev)
+        ws = Workspace(dev, 16, n, k, torch.float16)
+        c = Case(p, m, dev, ws)
+        cfg = resolve_config(c.x, p)
+        ref = packed_matmul_reference(c.x, p).float()
+        fn = c.fn(cfg)
+        fn()
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        worst = 0.0
+        for it in range(300):
+            c.out.fill_(float("nan"))
+            g.replay()
+            if it % 10 == 0:
+                torch.cuda.synchronize()
+                worst = max(worst, float((c.out.float() - ref).norm() / ref.norm()))
+        torch.cuda.synchronize()
+        clean = not bool(ws.acc.any()) and not bool(ws.cnt.any())
+        ok = worst < 3e-3 and clean and bool(torch.isfinite(c.out).all())
+        out.append({"shape": f"{n}x{k}", "variant": v, "M": m, "path": cfg.path, "split_k": cfg.split_k,
+                    "launches": [lc.kernel for lc in c.launches(cfg)], "worst_rel_err": worst,
+                    "workspace_clean": clean, "ok": ok})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    dev = torch.device("cuda")
+    times = launch_times(dev)
+    for name, us in times.items():
+        print(f"{name:64s} {us:8.1f} us")
+    checks = stress(dev)
+    for r in checks:
+        print(f"stress {r['shape']} {r['variant']} M={r['M']} {r['path']} split {r['split_k']} {r['launches']}: "
+              f"worst rel err {r['worst_rel_err']:.2e}, workspace clean {r['workspace_clean']} -> "
+              f"{'OK' if r['ok'] else 'FAIL'}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__}
+    tmp = out / "launches.json.tmp"
+    tmp.write_text(json.dumps({"meta": meta, "times_us": times, "stress": checks}, indent=1))
+    tmp.replace(out / "launches.json")
+    return 0 if all(r["ok"] for r in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
