@@ -29,7 +29,9 @@ import triton
 import triton.language as tl
 
 from slimq.kernels.triton._kernels import _tile_range
-from slimq.kernels.triton._tiles import group_params, plane_coef, plane_width, skinny_program, store_rows, word_tile
+from slimq.kernels.triton._tiles import (
+    group_params, pdl_release, pdl_wait, plane_coef, plane_width, skinny_program, store_rows, word_tile,
+)
 
 __all__ = ["h2_kernel", "pair_gather_kernel", "WIDTH_SLOT"]
 
@@ -324,10 +326,11 @@ def h2_kernel(xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, out_ptr, stride_o
               bias_ptr, M, r0, ns, gs, split_k, cnt_ptr, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr,
               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ATOMIC: tl.constexpr,
               HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr,
-              PREFETCH: tl.constexpr = False):
+              PREFETCH: tl.constexpr = False, PDL: tl.constexpr = False):
     """Grid ``(cdiv(ns, BN), split_k)``, ``M <= BM``; activations come pre-paired from
     ``pair_gather_kernel``. ``ASM``: half2 inline PTX (else a float32 emulation for the interpreter)."""
     pid_k, offs_n, mask_n, offs_m, mask_m = skinny_program(ns, M, BM, BN)
+    pdl_wait(PDL)
     acc = tl.zeros([BM, BN], tl.float32)
     for i in tl.static_range(NSEG):
         if BM == 1:
@@ -352,13 +355,15 @@ def _scaled_x(x_ptr, row_off, perm_ptr, cols, K, XSCALE: tl.constexpr):
 
 @triton.jit(do_not_specialize=["K"])
 def pair_gather_kernel(x_ptr, stride_xm, perm_ptr, xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, K,
-                       XSCALE: tl.constexpr, WIDTHS: tl.constexpr, NW: tl.constexpr, BLOCK: tl.constexpr):
+                       XSCALE: tl.constexpr, WIDTHS: tl.constexpr, NW: tl.constexpr, BLOCK: tl.constexpr,
+                       PDL: tl.constexpr = False):
     """Pairs the activations of row ``m`` for every plane width in ``WIDTHS`` and sums them per
     32-column block. Grid ``(cdiv(K, BLOCK), M)``; ``BLOCK`` a multiple of 32.
 
     ``xw[slot(W)][m, (c / E) * H + i] = (x16[c + i], x16[c + i + H])`` (int32 with the fp16 bits),
     ``xs[m, c / 32] = sum of x16[c : c + 32]`` in float32, where ``x16 = fp16(x[m, col_perm] * XSCALE)``.
     """
+    pdl_release(PDL)
     m = tl.program_id(1)
     base = tl.program_id(0) * BLOCK
     row = m.to(tl.int64) * stride_xm

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from slimq.kernels.triton._h2 import _magic2, _mask2, _pair_src, _pos, _scaled_x, _slot
 from slimq.kernels.triton._kernels import _tile_range
-from slimq.kernels.triton._tiles import plane_coef, plane_width, store_rows, word_tile
+from slimq.kernels.triton._tiles import pdl_wait, plane_coef, plane_width, store_rows, word_tile
 
 __all__ = ["h2dot_kernel", "tree_gather_kernel"]
 
@@ -176,7 +176,8 @@ def _plane_dot(acc, seg, x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, offs_m,
 def h2dot_kernel(x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr,
                  M, r0, ns, gs, split_k, cnt_ptr, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr, JOIN: tl.constexpr = False):
+                 HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr, JOIN: tl.constexpr = False,
+                 PDL: tl.constexpr = False):
     """Grid ``(cdiv(M, BM) * cdiv(ns, BN), split_k)``; ``x`` already in storage column order
     (fp16). ``ASM``: half2 inline PTX (else a float32 emulation for the interpreter)."""
     pid = tl.program_id(0)
@@ -190,6 +191,7 @@ def h2dot_kernel(x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, out_ptr, stride
     mask_n = offs_n < ns
     acc = tl.zeros([BM, BN], tl.float32)
     offs_mc = tl.minimum(offs_m, M - 1)  # rows past M re-read row M - 1 (never stored): loads need no mask
+    pdl_wait(PDL)
     for i in tl.static_range(NSEG):
         acc = _plane_dot(acc, segs[i], x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, offs_mc, ns, gs, offs_n, mask_n, pid_k, split_k,
                          0, SEG_BITS[i], ASM, JOIN)

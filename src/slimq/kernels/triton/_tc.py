@@ -30,7 +30,7 @@ import triton.language as tl
 
 from slimq.kernels.triton._h2 import _magic2, _mask2, _pair_src, _pos, _scaled_x, _slot
 from slimq.kernels.triton._kernels import _tile_range
-from slimq.kernels.triton._tiles import plane_coef, plane_width, store_rows
+from slimq.kernels.triton._tiles import pdl_release, pdl_wait, plane_coef, plane_width, store_rows
 
 __all__ = ["tc_kernel", "tc_gather_kernel", "tc_pieces"]
 
@@ -153,7 +153,8 @@ def _tc_block(acc, seg, k0, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, off
 def tc_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr,
               bias_ptr, M, r0, ns, split_k, cnt_ptr, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, GS: tl.constexpr,
               BM: tl.constexpr, BN: tl.constexpr, BLK: tl.constexpr, ATOMIC: tl.constexpr,
-              HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr):
+              HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr,
+              PDL: tl.constexpr = False):
     """Grid ``(cdiv(M, BM) * cdiv(ns, BN), split_k)``; activations pre-arranged by
     :func:`tc_gather_kernel`. ``ASM``: half2 inline PTX (else integer ops, for the interpreter)."""
     pid = tl.program_id(0)
@@ -166,6 +167,7 @@ def tc_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
     # rows past M / ns re-read row M - 1 / ns - 1 (never stored): loads need no mask
     offs_mc = tl.minimum(offs_m, M - 1)
     offs_nc = tl.minimum(offs_n, ns - 1)
+    pdl_wait(PDL)
     acc = tl.zeros([BM, BN], tl.float32)
     for i in tl.static_range(NSEG):
         seg = segs[i]
@@ -197,11 +199,13 @@ def _tc_src(p, BLK: tl.constexpr, W: tl.constexpr):
 
 @triton.jit(do_not_specialize=["K", "KT"])
 def tc_gather_kernel(x_ptr, stride_xm, perm_ptr, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, K, KT,
-                     WIDTHS: tl.constexpr, NW: tl.constexpr, BLK: tl.constexpr, BLOCK: tl.constexpr):
+                     WIDTHS: tl.constexpr, NW: tl.constexpr, BLK: tl.constexpr, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr = False):
     """Activations of row ``m`` in the operand order of :func:`tc_kernel`, per plane width
     (``xt[slot(W)][m, p] = fp16(x[m, col_perm[src(p)]])``, 0 past ``K``, written up to ``KT``,
     ``K`` rounded up to ``BLK``) and their float32 sums per ``BLK`` block (``xs[m, p // BLK]``).
     Grid ``(cdiv(KT, BLOCK), M)``; ``BLOCK`` a multiple of ``BLK``."""
+    pdl_release(PDL)
     m = tl.program_id(1)
     row = m.to(tl.int64) * stride_xm
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

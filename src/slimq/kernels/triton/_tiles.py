@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 __all__: list[str] = []  # device code only; used by slimq.kernels.triton.ops
 
@@ -42,6 +43,21 @@ def plane_coef(bits, p):
 def plane_rows(bits, p, bk):
     """Word rows ``[KW]`` of plane ``p`` in a ``bk``-column tile (1 for a missing plane)."""
     return max(int(bk) * plane_width(bits, p) // 32, 1)
+
+
+@triton.jit
+def pdl_wait(PDL: tl.constexpr):
+    """With programmatic dependent launch (``launch_pdl=True``, sm_90+), a kernel may start while the
+    launch before it (the activation gather) still runs: wait for it before reading its output."""
+    if PDL:
+        gdc_wait()
+
+
+@triton.jit
+def pdl_release(PDL: tl.constexpr):
+    """Let the next launch (a ``launch_pdl`` matmul) start now; it waits in :func:`pdl_wait`."""
+    if PDL:
+        gdc_launch_dependents()
 
 
 @triton.jit
