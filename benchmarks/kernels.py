@@ -106,7 +106,7 @@ def candidates(m: int) -> list:
 
     if m == 1:
         h2 = [C("h2", block_m=1, block_n=bn, block_k=128, split_k=s, num_warps=w, num_stages=1, prefetch=pf)
-              for bn, w in ((64, 2), (256, 4)) for s in (8, 16) for pf in (True,)]
+              for bn, w in ((32, 1), (64, 2), (128, 2), (128, 4), (256, 4)) for s in (8, 16, 32) for pf in (True,)]
         return h2 + h2dot(16, (64, 128), (8, 16), stages=(1,)) + tc(16, (128, 256), (4, 8, 16), warps=(4, 8))
     if m <= 16:
         bm = 1 << max(0, (m - 1).bit_length())
