@@ -33,7 +33,7 @@ from slimq.kernels.triton._tiles import (
     group_params, pdl_release, pdl_wait, plane_coef, plane_width, skinny_program, store_rows, word_tile,
 )
 
-__all__ = ["h2_kernel", "pair_gather_kernel", "WIDTH_SLOT"]
+__all__ = ["h2_kernel", "pair_gather_kernel", "pair_halves", "WIDTH_SLOT"]
 
 # pair buffer slot of each plane width (the workspace holds 4 slots of ``[M, Kpad / 2]`` int32)
 WIDTH_SLOT = {1: 0, 2: 1, 4: 2, 8: 3}
@@ -77,6 +77,39 @@ def _pair_src(words, sh, I: tl.constexpr, W: tl.constexpr):
         return sh
     else:
         return words
+
+
+@triton.jit
+def pair_halves(words, sh, s2, z2, I: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr):
+    """fp16 ``(lo, hi)`` of slots ``I`` and ``I + H`` of every word, each shaped like ``words``: the
+    exact codes (one LOP3 + HSUB2), or with SCALED the weights ``q s - z s`` (one more HFMA2;
+    ``s2``/``z2`` the int32 half2 bit patterns ``(s, s)`` and ``(-z s, -z s)`` under ASM, else
+    float32 ``s`` and ``-z s``; unused without SCALED)."""
+    M2: tl.constexpr = _mask2(I, W)
+    MAGIC2: tl.constexpr = _magic2(I, W)
+    P: tl.constexpr = _pos(I, W)
+    src = _pair_src(words, sh, I, W)
+    if ASM:
+        if SCALED:
+            lo, hi = tl.inline_asm_elementwise(
+                "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 t, t, $5, $6; "
+                "mov.b32 {$0, $1}, t; }",
+                "=h,=h,r,r,r,r,r",
+                [src, tl.full(src.shape, M2, tl.int32), tl.full(src.shape, MAGIC2, tl.int32), s2, z2],
+                dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+        else:
+            lo, hi = tl.inline_asm_elementwise(
+                "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.f16x2 t, t, $4; mov.b32 {$0, $1}, t; }",
+                "=h,=h,r,r,r", [src, tl.full(src.shape, M2, tl.int32), tl.full(src.shape, MAGIC2, tl.int32)],
+                dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+        return lo, hi
+    else:
+        q_lo = ((src >> P) & ((1 << W) - 1)).to(tl.float32)
+        q_hi = ((src >> (P + 16)) & ((1 << W) - 1)).to(tl.float32)
+        if SCALED:
+            return (q_lo * s2 + z2).to(tl.float16), (q_hi * s2 + z2).to(tl.float16)
+        else:
+            return q_lo.to(tl.float16), q_hi.to(tl.float16)
 
 
 @triton.jit

@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from slimq.kernels.triton._h2 import _magic2, _mask2, _pair_src, _pos, _scaled_x, _slot
+from slimq.kernels.triton._h2 import _scaled_x, _slot, pair_halves
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import pdl_wait, plane_coef, plane_width, store_rows, word_tile
 
@@ -29,33 +29,11 @@ KW_DOT = tl.constexpr(16)  # word rows per operand piece (the MMA's K)
 
 
 @triton.jit
-def _pair_operands(words, sh, s2, z2, I: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr):
-    """fp16 weights ``[KW, BN]`` of slots ``I`` and ``I + H`` of every word (scaled, zero removed).
-    ``s2``/``z2``: int32 half2 bit patterns ``(s, s)`` and ``(-z s, -z s)`` (ASM), else float32 s, -z s."""
-    M2: tl.constexpr = _mask2(I, W)
-    MAGIC2: tl.constexpr = _magic2(I, W)
-    P: tl.constexpr = _pos(I, W)
-    src = _pair_src(words, sh, I, W)
-    if ASM:
-        lo, hi = tl.inline_asm_elementwise(
-            "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 t, t, $5, $6; "
-            "mov.b32 {$0, $1}, t; }",
-            "=h,=h,r,r,r,r,r",
-            [src, tl.full(src.shape, M2, tl.int32), tl.full(src.shape, MAGIC2, tl.int32), s2, z2],
-            dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
-        return lo, hi
-    else:
-        q_lo = ((src >> P) & ((1 << W) - 1)).to(tl.float32)
-        q_hi = ((src >> (P + 16)) & ((1 << W) - 1)).to(tl.float32)
-        return (q_lo * s2 + z2).to(tl.float16), (q_hi * s2 + z2).to(tl.float16)
-
-
-@triton.jit
 def _pairs_tree(words, sh, s2, z2, I0: tl.constexpr, N: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr):
     """Pairs ``I0 .. I0 + N - 1`` joined: ``[KW, BN, 2, 2, ...]`` (``1 + log2 N`` trailing axes of 2:
     low/high half first, then the bits of ``i - I0`` from least to most significant)."""
     if N == 1:
-        lo, hi = _pair_operands(words, sh, s2, z2, I0, W, ASM)
+        lo, hi = pair_halves(words, sh, s2, z2, I0, W, ASM, True)
         return tl.join(lo, hi)
     else:
         return tl.join(_pairs_tree(words, sh, s2, z2, I0, N // 2, W, ASM),
@@ -143,7 +121,7 @@ def _tile_dot(acc, seg, k0, x_ptr, stride_xm, xt_ptr, stride_tm, stride_tb, offs
         return _joined_dot(acc, words, sh, s2, z2, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, W, ASM, FULL)
     xp = x_ptr + offs_m[:, None] * stride_xm + (seg[0] + col_r)[None, :]
     for i in tl.static_range(H):
-        lo, hi = _pair_operands(words, sh, s2, z2, i, W, ASM)
+        lo, hi = pair_halves(words, sh, s2, z2, i, W, ASM, True)
         if FULL:
             x_lo = tl.load(xp + i).to(tl.float16)
             x_hi = tl.load(xp + (i + H)).to(tl.float16)

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from slimq.kernels.triton._tiles import (
-    code_tile, elem_group_params, group_params, pdl_release, plane_coef, plane_rows, plane_width, skinny_program, slot_codes,
+    code_tile, elem_group_params, group_params, plane_coef, plane_rows, plane_width, skinny_program, slot_codes,
     store_rows, word_tile, x_tile2, x_tile3,
 )
 
@@ -365,10 +365,8 @@ def dequant_kernel(w_ptr, stride_wn, rowperm_ptr, r0, ns, n_lo, n_hi, row0, gs, 
 
 
 @triton.jit
-def gather_kernel(x_ptr, stride_xm, perm_ptr, xp_ptr, stride_pm, K, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
-    """``xp[m, k] = x[m, col_perm[k]]`` (converted to ``xp``'s dtype). Grid ``(cdiv(K, BLOCK), M)``.
-    PDL: let a ``launch_pdl`` matmul after it start at once (it waits for this kernel's output)."""
-    pdl_release(PDL)
+def gather_kernel(x_ptr, stride_xm, perm_ptr, xp_ptr, stride_pm, K, BLOCK: tl.constexpr):
+    """``xp[m, k] = x[m, col_perm[k]]`` (converted to ``xp``'s dtype). Grid ``(cdiv(K, BLOCK), M)``."""
     m = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < K

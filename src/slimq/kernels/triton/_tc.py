@@ -28,7 +28,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from slimq.kernels.triton._h2 import _magic2, _mask2, _pair_src, _pos, _scaled_x, _slot
+from slimq.kernels.triton._h2 import _scaled_x, _slot, pair_halves
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import pdl_release, pdl_wait, plane_coef, plane_width, store_rows
 
@@ -53,29 +53,11 @@ def _j(blk, w):
 
 
 @triton.jit
-def _halves(words, sh, I: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr):
-    """fp16 codes of slots ``I`` and ``I + H`` of every word: ``(lo, hi)``, each like ``words``."""
-    M2: tl.constexpr = _mask2(I, W)
-    MAGIC2: tl.constexpr = _magic2(I, W)
-    P: tl.constexpr = _pos(I, W)
-    src = _pair_src(words, sh, I, W)
-    if ASM:
-        lo, hi = tl.inline_asm_elementwise(
-            "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.f16x2 t, t, $4; mov.b32 {$0, $1}, t; }",
-            "=h,=h,r,r,r", [src, tl.full(src.shape, M2, tl.int32), tl.full(src.shape, MAGIC2, tl.int32)],
-            dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
-        return lo, hi
-    else:
-        return (((src >> P) & ((1 << W) - 1)).to(tl.float16),
-                ((src >> (P + 16)) & ((1 << W) - 1)).to(tl.float16))
-
-
-@triton.jit
 def _pairs(words, sh, I0: tl.constexpr, N: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr):
     """Pairs ``I0 .. I0 + N - 1`` joined: ``[KP, BN, 2 (half), 2, ...]`` (``log2 N`` more axes of 2,
     the bits of ``j = I - I0`` from least to most significant)."""
     if N == 1:
-        lo, hi = _halves(words, sh, I0, W, ASM)
+        lo, hi = pair_halves(words, sh, words, words, I0, W, ASM, False)  # exact codes
         return tl.join(lo, hi)
     else:
         return tl.join(_pairs(words, sh, I0, N // 2, W, ASM), _pairs(words, sh, I0 + N // 2, N // 2, W, ASM))

@@ -18,12 +18,12 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
   faster than ``"gemm"`` there on every shape measured (benchmarks/KERNEL_NOTES.md). With
   ``chunk_n`` it alternates dequantizing ``chunk_n`` output rows and multiplying them, so
   ``wbuf`` is only ``chunk_n x K`` (slower: not the default).
-
-Split-K launches of ``h2``/``h2dot``/``tc`` are finished by the last program of each output tile
-(arrival counters in ``workspace.cnt``); the other paths use a ``finalize_kernel`` launch.
 * ``"fma"`` / ``"dot"``: the float32 CUDA-core GEMV and the float32-unpacking tensor-core path,
   used for layers the half2 paths cannot run (:func:`h2_supported`, :func:`fallback_config`)
   and selectable by config.
+
+Split-K launches of ``h2``/``h2dot``/``tc`` are finished by the last program of each output tile
+(arrival counters in ``workspace.cnt``); the other paths use a ``finalize_kernel`` launch.
 
 ``walk=True`` runs one launch per band (rows shared by several segments, e.g. the 1/2/3-bit
 segments of a SliM-LLM layer) that walks all its segments; ``walk=False`` runs one launch per
@@ -131,14 +131,20 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
             split = 1 << max(0, round(math.log2(max(1.0, 400 / triton.cdiv(n, 256)))))
             return KernelConfig("tc", block_m=16, block_n=256, split_k=max(1, min(16, split, blocks)), num_warps=4,
                                 num_stages=2)
-        return KernelConfig("h2dot", block_m=16, block_n=128, split_k=max(1, min(8 if k <= 8192 or m <= 8 else 4, k_tiles)),
-                            num_warps=4, num_stages=3)
+        return _h2dot_config(m, k)
     if m < DEQUANT_MIN_M:
         tiles = triton.cdiv(m, 64) * triton.cdiv(n, 128)
         split = max(1, min(8, round(1.2 * num_sms / tiles), triton.cdiv(k, 64)))
         return KernelConfig("gemm", block_m=64, block_n=128, block_k=64, split_k=split, num_warps=4,
                             num_stages=4)
     return KernelConfig("dequant", block_n=64, block_k=128, num_warps=4)
+
+
+def _h2dot_config(m: int, k: int) -> KernelConfig:
+    """``h2dot`` for ``2 <= M <= 16``: 128-row tiles, 3 stages, K split 8 (4 for ``K > 8192`` at ``M > 8``)."""
+    split = 8 if k <= 8192 or m <= 8 else 4
+    return KernelConfig("h2dot", block_m=16, block_n=128, split_k=max(1, min(split, triton.cdiv(k, 128))),
+                        num_warps=4, num_stages=3)
 
 
 def fallback_config(m: int, n: int, k: int) -> KernelConfig:
@@ -159,11 +165,15 @@ def h2_supported(packed: PackedLinear, *, join: bool = True) -> str | None:
     gs = packed.segments[0].group_size
     if gs % 32:
         return f"group size {gs} is not a multiple of 32"
-    if join:
-        k = packed.in_features
-        for s in packed.segments:
-            if s.c0 % 32 or (s.c1 % 32 and s.c1 != k):
-                return f"segment columns [{s.c0}, {s.c1}) are not on 32-column boundaries"
+    return _misaligned_segment(packed, 32) if join else None
+
+
+def _misaligned_segment(packed: PackedLinear, blk: int) -> str | None:
+    """Why not every segment starts on a multiple of ``blk`` columns and ends on one (or at ``K``)."""
+    k = packed.in_features
+    for s in packed.segments:
+        if s.c0 % blk or (s.c1 % blk and s.c1 != k):
+            return f"segment columns [{s.c0}, {s.c1}) are not on {blk}-column boundaries"
     return None
 
 
@@ -338,7 +348,7 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
             if config is not None:
                 raise ValueError(f"path {cfg.path!r} cannot run this layer: {why}")
             if cfg.path == "tc" and h2_supported(packed, join=False) is None:
-                return select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=(8,))  # h2dot
+                return _h2dot_config(m, kdim)
             cfg = fallback_config(m, n, kdim)
     return cfg
 
@@ -377,15 +387,10 @@ def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
         return _h2dot_launches(x, packed, bias, out, ws, cfg)
     if cfg.path == "tc":
         return _tc_launches(x, packed, bias, out, ws, cfg)
-    launches = []
-    xin = x
-    if not cfg.gather or cfg.path == "dequant":
-        buf = ws.xperm32 if cfg.path == "fma" and m == 1 else ws.xperm
-        xin = buf[: m * kdim].view(m, kdim)
-        launches.append(Launch("gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
-                               (x, x.stride(0), packed.col_perm, xin, xin.stride(0), kdim),
-                               {"BLOCK": _GATHER_BLOCK}))
-    return launches + _matmul_launches(xin, packed, bias, out, ws, cfg, cfg.gather)
+    if cfg.gather:
+        return _matmul_launches(x, packed, bias, out, ws, cfg, True)
+    gather, xin = _gather_launch(x, packed, ws.xperm32 if cfg.path == "fma" and m == 1 else ws.xperm)
+    return [gather] + _matmul_launches(xin, packed, bias, out, ws, cfg, False)
 
 
 def _pdl(x: torch.Tensor) -> bool:
@@ -405,7 +410,6 @@ def _num_sms(device: torch.device) -> int:
 def _matmul_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                      ws: Workspace, cfg: KernelConfig, gather: bool) -> list[Launch]:
     m = x.shape[0]
-    n = packed.out_features
     gs = packed.segments[0].group_size
     bk, aligned = _block_k(cfg.block_k, gs)
     skinny = cfg.path in ("fma", "dot")
@@ -452,51 +456,81 @@ def _finalize_launch(acc: torch.Tensor, out: torch.Tensor, rp: torch.Tensor, b: 
                   dict(BLOCK=_FINALIZE_BLOCK, HAS_ROWPERM=has_rp, HAS_BIAS=has_bias))
 
 
+@dataclass(frozen=True)
+class _SplitOutput:
+    """How an ``h2``/``h2dot``/``tc`` launch writes its tile: straight into ``out``, or (split-K,
+    ``atomic``) into the float32 workspace ``acc``, finished by the tile's last program (``fused``,
+    counters ``cnt``) or by a ``finalize_kernel`` launch (:meth:`finish`)."""
+
+    acc: torch.Tensor
+    acc_stride: int
+    has_rp: bool
+    rp: torch.Tensor
+    b: torch.Tensor
+    atomic: bool
+    fused: bool
+    cnt: torch.Tensor
+
+    def finish(self, out: torch.Tensor, has_bias: bool) -> list[Launch]:
+        """The launches after the matmul: a finalize unless the split-K sums finish in-kernel."""
+        if not self.atomic or self.fused:
+            return []
+        return [_finalize_launch(self.acc, out, self.rp, self.b, self.has_rp, has_bias)]
+
+
+def _split_output(packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor, ws: Workspace, m: int,
+                  cfg: KernelConfig) -> _SplitOutput:
+    atomic = cfg.split_k > 1
+    fused = _fused_split(ws, m, packed, cfg)
+    acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
+    return _SplitOutput(acc, acc.stride(0) if atomic else 0, has_rp, rp, b, atomic, fused, ws.cnt if fused else ws.acc)
+
+
+def _plane_widths(packed: PackedLinear) -> tuple[int, ...]:
+    """The bit-plane widths present in the layer, ascending (one activation buffer slot each)."""
+    return tuple(sorted({w for s in packed.segments for w in plane_widths(s.bits)}))
+
+
 def _h2dot_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                     ws: Workspace, cfg: KernelConfig) -> list[Launch]:
     """Gather ``x`` (storage order, or the joined operands' tree order in ``xpair`` viewed as fp16),
-    one ``h2dot_kernel`` per band, split-K finalize."""
+    one ``h2dot_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
     m, kdim = x.shape
-    n = packed.out_features
     gs = packed.segments[0].group_size
     xt = ws.xpair.view(torch.float16)
     stride_tm, stride_tb = ws.kp, 2 * ws.pair_stride
     if cfg.join:
-        widths = tuple(sorted({w for s in packed.segments for w in plane_widths(s.bits)}))
+        widths = _plane_widths(packed)
         launches = [Launch("tree_gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
                            (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, kdim),
                            dict(WIDTHS=widths, NW=len(widths), BLOCK=_GATHER_BLOCK), module="h2dot")]
         xin = x
     else:
-        gather, xin = _gather_launch(x, packed, ws)  # no PDL: it made h2dot up to 2x slower (run 8)
+        gather, xin = _gather_launch(x, packed, ws.xperm)  # no PDL: it made h2dot up to 2x slower (run 8)
         launches = [gather]
-    atomic = cfg.split_k > 1
-    fused = _fused_split(ws, m, packed, cfg)
-    cnt = ws.cnt if fused else ws.acc
-    acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
+    o = _split_output(packed, bias, out, ws, m, cfg)
     for r0, ns, segs in _bands(packed):
-        args = (xin, xin.stride(0), xt, stride_tm, stride_tb, out, out.stride(0), acc, acc.stride(0) if atomic else 0,
-                rp, b, m, r0, ns, gs, cfg.split_k, cnt, tuple(_seg_arg(s) for s in segs))
+        args = (xin, xin.stride(0), xt, stride_tm, stride_tb, out, out.stride(0), o.acc, o.acc_stride,
+                o.rp, o.b, m, r0, ns, gs, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BM=cfg.block_m, BN=cfg.block_n,
-                  ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, FUSED=fused, ASM=x.is_cuda,
+                  ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
                   JOIN=cfg.join, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
         launches.append(Launch("h2dot_kernel", grid, args, kw, module="h2dot"))
-    if atomic and not fused:
-        launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
-    return launches
+    return launches + o.finish(out, bias is not None)
 
 
-def _gather_launch(x: torch.Tensor, packed: PackedLinear, ws: Workspace) -> tuple[Launch, torch.Tensor]:
+def _gather_launch(x: torch.Tensor, packed: PackedLinear, buf: torch.Tensor) -> tuple[Launch, torch.Tensor]:
+    """``x[:, col_perm]`` into ``buf`` (a workspace buffer, viewed ``[M, K]``): the launch and the view."""
     m, kdim = x.shape
-    xin = ws.xperm[: m * kdim].view(m, kdim)
+    xin = buf[: m * kdim].view(m, kdim)
     return Launch("gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
                   (x, x.stride(0), packed.col_perm, xin, xin.stride(0), kdim), {"BLOCK": _GATHER_BLOCK}), xin
 
 
-def _pdl_kw(x: torch.Tensor) -> dict:
+def _pdl_kw(pdl: bool) -> dict:
     """Launch options of a matmul that follows its gather: ``launch_pdl`` and the kernel's wait."""
-    return {"PDL": True, "launch_pdl": True} if _pdl(x) else {}
+    return {"PDL": True, "launch_pdl": True} if pdl else {}
 
 
 def _dequant_steps(x: torch.Tensor, packed: PackedLinear, out: torch.Tensor, ws: Workspace,
@@ -515,7 +549,7 @@ def _dequant_steps(x: torch.Tensor, packed: PackedLinear, out: torch.Tensor, ws:
     bands = _bands(packed)
     chunk = cfg.chunk_n if cfg.chunk_n and not has_rp and len(bands) == 1 and cfg.chunk_n < n else 0
     w = ws.wbuf[: (chunk or n) * kdim].view(chunk or n, kdim)
-    steps: list[tuple[Launch, tuple[int, int] | None]] = [(_gather_launch(x, packed, ws)[0], None)]
+    steps: list[tuple[Launch, tuple[int, int] | None]] = [(_gather_launch(x, packed, ws.xperm)[0], None)]
 
     def launch(r0, ns, segs, lo, hi, row0):
         max_tiles = max(triton.cdiv(s.c1 - s.c0, bk) for s in segs)
@@ -554,32 +588,27 @@ def _dequant_mm(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
 
 def _h2_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                  ws: Workspace, cfg: KernelConfig) -> list[Launch]:
-    """Pair gather, one ``h2_kernel`` per band, and the split-K finalize."""
+    """Pair gather, one ``h2_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
     m, kdim = x.shape
-    n = packed.out_features
     gs = packed.segments[0].group_size
     bk, _ = _block_k(cfg.block_k, gs)
-    widths = tuple(sorted({w for s in packed.segments for w in plane_widths(s.bits)}))
+    widths = _plane_widths(packed)
+    pdl = _pdl(x)
     stride_wm, stride_sm = ws.kp // 2, ws.kp // 32
     launches = [Launch("pair_gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
                        (x, x.stride(0), packed.col_perm, ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, kdim),
-                       dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), BLOCK=_GATHER_BLOCK, PDL=_pdl(x)),
+                       dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), BLOCK=_GATHER_BLOCK, PDL=pdl),
                        module="h2")]
-    atomic = cfg.split_k > 1
-    fused = _fused_split(ws, m, packed, cfg)
-    cnt = ws.cnt if fused else ws.acc
-    acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
+    o = _split_output(packed, bias, out, ws, m, cfg)
     for r0, ns, segs in _bands(packed):
-        args = (ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, out, out.stride(0), acc,
-                acc.stride(0) if atomic else 0, rp, b, m, r0, ns, gs, cfg.split_k, cnt, tuple(_seg_arg(s) for s in segs))
+        args = (ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, out, out.stride(0), o.acc,
+                o.acc_stride, o.rp, o.b, m, r0, ns, gs, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BM=cfg.block_m, BN=cfg.block_n, BK=bk,
-                  ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, FUSED=fused, ASM=x.is_cuda,
+                  ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
                   XSCALE_INV=1.0 / H2_XSCALE, PREFETCH=cfg.prefetch and cfg.block_m == 1, num_warps=cfg.num_warps,
-                  num_stages=cfg.num_stages, **_pdl_kw(x))
+                  num_stages=cfg.num_stages, **_pdl_kw(pdl))
         launches.append(Launch("h2_kernel", (triton.cdiv(ns, cfg.block_n), cfg.split_k), args, kw, module="h2"))
-    if atomic and not fused:
-        launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
-    return launches
+    return launches + o.finish(out, bias is not None)
 
 
 def tc_block(group_size: int) -> int:
@@ -598,41 +627,33 @@ def tc_supported(packed: PackedLinear) -> str | None:
     blk = tc_block(gs)
     if not blk:
         return f"group size {gs} is not a multiple of 32"
-    k = packed.in_features
-    for s in packed.segments:
-        if s.c0 % blk or (s.c1 % blk and s.c1 != k):
-            return f"segment columns [{s.c0}, {s.c1}) are not on {blk}-column boundaries"
-    return None
+    return _misaligned_segment(packed, blk)
 
 
 def _tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                  ws: Workspace, cfg: KernelConfig) -> list[Launch]:
-    """Operand-order gather, one ``tc_kernel`` per band, and the split-K finalize."""
+    """Operand-order gather, one ``tc_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
     m, kdim = x.shape
     gs = packed.segments[0].group_size
     blk = tc_block(gs)
     kt = triton.cdiv(kdim, blk) * blk
-    widths = tuple(sorted({w for s in packed.segments for w in plane_widths(s.bits)}))
+    widths = _plane_widths(packed)
+    pdl = _pdl(x)
     xt = ws.xpair.view(torch.float16)
     stride_tm, stride_tb, stride_sm = ws.kp, 2 * ws.pair_stride, ws.kp // 32
     launches = [Launch("tc_gather_kernel", (triton.cdiv(kt, _GATHER_BLOCK), m),
                        (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, ws.xs32, stride_sm, kdim, kt),
-                       dict(WIDTHS=widths, NW=len(widths), BLK=blk, BLOCK=_GATHER_BLOCK, PDL=_pdl(x)), module="tc")]
-    atomic = cfg.split_k > 1
-    fused = _fused_split(ws, m, packed, cfg)
-    cnt = ws.cnt if fused else ws.acc
-    acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
+                       dict(WIDTHS=widths, NW=len(widths), BLK=blk, BLOCK=_GATHER_BLOCK, PDL=pdl), module="tc")]
+    o = _split_output(packed, bias, out, ws, m, cfg)
     for r0, ns, segs in _bands(packed):
-        args = (xt, stride_tm, stride_tb, ws.xs32, stride_sm, out, out.stride(0), acc, acc.stride(0) if atomic else 0,
-                rp, b, m, r0, ns, cfg.split_k, cnt, tuple(_seg_arg(s) for s in segs))
+        args = (xt, stride_tm, stride_tb, ws.xs32, stride_sm, out, out.stride(0), o.acc, o.acc_stride,
+                o.rp, o.b, m, r0, ns, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BM=cfg.block_m, BN=cfg.block_n, BLK=blk,
-                  ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None, FUSED=fused, ASM=x.is_cuda,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(x))
+                  ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl))
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
         launches.append(Launch("tc_kernel", grid, args, kw, module="tc"))
-    if atomic and not fused:
-        launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
-    return launches
+    return launches + o.finish(out, bias is not None)
 
 
 def _fused_split(ws: Workspace, m: int, packed: PackedLinear, cfg: KernelConfig) -> bool:
