@@ -92,9 +92,18 @@ def int4_peer(n: int, k: int, m: int, device):
     return lambda: torch._weight_int4pack_mm(x, wp, GS, sz)
 
 
-def candidates(m: int) -> list:
-    """Configs tried by ``--tune`` (besides the dispatch default)."""
+def wg_candidates(m: int, n: int, k: int) -> list:
+    """``wg`` configs tried by ``--tune`` next to the dispatch's: the same without programmatic dependent
+    launch (run 14). Runs 10-13 swept tiles, splits, stages and operand modes (KERNEL_NOTES.md)."""
+    from slimq.kernels.triton import select_config
+    cfg = select_config(m, n, k)
+    return [dataclasses.replace(cfg, pdl=not cfg.pdl)] if cfg.path == "wg" else []
+
+
+def candidates(m: int, n: int = 0, k: int = 0) -> list:
+    """Configs tried by ``--tune`` (besides the dispatch default); ``n``/``k`` size the ``wg`` splits."""
     from slimq.kernels.triton import KernelConfig as C
+    wg = wg_candidates(m, n, k) if n and k else []
 
     def h2dot(bm, bns, splits, joins=(True,), stages=(1, 3), warps=(4,)):
         return [C("h2dot", block_m=bm, block_n=bn, split_k=s, join=j, num_stages=st, num_warps=w)
@@ -107,23 +116,24 @@ def candidates(m: int) -> list:
     if m == 1:
         h2 = [C("h2", block_m=1, block_n=bn, block_k=128, split_k=s, num_warps=w, num_stages=1, prefetch=pf)
               for bn, w in ((32, 1), (64, 2), (128, 2), (128, 4), (256, 4)) for s in (8, 16, 32) for pf in (True,)]
-        return h2 + h2dot(16, (64, 128), (8, 16), stages=(1,)) + tc(16, (128, 256), (4, 8, 16), warps=(4, 8))
+        return h2 + h2dot(16, (64, 128), (8, 16), stages=(1,)) + tc(16, (128, 256), (4, 8, 16), warps=(4, 8)) + wg
     if m <= 16:
         bm = 1 << max(0, (m - 1).bit_length())
         h2 = [C("h2", block_m=bm, block_n=bn, block_k=128, split_k=8, num_warps=4, num_stages=1)
               for bn in (128, 256)] if bm <= 4 else []
         return (h2 + [C("dot", block_m=16, block_n=128, block_k=128, split_k=4)]
                 + h2dot(16, (64, 128), (4, 8), joins=(True, False), stages=(3,)) + h2dot(16, (128,), (8,), stages=(1, 4))
-                + tc(16, (128, 256), (4, 8, 16), warps=(4, 8)))
+                + tc(16, (128, 256), (4, 8, 16), warps=(4, 8)) + wg)
     if m <= 64:
         base = [C("gemm", block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=4, split_k=s) for s in (1, 2)]
         return (base + h2dot(32, (64, 128), (1, 2), joins=(True, False), stages=(3,))
                 + h2dot(64, (64, 128), (1, 2), joins=(True, False), stages=(2,)) + [C("dequant")]
-                + tc(1 << max(4, (m - 1).bit_length()), (128, 256), (1, 2, 4), warps=(4, 8)))
+                + tc(1 << max(4, (m - 1).bit_length()), (128, 256), (1, 2, 4), warps=(4, 8)) + wg)
     return ([C("dequant", block_n=64, block_k=128, num_warps=4, chunk_n=c) for c in (0, 512, 1024, 2048, 4096)]
             + h2dot(64, (128,), (1,), joins=(True, False), stages=(2,), warps=(4, 8))
             + h2dot(128, (128,), (1,), joins=(True, False), stages=(2,), warps=(8,))
-            + tc(64, (128, 256), (1,), stages=(2, 3), warps=(4, 8)) + tc(128, (128, 256), (1,), stages=(2, 3), warps=(8,)))
+            + tc(64, (128, 256), (1,), stages=(2, 3), warps=(4, 8)) + tc(128, (128, 256), (1,), stages=(2, 3), warps=(8,))
+            + wg)
 
 
 class Case:
@@ -146,7 +156,7 @@ class Case:
 def cfg_name(c) -> str:
     if c.path == "dequant":
         return f"dequant/c{c.chunk_n}" if c.chunk_n else "dequant"
-    walk = ("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + ("/j" if c.join else "")
+    walk = ("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl")
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 
@@ -180,7 +190,7 @@ def _prepare(args, dev, shapes, ms, variants):
     cases = {(n, k, m, v): Case(layers[n, k, v], m, dev, ws) for n, k in shapes for m in ms for v in variants}
     paths = set(filter(None, args.paths.split(",")))
     cfgs = {key: [resolve_config(case.x, case.p)]
-            + ([c for c in candidates(key[2]) if not paths or c.path in paths] if args.tune else [])
+            + ([c for c in candidates(key[2], key[0], key[1]) if not paths or c.path in paths] if args.tune else [])
             for key, case in cases.items()}
     launches = [lc for key, c in cases.items() for cfg in cfgs[key] for lc in c.launches(cfg)]
     try:

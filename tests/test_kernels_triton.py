@@ -89,7 +89,7 @@ def _check(p, m, dtype, cfg, *, bias=False, seed=1):
     assert err < TOL[dtype], f"relative error {err:.2e} (path {cfg.path if cfg else 'auto'})"
     assert not bool(ws.acc.any()), "the split-K workspace must be left zeroed"
     assert not bool(ws.cnt.any()), "the split-K tile counters must be left zeroed"
-    if (cfg or slt.resolve_config(x, p)).split_k > 1 and (cfg or slt.resolve_config(x, p)).path in ("h2", "h2dot", "tc"):
+    if (cfg or slt.resolve_config(x, p)).split_k > 1 and (cfg or slt.resolve_config(x, p)).path in ("h2", "h2dot", "tc", "wg"):
         launches = slt.plan_launches(x, p, b, out, ws, cfg or slt.resolve_config(x, p))
         assert "finalize_kernel" not in [lc.kernel for lc in launches], "split-K finishes in its last program"
 
@@ -124,15 +124,22 @@ CFGS = {
     "h2dot_join_split": KernelConfig("h2dot", block_m=32, block_n=16, split_k=3, join=True),
     "tc": KernelConfig("tc", block_m=16, block_n=32, split_k=2),
     "tc_m32": KernelConfig("tc", block_m=32, block_n=16, split_k=3, num_warps=2),
+    "wg": KernelConfig("wg", block_m=16, block_n=64, split_k=2, join=True),
+    "wg_pieces": KernelConfig("wg", block_m=16, block_n=64, split_k=3),
+    "wg_scaled": KernelConfig("wg", block_m=64, block_n=64, split_k=2, join=True, scaled=True),
+    "wg_scaled_pieces": KernelConfig("wg", block_m=32, block_n=64, scaled=True),
+    "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
 }
 M_OF = {"fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
-        "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33}
+        "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
+        "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9}
+BLOCKED = ("tc", "wg")  # paths that need segments on 64/128-column blocks (ops.tc_supported)
 
 
-PATH_CASES = ([("mix123_short" if CFGS[c].path != "tc" else "mix123_full", c) for c in CFGS]
+PATH_CASES = ([("mix123_short" if CFGS[c].path not in BLOCKED else "mix123_full", c) for c in CFGS]
               + [("u3_odd", c) for c in ("fma1", "dot_split_gather", "gemm", "h2_m1", "h2_m4", "dequant_chunked",
-                                         "h2dot_join", "tc")])
+                                         "h2dot_join", "tc", "wg", "wg_pieces", "wg_scaled")])
 
 
 @inproc
@@ -149,7 +156,10 @@ def test_paths_match_reference(layer, cfg_name):
                                             ("mix_wide", "h2dot"), ("mix_wide", "h2dot_join_split"),
                                             ("u2_g128_short", "h2dot_join"), ("unaligned_g20", "gemm"),
                                             ("unaligned_g20", "fma1"), ("unaligned_g20", "dot"),
-                                            ("mix_wide", "tc"), ("mix_wide", "tc_m32"), ("u2_g128_short", "tc")])
+                                            ("mix_wide", "tc"), ("mix_wide", "tc_m32"), ("u2_g128_short", "tc"),
+                                            ("mix_wide", "wg"), ("mix_wide", "wg_pieces"), ("mix_wide", "wg_scaled"),
+                                            ("mix_wide", "wg_scaled_pieces"), ("u2_g128_short", "wg"),
+                                            ("u2_g128_short", "wg_scaled")])
 def test_bit_widths_and_groupings(layer, cfg_name):
     _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name])
 
@@ -160,17 +170,18 @@ def test_bit_widths_and_groupings(layer, cfg_name):
                                             (torch.bfloat16, "h2dot"), (torch.bfloat16, "h2dot_join"),
                                             (torch.bfloat16, "tc"), (torch.float32, "tc"),
                                             (torch.bfloat16, "gemm_split_perseg"), (torch.float32, "fma1"),
-                                            (torch.float32, "gemm_split_perseg")])
+                                            (torch.float32, "gemm_split_perseg"), (torch.bfloat16, "wg"),
+                                            (torch.float32, "wg"), (torch.bfloat16, "wg_scaled")])
 def test_dtypes(dtype, cfg_name):
-    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path not in ("fma", "h2", "h2dot", "tc"):  # fp16 dots
+    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path not in ("fma", "h2", "h2dot", "tc", "wg"):
         pytest.skip("the Triton interpreter computes bf16 tl.dot wrongly (numpy has no bf16); runs on GPU")
-    layer = "mix123_full" if CFGS[cfg_name].path == "tc" else "mix123_short"
+    layer = "mix123_full" if CFGS[cfg_name].path in BLOCKED else "mix123_short"
     _check(random_layer(*LAYERS[layer], seed=5), M_OF[cfg_name], dtype, CFGS[cfg_name], bias=True)
 
 
 @inproc
 @pytest.mark.parametrize("cfg_name", ["fma1_split_perseg", "dot", "dequant", "dequant_chunked", "h2_m1_split",
-                                      "h2_m4", "h2dot", "h2dot_join_split", "tc"])
+                                      "h2_m4", "h2dot", "h2dot_join_split", "tc", "wg", "wg_scaled"])
 def test_row_permuted_layers(cfg_name):
     """Bit-widths varying along rows (MixLLM): several bands and a row_perm."""
     p = random_layer(37, 128, 32, None, row_bits=[2, 4, 3], seed=7)
@@ -179,9 +190,10 @@ def test_row_permuted_layers(cfg_name):
 
 
 @inproc
-@pytest.mark.parametrize("m", [1, 3, 17])
-def test_auto_dispatch_and_registry(m):
-    p = random_layer(*LAYERS["mix123_short"], seed=11)
+@pytest.mark.parametrize("m,layer", [(1, "mix123_short"), (3, "mix123_short"), (17, "mix123_short"),
+                                     (3, "mix123_full"), (40, "mix123_full"), (129, "mix123_full")])
+def test_auto_dispatch_and_registry(m, layer):
+    p = random_layer(*LAYERS[layer], seed=11)
     _check(p, m, torch.float16, None, bias=True)
     x = torch.randn(2, m, p.in_features).to(DEV, torch.float16)
     if GPU:
@@ -216,10 +228,16 @@ def test_tc_needs_block_aligned_segments_and_falls_back():
         sbp_matmul(x, p, config=CFGS["tc"])
     assert slt.resolve_config(x, p).path == "h2dot"
     assert slt.resolve_config(x, random_layer(*LAYERS["unaligned_g20"])).path == "dot"
+    with pytest.raises(ValueError, match="path 'wg' cannot run this layer"):
+        sbp_matmul(x, p, config=CFGS["wg"])
     x16 = torch.randn(16, p.in_features).to(DEV, torch.float16)
-    assert slt.resolve_config(x16, random_layer(*LAYERS["mix123_full"])).path == "tc"
+    assert slt.resolve_config(x16, random_layer(*LAYERS["mix123_full"])).path == "wg"
     assert slt.resolve_config(x16, p).path == "h2dot"
+    x40 = torch.randn(40, p.in_features).to(DEV, torch.float16)
+    assert slt.resolve_config(x40, random_layer(*LAYERS["mix123_full"])).path == "wg"
+    assert slt.resolve_config(x40, p).path == "gemm"
     _check(p, 4, torch.float16, None)
+    _check(p, 40, torch.float16, None)
 
 
 @inproc
@@ -229,6 +247,18 @@ def test_tc_handles_large_activations():
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(3, 256, generator=gen) * 2e4).clamp(-6e4, 6e4).to(DEV, torch.float16)
     y = sbp_matmul(x, p, config=CFGS["tc"])
+    assert bool(torch.isfinite(y).all())
+    assert _rel_err(y, packed_matmul_reference(x, p)) < TOL[torch.float16]
+
+
+@inproc
+@pytest.mark.parametrize("cfg_name", ["wg", "wg_scaled"])
+def test_wg_handles_large_activations(cfg_name):
+    """Codes (or fp16 weights) times fp16 activations accumulate in float32 on the tensor cores."""
+    p = random_layer(64, 256, 128, [3, 2], seed=9)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(5, 256, generator=gen) * 2e4).clamp(-6e4, 6e4).to(DEV, torch.float16)
+    y = sbp_matmul(x, p, config=CFGS[cfg_name])
     assert bool(torch.isfinite(y).all())
     assert _rel_err(y, packed_matmul_reference(x, p)) < TOL[torch.float16]
 
@@ -246,22 +276,23 @@ def test_h2_handles_large_activations():
 
 @inproc
 def test_select_config_is_explicit():
-    assert [select_config(m, 4096, 4096).path for m in (1, 2, 4, 5, 16)] == ["h2"] + ["tc"] * 4
-    assert [select_config(m, 4096, 4096, bits=(2, 4)).path for m in (2, 8, 9, 16)] == ["h2dot"] * 2 + ["tc"] * 2
-    assert [select_config(m, 4096, 4096, bits=(3,)).path for m in (2, 16)] == ["tc"] * 2
-    assert [select_config(4, 4096, 4096, bits=b).path for b in ((1, 2, 3), (2, 3, 3))] == ["h2dot", "tc"]
-    assert [select_config(m, 4096, 4096, bits=(4, 5)).path for m in (2, 16)] == ["h2dot"] * 2
-    assert [select_config(m, 4096, 4096).block_m for m in (1, 3, 16)] == [1, 16, 16]
-    assert select_config(16, 8192, 28672, bits=(4,)).split_k == 4 and select_config(16, 28672, 8192, bits=(4,)).split_k == 8
-    assert select_config(8, 8192, 28672, bits=(4,)).split_k == 8
-    assert [select_config(16, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096))] == [4, 16, 16]
+    assert [select_config(m, 4096, 4096).path for m in (1, 2, 4, 16, 17, 64, 128)] == ["h2"] + ["wg"] * 6
+    assert [select_config(m, 4096, 4096, bits=b).path for m in (2, 16) for b in ((2, 4), (3,), (4, 5))] == ["wg"] * 6
+    assert [select_config(m, 4096, 4096).block_m for m in (1, 3, 16, 17, 32, 33, 64, 65, 128)] == \
+        [1, 16, 16, 32, 32, 64, 64, 128, 128]
+    assert [select_config(m, 4096, 4096).scaled for m in (16, 32, 33, 128)] == [False, False, True, True]
+    assert all(select_config(m, 4096, 4096).join and select_config(m, 4096, 4096).block_n == 64 for m in (2, 100))
+    # K split towards ~4 (token tiles <= 32) or ~3 (larger) programs per SM, as measured on the H200
+    assert [select_config(16, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096), (11008, 4096))] \
+        == [1, 4, 8, 2]
+    assert [select_config(64, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096))] == [1, 2, 4]
+    assert select_config(16, 4096, 4096, num_sms=66).split_k == 4  # half the SMs, half the programs
     assert slt.fallback_config(1, 4096, 4096).path == "fma" and slt.fallback_config(5, 4096, 4096).path == "dot"
-    assert [select_config(m, 4096, 4096).path for m in (17, 64)] == ["gemm"] * 2
-    assert [select_config(m, 4096, 4096).path for m in (65, 256, 1024)] == ["dequant"] * 3
+    assert [select_config(m, 4096, 4096).path for m in (129, 256, 1024)] == ["dequant"] * 3
+    assert slt.DEQUANT_MIN_M == slt.WG_MAX_M + 1
     assert select_config(256, 28672, 8192).chunk_n == 0 and select_config(256, 4096, 4096).chunk_n == 0
     assert select_config(1, 28672, 8192).split_k == 16  # measured best on the H100 (KERNEL_NOTES.md)
-    assert select_config(1, 4096, 200).split_k == 2  # never more splits than K-tiles
-    assert select_config(64, 28672, 8192).split_k == 1 and select_config(64, 4096, 11008).split_k == 5
+    assert select_config(1, 4096, 200).split_k == 2 and select_config(4, 64, 200).split_k == 2  # <= K-tiles
     for m in (1, 16, 64, 1024):
         for n, k in ((4096, 4096), (28672, 8192), (8192, 28672), (576, 576)):
             cfg = select_config(m, n, k)
@@ -278,6 +309,10 @@ def test_config_and_input_errors():
         KernelConfig("gemm", block_n=48)
     with pytest.raises(ValueError, match="block_k must be >= 32"):
         KernelConfig("fma", block_k=16)
+    with pytest.raises(ValueError, match="scaled applies to path 'wg' only"):
+        KernelConfig("tc", scaled=True)
+    with pytest.raises(ValueError, match="tensor-core paths need block_m, block_n >= 16"):
+        KernelConfig("wg", block_m=8)
     p = random_layer(*LAYERS["u3_odd"])
     with pytest.raises(ValueError, match="x must be"):
         sbp_matmul(torch.zeros(2, 5, device=DEV, dtype=torch.float16), p)
@@ -307,7 +342,7 @@ gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 
 @inproc
 @gpu
-@pytest.mark.parametrize("m", [1, 4, 16, 64, 300])
+@pytest.mark.parametrize("m", [1, 4, 16, 33, 64, 128, 300])
 @pytest.mark.parametrize("bits", [2, 3, 4, [1, 2, 3]])
 def test_gpu_shapes(m, bits):
     p = random_layer(1000, 1100, 128, bits, seed=m)

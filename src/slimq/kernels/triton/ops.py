@@ -9,20 +9,23 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
 
 * ``"h2"``   (``M == 1``): CUDA-core GEMV in half2 arithmetic (two weights per instruction),
   activations pre-paired by a gather kernel (``slimq.kernels.triton._h2``).
-* ``"tc"`` (``2 <= M <= 16``, low-bit layers): exact half2 codes used unchanged as fp16 MMA operand
-  registers, scale and zero applied per block to the float32 sums (``slimq.kernels.triton._tc``).
-* ``"h2dot"`` (``2 <= M <= 16``, the other layers): half2 dequantization straight into fp16
-  tensor-core operands (``slimq.kernels.triton._h2dot``).
-* ``"gemm"`` (``16 < M <= 64``): tiled ``tl.dot`` on tiles dequantized in registers.
-* ``"dequant"`` (``M > 64``): dequantize into ``workspace.wbuf`` then cuBLAS (``torch.mm``);
-  faster than ``"gemm"`` there on every shape measured (benchmarks/KERNEL_NOTES.md). With
+* ``"wg"`` (``2 <= M <= WG_MAX_M``): the weight codes as the *register* operand of the
+  tensor-core dot (Hopper ``wgmma`` takes only that one from registers), tokens as the other,
+  ``y^T = W x^T`` (``slimq.kernels.triton._wg``).
+* ``"dequant"`` (``M > WG_MAX_M``): dequantize into ``workspace.wbuf`` then cuBLAS (``torch.mm``);
+  faster than ``"gemm"`` and ``"wg"`` there on the shapes measured (benchmarks/KERNEL_NOTES.md). With
   ``chunk_n`` it alternates dequantizing ``chunk_n`` output rows and multiplying them, so
   ``wbuf`` is only ``chunk_n x K`` (slower: not the default).
+* ``"tc"`` / ``"h2dot"`` (``M <= 16``): exact half2 codes, or half2-dequantized weights, as the
+  *second* fp16 MMA operand (``slimq.kernels.triton._tc``, ``_h2dot``); ``h2dot`` serves layers
+  ``wg`` cannot run (segments off 64/128-column blocks), both are selectable by config.
+* ``"gemm"`` (``M > 16``): tiled ``tl.dot`` on tiles dequantized in registers, for layers ``wg``
+  cannot run.
 * ``"fma"`` / ``"dot"``: the float32 CUDA-core GEMV and the float32-unpacking tensor-core path,
   used for layers the half2 paths cannot run (:func:`h2_supported`, :func:`fallback_config`)
   and selectable by config.
 
-Split-K launches of ``h2``/``h2dot``/``tc`` are finished by the last program of each output tile
+Split-K launches of ``h2``/``h2dot``/``tc``/``wg`` are finished by the last program of each output tile
 (arrival counters in ``workspace.cnt``); the other paths use a ``finalize_kernel`` launch.
 
 ``walk=True`` runs one launch per band (rows shared by several segments, e.g. the 1/2/3-bit
@@ -42,17 +45,20 @@ from slimq.kernels.triton import _h2 as H2
 from slimq.kernels.triton import _h2dot as H2D
 from slimq.kernels.triton import _kernels as K
 from slimq.kernels.triton import _tc as TC
+from slimq.kernels.triton import _wg as WG
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_config", "resolve_config", "sbp_matmul",
            "plan_launches", "h2_supported", "tc_supported", "tc_block", "workspace_fits", "kernel_fn",
-           "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
+           "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M", "WG_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
 
-PATHS = ("h2", "h2dot", "tc", "fma", "dot", "gemm", "dequant")
+PATHS = ("h2", "h2dot", "tc", "wg", "fma", "dot", "gemm", "dequant")
 H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
 FMA_MAX_M = 1        # float32 CUDA-core fallback for M == 1 (layers h2 cannot run)
 H2_MAX_M = 1         # half2 CUDA cores up to here ...
-SKINNY_MAX_M = 16    # ... tensor cores with M padded to 16 up to here, tiled GEMM beyond ...
-DEQUANT_MIN_M = 65   # ... and dequantize-then-cuBLAS from here
+SKINNY_MAX_M = 16    # (fallbacks: h2dot / dot with M padded to 16 up to here, tiled gemm beyond)
+WG_MAX_M = 128       # ... weights as the register operand of the tensor-core dot up to here ...
+DEQUANT_MIN_M = WG_MAX_M + 1  # ... and dequantize-then-cuBLAS from here
+_WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
 _FINALIZE_BLOCK = 1024
 _GATHER_BLOCK = 1024
 
@@ -73,7 +79,9 @@ class KernelConfig:
     group_m: int = 8
     prefetch: bool = False  # "fma" / "h2" with M == 1: load the next tile before computing this one
     chunk_n: int = 0  # "dequant": rows dequantized per step (0: the whole layer at once)
-    join: bool = False  # "h2dot": join a tile's operand pieces into one tl.dot (else one dot per code pair)
+    join: bool = False  # "h2dot"/"wg": join a tile's operand pieces into one tl.dot (else one dot per code pair)
+    scaled: bool = False  # "wg": dequantized weights as operands (else exact codes, scaled per block)
+    pdl: bool = True  # "h2"/"tc"/"wg" on sm_90+: the matmul launches during its gather, waits on the device
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -84,12 +92,14 @@ class KernelConfig:
                 raise ValueError(f"{name} must be a power of two, got {v}")
         if self.block_k < 32:
             raise ValueError(f"block_k must be >= 32 (whole words of every plane), got {self.block_k}")
-        if self.path in ("dot", "gemm", "h2dot", "tc") and (self.block_m < 16 or self.block_n < 16):
+        if self.path in ("dot", "gemm", "h2dot", "tc", "wg") and (self.block_m < 16 or self.block_n < 16):
             raise ValueError(f"tensor-core paths need block_m, block_n >= 16, got {self.block_m}, {self.block_n}")
         if self.split_k < 1:
             raise ValueError(f"split_k must be >= 1, got {self.split_k}")
         if self.path == "h2" and self.block_m > 16:
             raise ValueError(f"path 'h2' takes block_m <= 16, got {self.block_m}")
+        if self.scaled and self.path != "wg":
+            raise ValueError(f"scaled applies to path 'wg' only, got {self.path!r}")
         if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):
             raise ValueError(f"chunk_n must be 0, or > 0 with path 'dequant'; got {self.chunk_n} for {self.path!r}")
 
@@ -101,22 +111,22 @@ def _pow2_at_least(v: int) -> int:
 def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int, ...] | None = None) -> KernelConfig:
     """The dispatch rule: kernel path and tiling for ``x [m, k] @ W^T`` with ``W [n, k]``.
 
-    Set from ``benchmarks/kernels.py --tune`` on an H100 (132 SMs; benchmarks/KERNEL_NOTES.md,
-    runs 2-5): ``M == 1`` takes the half2 CUDA-core path ``h2`` with small tiles (64 rows, 2 warps),
-    K split 16 ways and register prefetch (best or within 3% of best on all six shapes and
-    bit-widths); ``2 <= M <= 16`` the half2-dequantizing tensor-core path ``h2dot`` with ``M``
-    padded to 16 (128-row tiles, 3 pipeline stages, K split 8, or 4 for ``K > 8192``; it beat
-    ``h2`` and ``dot`` there except 3-bit at M=16, 10% behind ``dot``); ``17 <= M <= 64``
-    splits K until about 160 output tiles exist; beyond ``DEQUANT_MIN_M`` dequantize-then-cuBLAS
-    in one pass (row chunks of 512-4096 were 0-94% slower, run 7: cuBLAS is less efficient on
-    narrow chunks). Layers the half2 paths cannot run use :func:`fallback_config`.
+    Set from ``benchmarks/kernels.py --tune`` on an H200 (132 SMs; benchmarks/KERNEL_NOTES.md,
+    runs 10-13; the ``h2`` rule from earlier H100 runs, re-checked there):
 
-    ``bits``: the layer's segment bit-widths, if known (None: treated as low-bit). For
-    ``9 <= M <= 16`` a layer with any segment below 4 bits takes the exact-code tensor-core path
-    ``tc`` (256-row tiles, K split towards ~400 programs): 1.2-1.9x faster than ``h2dot`` at
-    2 and 3 bits and SliM mixes, 13% slower at uniform 4 bits (run 7, KERNEL_NOTES.md). For
-    ``2 <= M <= 8`` ``h2dot`` wins except where most segments are stored in several planes
-    (3-bit: 1.1-1.7x faster on ``tc``), so only those take ``tc``.
+    * ``M == 1``: the half2 CUDA-core path ``h2`` (64-row tiles, 2 warps, K split 16, register
+      prefetch); ``wg`` with 16 padded tokens was 1.3-1.9x slower there.
+    * ``2 <= M <= WG_MAX_M``: ``wg``, the weight codes as the register operand of the tensor-core
+      dot (``wgmma`` on Hopper) with 64-row tiles, 4 warps, 3 stages, one dot per 128-column block
+      (``join``), tokens in tiles of 16 (``M <= 16``), 32, 64 or 128; from 64-token tiles on, the
+      operands are dequantized weights (``scaled``) instead of codes scaled per block. K is split
+      so that the grid holds about ``_WG_WAVES`` programs per SM (rounded down to a power of two).
+      It beat ``h2dot``/``tc`` at ``M = 4`` and 16 by 1.1-1.7x, ``gemm`` at 17-64 tokens by
+      1.2-2.5x and dequantize-then-cuBLAS at 128 tokens (2-, 4-bit; 3-bit merged into one operand).
+    * beyond: dequantize into the workspace then cuBLAS, in one pass.
+
+    ``bits`` (the layer's segment bit-widths) is accepted for callers that know it; the rule does
+    not need it now. Layers ``wg`` cannot run get :func:`resolve_config`'s fallback.
     """
     if m < 1 or n < 1 or k < 1:
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
@@ -124,20 +134,21 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
     if m <= H2_MAX_M:
         return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, min(16, k_tiles)),
                             num_warps=2, num_stages=1, prefetch=True)
-    if m <= SKINNY_MAX_M:
-        multi = sum(b not in (1, 2, 4, 8) for b in bits) if bits else 0  # segments stored in several planes
-        if bits is None or (min(bits) < 4 and (m > 8 or 2 * multi > len(bits))):
-            blocks = triton.cdiv(k, 128)
-            split = 1 << max(0, round(math.log2(max(1.0, 400 / triton.cdiv(n, 256)))))
-            return KernelConfig("tc", block_m=16, block_n=256, split_k=max(1, min(16, split, blocks)), num_warps=4,
-                                num_stages=2)
-        return _h2dot_config(m, k)
-    if m < DEQUANT_MIN_M:
-        tiles = triton.cdiv(m, 64) * triton.cdiv(n, 128)
-        split = max(1, min(8, round(1.2 * num_sms / tiles), triton.cdiv(k, 64)))
-        return KernelConfig("gemm", block_m=64, block_n=128, block_k=64, split_k=split, num_warps=4,
-                            num_stages=4)
+    if m <= WG_MAX_M:
+        bt = 16 if m <= 16 else (32 if m <= 32 else (64 if m <= 64 else 128))
+        tiles = triton.cdiv(m, bt) * triton.cdiv(n, 64)
+        waves = _WG_WAVES[0] if bt <= 32 else _WG_WAVES[1]
+        split = 1 << max(0, int(math.log2(max(1.0, waves * num_sms / tiles))))
+        return KernelConfig("wg", block_m=bt, block_n=64, split_k=max(1, min(16, split, k_tiles)), num_warps=4,
+                            num_stages=3, join=True, scaled=bt >= 64)
     return KernelConfig("dequant", block_n=64, block_k=128, num_warps=4)
+
+
+def _gemm_config(m: int, n: int, k: int, num_sms: int = 132) -> KernelConfig:
+    """The tiled ``gemm`` path (any group size): 64 x 128 tiles, K split until ~1.2 waves of tiles."""
+    tiles = triton.cdiv(m, 64) * triton.cdiv(n, 128)
+    split = max(1, min(8, round(1.2 * num_sms / tiles), triton.cdiv(k, 64)))
+    return KernelConfig("gemm", block_m=64, block_n=128, block_k=64, split_k=split, num_warps=4, num_stages=4)
 
 
 def _h2dot_config(m: int, k: int) -> KernelConfig:
@@ -214,7 +225,7 @@ class Workspace:
         """Only the buffers one call with ``cfg`` needs (used when the caller passes none)."""
         m, k = x.shape
         need = {"acc", "cnt"} if atomic else set()
-        if cfg.path in ("h2", "tc"):
+        if cfg.path in ("h2", "tc", "wg"):
             need |= {"xpair", "xs32"}
         elif cfg.path == "h2dot":
             need |= {"xpair", "xperm"}
@@ -232,7 +243,7 @@ class Workspace:
         if cfg.path == "dequant" and self.wbuf.numel() < min(cfg.chunk_n or n, n) * k:
             raise ValueError("the dequant path needs a Workspace(..., dequant=True) with room for "
                              f"{min(cfg.chunk_n or n, n)} x {k} weights")
-        if cfg.path in ("h2", "h2dot", "tc") and (self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0):
+        if cfg.path in ("h2", "h2dot", "tc", "wg") and (self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0):
             raise ValueError(f"the {cfg.path} path needs a Workspace with buffer 'xpair'")
         if atomic and self.acc.numel() < m * n:
             raise ValueError("this config accumulates in workspace.acc, which was not allocated")
@@ -240,7 +251,7 @@ class Workspace:
 
 def kernel_fn(module: str, name: str):
     """The ``@triton.jit`` function ``name`` of kernel module ``module`` ("kernels", "h2", "h2dot")."""
-    return getattr({"h2": H2, "h2dot": H2D, "tc": TC}.get(module, K), name)
+    return getattr({"h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
 
 
 @dataclass(frozen=True)
@@ -337,17 +348,20 @@ def sbp_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None 
 
 
 def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig | None = None) -> KernelConfig:
-    """The config a call runs: ``config``, else :func:`select_config`; a selected half2 path
-    the layer cannot take becomes :func:`fallback_config` (an explicit one raises)."""
+    """The config a call runs: ``config``, else :func:`select_config`; a selected half2 or ``wg``
+    path the layer cannot take becomes the nearest path that can (an explicit one raises):
+    ``wg`` -> ``h2dot`` (M <= 16, group sizes of 32s) -> ``dot`` / ``gemm``; ``h2`` -> ``fma``."""
     m, kdim = x.shape
     n = packed.out_features
     cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=tuple(s.bits for s in packed.segments))
-    if cfg.path in ("h2", "h2dot", "tc"):
-        why = tc_supported(packed) if cfg.path == "tc" else h2_supported(packed, join=cfg.path == "h2" or cfg.join)
+    if cfg.path in ("h2", "h2dot", "tc", "wg"):
+        why = tc_supported(packed) if cfg.path in ("tc", "wg") else h2_supported(packed, join=cfg.path == "h2" or cfg.join)
         if why is not None:
             if config is not None:
                 raise ValueError(f"path {cfg.path!r} cannot run this layer: {why}")
-            if cfg.path == "tc" and h2_supported(packed, join=False) is None:
+            if m > SKINNY_MAX_M:
+                return _gemm_config(m, n, kdim, _num_sms(x.device))
+            if cfg.path in ("tc", "wg") and h2_supported(packed, join=False) is None:
                 return _h2dot_config(m, kdim)
             cfg = fallback_config(m, n, kdim)
     return cfg
@@ -387,18 +401,20 @@ def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
         return _h2dot_launches(x, packed, bias, out, ws, cfg)
     if cfg.path == "tc":
         return _tc_launches(x, packed, bias, out, ws, cfg)
+    if cfg.path == "wg":
+        return _wg_launches(x, packed, bias, out, ws, cfg)
     if cfg.gather:
         return _matmul_launches(x, packed, bias, out, ws, cfg, True)
     gather, xin = _gather_launch(x, packed, ws.xperm32 if cfg.path == "fma" and m == 1 else ws.xperm)
     return [gather] + _matmul_launches(xin, packed, bias, out, ws, cfg, False)
 
 
-def _pdl(x: torch.Tensor) -> bool:
+def _pdl(x: torch.Tensor, cfg: KernelConfig) -> bool:
     """Programmatic dependent launch for gather -> matmul (sm_90+, ``h2`` and ``tc``): the matmul
     launches while the gather runs and waits for it on the device (``griddepcontrol``). Measured
     on the H100 (run 8): 1-5% faster calls at M = 1 and 16 on small layers, neutral on large ones;
     ``h2dot`` is left without it (its 4-bit calls with K > 8192 took up to 2x longer with it)."""
-    return x.is_cuda and torch.cuda.get_device_capability(x.device) >= (9, 0)
+    return cfg.pdl and x.is_cuda and torch.cuda.get_device_capability(x.device) >= (9, 0)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -593,7 +609,7 @@ def _h2_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     gs = packed.segments[0].group_size
     bk, _ = _block_k(cfg.block_k, gs)
     widths = _plane_widths(packed)
-    pdl = _pdl(x)
+    pdl = _pdl(x, cfg)
     stride_wm, stride_sm = ws.kp // 2, ws.kp // 32
     launches = [Launch("pair_gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
                        (x, x.stride(0), packed.col_perm, ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, kdim),
@@ -638,7 +654,7 @@ def _tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     blk = tc_block(gs)
     kt = triton.cdiv(kdim, blk) * blk
     widths = _plane_widths(packed)
-    pdl = _pdl(x)
+    pdl = _pdl(x, cfg)
     xt = ws.xpair.view(torch.float16)
     stride_tm, stride_tb, stride_sm = ws.kp, 2 * ws.pair_stride, ws.kp // 32
     launches = [Launch("tc_gather_kernel", (triton.cdiv(kt, _GATHER_BLOCK), m),
@@ -662,3 +678,31 @@ def _fused_split(ws: Workspace, m: int, packed: PackedLinear, cfg: KernelConfig)
     m_tiles = 1 if cfg.path == "h2" else triton.cdiv(m, cfg.block_m)
     ns = max(n for _, n, _ in _bands(packed))
     return cfg.split_k > 1 and m_tiles * triton.cdiv(ns, cfg.block_n) <= ws.cnt.numel()
+
+
+def _wg_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """Operand-order gather, one ``wg_kernel`` per band (and a finalize if split-K cannot finish in-kernel).
+    ``cfg.block_m`` is the token tile ``BT``, ``cfg.block_n`` the weight-row tile ``BN``."""
+    m, kdim = x.shape
+    gs = packed.segments[0].group_size
+    blk = tc_block(gs)
+    kt = triton.cdiv(kdim, blk) * blk
+    widths = _plane_widths(packed)
+    pdl = _pdl(x, cfg)
+    xt = ws.xpair.view(torch.float16)
+    stride_tm, stride_tb, stride_sm = ws.kp, 2 * ws.pair_stride, ws.kp // 32
+    launches = [Launch("wg_gather_kernel", (triton.cdiv(kt, _GATHER_BLOCK), m),
+                       (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, ws.xs32, stride_sm, kdim, kt),
+                       dict(WIDTHS=widths, NW=len(widths), BLK=blk, JOIN=cfg.join, BLOCK=_GATHER_BLOCK, PDL=pdl),
+                       module="wg")]
+    o = _split_output(packed, bias, out, ws, m, cfg)
+    for r0, ns, segs in _bands(packed):
+        args = (xt, stride_tm, stride_tb, ws.xs32, stride_sm, out, out.stride(0), o.acc, o.acc_stride,
+                o.rp, o.b, m, r0, ns, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BN=cfg.block_n, BT=cfg.block_m,
+                  BLK=blk, JOIN=cfg.join, ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None,
+                  FUSED=o.fused, ASM=x.is_cuda, SCALED=cfg.scaled, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl))
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
+        launches.append(Launch("wg_kernel", grid, args, kw, module="wg"))
+    return launches + o.finish(out, bias is not None)

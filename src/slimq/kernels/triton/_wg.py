@@ -1,0 +1,312 @@
+"""Tensor-core path with the weights as the *register* operand (``"wg"``), layout
+``slimq.segmented-bitplane.v1``.
+
+Why: the other tensor-core paths compute ``x W^T`` with the dequantized weights as the second
+(``B``) operand of ``tl.dot``. On Hopper, ``wgmma`` takes ``B`` only from shared memory, so a
+``B`` made in registers must be stored to shared memory first (or the dot falls back to the
+older ``mma.sync``). ``wgmma`` does take ``A`` from registers. This path computes the
+transposed product ``y^T [BN, BT] = W [BN, K] x^T [K, BT]``: weight codes made in registers
+are ``A`` as they are (``HGMMA`` with a register operand), and the activations, loaded from
+global memory by Triton's software pipeline into shared memory, are ``B``.
+
+The operand. As in ``_tc``: one LOP3 + HSUB2 turn a plane word into the exact half2
+``(q_i, q_{i+H})`` of slots ``i`` and ``i + H``; that 32-bit value is a pair of consecutive K
+entries of an fp16 MMA operand when the operand's K axis runs over ``(pair j, word row r, half
+h)``, ``k = h + 2 (r + KP j)``. The MMA operand layout gives k bits 1-2 to the lanes of a quad,
+so they must come from the word row: then every thread turns the words it loaded into its own
+operand registers, with no data moved between threads (checked in the SASS: no shared-memory
+round trip, no PRMT). The operand is ``[BN, 2 KP J]`` (rows first), built from
+``join``/``permute``/``reshape``. :func:`wg_gather_kernel` writes the activations in the same
+order (one buffer per plane width), so a piece of ``x^T`` is a plain ``[2 KP J, BT]`` load.
+
+Blocks and scaling. A block is ``BLK = min(group size, 128)`` storage columns inside one group.
+Per block and plane, ``H / J`` dots (``J`` pairs of every word each; ``J = H``: one dot over the
+whole block) add into a float32 block sum that starts at ``-z * sum_k x_k`` (plane 0); then
+``acc += coef * s * sum``. Codes are exact in fp16 and the MMA accumulates in float32; the
+activations go through fp16 (bf16 inputs are converted: ``|x|`` must stay below 65504).
+
+Tiles: ``BN`` weight rows (>= 64 per warpgroup of 4 warps for ``wgmma``), ``BT`` tokens
+(>= 16). Programs walk the tokens fastest, so the ``cdiv(M, BT)`` programs sharing a weight tile
+run together and read it from L2 after the first.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from slimq.kernels.triton._h2 import _magic2, _mask2, _pair_src, _pos, _scaled_x, _slot, pair_halves
+from slimq.kernels.triton._kernels import _tile_range
+from slimq.kernels.triton._tiles import pdl_release, pdl_wait, plane_coef, plane_width, store_rows
+
+__all__ = ["wg_kernel", "wg_gather_kernel", "wg_pieces"]
+
+
+@triton.constexpr_function
+def wg_pieces(blk, w, join):
+    """``(KP, J)``: word rows per block and pairs per dot for plane width ``w`` (``join``: all
+    ``H`` pairs of a word in one dot, else the fewest that make the dot's K >= 16)."""
+    kp = int(blk) * int(w) // 32
+    h = 16 // int(w)
+    return kp, (h if join else min(h, max(1, 8 // kp)))
+
+
+@triton.constexpr_function
+def _kp(blk, w, join):
+    return wg_pieces(blk, w, join)[0]
+
+
+@triton.constexpr_function
+def _j(blk, w, join):
+    return wg_pieces(blk, w, join)[1]
+
+
+@triton.jit
+def _pair3(words, sh, v, s2, z2, I: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr):
+    """fp16 ``(lo, hi)`` of 3-bit codes ``q0 + 4 q1`` (exact, or SCALED to ``q s - z s``) of pair ``I``
+    of 2-bit plane words ``words`` and their 1-bit partners ``v`` (see :func:`_virtual_words`):
+    LOP3 + HSUB2 per plane, one HFMA2 joins them (and one more scales)."""
+    M0: tl.constexpr = _mask2(I, 2)
+    G0: tl.constexpr = _magic2(I, 2)
+    M1: tl.constexpr = _mask2(I, 1)
+    G1: tl.constexpr = _magic2(I, 1)
+    src = _pair_src(words, sh, I, 2)
+    if ASM:
+        args = [src, v, tl.full(src.shape, M0, tl.int32), tl.full(src.shape, G0, tl.int32),
+                tl.full(src.shape, M1, tl.int32), tl.full(src.shape, G1, tl.int32),
+                tl.full(src.shape, 0x44004400, tl.int32)]  # 0x4400: fp16 4.0
+        if SCALED:
+            args = args + [s2, z2]
+            lo, hi = tl.inline_asm_elementwise(
+                "{ .reg .b32 a, b; lop3.b32 a, $2, $4, $5, 0xEA; sub.f16x2 a, a, $5; lop3.b32 b, $3, $6, $7, 0xEA; "
+                "sub.f16x2 b, b, $7; fma.rn.f16x2 a, b, $8, a; fma.rn.f16x2 a, a, $9, $10; mov.b32 {$0, $1}, a; }",
+                "=h,=h,r,r,r,r,r,r,r,r,r", args, dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+        else:
+            lo, hi = tl.inline_asm_elementwise(
+                "{ .reg .b32 a, b; lop3.b32 a, $2, $4, $5, 0xEA; sub.f16x2 a, a, $5; lop3.b32 b, $3, $6, $7, 0xEA; "
+                "sub.f16x2 b, b, $7; fma.rn.f16x2 a, b, $8, a; mov.b32 {$0, $1}, a; }",
+                "=h,=h,r,r,r,r,r,r,r", args, dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+        return lo, hi
+    else:
+        P0: tl.constexpr = _pos(I, 2)
+        q_lo = ((src >> P0) & 3) + 4 * ((v >> I) & 1)
+        q_hi = ((src >> (P0 + 16)) & 3) + 4 * ((v >> (I + 16)) & 1)
+        if SCALED:
+            return (q_lo.to(tl.float32) * s2 + z2).to(tl.float16), (q_hi.to(tl.float32) * s2 + z2).to(tl.float16)
+        else:
+            return q_lo.to(tl.float16), q_hi.to(tl.float16)
+
+
+@triton.jit
+def _pairs(words, sh, v, s2, z2, I0: tl.constexpr, N: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr,
+           SCALED: tl.constexpr, MERGE: tl.constexpr):
+    """Code pairs ``I0 .. I0 + N - 1`` of ``words [BN, KP]`` (exact, or SCALED to ``q s - z s``, see
+    ``pair_halves``; MERGE: 3-bit codes with the 1-bit plane's ``v``): ``[BN, KP, 2 (half), 2, ...]``
+    (``log2 N`` more axes: the bits of ``j = I - I0``, least significant first)."""
+    if N == 1:
+        if MERGE:
+            lo, hi = _pair3(words, sh, v, s2, z2, I0, ASM, SCALED)
+        else:
+            lo, hi = pair_halves(words, sh, s2, z2, I0, W, ASM, SCALED)
+        return tl.join(lo, hi)
+    else:
+        return tl.join(_pairs(words, sh, v, s2, z2, I0, N // 2, W, ASM, SCALED, MERGE),
+                       _pairs(words, sh, v, s2, z2, I0 + N // 2, N // 2, W, ASM, SCALED, MERGE))
+
+
+@triton.jit
+def _operand(words, sh, v, s2, z2, I0: tl.constexpr, J: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr,
+             SCALED: tl.constexpr, MERGE: tl.constexpr):
+    """fp16 ``[BN, 2 KP J]``: column ``h + 2 (r + KP j)`` = slot ``I0 + j + h H`` of word row ``r``."""
+    t = _pairs(words, sh, v, s2, z2, I0, J, W, ASM, SCALED, MERGE)
+    BN: tl.constexpr = words.shape[0]
+    KP: tl.constexpr = words.shape[1]
+    # [BN, KP, h, j0, j1, ...] -> [BN, ..., j1, j0, KP, h]: j above the word row, so that the MMA
+    # operand's lane bits (k bits 1-2) come from the word row and every thread keeps its own words
+    if J == 2:
+        t = tl.permute(t, (0, 3, 1, 2))
+    elif J == 4:
+        t = tl.permute(t, (0, 4, 3, 1, 2))
+    elif J == 8:
+        t = tl.permute(t, (0, 5, 4, 3, 1, 2))
+    elif J == 16:
+        t = tl.permute(t, (0, 6, 5, 4, 3, 1, 2))
+    return tl.reshape(t, [BN, 2 * KP * J])
+
+
+@triton.jit
+def _virtual_words(seg, k0, ns, offs_n, KP: tl.constexpr, ASM: tl.constexpr, FULL: tl.constexpr):
+    """int32 ``[BN, KP]``: for 2-bit word row ``r`` of a 3-bit segment's block at ``k0``, the 16 bits of
+    its 1-bit plane (slots ``(r % 2) 16 .. + 15`` of 1-bit word ``r // 2``, loaded as the int16 half
+    of that word) respread so that slot ``i`` (``i < 8``) sits at bit ``i`` and slot ``i + 8`` at
+    bit ``16 + i``: the partner of 2-bit pair ``i`` where :func:`_pair3` reads it. One PRMT per word.
+    (Choosing the half by the load address, not by a per-element shift or selector, keeps every
+    operand of the PRMT free of the word row, which lets Triton lay it out like the 2-bit words.)"""
+    r = tl.arange(0, KP)
+    rows1 = k0 // 32 + r // 2
+    half_ptr = seg[5].to(tl.pointer_type(tl.int16))  # little-endian: half 0 = slots 0-15
+    hp = half_ptr + rows1[None, :] * (2 * ns) + 2 * offs_n[:, None] + (r % 2)[None, :]
+    if FULL:
+        u = tl.load(hp)
+    else:
+        u = tl.load(hp, mask=(rows1 < (seg[1] + 31) // 32)[None, :], other=0)
+    u = u.to(tl.int32) & 0xFFFF
+    if ASM:  # bytes (0, -, 1, -) of u, zeros in between
+        return tl.inline_asm_elementwise("prmt.b32 $0, $1, 0, 0x4140;", "=r,r", [u], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    else:
+        return (u & 0xFF) | ((u >> 8) << 16)
+
+
+@triton.jit
+def _plane_sum(init, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, ns, offs_n, s2, z2, P: tl.constexpr,
+               BITS: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr,
+               FULL: tl.constexpr, MERGE: tl.constexpr = False):
+    """float32 ``[BN, BT]``: ``init + sum_k q_k x_k`` of plane ``P`` over segment columns ``[k0, k0 + BLK)``
+    (SCALED: ``init + sum_k w_k x_k``, ``w`` this plane's share of the weight, from ``s2``/``z2``).
+    MERGE (3-bit segments, ``P == 0``): both planes at once, ``q`` the whole 3-bit code."""
+    W: tl.constexpr = plane_width(BITS, P)
+    E: tl.constexpr = 32 // W
+    H: tl.constexpr = E // 2
+    KP: tl.constexpr = _kp(BLK, W, JOIN)
+    J: tl.constexpr = _j(BLK, W, JOIN)
+    KD: tl.constexpr = 2 * KP * J
+    offs_kw = k0 // E + tl.arange(0, KP)
+    wp = seg[4 + P] + offs_kw[None, :] * ns + offs_n[:, None]
+    if FULL:
+        words = tl.load(wp)
+    else:
+        words = tl.load(wp, mask=(offs_kw < (seg[1] + E - 1) // E)[None, :], other=0)
+    sh = words >> 8
+    if MERGE:
+        v = _virtual_words(seg, k0, ns, offs_n, KP, ASM, FULL)
+    else:
+        v = words
+    xp = xt_ptr + _slot(W) * stride_tb + offs_m[None, :] * stride_tm + (seg[0] + k0 + tl.arange(0, KD))[:, None]
+    part = init
+    for p in tl.static_range(H // J):
+        a = _operand(words, sh, v, s2, z2, p * J, J, W, ASM, SCALED, MERGE)
+        b = tl.load(xp + p * KD)
+        part = tl.dot(a, b, part)
+    return part
+
+
+@triton.jit
+def _half2(v, shape, ASM: tl.constexpr):
+    """float32 ``v [BN]`` as what ``pair_halves`` takes for ``s2``/``z2``, broadcast to ``shape``:
+    the int32 bits of the half2 ``(v, v)`` (ASM), else float32."""
+    if ASM:
+        v2 = tl.inline_asm_elementwise("mov.b32 $0, {$1, $1};", "=r,h", [v.to(tl.float16)], dtype=tl.int32,
+                                       is_pure=True, pack=1)
+        return tl.broadcast_to(v2[:, None], shape)
+    else:
+        return tl.broadcast_to(v[:, None], shape)
+
+
+@triton.jit
+def _wg_block(acc, seg, k0, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_m, ns, offs_n,
+              BITS: tl.constexpr, GS: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
+              JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr, FULL: tl.constexpr):
+    """``acc [BN, BT] += W x^T`` over segment columns ``[k0, k0 + BLK)`` of every plane.
+
+    SCALED: the operands are the weights ``(q - z) s`` (plane 0) and ``coef q s`` (others), one
+    HFMA2 per code pair more, and the dots accumulate straight into ``acc``. Else the operands
+    are the exact codes and each plane's float32 block sum is scaled once (``BN x BT`` FMAs per
+    plane and block: cheaper for few tokens, dearer for many)."""
+    g = k0 // GS
+    s = tl.load(seg[2] + g * ns + offs_n).to(tl.float32)
+    z = tl.load(seg[3] + g * ns + offs_n).to(tl.float32)
+    KP0: tl.constexpr = BLK * plane_width(BITS, 0) // 32
+    MERGE: tl.constexpr = BITS == 3 and JOIN  # one operand of whole 3-bit codes: one dot instead of two
+    if SCALED:
+        acc = _plane_sum(acc, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, ns, offs_n,
+                         _half2(s, [BN, KP0], ASM), _half2(-z * s, [BN, KP0], ASM), 0, BITS, BLK, JOIN, ASM, True,
+                         FULL, MERGE)
+        for p in tl.static_range(1, 3):
+            if plane_width(BITS, p) > 0 and not MERGE:
+                acc = _plane_sum(acc, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, ns, offs_n,
+                                 _half2(s * plane_coef(BITS, p), [BN, _kp(BLK, plane_width(BITS, p), JOIN)], ASM),
+                                 _half2(tl.zeros_like(s), [BN, _kp(BLK, plane_width(BITS, p), JOIN)], ASM), p, BITS,
+                                 BLK, JOIN, ASM, True, FULL)
+        return acc
+    xs = tl.load(xs_ptr + offs_m * stride_sm + (seg[0] + k0) // BLK)
+    part = _plane_sum(-z[:, None] * xs[None, :], seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, ns, offs_n, s, z, 0,
+                      BITS, BLK, JOIN, ASM, False, FULL, MERGE)
+    acc += part * s[:, None]
+    for p in tl.static_range(1, 3):
+        if plane_width(BITS, p) > 0 and not MERGE:
+            part = _plane_sum(tl.zeros([BN, BT], tl.float32), seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, ns,
+                              offs_n, s, z, p, BITS, BLK, JOIN, ASM, False, FULL)
+            acc += part * (s * plane_coef(BITS, p))[:, None]
+    return acc
+
+
+@triton.jit(do_not_specialize=["M", "r0", "split_k"])
+def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr,
+              bias_ptr, M, r0, ns, split_k, cnt_ptr, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, GS: tl.constexpr,
+              BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr, ATOMIC: tl.constexpr,
+              HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr,
+              SCALED: tl.constexpr = False, PDL: tl.constexpr = False):
+    """Grid ``(cdiv(M, BT) * cdiv(ns, BN), split_k)``, token tiles fastest; activations
+    pre-arranged by :func:`wg_gather_kernel`. ``ASM``: half2 inline PTX (else integer ops, for
+    the interpreter)."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    n_m = tl.cdiv(M, BT)
+    offs_m = (pid % n_m) * BT + tl.arange(0, BT)
+    mask_m = offs_m < M
+    offs_n = (pid // n_m) * BN + tl.arange(0, BN)
+    mask_n = offs_n < ns
+    # tokens past M / rows past ns re-read token M - 1 / row ns - 1 (never stored): loads need no mask
+    offs_mc = tl.minimum(offs_m, M - 1)
+    offs_nc = tl.minimum(offs_n, ns - 1)
+    pdl_wait(PDL)
+    acc = tl.zeros([BN, BT], tl.float32)
+    for i in tl.static_range(NSEG):
+        seg = segs[i]
+        t_lo, t_hi = _tile_range(seg[1], pid_k, BLK, split_k)
+        for t in range(t_lo, tl.minimum(t_hi, seg[1] // BLK)):
+            acc = _wg_block(acc, seg, t * BLK, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_mc, ns, offs_nc,
+                            SEG_BITS[i], GS, BN, BT, BLK, JOIN, ASM, SCALED, True)
+        if (t_hi > t_lo) & (t_hi * BLK > seg[1]):  # the segment's last block is partial and ours
+            acc = _wg_block(acc, seg, (t_hi - 1) * BLK, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_mc, ns,
+                            offs_nc, SEG_BITS[i], GS, BN, BT, BLK, JOIN, ASM, SCALED, False)
+    store_rows(tl.trans(acc), out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
+               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
+
+
+@triton.jit
+def _wg_src(p, BLK: tl.constexpr, W: tl.constexpr, JOIN: tl.constexpr):
+    """Storage column whose activation sits at position ``p`` of a width-``W`` ``wg`` buffer."""
+    E: tl.constexpr = 32 // W
+    H: tl.constexpr = E // 2
+    KP: tl.constexpr = _kp(BLK, W, JOIN)
+    J: tl.constexpr = _j(BLK, W, JOIN)
+    KD: tl.constexpr = 2 * KP * J
+    q = p % BLK
+    piece = q // KD
+    e = q % KD
+    r = (e // 2) % KP
+    j = e // (2 * KP)
+    return (p // BLK) * BLK + r * E + piece * J + j + (e % 2) * H
+
+
+@triton.jit(do_not_specialize=["K", "KT"])
+def wg_gather_kernel(x_ptr, stride_xm, perm_ptr, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, K, KT,
+                     WIDTHS: tl.constexpr, NW: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr,
+                     BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    """Activations of row ``m`` in the operand order of :func:`wg_kernel`, per plane width
+    (``xt[slot(W)][m, p] = fp16(x[m, col_perm[src(p)]])``, 0 past ``K``, written up to ``KT``,
+    ``K`` rounded up to ``BLK``) and their float32 sums per ``BLK`` block (``xs[m, p // BLK]``).
+    Grid ``(cdiv(KT, BLOCK), M)``; ``BLOCK`` a multiple of ``BLK``."""
+    pdl_release(PDL)
+    m = tl.program_id(1)
+    row = m.to(tl.int64) * stride_xm
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = p < KT
+    blocks = tl.program_id(0) * (BLOCK // BLK) + tl.arange(0, BLOCK // BLK)
+    cols = blocks[:, None] * BLK + tl.arange(0, BLK)[None, :]
+    sums = tl.sum(_scaled_x(x_ptr, row, perm_ptr, cols, K, 1.0).to(tl.float32), axis=1)
+    tl.store(xs_ptr + m * stride_sm + blocks, sums, mask=blocks * BLK < KT)
+    for w in tl.static_range(NW):
+        v = _scaled_x(x_ptr, row, perm_ptr, _wg_src(p, BLK, WIDTHS[w], JOIN), K, 1.0)
+        tl.store(xt_ptr + _slot(WIDTHS[w]) * stride_tb + m * stride_tm + p, v, mask=ok)
