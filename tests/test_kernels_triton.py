@@ -291,7 +291,8 @@ def test_select_config_is_explicit():
     assert [select_config(m, 4096, 4096).path for m in (129, 256, 1024)] == ["dequant"] * 3
     assert slt.DEQUANT_MIN_M == slt.WG_MAX_M + 1
     assert select_config(256, 28672, 8192).chunk_n == 0 and select_config(256, 4096, 4096).chunk_n == 0
-    assert select_config(1, 28672, 8192).split_k == 16  # measured best on the H100 (KERNEL_NOTES.md)
+    assert [select_config(1, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096))] == [8, 16, 16]
+    assert not select_config(16, 4096, 4096).pdl and select_config(1, 4096, 4096).pdl
     assert select_config(1, 4096, 200).split_k == 2 and select_config(4, 64, 200).split_k == 2  # <= K-tiles
     for m in (1, 16, 64, 1024):
         for n, k in ((4096, 4096), (28672, 8192), (8192, 28672), (576, 576)):

@@ -59,6 +59,7 @@ SKINNY_MAX_M = 16    # (fallbacks: h2dot / dot with M padded to 16 up to here, t
 WG_MAX_M = 128       # ... weights as the register operand of the tensor-core dot up to here ...
 DEQUANT_MIN_M = WG_MAX_M + 1  # ... and dequantize-then-cuBLAS from here
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
+_H2_MAX_PROGRAMS = 4096  # h2 (M == 1): K split 16, fewer when the grid would pass this (run 12)
 _FINALIZE_BLOCK = 1024
 _GATHER_BLOCK = 1024
 
@@ -108,19 +109,26 @@ def _pow2_at_least(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
 
 
+def _pow2_at_most(v: int) -> int:
+    return 1 << max(0, v.bit_length() - 1)
+
+
 def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int, ...] | None = None) -> KernelConfig:
     """The dispatch rule: kernel path and tiling for ``x [m, k] @ W^T`` with ``W [n, k]``.
 
     Set from ``benchmarks/kernels.py --tune`` on an H200 (132 SMs; benchmarks/KERNEL_NOTES.md,
     runs 10-13; the ``h2`` rule from earlier H100 runs, re-checked there):
 
-    * ``M == 1``: the half2 CUDA-core path ``h2`` (64-row tiles, 2 warps, K split 16, register
-      prefetch); ``wg`` with 16 padded tokens was 1.3-1.9x slower there.
+    * ``M == 1``: the half2 CUDA-core path ``h2`` (64-row tiles, 2 warps, register prefetch, K
+      split 16, or 8 where that would make more than ``_H2_MAX_PROGRAMS`` programs: 2-13% faster
+      on 28672 x 8192); ``wg`` with 16 padded tokens was 1.3-1.9x slower there.
     * ``2 <= M <= WG_MAX_M``: ``wg``, the weight codes as the register operand of the tensor-core
       dot (``wgmma`` on Hopper) with 64-row tiles, 4 warps, 3 stages, one dot per 128-column block
       (``join``), tokens in tiles of 16 (``M <= 16``), 32, 64 or 128; from 64-token tiles on, the
       operands are dequantized weights (``scaled``) instead of codes scaled per block. K is split
-      so that the grid holds about ``_WG_WAVES`` programs per SM (rounded down to a power of two).
+      so that the grid holds about ``_WG_WAVES`` programs per SM (rounded down to a power of two),
+      and launched without programmatic dependent launch (``pdl=False``: equal or faster on every
+      shape of run 14, up to 1.3x for 3-bit layers).
       It beat ``h2dot``/``tc`` at ``M = 4`` and 16 by 1.1-1.7x, ``gemm`` at 17-64 tokens by
       1.2-2.5x and dequantize-then-cuBLAS at 128 tokens (2-, 4-bit; 3-bit merged into one operand).
     * beyond: dequantize into the workspace then cuBLAS, in one pass.
@@ -132,15 +140,16 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
     k_tiles = triton.cdiv(k, 128)
     if m <= H2_MAX_M:
-        return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, min(16, k_tiles)),
-                            num_warps=2, num_stages=1, prefetch=True)
+        split = min(16, k_tiles, _pow2_at_most(max(1, _H2_MAX_PROGRAMS // triton.cdiv(n, 64))))
+        return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, split), num_warps=2,
+                            num_stages=1, prefetch=True)
     if m <= WG_MAX_M:
         bt = 16 if m <= 16 else (32 if m <= 32 else (64 if m <= 64 else 128))
         tiles = triton.cdiv(m, bt) * triton.cdiv(n, 64)
         waves = _WG_WAVES[0] if bt <= 32 else _WG_WAVES[1]
         split = 1 << max(0, int(math.log2(max(1.0, waves * num_sms / tiles))))
         return KernelConfig("wg", block_m=bt, block_n=64, split_k=max(1, min(16, split, k_tiles)), num_warps=4,
-                            num_stages=3, join=True, scaled=bt >= 64)
+                            num_stages=3, join=True, scaled=bt >= 64, pdl=False)
     return KernelConfig("dequant", block_n=64, block_k=128, num_warps=4)
 
 
