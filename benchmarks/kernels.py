@@ -93,11 +93,23 @@ def int4_peer(n: int, k: int, m: int, device):
 
 
 def wg_candidates(m: int, n: int, k: int) -> list:
-    """``wg`` configs tried by ``--tune`` next to the dispatch's: the same without programmatic dependent
-    launch (run 14). Runs 10-13 swept tiles, splits, stages and operand modes (KERNEL_NOTES.md)."""
-    from slimq.kernels.triton import select_config
-    cfg = select_config(m, n, k)
-    return [dataclasses.replace(cfg, pdl=not cfg.pdl)] if cfg.path == "wg" else []
+    """``wg`` configs tried by ``--tune`` (runs 12-14 on the H200 swept these): the token tile the
+    dispatch picks for M (128 beyond ``WG_MAX_M``), 64- or 128-row tiles, the dispatch's K split
+    halved and doubled, one dot per block (``join``) or per piece (16-token tiles), codes or
+    dequantized weights as operands (32 tokens and up), and the dispatch's tiling with programmatic
+    dependent launch switched."""
+    from slimq.kernels.triton import WG_MAX_M, select_config
+    from slimq.kernels.triton import KernelConfig as C
+    base = select_config(min(max(m, 2), WG_MAX_M), n, k)
+    blocks = math.ceil(k / 128)
+    out = [dataclasses.replace(base, pdl=not base.pdl)]
+    for bn in (64, 128):
+        splits = sorted({s for s in (base.split_k // 2, base.split_k, base.split_k * 2) if 1 <= s <= min(16, blocks)})
+        joins = (True, False) if base.block_m == 16 else (True,)
+        scaled = (False, True) if 32 <= base.block_m <= 64 else (base.scaled,)
+        out += [C("wg", block_m=base.block_m, block_n=bn, split_k=sp, num_warps=4, num_stages=3, join=j, scaled=sc,
+                  pdl=base.pdl) for sp in splits for j in joins for sc in scaled]
+    return [c for c in dict.fromkeys(out) if m > 1 and c != base or m == 1]
 
 
 def candidates(m: int, n: int = 0, k: int = 0) -> list:

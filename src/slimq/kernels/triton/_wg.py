@@ -158,9 +158,9 @@ def _virtual_words(seg, k0, ns, offs_n, KP: tl.constexpr, ASM: tl.constexpr, FUL
 
 
 @triton.jit
-def _plane_sum(init, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, ns, offs_n, s2, z2, P: tl.constexpr,
+def _plane_sum(init, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n, s2, z2, P: tl.constexpr,
                BITS: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr,
-               FULL: tl.constexpr, MERGE: tl.constexpr = False):
+               FULL: tl.constexpr, MERGE: tl.constexpr = False, EVEN_M: tl.constexpr = False):
     """float32 ``[BN, BT]``: ``init + sum_k q_k x_k`` of plane ``P`` over segment columns ``[k0, k0 + BLK)``
     (SCALED: ``init + sum_k w_k x_k``, ``w`` this plane's share of the weight, from ``s2``/``z2``).
     MERGE (3-bit segments, ``P == 0``): both planes at once, ``q`` the whole 3-bit code."""
@@ -185,7 +185,10 @@ def _plane_sum(init, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, ns, offs_n, 
     part = init
     for p in tl.static_range(H // J):
         a = _operand(words, sh, v, s2, z2, p * J, J, W, ASM, SCALED, MERGE)
-        b = tl.load(xp + p * KD)
+        if EVEN_M:
+            b = tl.load(xp + p * KD)
+        else:
+            b = tl.load(xp + p * KD, mask=mask_m[None, :], other=0.0)
         part = tl.dot(a, b, part)
     return part
 
@@ -203,9 +206,10 @@ def _half2(v, shape, ASM: tl.constexpr):
 
 
 @triton.jit
-def _wg_block(acc, seg, k0, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_m, ns, offs_n,
+def _wg_block(acc, seg, k0, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_n,
               BITS: tl.constexpr, GS: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
-              JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr, FULL: tl.constexpr):
+              JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr, FULL: tl.constexpr,
+              EVEN_M: tl.constexpr):
     """``acc [BN, BT] += W x^T`` over segment columns ``[k0, k0 + BLK)`` of every plane.
 
     SCALED: the operands are the weights ``(q - z) s`` (plane 0) and ``coef q s`` (others), one
@@ -218,24 +222,27 @@ def _wg_block(acc, seg, k0, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, off
     KP0: tl.constexpr = BLK * plane_width(BITS, 0) // 32
     MERGE: tl.constexpr = BITS == 3 and JOIN  # one operand of whole 3-bit codes: one dot instead of two
     if SCALED:
-        acc = _plane_sum(acc, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, ns, offs_n,
+        acc = _plane_sum(acc, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
                          _half2(s, [BN, KP0], ASM), _half2(-z * s, [BN, KP0], ASM), 0, BITS, BLK, JOIN, ASM, True,
-                         FULL, MERGE)
+                         FULL, MERGE, EVEN_M)
         for p in tl.static_range(1, 3):
             if plane_width(BITS, p) > 0 and not MERGE:
-                acc = _plane_sum(acc, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, ns, offs_n,
+                acc = _plane_sum(acc, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
                                  _half2(s * plane_coef(BITS, p), [BN, _kp(BLK, plane_width(BITS, p), JOIN)], ASM),
                                  _half2(tl.zeros_like(s), [BN, _kp(BLK, plane_width(BITS, p), JOIN)], ASM), p, BITS,
-                                 BLK, JOIN, ASM, True, FULL)
+                                 BLK, JOIN, ASM, True, FULL, False, EVEN_M)
         return acc
-    xs = tl.load(xs_ptr + offs_m * stride_sm + (seg[0] + k0) // BLK)
-    part = _plane_sum(-z[:, None] * xs[None, :], seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, ns, offs_n, s, z, 0,
-                      BITS, BLK, JOIN, ASM, False, FULL, MERGE)
+    if EVEN_M:
+        xs = tl.load(xs_ptr + offs_m * stride_sm + (seg[0] + k0) // BLK)
+    else:
+        xs = tl.load(xs_ptr + offs_m * stride_sm + (seg[0] + k0) // BLK, mask=mask_m, other=0.0)
+    part = _plane_sum(-z[:, None] * xs[None, :], seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
+                      s, z, 0, BITS, BLK, JOIN, ASM, False, FULL, MERGE, EVEN_M)
     acc += part * s[:, None]
     for p in tl.static_range(1, 3):
         if plane_width(BITS, p) > 0 and not MERGE:
-            part = _plane_sum(tl.zeros([BN, BT], tl.float32), seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, ns,
-                              offs_n, s, z, p, BITS, BLK, JOIN, ASM, False, FULL)
+            part = _plane_sum(tl.zeros([BN, BT], tl.float32), seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m,
+                              ns, offs_n, s, z, p, BITS, BLK, JOIN, ASM, False, FULL)
             acc += part * (s * plane_coef(BITS, p))[:, None]
     return acc
 
@@ -245,7 +252,7 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
               bias_ptr, M, r0, ns, split_k, cnt_ptr, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, GS: tl.constexpr,
               BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr, ATOMIC: tl.constexpr,
               HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr,
-              SCALED: tl.constexpr = False, PDL: tl.constexpr = False):
+              SCALED: tl.constexpr = False, EVEN_M: tl.constexpr = False, PDL: tl.constexpr = False):
     """Grid ``(cdiv(M, BT) * cdiv(ns, BN), split_k)``, token tiles fastest; activations
     pre-arranged by :func:`wg_gather_kernel`. ``ASM``: half2 inline PTX (else integer ops, for
     the interpreter)."""
@@ -256,8 +263,10 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
     mask_m = offs_m < M
     offs_n = (pid // n_m) * BN + tl.arange(0, BN)
     mask_n = offs_n < ns
-    # tokens past M / rows past ns re-read token M - 1 / row ns - 1 (never stored): loads need no mask
-    offs_mc = tl.minimum(offs_m, M - 1)
+    # rows past ns re-read row ns - 1 (never stored). Tokens past M (not EVEN_M: M is no multiple of
+    # BT) are masked (zero-filled), not clamped to M - 1: a 16-token tile holding 4 tokens that read
+    # the 4th 13 times ran up to 1.3x slower (runs 16-17); with whole tiles the masks cost 3-bit
+    # layers 5-9% (run 17), so EVEN_M launches go without them
     offs_nc = tl.minimum(offs_n, ns - 1)
     pdl_wait(PDL)
     acc = tl.zeros([BN, BT], tl.float32)
@@ -265,11 +274,11 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
         seg = segs[i]
         t_lo, t_hi = _tile_range(seg[1], pid_k, BLK, split_k)
         for t in range(t_lo, tl.minimum(t_hi, seg[1] // BLK)):
-            acc = _wg_block(acc, seg, t * BLK, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_mc, ns, offs_nc,
-                            SEG_BITS[i], GS, BN, BT, BLK, JOIN, ASM, SCALED, True)
+            acc = _wg_block(acc, seg, t * BLK, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_m, mask_m, ns,
+                            offs_nc, SEG_BITS[i], GS, BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M)
         if (t_hi > t_lo) & (t_hi * BLK > seg[1]):  # the segment's last block is partial and ours
-            acc = _wg_block(acc, seg, (t_hi - 1) * BLK, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_mc, ns,
-                            offs_nc, SEG_BITS[i], GS, BN, BT, BLK, JOIN, ASM, SCALED, False)
+            acc = _wg_block(acc, seg, (t_hi - 1) * BLK, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_m,
+                            mask_m, ns, offs_nc, SEG_BITS[i], GS, BN, BT, BLK, JOIN, ASM, SCALED, False, EVEN_M)
     store_rows(tl.trans(acc), out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
                offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
 

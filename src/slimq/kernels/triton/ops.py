@@ -711,7 +711,7 @@ def _wg_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
                 o.rp, o.b, m, r0, ns, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BN=cfg.block_n, BT=cfg.block_m,
                   BLK=blk, JOIN=cfg.join, ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None,
-                  FUSED=o.fused, ASM=x.is_cuda, SCALED=cfg.scaled, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl))
+                  FUSED=o.fused, ASM=x.is_cuda, SCALED=cfg.scaled, EVEN_M=m % cfg.block_m == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl))
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
         launches.append(Launch("wg_kernel", grid, args, kw, module="wg"))
     return launches + o.finish(out, bias is not None)
