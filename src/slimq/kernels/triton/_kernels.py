@@ -179,7 +179,6 @@ def _segment_fma(x_ptr, stride_xm, perm_ptr, seg, ns, gs, offs_m, mask_m, offs_n
     ks = seg[1]
     sc_ptr = seg[2]
     zr_ptr = seg[3]
-    W0: tl.constexpr = plane_width(BITS, 0)
     W1: tl.constexpr = plane_width(BITS, 1)
     W2: tl.constexpr = plane_width(BITS, 2)
     acc0 = tl.zeros([BM, plane_rows(BITS, 0, BK), BN], tl.float32)

@@ -1,0 +1,368 @@
+"""Launch plans of the Triton backend: the launches one :func:`~slimq.kernels.triton.ops.sbp_matmul`
+call makes, per kernel path (``KernelConfig.path``), with their arguments.
+
+Every plan reads the layer's segments straight from the :class:`~slimq.format.layout.PackedLinear`
+(no repacking) and writes into the caller's ``out`` and preallocated workspace buffers, so a
+plan's launches allocate nothing. The dispatch (which path, which tiling) lives in
+:mod:`slimq.kernels.triton.ops`; this module only turns a chosen config into launches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import triton
+
+from slimq.format.layout import PackedLinear, Segment, plane_widths
+from slimq.kernels.triton import _h2 as H2
+from slimq.kernels.triton import _h2dot as H2D
+from slimq.kernels.triton import _kernels as K
+from slimq.kernels.triton import _tc as TC
+from slimq.kernels.triton import _wg as WG
+
+if TYPE_CHECKING:  # annotations only: ops imports this module
+    from slimq.kernels.triton.ops import KernelConfig, Workspace
+
+__all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "h2_launches", "h2dot_launches", "tc_launches",
+           "wg_launches", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
+
+H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
+_FINALIZE_BLOCK = 1024
+_GATHER_BLOCK = 1024
+
+
+def kernel_fn(module: str, name: str):
+    """The ``@triton.jit`` function ``name`` of kernel module ``module`` ("kernels", "h2", "h2dot")."""
+    return getattr({"h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: ``getattr(_kernels, kernel)[grid](*args, **kwargs)``."""
+
+    kernel: str
+    grid: tuple[int, ...]
+    args: tuple
+    kwargs: dict
+    module: str = "kernels"  # "kernels" (``_kernels``), "h2" (``_h2``), "h2dot" (``_h2dot``) or "tc" (``_tc``)
+
+    @property
+    def fn(self):
+        return kernel_fn(self.module, self.kernel)
+
+    def __call__(self) -> None:
+        self.fn[self.grid](*self.args, **self.kwargs)
+
+
+def bands(packed: PackedLinear) -> list[tuple[int, int, list[Segment]]]:
+    """Segments grouped by row range, in storage order: ``[(r0, ns, [segment, ...]), ...]``."""
+    rows: dict[tuple[int, int], list[Segment]] = {}
+    for s in packed.segments:
+        rows.setdefault((s.r0, s.r1), []).append(s)
+    return [(r0, r1 - r0, segs) for (r0, r1), segs in rows.items()]
+
+
+def _seg_arg(s: Segment) -> tuple:
+    return (s.c0, s.c1 - s.c0, s.scales, s.zeros, *s.planes)
+
+
+def _block_k(cfg_bk: int, gs: int) -> tuple[int, bool]:
+    """(BK, aligned): the largest power of two <= cfg_bk dividing ``gs`` (>= 32), else unaligned."""
+    bk = cfg_bk
+    while bk >= 32:
+        if gs % bk == 0:
+            return bk, True
+        bk //= 2
+    return cfg_bk, False
+
+
+def uses_acc(packed: PackedLinear, cfg: KernelConfig) -> bool:
+    """Whether ``cfg`` accumulates in the float32 workspace (split-K or one launch per segment)."""
+    if cfg.path == "dequant":
+        return False
+    per_band = max(len(segs) for _, _, segs in bands(packed))
+    return cfg.split_k > 1 or (not cfg.walk and per_band > 1 and cfg.path != "h2")
+
+
+def _pdl(x: torch.Tensor, cfg: KernelConfig) -> bool:
+    """Programmatic dependent launch for gather -> matmul (sm_90+, ``h2`` and ``tc``): the matmul
+    launches while the gather runs and waits for it on the device (``griddepcontrol``). Measured
+    on the H100 (run 8): 1-5% faster calls at M = 1 and 16 on small layers, neutral on large ones;
+    ``h2dot`` is left without it (its 4-bit calls with K > 8192 took up to 2x longer with it)."""
+    return cfg.pdl and x.is_cuda and torch.cuda.get_device_capability(x.device) >= (9, 0)
+
+
+def matmul_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                     ws: Workspace, cfg: KernelConfig, gather: bool) -> list[Launch]:
+    m = x.shape[0]
+    gs = packed.segments[0].group_size
+    bk, aligned = _block_k(cfg.block_k, gs)
+    skinny = cfg.path in ("fma", "dot")
+    bm = max(cfg.block_m, 16) if cfg.path == "dot" else cfg.block_m
+    bs = bands(packed)
+    groups = bs if cfg.walk else [(r0, ns, [s]) for r0, ns, segs in bs for s in segs]
+    atomic = uses_acc(packed, cfg)
+    acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
+    launches = []
+    for r0, ns, segs in groups:
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BM=bm, BN=cfg.block_n, BK=bk,
+                  GATHER=gather, ALIGNED=aligned, ATOMIC=atomic, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        args = (x, x.stride(0), packed.col_perm, out, out.stride(0), acc, acc.stride(0) if atomic else 0, rp, b,
+                m, r0, ns, gs, cfg.split_k, tuple(_seg_arg(s) for s in segs))
+        if skinny:
+            grid = (triton.cdiv(ns, cfg.block_n), cfg.split_k)
+            launches.append(Launch("skinny_kernel", grid, args, dict(kw, USE_DOT=cfg.path == "dot", ASM=x.is_cuda,
+                                                                     PREFETCH=cfg.prefetch)))
+        else:
+            grid = (triton.cdiv(m, bm) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
+            launches.append(Launch("gemm_kernel", grid, args, dict(kw, GROUP_M=cfg.group_m)))
+    if atomic:
+        launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
+    return launches
+
+
+def _output_args(packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor, ws: Workspace, m: int,
+                 atomic: bool) -> tuple:
+    """``(acc, has_row_perm, row_perm, bias_or_dummy)`` for a matmul launch writing ``out``."""
+    n = packed.out_features
+    acc = ws.acc[: m * n].view(m, n) if atomic else ws.acc
+    has_rp = packed.row_perm is not None
+    rp = packed.row_perm if has_rp else packed.col_perm  # any int32 tensor when unused
+    return acc, has_rp, rp, bias if bias is not None else out
+
+
+def _finalize_launch(acc: torch.Tensor, out: torch.Tensor, rp: torch.Tensor, b: torch.Tensor, has_rp: bool,
+                     has_bias: bool) -> Launch:
+    """float32 split-K workspace -> ``out`` (row_perm, bias, dtype), re-zeroing the workspace."""
+    m, n = out.shape
+    return Launch("finalize_kernel", (triton.cdiv(n, _FINALIZE_BLOCK), m),
+                  (acc, acc.stride(0), out, out.stride(0), rp, b, m, n),
+                  dict(BLOCK=_FINALIZE_BLOCK, HAS_ROWPERM=has_rp, HAS_BIAS=has_bias))
+
+
+@dataclass(frozen=True)
+class _SplitOutput:
+    """How an ``h2``/``h2dot``/``tc`` launch writes its tile: straight into ``out``, or (split-K,
+    ``atomic``) into the float32 workspace ``acc``, finished by the tile's last program (``fused``,
+    counters ``cnt``) or by a ``finalize_kernel`` launch (:meth:`finish`)."""
+
+    acc: torch.Tensor
+    acc_stride: int
+    has_rp: bool
+    rp: torch.Tensor
+    b: torch.Tensor
+    atomic: bool
+    fused: bool
+    cnt: torch.Tensor
+
+    def finish(self, out: torch.Tensor, has_bias: bool) -> list[Launch]:
+        """The launches after the matmul: a finalize unless the split-K sums finish in-kernel."""
+        if not self.atomic or self.fused:
+            return []
+        return [_finalize_launch(self.acc, out, self.rp, self.b, self.has_rp, has_bias)]
+
+
+def _split_output(packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor, ws: Workspace, m: int,
+                  cfg: KernelConfig) -> _SplitOutput:
+    atomic = cfg.split_k > 1
+    fused = _fused_split(ws, m, packed, cfg)
+    acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, atomic)
+    return _SplitOutput(acc, acc.stride(0) if atomic else 0, has_rp, rp, b, atomic, fused, ws.cnt if fused else ws.acc)
+
+
+def _plane_widths(packed: PackedLinear) -> tuple[int, ...]:
+    """The bit-plane widths present in the layer, ascending (one activation buffer slot each)."""
+    return tuple(sorted({w for s in packed.segments for w in plane_widths(s.bits)}))
+
+
+def h2dot_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                    ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """Gather ``x`` (storage order, or the joined operands' tree order in ``xpair`` viewed as fp16),
+    one ``h2dot_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
+    m, kdim = x.shape
+    gs = packed.segments[0].group_size
+    xt = ws.xpair.view(torch.float16)
+    stride_tm, stride_tb = ws.kp, 2 * ws.pair_stride
+    if cfg.join:
+        widths = _plane_widths(packed)
+        launches = [Launch("tree_gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
+                           (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, kdim),
+                           dict(WIDTHS=widths, NW=len(widths), BLOCK=_GATHER_BLOCK), module="h2dot")]
+        xin = x
+    else:
+        gather, xin = gather_launch(x, packed, ws.xperm)  # no PDL: it made h2dot up to 2x slower (run 8)
+        launches = [gather]
+    o = _split_output(packed, bias, out, ws, m, cfg)
+    for r0, ns, segs in bands(packed):
+        args = (xin, xin.stride(0), xt, stride_tm, stride_tb, out, out.stride(0), o.acc, o.acc_stride,
+                o.rp, o.b, m, r0, ns, gs, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BM=cfg.block_m, BN=cfg.block_n,
+                  ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
+                  JOIN=cfg.join, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
+        launches.append(Launch("h2dot_kernel", grid, args, kw, module="h2dot"))
+    return launches + o.finish(out, bias is not None)
+
+
+def gather_launch(x: torch.Tensor, packed: PackedLinear, buf: torch.Tensor) -> tuple[Launch, torch.Tensor]:
+    """``x[:, col_perm]`` into ``buf`` (a workspace buffer, viewed ``[M, K]``): the launch and the view."""
+    m, kdim = x.shape
+    xin = buf[: m * kdim].view(m, kdim)
+    return Launch("gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
+                  (x, x.stride(0), packed.col_perm, xin, xin.stride(0), kdim), {"BLOCK": _GATHER_BLOCK}), xin
+
+
+def _pdl_kw(pdl: bool) -> dict:
+    """Launch options of a matmul that follows its gather: ``launch_pdl`` and the kernel's wait."""
+    return {"PDL": True, "launch_pdl": True} if pdl else {}
+
+
+def dequant_steps(x: torch.Tensor, packed: PackedLinear, out: torch.Tensor, ws: Workspace,
+                   cfg: KernelConfig) -> list[tuple[Launch, tuple[int, int] | None]]:
+    """The dequant path in order: ``(launch, rows)``; after a launch with ``rows = (a, b)`` the
+    caller multiplies ``wbuf`` (holding original rows ``[a, b)``) into ``out[:, a:b]``.
+
+    Chunks (``cfg.chunk_n``) need a single band without ``row_perm``; other layers are
+    dequantized whole."""
+    m, kdim = x.shape
+    n = packed.out_features
+    gs = packed.segments[0].group_size
+    bk, aligned = _block_k(cfg.block_k, gs)
+    has_rp = packed.row_perm is not None
+    rp = packed.row_perm if has_rp else packed.col_perm
+    bs = bands(packed)
+    chunk = cfg.chunk_n if cfg.chunk_n and not has_rp and len(bs) == 1 and cfg.chunk_n < n else 0
+    w = ws.wbuf[: (chunk or n) * kdim].view(chunk or n, kdim)
+    steps: list[tuple[Launch, tuple[int, int] | None]] = [(gather_launch(x, packed, ws.xperm)[0], None)]
+
+    def launch(r0, ns, segs, lo, hi, row0):
+        max_tiles = max(triton.cdiv(s.c1 - s.c0, bk) for s in segs)
+        return Launch("dequant_kernel", (triton.cdiv(hi - lo, cfg.block_n), max_tiles),
+                      (w, w.stride(0), rp, r0, ns, lo, hi, row0, gs, tuple(_seg_arg(s) for s in segs)),
+                      dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BN=cfg.block_n, BK=bk,
+                           ALIGNED=aligned, HAS_ROWPERM=has_rp, num_warps=cfg.num_warps))
+
+    if chunk:
+        r0, ns, segs = bs[0]
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            steps.append((launch(r0, ns, segs, a, b, a), (a, b)))
+        return steps
+    for i, (r0, ns, segs) in enumerate(bs):
+        steps.append((launch(r0, ns, segs, 0, ns, 0), (0, n) if i == len(bs) - 1 else None))
+    return steps
+
+
+def dequant_mm(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                ws: Workspace, rows: tuple[int, int]) -> None:
+    """cuBLAS part of the dequant path: ``out[:, a:b] = xperm @ wbuf[:b-a]^T (+ bias[a:b])``."""
+    m, kdim = x.shape
+    a, b = rows
+    w = ws.wbuf[: (b - a) * kdim].view(b - a, kdim)
+    xp = ws.xperm[: m * kdim].view(m, kdim)
+    o = out[:, a:b]
+    bb = bias[a:b] if bias is not None else None
+    if bb is not None and bb.dtype == x.dtype:
+        torch.addmm(bb, xp, w.t(), out=o)
+    else:
+        torch.mm(xp, w.t(), out=o)
+        if bb is not None:
+            o.add_(bb)
+
+
+def h2_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """Pair gather, one ``h2_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
+    m, kdim = x.shape
+    gs = packed.segments[0].group_size
+    bk, _ = _block_k(cfg.block_k, gs)
+    widths = _plane_widths(packed)
+    pdl = _pdl(x, cfg)
+    stride_wm, stride_sm = ws.kp // 2, ws.kp // 32
+    launches = [Launch("pair_gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
+                       (x, x.stride(0), packed.col_perm, ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, kdim),
+                       dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), BLOCK=_GATHER_BLOCK, PDL=pdl),
+                       module="h2")]
+    o = _split_output(packed, bias, out, ws, m, cfg)
+    for r0, ns, segs in bands(packed):
+        args = (ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, out, out.stride(0), o.acc,
+                o.acc_stride, o.rp, o.b, m, r0, ns, gs, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), BM=cfg.block_m, BN=cfg.block_n, BK=bk,
+                  ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
+                  XSCALE_INV=1.0 / H2_XSCALE, PREFETCH=cfg.prefetch and cfg.block_m == 1, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages, **_pdl_kw(pdl))
+        launches.append(Launch("h2_kernel", (triton.cdiv(ns, cfg.block_n), cfg.split_k), args, kw, module="h2"))
+    return launches + o.finish(out, bias is not None)
+
+
+def tc_block(group_size: int) -> int:
+    """Columns per block of the ``tc`` path: the largest power of two <= 128 dividing the group
+    size (0 if below 32)."""
+    blk = 128
+    while blk >= 32 and group_size % blk:
+        blk //= 2
+    return blk if blk >= 32 else 0
+
+
+def tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """Operand-order gather, one ``tc_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
+    m, kdim = x.shape
+    gs = packed.segments[0].group_size
+    blk = tc_block(gs)
+    kt = triton.cdiv(kdim, blk) * blk
+    widths = _plane_widths(packed)
+    pdl = _pdl(x, cfg)
+    xt = ws.xpair.view(torch.float16)
+    stride_tm, stride_tb, stride_sm = ws.kp, 2 * ws.pair_stride, ws.kp // 32
+    launches = [Launch("tc_gather_kernel", (triton.cdiv(kt, _GATHER_BLOCK), m),
+                       (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, ws.xs32, stride_sm, kdim, kt),
+                       dict(WIDTHS=widths, NW=len(widths), BLK=blk, BLOCK=_GATHER_BLOCK, PDL=pdl), module="tc")]
+    o = _split_output(packed, bias, out, ws, m, cfg)
+    for r0, ns, segs in bands(packed):
+        args = (xt, stride_tm, stride_tb, ws.xs32, stride_sm, out, out.stride(0), o.acc, o.acc_stride,
+                o.rp, o.b, m, r0, ns, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BM=cfg.block_m, BN=cfg.block_n, BLK=blk,
+                  ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl))
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
+        launches.append(Launch("tc_kernel", grid, args, kw, module="tc"))
+    return launches + o.finish(out, bias is not None)
+
+
+def _fused_split(ws: Workspace, m: int, packed: PackedLinear, cfg: KernelConfig) -> bool:
+    """Whether the split-K sums of an ``h2``/``h2dot``/``tc`` launch can be finished by their last
+    program (enough tile counters in ``ws.cnt``), instead of a ``finalize_kernel`` launch."""
+    m_tiles = 1 if cfg.path == "h2" else triton.cdiv(m, cfg.block_m)
+    ns = max(n for _, n, _ in bands(packed))
+    return cfg.split_k > 1 and m_tiles * triton.cdiv(ns, cfg.block_n) <= ws.cnt.numel()
+
+
+def wg_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """Operand-order gather, one ``wg_kernel`` per band (and a finalize if split-K cannot finish in-kernel).
+    ``cfg.block_m`` is the token tile ``BT``, ``cfg.block_n`` the weight-row tile ``BN``."""
+    m, kdim = x.shape
+    gs = packed.segments[0].group_size
+    blk = tc_block(gs)
+    kt = triton.cdiv(kdim, blk) * blk
+    widths = _plane_widths(packed)
+    pdl = _pdl(x, cfg)
+    xt = ws.xpair.view(torch.float16)
+    stride_tm, stride_tb, stride_sm = ws.kp, 2 * ws.pair_stride, ws.kp // 32
+    launches = [Launch("wg_gather_kernel", (triton.cdiv(kt, _GATHER_BLOCK), m),
+                       (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, ws.xs32, stride_sm, kdim, kt),
+                       dict(WIDTHS=widths, NW=len(widths), BLK=blk, JOIN=cfg.join, BLOCK=_GATHER_BLOCK, PDL=pdl),
+                       module="wg")]
+    o = _split_output(packed, bias, out, ws, m, cfg)
+    for r0, ns, segs in bands(packed):
+        args = (xt, stride_tm, stride_tb, ws.xs32, stride_sm, out, out.stride(0), o.acc, o.acc_stride,
+                o.rp, o.b, m, r0, ns, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BN=cfg.block_n, BT=cfg.block_m,
+                  BLK=blk, JOIN=cfg.join, ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None,
+                  FUSED=o.fused, ASM=x.is_cuda, SCALED=cfg.scaled, EVEN_M=m % cfg.block_m == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl))
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
+        launches.append(Launch("wg_kernel", grid, args, kw, module="wg"))
+    return launches + o.finish(out, bias is not None)
