@@ -20,14 +20,21 @@ round trip, no PRMT). The operand is ``[BN, 2 KP J]`` (rows first), built from
 order (one buffer per plane width), so a piece of ``x^T`` is a plain ``[2 KP J, BT]`` load.
 
 Blocks and scaling. A block is ``BLK = min(group size, 128)`` storage columns inside one group.
-Per block and plane, ``H / J`` dots (``J`` pairs of every word each; ``J = H``: one dot over the
-whole block) add into a float32 block sum that starts at ``-z * sum_k x_k`` (plane 0); then
-``acc += coef * s * sum``. Codes are exact in fp16 and the MMA accumulates in float32; the
-activations go through fp16 (bf16 inputs are converted: ``|x|`` must stay below 65504).
+Per block and plane, ``H / J`` dots (``J`` pairs of every word each; ``J = H`` (``JOIN``): one dot
+over the whole block) add into a float32 block sum that starts at ``-z * sum_k x_k`` (plane 0);
+then ``acc += coef * s * sum``. With ``SCALED`` the operands are the weights ``(q - z) s`` in fp16
+instead (one HFMA2 more per pair) and the dots accumulate into ``acc`` directly: cheaper once the
+``BN x BT`` rescaling per block outweighs it (64 tokens and up). Codes are exact in fp16 and the
+MMA accumulates in float32; the activations go through fp16 (bf16 inputs are converted: ``|x|``
+must stay below 65504).
+
+3-bit segments (with ``JOIN``) are one operand of whole codes ``q0 + 4 q1`` (:func:`_pair3`,
+:func:`_virtual_words`) rather than a dot per plane: half the MMA work and block rescaling.
 
 Tiles: ``BN`` weight rows (>= 64 per warpgroup of 4 warps for ``wgmma``), ``BT`` tokens
 (>= 16). Programs walk the tokens fastest, so the ``cdiv(M, BT)`` programs sharing a weight tile
-run together and read it from L2 after the first.
+run together and read it from L2 after the first. Tokens past ``M`` read as 0 (masked loads)
+unless ``EVEN_M`` (``M`` a multiple of ``BT``) says there are none.
 """
 from __future__ import annotations
 
