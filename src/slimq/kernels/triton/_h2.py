@@ -33,7 +33,7 @@ from slimq.kernels.triton._tiles import (
     group_params, pdl_release, pdl_wait, plane_coef, plane_width, skinny_program, store_rows, word_tile,
 )
 
-__all__ = ["h2_kernel", "pair_gather_kernel", "pair_halves", "WIDTH_SLOT"]
+__all__ = ["h2_kernel", "pair_gather_kernel", "pair_halves", "pair3_halves", "pair_tree", "WIDTH_SLOT"]
 
 # pair buffer slot of each plane width (the workspace holds 4 slots of ``[M, Kpad / 2]`` int32)
 WIDTH_SLOT = {1: 0, 2: 1, 4: 2, 8: 3}
@@ -110,6 +110,61 @@ def pair_halves(words, sh, s2, z2, I: tl.constexpr, W: tl.constexpr, ASM: tl.con
             return (q_lo * s2 + z2).to(tl.float16), (q_hi * s2 + z2).to(tl.float16)
         else:
             return q_lo.to(tl.float16), q_hi.to(tl.float16)
+
+
+@triton.jit
+def pair3_halves(words, sh, v, s2, z2, I: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr):
+    """fp16 ``(lo, hi)`` of 3-bit codes ``q0 + 4 q1`` (exact, or SCALED to ``q s - z s``) of pair ``I``
+    of 2-bit plane words ``words`` and their 1-bit partners ``v`` (slot ``i`` at bit ``i``, slot ``i + 8`` at
+    bit ``16 + i``; ``_wg._virtual_words`` builds them):
+    LOP3 + HSUB2 per plane, one HFMA2 joins them (and one more scales)."""
+    M0: tl.constexpr = _mask2(I, 2)
+    G0: tl.constexpr = _magic2(I, 2)
+    M1: tl.constexpr = _mask2(I, 1)
+    G1: tl.constexpr = _magic2(I, 1)
+    src = _pair_src(words, sh, I, 2)
+    if ASM:
+        args = [src, v, tl.full(src.shape, M0, tl.int32), tl.full(src.shape, G0, tl.int32),
+                tl.full(src.shape, M1, tl.int32), tl.full(src.shape, G1, tl.int32),
+                tl.full(src.shape, 0x44004400, tl.int32)]  # 0x4400: fp16 4.0
+        if SCALED:
+            args = args + [s2, z2]
+            lo, hi = tl.inline_asm_elementwise(
+                "{ .reg .b32 a, b; lop3.b32 a, $2, $4, $5, 0xEA; sub.f16x2 a, a, $5; lop3.b32 b, $3, $6, $7, 0xEA; "
+                "sub.f16x2 b, b, $7; fma.rn.f16x2 a, b, $8, a; fma.rn.f16x2 a, a, $9, $10; mov.b32 {$0, $1}, a; }",
+                "=h,=h,r,r,r,r,r,r,r,r,r", args, dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+        else:
+            lo, hi = tl.inline_asm_elementwise(
+                "{ .reg .b32 a, b; lop3.b32 a, $2, $4, $5, 0xEA; sub.f16x2 a, a, $5; lop3.b32 b, $3, $6, $7, 0xEA; "
+                "sub.f16x2 b, b, $7; fma.rn.f16x2 a, b, $8, a; mov.b32 {$0, $1}, a; }",
+                "=h,=h,r,r,r,r,r,r,r", args, dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+        return lo, hi
+    else:
+        P0: tl.constexpr = _pos(I, 2)
+        q_lo = ((src >> P0) & 3) + 4 * ((v >> I) & 1)
+        q_hi = ((src >> (P0 + 16)) & 3) + 4 * ((v >> (I + 16)) & 1)
+        if SCALED:
+            return (q_lo.to(tl.float32) * s2 + z2).to(tl.float16), (q_hi.to(tl.float32) * s2 + z2).to(tl.float16)
+        else:
+            return q_lo.to(tl.float16), q_hi.to(tl.float16)
+
+
+@triton.jit
+def pair_tree(words, sh, v, s2, z2, I0: tl.constexpr, N: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr,
+              SCALED: tl.constexpr, MERGE3: tl.constexpr = False):
+    """Code pairs ``I0 .. I0 + N - 1`` of every word, joined: ``words.shape + [2 (half), 2, ...]`` (``log2 N``
+    more axes of 2: the bits of ``j = I - I0``, least significant first). Each pair is
+    :func:`pair_halves` (exact, or SCALED), or with MERGE3 :func:`pair3_halves` of 2-bit ``words`` and
+    their 1-bit partners ``v`` (unused otherwise)."""
+    if N == 1:
+        if MERGE3:
+            lo, hi = pair3_halves(words, sh, v, s2, z2, I0, ASM, SCALED)
+        else:
+            lo, hi = pair_halves(words, sh, s2, z2, I0, W, ASM, SCALED)
+        return tl.join(lo, hi)
+    else:
+        return tl.join(pair_tree(words, sh, v, s2, z2, I0, N // 2, W, ASM, SCALED, MERGE3),
+                       pair_tree(words, sh, v, s2, z2, I0 + N // 2, N // 2, W, ASM, SCALED, MERGE3))
 
 
 @triton.jit

@@ -19,25 +19,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from slimq.kernels.triton._h2 import _scaled_x, _slot, pair_halves
+from slimq.kernels.triton._h2 import _scaled_x, _slot, pair_halves, pair_tree
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import pdl_wait, plane_coef, plane_width, store_rows, word_tile
 
 __all__ = ["h2dot_kernel", "tree_gather_kernel"]
 
 KW_DOT = tl.constexpr(16)  # word rows per operand piece (the MMA's K)
-
-
-@triton.jit
-def _pairs_tree(words, sh, s2, z2, I0: tl.constexpr, N: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr):
-    """Pairs ``I0 .. I0 + N - 1`` joined: ``[KW, BN, 2, 2, ...]`` (``1 + log2 N`` trailing axes of 2:
-    low/high half first, then the bits of ``i - I0`` from least to most significant)."""
-    if N == 1:
-        lo, hi = pair_halves(words, sh, s2, z2, I0, W, ASM, True)
-        return tl.join(lo, hi)
-    else:
-        return tl.join(_pairs_tree(words, sh, s2, z2, I0, N // 2, W, ASM),
-                       _pairs_tree(words, sh, s2, z2, I0 + N // 2, N // 2, W, ASM))
 
 
 @triton.constexpr_function
@@ -47,7 +35,7 @@ def _log2(v):
 
 @triton.jit
 def _tree_col(j, H: tl.constexpr):
-    """Column (within a word row) of position ``j`` of a ``_pairs_tree`` row: ``(j // H) H + rev(j % H)``."""
+    """Column (within a word row) of position ``j`` of a ``pair_tree`` row: ``(j // H) H + rev(j % H)``."""
     L: tl.constexpr = _log2(H)
     jm = j % H
     i = tl.zeros_like(j)
@@ -64,7 +52,7 @@ def _joined_dot(acc, words, sh, s2, z2, seg, k0, xt_ptr, stride_tm, stride_tb, o
     E: tl.constexpr = 32 // W
     H: tl.constexpr = E // 2
     BK: tl.constexpr = KW_DOT * E
-    t = _pairs_tree(words, sh, s2, z2, 0, H, W, ASM)
+    t = pair_tree(words, sh, words, s2, z2, 0, H, W, ASM, True)
     if H == 2:
         t = tl.permute(t, (0, 2, 3, 1))
     elif H == 4:

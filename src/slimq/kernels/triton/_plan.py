@@ -306,9 +306,11 @@ def tc_block(group_size: int) -> int:
     return blk if blk >= 32 else 0
 
 
-def tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
-                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
-    """Operand-order gather, one ``tc_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
+def _operand_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                      ws: Workspace, cfg: KernelConfig, kernel: str, tiles: dict) -> list[Launch]:
+    """The ``tc`` / ``wg`` call: an operand-order gather (``_wg.operand_gather_kernel``), one ``kernel``
+    launch per band with the path's tile constexprs ``tiles``, and a finalize if split-K cannot
+    finish in-kernel. Grid ``(cdiv(M, block_m) * cdiv(ns, block_n), split_k)``."""
     m, kdim = x.shape
     gs = packed.segments[0].group_size
     blk = tc_block(gs)
@@ -317,19 +319,26 @@ def tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
     pdl = _pdl(x, cfg)
     xt = ws.xpair.view(torch.float16)
     stride_tm, stride_tb, stride_sm = ws.kp, 2 * ws.pair_stride, ws.kp // 32
-    launches = [Launch("tc_gather_kernel", (triton.cdiv(kt, _GATHER_BLOCK), m),
+    launches = [Launch("operand_gather_kernel", (triton.cdiv(kt, _GATHER_BLOCK), m),
                        (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, ws.xs32, stride_sm, kdim, kt),
-                       dict(WIDTHS=widths, NW=len(widths), BLK=blk, BLOCK=_GATHER_BLOCK, PDL=pdl), module="tc")]
+                       dict(WIDTHS=widths, NW=len(widths), BLK=blk, JOIN=cfg.join, BLOCK=_GATHER_BLOCK,
+                            TC_ORDER=cfg.path == "tc", PDL=pdl), module="wg")]
     o = _split_output(packed, bias, out, ws, m, cfg)
     for r0, ns, segs in bands(packed):
         args = (xt, stride_tm, stride_tb, ws.xs32, stride_sm, out, out.stride(0), o.acc, o.acc_stride,
                 o.rp, o.b, m, r0, ns, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
-        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BM=cfg.block_m, BN=cfg.block_n, BLK=blk,
-                  ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BLK=blk, **tiles, ATOMIC=o.atomic,
+                  HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl))
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
-        launches.append(Launch("tc_kernel", grid, args, kw, module="tc"))
+        launches.append(Launch(kernel, grid, args, kw, module=cfg.path))
     return launches + o.finish(out, bias is not None)
+
+
+def tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """``tc``: operand-order gather, one ``tc_kernel`` per band (``BM`` tokens x ``BN`` rows per tile)."""
+    return _operand_launches(x, packed, bias, out, ws, cfg, "tc_kernel", dict(BM=cfg.block_m, BN=cfg.block_n))
 
 
 def _fused_split(ws: Workspace, m: int, packed: PackedLinear, cfg: KernelConfig) -> bool:
@@ -341,28 +350,11 @@ def _fused_split(ws: Workspace, m: int, packed: PackedLinear, cfg: KernelConfig)
 
 
 def wg_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
-                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
-    """Operand-order gather, one ``wg_kernel`` per band (and a finalize if split-K cannot finish in-kernel).
-    ``cfg.block_m`` is the token tile ``BT``, ``cfg.block_n`` the weight-row tile ``BN``."""
-    m, kdim = x.shape
-    gs = packed.segments[0].group_size
-    blk = tc_block(gs)
-    kt = triton.cdiv(kdim, blk) * blk
-    widths = _plane_widths(packed)
-    pdl = _pdl(x, cfg)
-    xt = ws.xpair.view(torch.float16)
-    stride_tm, stride_tb, stride_sm = ws.kp, 2 * ws.pair_stride, ws.kp // 32
-    launches = [Launch("wg_gather_kernel", (triton.cdiv(kt, _GATHER_BLOCK), m),
-                       (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, ws.xs32, stride_sm, kdim, kt),
-                       dict(WIDTHS=widths, NW=len(widths), BLK=blk, JOIN=cfg.join, BLOCK=_GATHER_BLOCK, PDL=pdl),
-                       module="wg")]
-    o = _split_output(packed, bias, out, ws, m, cfg)
-    for r0, ns, segs in bands(packed):
-        args = (xt, stride_tm, stride_tb, ws.xs32, stride_sm, out, out.stride(0), o.acc, o.acc_stride,
-                o.rp, o.b, m, r0, ns, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
-        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BN=cfg.block_n, BT=cfg.block_m,
-                  BLK=blk, JOIN=cfg.join, ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None,
-                  FUSED=o.fused, ASM=x.is_cuda, SCALED=cfg.scaled, EVEN_M=m % cfg.block_m == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl))
-        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
-        launches.append(Launch("wg_kernel", grid, args, kw, module="wg"))
-    return launches + o.finish(out, bias is not None)
+                ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """``wg``: operand-order gather, one ``wg_kernel`` per band; ``cfg.block_m`` is the token tile ``BT``,
+    ``cfg.block_n`` the weight-row tile ``BN``; launches whose ``M`` fills whole token tiles skip the
+    token masks (``EVEN_M``)."""
+    m = x.shape[0]
+    return _operand_launches(x, packed, bias, out, ws, cfg, "wg_kernel",
+                             dict(BN=cfg.block_n, BT=cfg.block_m, JOIN=cfg.join, SCALED=cfg.scaled,
+                                  EVEN_M=m % cfg.block_m == 0))

@@ -11,8 +11,8 @@ consecutive K entries of an fp16 MMA operand if the operand's K axis runs over
 ``(word row r, pair j, half h)``: rows ``2 (r J + j) + h`` of the ``[2 KP J, BN]`` operand hold
 column ``r E + i0 + j + h H`` of the block (``KP`` word rows, ``J`` consecutive pairs starting
 at ``i0``), so Triton builds it from ``join``/``permute``/``reshape`` without moving data.
-The activations are pre-arranged in exactly that order by :func:`tc_gather_kernel` (one
-buffer per plane width), so each piece of ``x`` is a contiguous ``[BM, 2 KP J]`` load.
+The activations are pre-arranged in exactly that order by ``_wg.operand_gather_kernel`` with
+``TC_ORDER`` (one buffer per plane width), so each piece of ``x`` is a contiguous ``[BM, 2 KP J]`` load.
 
 Blocks. A block is ``BLK = min(group size, 128)`` storage columns, inside one group; every
 segment must start on a multiple of ``BLK`` and end on one (or at ``K``). Per block and plane:
@@ -28,11 +28,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from slimq.kernels.triton._h2 import _scaled_x, _slot, pair_halves
+from slimq.kernels.triton._h2 import _slot, pair_tree
 from slimq.kernels.triton._kernels import _tile_range
-from slimq.kernels.triton._tiles import pdl_release, pdl_wait, plane_coef, plane_width, store_rows
+from slimq.kernels.triton._tiles import pdl_wait, plane_coef, plane_width, store_rows
 
-__all__ = ["tc_kernel", "tc_gather_kernel", "tc_pieces"]
+__all__ = ["tc_kernel", "tc_pieces"]
 
 
 @triton.constexpr_function
@@ -53,20 +53,9 @@ def _j(blk, w):
 
 
 @triton.jit
-def _pairs(words, sh, I0: tl.constexpr, N: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr):
-    """Pairs ``I0 .. I0 + N - 1`` joined: ``[KP, BN, 2 (half), 2, ...]`` (``log2 N`` more axes of 2,
-    the bits of ``j = I - I0`` from least to most significant)."""
-    if N == 1:
-        lo, hi = pair_halves(words, sh, words, words, I0, W, ASM, False)  # exact codes
-        return tl.join(lo, hi)
-    else:
-        return tl.join(_pairs(words, sh, I0, N // 2, W, ASM), _pairs(words, sh, I0 + N // 2, N // 2, W, ASM))
-
-
-@triton.jit
 def _operand(words, sh, I0: tl.constexpr, J: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr):
     """fp16 codes ``[2 KP J, BN]``, row ``2 (r J + j) + h`` = slot ``I0 + j + h H`` of word row ``r``."""
-    t = _pairs(words, sh, I0, J, W, ASM)
+    t = pair_tree(words, sh, words, words, words, I0, J, W, ASM, False)  # exact codes
     KP: tl.constexpr = words.shape[0]
     BN: tl.constexpr = words.shape[1]
     if J == 1:
@@ -138,7 +127,7 @@ def tc_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
               HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr,
               PDL: tl.constexpr = False):
     """Grid ``(cdiv(M, BM) * cdiv(ns, BN), split_k)``; activations pre-arranged by
-    :func:`tc_gather_kernel`. ``ASM``: half2 inline PTX (else integer ops, for the interpreter)."""
+    ``_wg.operand_gather_kernel`` (``TC_ORDER``). ``ASM``: half2 inline PTX (else integer ops, for the interpreter)."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     n_n = tl.cdiv(ns, BN)
@@ -177,25 +166,3 @@ def _tc_src(p, BLK: tl.constexpr, W: tl.constexpr):
     e = q % KD
     rj = e // 2
     return (p // BLK) * BLK + (rj // J) * E + piece * J + rj % J + (e % 2) * H
-
-
-@triton.jit(do_not_specialize=["K", "KT"])
-def tc_gather_kernel(x_ptr, stride_xm, perm_ptr, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, K, KT,
-                     WIDTHS: tl.constexpr, NW: tl.constexpr, BLK: tl.constexpr, BLOCK: tl.constexpr,
-                     PDL: tl.constexpr = False):
-    """Activations of row ``m`` in the operand order of :func:`tc_kernel`, per plane width
-    (``xt[slot(W)][m, p] = fp16(x[m, col_perm[src(p)]])``, 0 past ``K``, written up to ``KT``,
-    ``K`` rounded up to ``BLK``) and their float32 sums per ``BLK`` block (``xs[m, p // BLK]``).
-    Grid ``(cdiv(KT, BLOCK), M)``; ``BLOCK`` a multiple of ``BLK``."""
-    pdl_release(PDL)
-    m = tl.program_id(1)
-    row = m.to(tl.int64) * stride_xm
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = p < KT
-    blocks = tl.program_id(0) * (BLOCK // BLK) + tl.arange(0, BLOCK // BLK)
-    cols = blocks[:, None] * BLK + tl.arange(0, BLK)[None, :]
-    sums = tl.sum(_scaled_x(x_ptr, row, perm_ptr, cols, K, 1.0).to(tl.float32), axis=1)
-    tl.store(xs_ptr + m * stride_sm + blocks, sums, mask=blocks * BLK < KT)
-    for w in tl.static_range(NW):
-        v = _scaled_x(x_ptr, row, perm_ptr, _tc_src(p, BLK, WIDTHS[w]), K, 1.0)
-        tl.store(xt_ptr + _slot(WIDTHS[w]) * stride_tb + m * stride_tm + p, v, mask=ok)

@@ -16,7 +16,7 @@ h)``, ``k = h + 2 (r + KP j)``. The MMA operand layout gives k bits 1-2 to the l
 so they must come from the word row: then every thread turns the words it loaded into its own
 operand registers, with no data moved between threads (checked in the SASS: no shared-memory
 round trip, no PRMT). The operand is ``[BN, 2 KP J]`` (rows first), built from
-``join``/``permute``/``reshape``. :func:`wg_gather_kernel` writes the activations in the same
+``join``/``permute``/``reshape``. :func:`operand_gather_kernel` writes the activations in the same
 order (one buffer per plane width), so a piece of ``x^T`` is a plain ``[2 KP J, BT]`` load.
 
 Blocks and scaling. A block is ``BLK = min(group size, 128)`` storage columns inside one group.
@@ -28,7 +28,7 @@ instead (one HFMA2 more per pair) and the dots accumulate into ``acc`` directly:
 MMA accumulates in float32; the activations go through fp16 (bf16 inputs are converted: ``|x|``
 must stay below 65504).
 
-3-bit segments (with ``JOIN``) are one operand of whole codes ``q0 + 4 q1`` (:func:`_pair3`,
+3-bit segments (with ``JOIN``) are one operand of whole codes ``q0 + 4 q1`` (``_h2.pair3_halves``,
 :func:`_virtual_words`) rather than a dot per plane: half the MMA work and block rescaling.
 
 Tiles: ``BN`` weight rows (>= 64 per warpgroup of 4 warps for ``wgmma``), ``BT`` tokens
@@ -41,11 +41,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from slimq.kernels.triton._h2 import _magic2, _mask2, _pair_src, _pos, _scaled_x, _slot, pair_halves
+from slimq.kernels.triton._h2 import _scaled_x, _slot, pair_tree
 from slimq.kernels.triton._kernels import _tile_range
+from slimq.kernels.triton._tc import _tc_src
 from slimq.kernels.triton._tiles import pdl_release, pdl_wait, plane_coef, plane_width, store_rows
 
-__all__ = ["wg_kernel", "wg_gather_kernel", "wg_pieces"]
+__all__ = ["wg_kernel", "operand_gather_kernel", "wg_pieces"]
 
 
 @triton.constexpr_function
@@ -68,63 +69,10 @@ def _j(blk, w, join):
 
 
 @triton.jit
-def _pair3(words, sh, v, s2, z2, I: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr):
-    """fp16 ``(lo, hi)`` of 3-bit codes ``q0 + 4 q1`` (exact, or SCALED to ``q s - z s``) of pair ``I``
-    of 2-bit plane words ``words`` and their 1-bit partners ``v`` (see :func:`_virtual_words`):
-    LOP3 + HSUB2 per plane, one HFMA2 joins them (and one more scales)."""
-    M0: tl.constexpr = _mask2(I, 2)
-    G0: tl.constexpr = _magic2(I, 2)
-    M1: tl.constexpr = _mask2(I, 1)
-    G1: tl.constexpr = _magic2(I, 1)
-    src = _pair_src(words, sh, I, 2)
-    if ASM:
-        args = [src, v, tl.full(src.shape, M0, tl.int32), tl.full(src.shape, G0, tl.int32),
-                tl.full(src.shape, M1, tl.int32), tl.full(src.shape, G1, tl.int32),
-                tl.full(src.shape, 0x44004400, tl.int32)]  # 0x4400: fp16 4.0
-        if SCALED:
-            args = args + [s2, z2]
-            lo, hi = tl.inline_asm_elementwise(
-                "{ .reg .b32 a, b; lop3.b32 a, $2, $4, $5, 0xEA; sub.f16x2 a, a, $5; lop3.b32 b, $3, $6, $7, 0xEA; "
-                "sub.f16x2 b, b, $7; fma.rn.f16x2 a, b, $8, a; fma.rn.f16x2 a, a, $9, $10; mov.b32 {$0, $1}, a; }",
-                "=h,=h,r,r,r,r,r,r,r,r,r", args, dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
-        else:
-            lo, hi = tl.inline_asm_elementwise(
-                "{ .reg .b32 a, b; lop3.b32 a, $2, $4, $5, 0xEA; sub.f16x2 a, a, $5; lop3.b32 b, $3, $6, $7, 0xEA; "
-                "sub.f16x2 b, b, $7; fma.rn.f16x2 a, b, $8, a; mov.b32 {$0, $1}, a; }",
-                "=h,=h,r,r,r,r,r,r,r", args, dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
-        return lo, hi
-    else:
-        P0: tl.constexpr = _pos(I, 2)
-        q_lo = ((src >> P0) & 3) + 4 * ((v >> I) & 1)
-        q_hi = ((src >> (P0 + 16)) & 3) + 4 * ((v >> (I + 16)) & 1)
-        if SCALED:
-            return (q_lo.to(tl.float32) * s2 + z2).to(tl.float16), (q_hi.to(tl.float32) * s2 + z2).to(tl.float16)
-        else:
-            return q_lo.to(tl.float16), q_hi.to(tl.float16)
-
-
-@triton.jit
-def _pairs(words, sh, v, s2, z2, I0: tl.constexpr, N: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr,
-           SCALED: tl.constexpr, MERGE: tl.constexpr):
-    """Code pairs ``I0 .. I0 + N - 1`` of ``words [BN, KP]`` (exact, or SCALED to ``q s - z s``, see
-    ``pair_halves``; MERGE: 3-bit codes with the 1-bit plane's ``v``): ``[BN, KP, 2 (half), 2, ...]``
-    (``log2 N`` more axes: the bits of ``j = I - I0``, least significant first)."""
-    if N == 1:
-        if MERGE:
-            lo, hi = _pair3(words, sh, v, s2, z2, I0, ASM, SCALED)
-        else:
-            lo, hi = pair_halves(words, sh, s2, z2, I0, W, ASM, SCALED)
-        return tl.join(lo, hi)
-    else:
-        return tl.join(_pairs(words, sh, v, s2, z2, I0, N // 2, W, ASM, SCALED, MERGE),
-                       _pairs(words, sh, v, s2, z2, I0 + N // 2, N // 2, W, ASM, SCALED, MERGE))
-
-
-@triton.jit
 def _operand(words, sh, v, s2, z2, I0: tl.constexpr, J: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr,
              SCALED: tl.constexpr, MERGE: tl.constexpr):
     """fp16 ``[BN, 2 KP J]``: column ``h + 2 (r + KP j)`` = slot ``I0 + j + h H`` of word row ``r``."""
-    t = _pairs(words, sh, v, s2, z2, I0, J, W, ASM, SCALED, MERGE)
+    t = pair_tree(words, sh, v, s2, z2, I0, J, W, ASM, SCALED, MERGE)
     BN: tl.constexpr = words.shape[0]
     KP: tl.constexpr = words.shape[1]
     # [BN, KP, h, j0, j1, ...] -> [BN, ..., j1, j0, KP, h]: j above the word row, so that the MMA
@@ -145,7 +93,7 @@ def _virtual_words(seg, k0, ns, offs_n, KP: tl.constexpr, ASM: tl.constexpr, FUL
     """int32 ``[BN, KP]``: for 2-bit word row ``r`` of a 3-bit segment's block at ``k0``, the 16 bits of
     its 1-bit plane (slots ``(r % 2) 16 .. + 15`` of 1-bit word ``r // 2``, loaded as the int16 half
     of that word) respread so that slot ``i`` (``i < 8``) sits at bit ``i`` and slot ``i + 8`` at
-    bit ``16 + i``: the partner of 2-bit pair ``i`` where :func:`_pair3` reads it. One PRMT per word.
+    bit ``16 + i``: the partner of 2-bit pair ``i`` where ``_h2.pair3_halves`` reads it. One PRMT per word.
     (Choosing the half by the load address, not by a per-element shift or selector, keeps every
     operand of the PRMT free of the word row, which lets Triton lay it out like the 2-bit words.)"""
     r = tl.arange(0, KP)
@@ -261,7 +209,7 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
               HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr,
               SCALED: tl.constexpr = False, EVEN_M: tl.constexpr = False, PDL: tl.constexpr = False):
     """Grid ``(cdiv(M, BT) * cdiv(ns, BN), split_k)``, token tiles fastest; activations
-    pre-arranged by :func:`wg_gather_kernel`. ``ASM``: half2 inline PTX (else integer ops, for
+    pre-arranged by :func:`operand_gather_kernel`. ``ASM``: half2 inline PTX (else integer ops, for
     the interpreter)."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -291,26 +239,31 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
 
 
 @triton.jit
-def _wg_src(p, BLK: tl.constexpr, W: tl.constexpr, JOIN: tl.constexpr):
-    """Storage column whose activation sits at position ``p`` of a width-``W`` ``wg`` buffer."""
-    E: tl.constexpr = 32 // W
-    H: tl.constexpr = E // 2
-    KP: tl.constexpr = _kp(BLK, W, JOIN)
-    J: tl.constexpr = _j(BLK, W, JOIN)
-    KD: tl.constexpr = 2 * KP * J
-    q = p % BLK
-    piece = q // KD
-    e = q % KD
-    r = (e // 2) % KP
-    j = e // (2 * KP)
-    return (p // BLK) * BLK + r * E + piece * J + j + (e % 2) * H
+def _operand_src(p, BLK: tl.constexpr, W: tl.constexpr, JOIN: tl.constexpr, TC_ORDER: tl.constexpr):
+    """Storage column whose activation sits at position ``p`` of a width-``W`` operand buffer: the
+    ``wg`` order (``h + 2 (r + KP j)`` within a piece), or with TC_ORDER ``_tc``'s (``h + 2 (r J + j)``)."""
+    if TC_ORDER:
+        return _tc_src(p, BLK, W)
+    else:
+        E: tl.constexpr = 32 // W
+        H: tl.constexpr = E // 2
+        KP: tl.constexpr = _kp(BLK, W, JOIN)
+        J: tl.constexpr = _j(BLK, W, JOIN)
+        KD: tl.constexpr = 2 * KP * J
+        q = p % BLK
+        piece = q // KD
+        e = q % KD
+        r = (e // 2) % KP
+        j = e // (2 * KP)
+        return (p // BLK) * BLK + r * E + piece * J + j + (e % 2) * H
 
 
 @triton.jit(do_not_specialize=["K", "KT"])
-def wg_gather_kernel(x_ptr, stride_xm, perm_ptr, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, K, KT,
-                     WIDTHS: tl.constexpr, NW: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr,
-                     BLOCK: tl.constexpr, PDL: tl.constexpr = False):
-    """Activations of row ``m`` in the operand order of :func:`wg_kernel`, per plane width
+def operand_gather_kernel(x_ptr, stride_xm, perm_ptr, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, K, KT,
+                          WIDTHS: tl.constexpr, NW: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr,
+                          BLOCK: tl.constexpr, TC_ORDER: tl.constexpr = False, PDL: tl.constexpr = False):
+    """Activations of row ``m`` in the operand order of :func:`wg_kernel` (or, TC_ORDER, of
+    ``_tc.tc_kernel``), per plane width
     (``xt[slot(W)][m, p] = fp16(x[m, col_perm[src(p)]])``, 0 past ``K``, written up to ``KT``,
     ``K`` rounded up to ``BLK``) and their float32 sums per ``BLK`` block (``xs[m, p // BLK]``).
     Grid ``(cdiv(KT, BLOCK), M)``; ``BLOCK`` a multiple of ``BLK``."""
@@ -324,5 +277,5 @@ def wg_gather_kernel(x_ptr, stride_xm, perm_ptr, xt_ptr, stride_tm, stride_tb, x
     sums = tl.sum(_scaled_x(x_ptr, row, perm_ptr, cols, K, 1.0).to(tl.float32), axis=1)
     tl.store(xs_ptr + m * stride_sm + blocks, sums, mask=blocks * BLK < KT)
     for w in tl.static_range(NW):
-        v = _scaled_x(x_ptr, row, perm_ptr, _wg_src(p, BLK, WIDTHS[w], JOIN), K, 1.0)
+        v = _scaled_x(x_ptr, row, perm_ptr, _operand_src(p, BLK, WIDTHS[w], JOIN, TC_ORDER), K, 1.0)
         tl.store(xt_ptr + _slot(WIDTHS[w]) * stride_tb + m * stride_tm + p, v, mask=ok)
