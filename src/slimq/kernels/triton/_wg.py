@@ -220,7 +220,7 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
     mask_n = offs_n < ns
     # rows past ns re-read row ns - 1 (never stored). Tokens past M (not EVEN_M: M is no multiple of
     # BT) are masked (zero-filled), not clamped to M - 1: a 16-token tile holding 4 tokens that read
-    # the 4th 13 times ran up to 1.3x slower (runs 16-17); with whole tiles the masks cost 3-bit
+    # the 4th 13 times ran up to 1.25x slower (runs 15-17); with whole tiles the masks cost 3-bit
     # layers 5-9% (run 17), so EVEN_M launches go without them
     offs_nc = tl.minimum(offs_n, ns - 1)
     pdl_wait(PDL)
