@@ -328,6 +328,29 @@ def test_config_and_input_errors():
 
 
 @inproc
+def test_workspace_sizes_split_buffers_for_the_split_paths_only():
+    """A workspace for long prompts keeps the split-K / operand-order buffers at WG_MAX_M token rows:
+    more tokens go to dequantize-then-cuBLAS, which needs none of them."""
+    p = random_layer(*LAYERS["mix123_full"], seed=12)
+    m_big = slt.WG_MAX_M + 3
+    ws = Workspace(DEV, m_big, p.out_features, p.in_features, torch.float16, dequant=True)
+    assert ws.split_rows == slt.WG_MAX_M and ws.acc.numel() == slt.WG_MAX_M * p.out_features
+    assert ws.pair_stride == slt.WG_MAX_M * ws.kp // 2
+    for m in (1, 5, slt.WG_MAX_M, m_big):  # h2, wg, wg with a full tile, dequant: all served by one workspace
+        gen = torch.Generator().manual_seed(m)
+        x = torch.randn(m, p.in_features, generator=gen).to(DEV, torch.float16)
+        out = torch.full((m, p.out_features), float("nan"), dtype=torch.float16, device=DEV)
+        sbp_matmul(x, p, out=out, workspace=ws)
+        assert _rel_err(out, packed_matmul_reference(x, p)) < TOL[torch.float16]
+    assert slt.resolve_config(torch.empty(m_big, p.in_features), p).path == "dequant"
+    with pytest.raises(ValueError, match="split_rows >= 131"):
+        sbp_matmul(torch.zeros(m_big, p.in_features, device=DEV, dtype=torch.float16), p, workspace=ws,
+                   config=KernelConfig("wg", block_m=128, block_n=64))
+    with pytest.raises(ValueError, match="max_m, max_n, max_k must be >= 1"):
+        Workspace(DEV, 0, 4, 4)
+
+
+@inproc
 def test_backend_registration():
     backend = get_backend("triton")
     assert backend.priority > get_backend("reference").priority

@@ -198,29 +198,40 @@ def _misaligned_segment(packed: PackedLinear, blk: int) -> str | None:
 class Workspace:
     """Preallocated scratch for :func:`sbp_matmul`, shareable by all layers on one device.
 
-    ``acc``: float32 ``[max_m * max_n]``, all zeros between calls (kernels that use it
+    ``acc``: float32 ``[split_rows * max_n]``, all zeros between calls (kernels that use it
     re-zero it). ``xperm``: ``[max_m * max_k]`` activations gathered into storage column
     order (``xperm32``: ``[max_k]`` the same in float32 for the ``M == 1`` path). ``wbuf``:
     ``[dequant_rows * max_k]`` dequantized weights (only with ``dequant``; ``dequant_rows``
     defaults to ``max_n``, a chunked config needs only ``chunk_n``). ``xpair`` int32
-    ``[4, max_m, Kp / 2]`` and ``xs32`` float32 ``[max_m, Kp / 32]`` (``Kp = max_k`` rounded up to 32):
-    paired activations and block sums of the ``h2`` path. ``cnt``: int32 per output tile, all zeros
-    between calls: split-K arrival counters, so the last program of a tile writes the output
-    (no finalize launch; ``h2``, ``h2dot``, ``tc`` with tiles of >= 16 rows).
+    ``[4, split_rows, Kp / 2]`` and ``xs32`` float32 ``[split_rows, Kp / 32]`` (``Kp = max_k`` rounded
+    up to 128): paired or operand-ordered activations and their block sums (``h2``, ``h2dot``, ``tc``,
+    ``wg``). ``cnt``: int32 per output tile, all zeros between calls: split-K arrival counters, so
+    the last program of a tile writes the output (no finalize launch; ``h2``, ``h2dot``, ``tc``,
+    ``wg``).
+
+    ``split_rows`` (default ``min(max_m, WG_MAX_M)``): the token rows of the buffers only the
+    split-K and operand-ordered paths use. The dispatch sends more tokens than ``WG_MAX_M`` to
+    dequantize-then-cuBLAS, which needs none of them, so a workspace for long prompts does not
+    pay for them per token (LLaMA-2-7B layers, 2048 tokens: 16 MiB instead of 261 MiB).
     """
 
     def __init__(self, device: torch.device | str, max_m: int, max_n: int, max_k: int,
                  dtype: torch.dtype = torch.float16, *, dequant: bool = False, dequant_rows: int | None = None,
-                 buffers: tuple[str, ...] = ("acc", "xperm", "xperm32", "xpair", "xs32", "cnt")) -> None:
+                 buffers: tuple[str, ...] = ("acc", "xperm", "xperm32", "xpair", "xs32", "cnt"),
+                 split_rows: int | None = None) -> None:
+        if min(max_m, max_n, max_k) < 1:
+            raise ValueError(f"max_m, max_n, max_k must be >= 1, got {max_m}, {max_n}, {max_k}")
         self.max_m, self.max_n, self.max_k, self.dtype = max_m, max_n, max_k, dtype
-        kp = triton.cdiv(max_k, 128) * 128  # room for the "tc" path's whole 128-column blocks
+        self.split_rows = min(max_m, WG_MAX_M) if split_rows is None else min(split_rows, max_m)
+        sr = self.split_rows
+        kp = triton.cdiv(max_k, 128) * 128  # room for the "tc"/"wg" paths' whole 128-column blocks
         rows = max_n if dequant_rows is None else min(dequant_rows, max_n)
-        sizes = {"acc": (max_m * max_n, torch.float32), "xperm": (max_m * max_k, dtype),
+        sizes = {"acc": (sr * max_n, torch.float32), "xperm": (max_m * max_k, dtype),
                  "xperm32": (max_k, torch.float32), "wbuf": (rows * max_k, dtype),
-                 "xpair": (4 * max_m * kp // 2, torch.int32), "xs32": (max_m * kp // 32, torch.float32),
-                 "cnt": (triton.cdiv(max_m, 16) * triton.cdiv(max_n, 16), torch.int32)}
+                 "xpair": (4 * sr * kp // 2, torch.int32), "xs32": (sr * kp // 32, torch.float32),
+                 "cnt": (triton.cdiv(sr, 16) * triton.cdiv(max_n, 16), torch.int32)}
         self.kp = kp
-        self.pair_stride = max_m * kp // 2  # elements between the width slots of xpair
+        self.pair_stride = sr * kp // 2  # elements between the width slots of xpair
         names = set(buffers) | ({"wbuf"} if dequant else set())
         for name, (numel, dt) in sizes.items():
             size = numel if name in names else 0
@@ -239,7 +250,7 @@ class Workspace:
         elif not cfg.gather or cfg.path == "dequant":
             need.add("xperm32" if cfg.path == "fma" and m == 1 else "xperm")
         return cls(x.device, m, n, k, x.dtype, dequant=cfg.path == "dequant",
-                   dequant_rows=cfg.chunk_n or None, buffers=tuple(need))
+                   dequant_rows=cfg.chunk_n or None, buffers=tuple(need), split_rows=m)
 
     def check(self, m: int, n: int, k: int, dtype: torch.dtype, cfg: KernelConfig, atomic: bool) -> None:
         if m > self.max_m or n > self.max_n or k > self.max_k:
@@ -250,10 +261,15 @@ class Workspace:
         if cfg.path == "dequant" and self.wbuf.numel() < min(cfg.chunk_n or n, n) * k:
             raise ValueError("the dequant path needs a Workspace(..., dequant=True) with room for "
                              f"{min(cfg.chunk_n or n, n)} x {k} weights")
-        if cfg.path in ("h2", "h2dot", "tc", "wg") and (self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0):
-            raise ValueError(f"the {cfg.path} path needs a Workspace with buffer 'xpair'")
+        if cfg.path in ("h2", "h2dot", "tc", "wg"):
+            if self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0:
+                raise ValueError(f"the {cfg.path} path needs a Workspace with buffer 'xpair'")
+            if m > self.split_rows:
+                raise ValueError(f"the {cfg.path} path needs a Workspace with split_rows >= {m}, "
+                                 f"this one has {self.split_rows}")
         if atomic and self.acc.numel() < m * n:
-            raise ValueError("this config accumulates in workspace.acc, which was not allocated")
+            raise ValueError(f"this config accumulates {m} x {n} float32 sums in workspace.acc, which holds "
+                             f"{self.acc.numel()} (split_rows {self.split_rows})")
 
 
 def _check_inputs(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor | None) -> None:
