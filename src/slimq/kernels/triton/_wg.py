@@ -197,7 +197,7 @@ def _wg_block(acc, seg, k0, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, off
     for p in tl.static_range(1, 3):
         if plane_width(BITS, p) > 0 and not MERGE:
             part = _plane_sum(tl.zeros([BN, BT], tl.float32), seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m,
-                              ns, offs_n, s, z, p, BITS, BLK, JOIN, ASM, False, FULL)
+                              ns, offs_n, s, z, p, BITS, BLK, JOIN, ASM, False, FULL, False, EVEN_M)
             acc += part * (s * plane_coef(BITS, p))[:, None]
     return acc
 
