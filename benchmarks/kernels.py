@@ -109,7 +109,8 @@ def wg_candidates(m: int, n: int, k: int) -> list:
         scaled = (False, True) if 32 <= base.block_m <= 64 else (base.scaled,)
         out += [C("wg", block_m=base.block_m, block_n=bn, split_k=sp, num_warps=4, num_stages=3, join=j, scaled=sc,
                   pdl=base.pdl) for sp in splits for j in joins for sc in scaled]
-    return [c for c in dict.fromkeys(out) if m > 1 and c != base or m == 1]
+    same = base if m > 1 else None  # at M = 1 the dispatch runs h2, so base is a candidate too
+    return [c for c in dict.fromkeys(out) if c != same]
 
 
 def candidates(m: int, n: int = 0, k: int = 0) -> list:
@@ -168,7 +169,8 @@ class Case:
 def cfg_name(c) -> str:
     if c.path == "dequant":
         return f"dequant/c{c.chunk_n}" if c.chunk_n else "dequant"
-    walk = ("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl")
+    walk = (("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + ("/j" if c.join else "")
+            + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl"))
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 

@@ -33,7 +33,7 @@ _GATHER_BLOCK = 1024
 
 
 def kernel_fn(module: str, name: str):
-    """The ``@triton.jit`` function ``name`` of kernel module ``module`` ("kernels", "h2", "h2dot")."""
+    """The ``@triton.jit`` function ``name`` of kernel module ``module`` ("kernels", "h2", "h2dot", "tc", "wg")."""
     return getattr({"h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
 
 
@@ -45,7 +45,7 @@ class Launch:
     grid: tuple[int, ...]
     args: tuple
     kwargs: dict
-    module: str = "kernels"  # "kernels" (``_kernels``), "h2" (``_h2``), "h2dot" (``_h2dot``) or "tc" (``_tc``)
+    module: str = "kernels"  # "kernels" (``_kernels``) or "h2", "h2dot", "tc", "wg" (``_h2`` ...)
 
     @property
     def fn(self):
@@ -86,10 +86,11 @@ def uses_acc(packed: PackedLinear, cfg: KernelConfig) -> bool:
 
 
 def _pdl(x: torch.Tensor, cfg: KernelConfig) -> bool:
-    """Programmatic dependent launch for gather -> matmul (sm_90+, ``h2`` and ``tc``): the matmul
-    launches while the gather runs and waits for it on the device (``griddepcontrol``). Measured
-    on the H100 (run 8): 1-5% faster calls at M = 1 and 16 on small layers, neutral on large ones;
-    ``h2dot`` is left without it (its 4-bit calls with K > 8192 took up to 2x longer with it)."""
+    """Programmatic dependent launch for gather -> matmul (sm_90+, ``h2``, ``tc``, ``wg``, unless
+    ``cfg.pdl`` is off): the matmul launches while the gather runs and waits for it on the device
+    (``griddepcontrol``). Measured on the H100 (run 8): 1-5% faster calls at M = 1 and 16 on small
+    layers, neutral on large ones; ``h2dot`` is left without it (its 4-bit calls with K > 8192 took
+    up to 2x longer with it); the dispatch turns it off for ``wg`` (KERNEL_NOTES, run 14)."""
     return cfg.pdl and x.is_cuda and torch.cuda.get_device_capability(x.device) >= (9, 0)
 
 
@@ -144,7 +145,7 @@ def _finalize_launch(acc: torch.Tensor, out: torch.Tensor, rp: torch.Tensor, b: 
 
 @dataclass(frozen=True)
 class _SplitOutput:
-    """How an ``h2``/``h2dot``/``tc`` launch writes its tile: straight into ``out``, or (split-K,
+    """How an ``h2``/``h2dot``/``tc``/``wg`` launch writes its tile: straight into ``out``, or (split-K,
     ``atomic``) into the float32 workspace ``acc``, finished by the tile's last program (``fused``,
     counters ``cnt``) or by a ``finalize_kernel`` launch (:meth:`finish`)."""
 
@@ -342,7 +343,7 @@ def tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
 
 
 def _fused_split(ws: Workspace, m: int, packed: PackedLinear, cfg: KernelConfig) -> bool:
-    """Whether the split-K sums of an ``h2``/``h2dot``/``tc`` launch can be finished by their last
+    """Whether the split-K sums of an ``h2``/``h2dot``/``tc``/``wg`` launch can be finished by their last
     program (enough tile counters in ``ws.cnt``), instead of a ``finalize_kernel`` launch."""
     m_tiles = 1 if cfg.path == "h2" else triton.cdiv(m, cfg.block_m)
     ns = max(n for _, n, _ in bands(packed))

@@ -59,7 +59,6 @@ WG_MAX_M = 128       # ... weights as the register operand of the tensor-core do
 DEQUANT_MIN_M = WG_MAX_M + 1  # ... and dequantize-then-cuBLAS from here
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
 _H2_MAX_PROGRAMS = 4096  # h2 (M == 1): K split 16, fewer when the grid would pass this (run 12)
-_GATHER_BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -119,14 +118,14 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
 
     * ``M == 1``: the half2 CUDA-core path ``h2`` (64-row tiles, 2 warps, register prefetch, K
       split 16, or 8 where that would make more than ``_H2_MAX_PROGRAMS`` programs: 2-13% faster
-      on 28672 x 8192); ``wg`` with 16 padded tokens was 1.3-1.9x slower there.
+      on 28672 x 8192); ``wg`` with 16 padded tokens was 1.25-1.9x slower there.
     * ``2 <= M <= WG_MAX_M``: ``wg``, the weight codes as the register operand of the tensor-core
       dot (``wgmma`` on Hopper) with 64-row tiles, 4 warps, 3 stages, one dot per 128-column block
       (``join``), tokens in tiles of 16 (``M <= 16``), 32, 64 or 128; from 64-token tiles on, the
       operands are dequantized weights (``scaled``) instead of codes scaled per block. K is split
       so that the grid holds about ``_WG_WAVES`` programs per SM (rounded down to a power of two),
-      and launched without programmatic dependent launch (``pdl=False``: equal or faster on every
-      shape of run 14, up to 1.3x for 3-bit layers).
+      and launched without programmatic dependent launch (``pdl=False``: in run 14 it gained 2-5% on
+      most shapes but cost 20-33% on two 3-bit cases).
       It beat ``h2dot``/``tc`` at ``M = 4`` and 16 by 1.1-1.7x, ``gemm`` at 17-64 tokens by
       1.2-2.5x and dequantize-then-cuBLAS at 128 tokens (2-, 4-bit; 3-bit merged into one operand).
     * beyond: dequantize into the workspace then cuBLAS, in one pass.
@@ -331,7 +330,7 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
     ``wg`` -> ``h2dot`` (M <= 16, group sizes of 32s) -> ``dot`` / ``gemm``; ``h2`` -> ``fma``."""
     m, kdim = x.shape
     n = packed.out_features
-    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=tuple(s.bits for s in packed.segments))
+    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device))
     if cfg.path in ("h2", "h2dot", "tc", "wg"):
         why = tc_supported(packed) if cfg.path in ("tc", "wg") else h2_supported(packed, join=cfg.path == "h2" or cfg.join)
         if why is not None:
@@ -355,7 +354,6 @@ def workspace_fits(ws: Workspace, x: torch.Tensor, packed: PackedLinear) -> bool
     except (ValueError, TypeError):
         return False
     return True
-
 
 
 def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
