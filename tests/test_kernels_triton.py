@@ -89,7 +89,7 @@ def _check(p, m, dtype, cfg, *, bias=False, seed=1):
     assert err < TOL[dtype], f"relative error {err:.2e} (path {cfg.path if cfg else 'auto'})"
     assert not bool(ws.acc.any()), "the split-K workspace must be left zeroed"
     assert not bool(ws.cnt.any()), "the split-K tile counters must be left zeroed"
-    if (cfg or slt.resolve_config(x, p)).split_k > 1 and (cfg or slt.resolve_config(x, p)).path in ("h2", "h2dot", "tc", "wg"):
+    if (cfg or slt.resolve_config(x, p)).split_k > 1 and (cfg or slt.resolve_config(x, p)).path in ("gv", "h2", "h2dot", "tc", "wg"):
         launches = slt.plan_launches(x, p, b, out, ws, cfg or slt.resolve_config(x, p))
         assert "finalize_kernel" not in [lc.kernel for lc in launches], "split-K finishes in its last program"
 
@@ -114,6 +114,10 @@ CFGS = {
     "gemm_split_perseg": KernelConfig("gemm", block_m=16, block_n=16, block_k=64, split_k=2, walk=False),
     "dequant": KernelConfig("dequant", block_n=32, block_k=64),
     "dequant_chunked": KernelConfig("dequant", block_n=16, block_k=64, chunk_n=16),
+    "gv": KernelConfig("gv", block_m=1, block_n=32, block_k=64, num_warps=1),
+    "gv_split": KernelConfig("gv", block_m=1, block_n=64, block_k=32, split_k=3, num_warps=2),
+    "gv_nopdl": KernelConfig("gv", block_m=1, block_n=32, block_k=128, split_k=2, num_warps=1, pdl=False),
+    "gv_depth2": KernelConfig("gv", block_m=1, block_n=32, block_k=32, split_k=2, num_warps=1, depth=2),
     "h2_m1": KernelConfig("h2", block_m=1, block_n=32, block_k=64),
     "h2_m1_split": KernelConfig("h2", block_m=1, block_n=16, block_k=32, split_k=3),
     "h2_m1_prefetch": KernelConfig("h2", block_m=1, block_n=32, block_k=32, split_k=2, prefetch=True),
@@ -130,7 +134,7 @@ CFGS = {
     "wg_scaled_pieces": KernelConfig("wg", block_m=32, block_n=64, scaled=True),
     "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
 }
-M_OF = {"fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
         "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
         "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9}
@@ -138,7 +142,7 @@ BLOCKED = ("tc", "wg")  # paths that need segments on 64/128-column blocks (ops.
 
 
 PATH_CASES = ([("mix123_short" if CFGS[c].path not in BLOCKED else "mix123_full", c) for c in CFGS]
-              + [("u3_odd", c) for c in ("fma1", "dot_split_gather", "gemm", "h2_m1", "h2_m4", "dequant_chunked",
+              + [("u3_odd", c) for c in ("fma1", "dot_split_gather", "gemm", "gv_split", "h2_m1", "h2_m4", "dequant_chunked",
                                          "h2dot_join", "tc", "wg", "wg_pieces", "wg_scaled")])
 
 
@@ -150,6 +154,8 @@ def test_paths_match_reference(layer, cfg_name):
 
 @inproc
 @pytest.mark.parametrize("layer,cfg_name", [("mix_wide", "fma1"), ("mix_wide", "gemm"), ("u2_g128_short", "dot"),
+                                            ("mix_wide", "gv"), ("mix_wide", "gv_split"), ("u2_g128_short", "gv_nopdl"),
+                                            ("mix_wide", "gv_depth2"), ("u2_g128_short", "gv_depth2"),
                                             ("u2_g128_short", "fma1_prefetch"), ("mix_wide", "h2_m1_split"), ("mix_wide", "h2_m1_prefetch"),
                                             ("u2_g128_short", "h2_m1_prefetch"),
                                             ("mix_wide", "h2_m4"), ("u2_g128_short", "h2_m16"),
@@ -167,20 +173,21 @@ def test_bit_widths_and_groupings(layer, cfg_name):
 @inproc
 @pytest.mark.parametrize("dtype,cfg_name", [(torch.bfloat16, "fma1"), (torch.bfloat16, "dot"),
                                             (torch.bfloat16, "h2_m4"), (torch.float32, "h2_m1"),
+                                            (torch.bfloat16, "gv"), (torch.float32, "gv_split"),
                                             (torch.bfloat16, "h2dot"), (torch.bfloat16, "h2dot_join"),
                                             (torch.bfloat16, "tc"), (torch.float32, "tc"),
                                             (torch.bfloat16, "gemm_split_perseg"), (torch.float32, "fma1"),
                                             (torch.float32, "gemm_split_perseg"), (torch.bfloat16, "wg"),
                                             (torch.float32, "wg"), (torch.bfloat16, "wg_scaled")])
 def test_dtypes(dtype, cfg_name):
-    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path not in ("fma", "h2", "h2dot", "tc", "wg"):
+    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path not in ("fma", "gv", "h2", "h2dot", "tc", "wg"):
         pytest.skip("the Triton interpreter computes bf16 tl.dot wrongly (numpy has no bf16); runs on GPU")
     layer = "mix123_full" if CFGS[cfg_name].path in BLOCKED else "mix123_short"
     _check(random_layer(*LAYERS[layer], seed=5), M_OF[cfg_name], dtype, CFGS[cfg_name], bias=True)
 
 
 @inproc
-@pytest.mark.parametrize("cfg_name", ["fma1_split_perseg", "dot", "dequant", "dequant_chunked", "h2_m1_split",
+@pytest.mark.parametrize("cfg_name", ["fma1_split_perseg", "dot", "dequant", "dequant_chunked", "gv_split", "h2_m1_split",
                                       "h2_m4", "h2dot", "h2dot_join_split", "tc", "wg", "wg_scaled"])
 def test_row_permuted_layers(cfg_name):
     """Bit-widths varying along rows (MixLLM): several bands and a row_perm."""
@@ -276,7 +283,7 @@ def test_h2_handles_large_activations():
 
 @inproc
 def test_select_config_is_explicit():
-    assert [select_config(m, 4096, 4096).path for m in (1, 2, 4, 16, 17, 64, 128)] == ["h2"] + ["wg"] * 6
+    assert [select_config(m, 4096, 4096).path for m in (1, 2, 4, 16, 17, 64, 128)] == ["gv"] + ["wg"] * 6
     assert [select_config(m, 4096, 4096, bits=b).path for m in (2, 16) for b in ((2, 4), (3,), (4, 5))] == ["wg"] * 6
     assert [select_config(m, 4096, 4096).block_m for m in (1, 3, 16, 17, 32, 33, 64, 65, 128)] == \
         [1, 16, 16, 32, 32, 64, 64, 128, 128]
@@ -292,6 +299,10 @@ def test_select_config_is_explicit():
     assert slt.DEQUANT_MIN_M == slt.WG_MAX_M + 1
     assert select_config(256, 28672, 8192).chunk_n == 0 and select_config(256, 4096, 4096).chunk_n == 0
     assert [select_config(1, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096))] == [8, 16, 16]
+    # M = 1: gv, but h2 for layers of 4 bits and more (faster there on the big shapes, run 19)
+    assert [select_config(1, 4096, 4096, bits=b).path for b in ((2,), (1, 2, 3), (2, 4), (4,), (4, 8))] == \
+        ["gv", "gv", "gv", "h2", "h2"]
+    assert [select_config(1, n, k, bits=(4,)).split_k for n, k in ((28672, 8192), (4096, 4096))] == [8, 16]
     assert not select_config(16, 4096, 4096).pdl and select_config(1, 4096, 4096).pdl
     assert select_config(1, 4096, 200).split_k == 2 and select_config(4, 64, 200).split_k == 2  # <= K-tiles
     for m in (1, 16, 64, 1024):
@@ -314,6 +325,15 @@ def test_config_and_input_errors():
         KernelConfig("tc", scaled=True)
     with pytest.raises(ValueError, match="tensor-core paths need block_m, block_n >= 16"):
         KernelConfig("wg", block_m=8)
+    with pytest.raises(ValueError, match="path 'gv' takes block_m == 1"):
+        KernelConfig("gv", block_m=2)
+    with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv'"):
+        KernelConfig("h2", depth=2)
+    with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv'"):
+        KernelConfig("gv", block_m=1, depth=3)
+    with pytest.raises(ValueError, match="path 'gv' with block_m=1 takes M <= 1"):
+        sbp_matmul(torch.zeros(2, 96, device=DEV, dtype=torch.float16), random_layer(*LAYERS["u3_odd"]),
+                   config=KernelConfig("gv", block_m=1))
     p = random_layer(*LAYERS["u3_odd"])
     with pytest.raises(ValueError, match="x must be"):
         sbp_matmul(torch.zeros(2, 5, device=DEV, dtype=torch.float16), p)

@@ -33,7 +33,8 @@ from slimq.kernels.triton._tiles import (
     group_params, pdl_release, pdl_wait, plane_coef, plane_width, skinny_program, store_rows, word_tile,
 )
 
-__all__ = ["h2_kernel", "pair_gather_kernel", "pair_halves", "pair3_halves", "pair_tree", "WIDTH_SLOT"]
+__all__ = ["h2_kernel", "pair_gather_kernel", "pair_halves", "pair3_halves", "pair_tree", "pair_fma", "half2_sum_f32",
+           "WIDTH_SLOT"]
 
 # pair buffer slot of each plane width (the workspace holds 4 slots of ``[M, Kpad / 2]`` int32)
 WIDTH_SLOT = {1: 0, 2: 1, 4: 2, 8: 3}
@@ -176,31 +177,15 @@ def _lo_hi_f32(v):
 
 
 @triton.jit
-def _h2_pair(acc2, acc_lo, acc_hi, words, sh, xw_ptr, pair0, stride_wm, offs_m, mask_m, offs_kw, kw_ok,
-             I: tl.constexpr, W: tl.constexpr, BM: tl.constexpr, ASM: tl.constexpr, FULL: tl.constexpr):
-    """Code pair ``I`` of every word: ``acc2 += (q_I, q_{I+H}) * (x_I, x_{I+H})`` in half2
-    (``ASM``), else the float32 emulation in ``acc_lo`` / ``acc_hi``."""
-    H: tl.constexpr = 16 // W
+def pair_fma(acc2, acc_lo, acc_hi, src, x2, I: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr):
+    """Code pair ``I`` of the words ``src`` (the words, or ``words >> 8``: :func:`_pair_src`) times the
+    activation pairs ``x2`` (int32 half2 bit patterns; broadcast against ``src``): ``acc2 +=
+    (q_I, q_{I+H}) * (x_I, x_{I+H})`` in half2 (``ASM``), else the float32 emulation in
+    ``acc_lo`` / ``acc_hi``."""
     M2: tl.constexpr = _mask2(I, W)
     MAGIC2: tl.constexpr = _magic2(I, W)
     P: tl.constexpr = _pos(I, W)
-    src = _pair_src(words, sh, I, W)
-    if BM == 1:
-        xp = xw_ptr + pair0 + offs_kw * H + I
-        if FULL:
-            x2 = tl.load(xp)[:, None]
-        else:
-            x2 = tl.load(xp, mask=kw_ok, other=0)[:, None]
-        q2 = src
-    else:
-        # offs_m is clamped to M - 1 by the caller: rows past M read row M - 1 (never stored)
-        xp = xw_ptr + offs_m[:, None] * stride_wm + (pair0 + offs_kw * H + I)[None, :]
-        if FULL:
-            x2 = tl.load(xp)[:, :, None]
-        else:
-            x2 = tl.load(xp, mask=kw_ok[None, :], other=0)[:, :, None]
-        q2 = src[None, :, :]
-    q2, x2 = tl.broadcast(q2, x2)
+    q2, x2 = tl.broadcast(src, x2)
     if ASM:
         acc2 = tl.inline_asm_elementwise(
             "{ .reg .b32 t; lop3.b32 t, $1, $2, $3, 0xEA; sub.f16x2 t, t, $3; fma.rn.f16x2 $0, t, $4, $5; }",
@@ -215,6 +200,42 @@ def _h2_pair(acc2, acc_lo, acc_hi, words, sh, xw_ptr, pair0, stride_wm, offs_m, 
         acc_lo += q_lo * x_lo
         acc_hi += q_hi * x_hi
     return acc2, acc_lo, acc_hi
+
+
+@triton.jit
+def half2_sum_f32(acc2, acc_lo, acc_hi, ASM: tl.constexpr):
+    """float32 ``lo + hi`` of the half2 sums ``acc2`` (``ASM``), else of the emulation's two sums."""
+    if ASM:
+        s = tl.inline_asm_elementwise(
+            "{ .reg .f16 lo, hi; .reg .f32 a, b; mov.b32 {lo, hi}, $1; cvt.f32.f16 a, lo; cvt.f32.f16 b, hi; "
+            "add.f32 a, a, b; mov.b32 $0, a; }",
+            "=r,r", [acc2], dtype=tl.int32, is_pure=True, pack=1)
+        return s.to(tl.float32, bitcast=True)
+    else:
+        return acc_lo + acc_hi
+
+
+@triton.jit
+def _h2_pair(acc2, acc_lo, acc_hi, words, sh, xw_ptr, pair0, stride_wm, offs_m, mask_m, offs_kw, kw_ok,
+             I: tl.constexpr, W: tl.constexpr, BM: tl.constexpr, ASM: tl.constexpr, FULL: tl.constexpr):
+    """Code pair ``I`` of every word times its activation pairs (loaded here): :func:`pair_fma`."""
+    H: tl.constexpr = 16 // W
+    src = _pair_src(words, sh, I, W)
+    if BM == 1:
+        xp = xw_ptr + pair0 + offs_kw * H + I
+        if FULL:
+            x2 = tl.load(xp)[:, None]
+        else:
+            x2 = tl.load(xp, mask=kw_ok, other=0)[:, None]
+    else:
+        # offs_m is clamped to M - 1 by the caller: rows past M read row M - 1 (never stored)
+        xp = xw_ptr + offs_m[:, None] * stride_wm + (pair0 + offs_kw * H + I)[None, :]
+        if FULL:
+            x2 = tl.load(xp)[:, :, None]
+        else:
+            x2 = tl.load(xp, mask=kw_ok[None, :], other=0)[:, :, None]
+        src = src[None, :, :]
+    return pair_fma(acc2, acc_lo, acc_hi, src, x2, I, W, ASM)
 
 
 @triton.jit
@@ -237,14 +258,7 @@ def _h2_plane(words, xw_ptr, pair0, stride_wm, offs_m, mask_m, kw_ok, W: tl.cons
     for i in tl.static_range(H):
         acc2, acc_lo, acc_hi = _h2_pair(acc2, acc_lo, acc_hi, words, sh, xw_ptr, pair0, stride_wm, offs_m, mask_m,
                                         offs_kw, kw_ok, i, W, BM, ASM, FULL)
-    if ASM:
-        s = tl.inline_asm_elementwise(
-            "{ .reg .f16 lo, hi; .reg .f32 a, b; mov.b32 {lo, hi}, $1; cvt.f32.f16 a, lo; cvt.f32.f16 b, hi; "
-            "add.f32 a, a, b; mov.b32 $0, a; }",
-            "=r,r", [acc2], dtype=tl.int32, is_pure=True, pack=1)
-        return s.to(tl.float32, bitcast=True)
-    else:
-        return acc_lo + acc_hi
+    return half2_sum_f32(acc2, acc_lo, acc_hi, ASM)
 
 
 @triton.jit

@@ -15,6 +15,7 @@ import torch
 import triton
 
 from slimq.format.layout import PackedLinear, Segment, plane_widths
+from slimq.kernels.triton import _gv as GV
 from slimq.kernels.triton import _h2 as H2
 from slimq.kernels.triton import _h2dot as H2D
 from slimq.kernels.triton import _kernels as K
@@ -24,7 +25,7 @@ from slimq.kernels.triton import _wg as WG
 if TYPE_CHECKING:  # annotations only: ops imports this module
     from slimq.kernels.triton.ops import KernelConfig, Workspace
 
-__all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "h2_launches", "h2dot_launches", "tc_launches",
+__all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "gv_launches", "h2_launches", "h2dot_launches", "tc_launches",
            "wg_launches", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
 
 H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
@@ -33,8 +34,9 @@ _GATHER_BLOCK = 1024
 
 
 def kernel_fn(module: str, name: str):
-    """The ``@triton.jit`` function ``name`` of kernel module ``module`` ("kernels", "h2", "h2dot", "tc", "wg")."""
-    return getattr({"h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
+    """The ``@triton.jit`` function ``name`` of kernel module ``module`` ("kernels", "gv", "h2", "h2dot", "tc",
+    "wg")."""
+    return getattr({"gv": GV, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Launch:
     grid: tuple[int, ...]
     args: tuple
     kwargs: dict
-    module: str = "kernels"  # "kernels" (``_kernels``) or "h2", "h2dot", "tc", "wg" (``_h2`` ...)
+    module: str = "kernels"  # "kernels" (``_kernels``) or "gv", "h2", "h2dot", "tc", "wg" (``_gv`` ...)
 
     @property
     def fn(self):
@@ -82,7 +84,7 @@ def uses_acc(packed: PackedLinear, cfg: KernelConfig) -> bool:
     if cfg.path == "dequant":
         return False
     per_band = max(len(segs) for _, _, segs in bands(packed))
-    return cfg.split_k > 1 or (not cfg.walk and per_band > 1 and cfg.path != "h2")
+    return cfg.split_k > 1 or (not cfg.walk and per_band > 1 and cfg.path not in ("gv", "h2"))
 
 
 def _pdl(x: torch.Tensor, cfg: KernelConfig) -> bool:
@@ -273,19 +275,44 @@ def dequant_mm(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None,
             o.add_(bb)
 
 
+def _pair_gather(x: torch.Tensor, packed: PackedLinear, ws: Workspace, pdl: bool) -> Launch:
+    """``pair_gather_kernel``: the activations paired per plane width and summed per 32 columns."""
+    m, kdim = x.shape
+    widths = _plane_widths(packed)
+    return Launch("pair_gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
+                  (x, x.stride(0), packed.col_perm, ws.xpair, ws.kp // 2, ws.pair_stride, ws.xs32, ws.kp // 32, kdim),
+                  dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), BLOCK=_GATHER_BLOCK, PDL=pdl), module="h2")
+
+
+def gv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """``gv`` (one token): pair gather, one ``gv_kernel`` per band (and a finalize if split-K cannot
+    finish in-kernel)."""
+    gs = packed.segments[0].group_size
+    bk, _ = _block_k(cfg.block_k, gs)
+    pdl = _pdl(x, cfg)
+    launches = [_pair_gather(x, packed, ws, pdl)]
+    o = _split_output(packed, bias, out, ws, 1, cfg)
+    for r0, ns, segs in bands(packed):
+        args = (ws.xpair, ws.pair_stride, ws.xs32, out, o.acc, o.rp, o.b, r0, cfg.split_k, o.cnt, 0,
+                tuple(_seg_arg(s) for s in segs))
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), NS=ns, BN=cfg.block_n, BK=bk, GS=gs,
+                  ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
+                  XSCALE_INV=1.0 / H2_XSCALE, DEPTH=cfg.depth, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                  **_pdl_kw(pdl))
+        launches.append(Launch("gv_kernel", (triton.cdiv(ns, cfg.block_n), cfg.split_k), args, kw, module="gv"))
+    return launches + o.finish(out, bias is not None)
+
+
 def h2_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                  ws: Workspace, cfg: KernelConfig) -> list[Launch]:
     """Pair gather, one ``h2_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
     m, kdim = x.shape
     gs = packed.segments[0].group_size
     bk, _ = _block_k(cfg.block_k, gs)
-    widths = _plane_widths(packed)
     pdl = _pdl(x, cfg)
     stride_wm, stride_sm = ws.kp // 2, ws.kp // 32
-    launches = [Launch("pair_gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
-                       (x, x.stride(0), packed.col_perm, ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, kdim),
-                       dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), BLOCK=_GATHER_BLOCK, PDL=pdl),
-                       module="h2")]
+    launches = [_pair_gather(x, packed, ws, pdl)]
     o = _split_output(packed, bias, out, ws, m, cfg)
     for r0, ns, segs in bands(packed):
         args = (ws.xpair, stride_wm, ws.pair_stride, ws.xs32, stride_sm, out, out.stride(0), o.acc,
@@ -345,7 +372,7 @@ def tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
 def _fused_split(ws: Workspace, m: int, packed: PackedLinear, cfg: KernelConfig) -> bool:
     """Whether the split-K sums of an ``h2``/``h2dot``/``tc``/``wg`` launch can be finished by their last
     program (enough tile counters in ``ws.cnt``), instead of a ``finalize_kernel`` launch."""
-    m_tiles = 1 if cfg.path == "h2" else triton.cdiv(m, cfg.block_m)
+    m_tiles = 1 if cfg.path in ("gv", "h2") else triton.cdiv(m, cfg.block_m)
     ns = max(n for _, n, _ in bands(packed))
     return cfg.split_k > 1 and m_tiles * triton.cdiv(ns, cfg.block_n) <= ws.cnt.numel()
 

@@ -8,8 +8,10 @@ synchronises with the host, so it can be captured in a CUDA graph.
 
 Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
 
-* ``"h2"``   (``M == 1``): CUDA-core GEMV in half2 arithmetic (two weights per instruction),
-  activations pre-paired by a gather kernel (``slimq.kernels.triton._h2``).
+* ``"gv"``   (``M == 1``): CUDA-core GEMV in half2 arithmetic (two weights per instruction), one
+  output row per thread, activations pre-paired by a gather kernel (``slimq.kernels.triton._gv``).
+* ``"h2"``   (``M <= 16``): the same arithmetic with a word tile spread over the threads
+  (``slimq.kernels.triton._h2``); selectable by config.
 * ``"wg"`` (``2 <= M <= WG_MAX_M``): the weight codes as the *register* operand of the
   tensor-core dot (Hopper ``wgmma`` takes only that one from registers), tokens as the other,
   ``y^T = W x^T`` (``slimq.kernels.triton._wg``).
@@ -43,7 +45,7 @@ import triton
 
 from slimq.format.layout import PackedLinear
 from slimq.kernels.triton._plan import (
-    H2_XSCALE, Launch, dequant_mm, dequant_steps, gather_launch, h2_launches, h2dot_launches, kernel_fn,
+    H2_XSCALE, Launch, dequant_mm, dequant_steps, gather_launch, gv_launches, h2_launches, h2dot_launches, kernel_fn,
     matmul_launches, tc_block, tc_launches, uses_acc, wg_launches,
 )
 
@@ -51,14 +53,15 @@ __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_con
            "plan_launches", "h2_supported", "tc_supported", "tc_block", "workspace_fits", "kernel_fn",
            "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M", "WG_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
 
-PATHS = ("h2", "h2dot", "tc", "wg", "fma", "dot", "gemm", "dequant")
+PATHS = ("gv", "h2", "h2dot", "tc", "wg", "fma", "dot", "gemm", "dequant")
 FMA_MAX_M = 1        # float32 CUDA-core fallback for M == 1 (layers h2 cannot run)
 H2_MAX_M = 1         # half2 CUDA cores up to here ...
 SKINNY_MAX_M = 16    # (fallbacks: h2dot / dot with M padded to 16 up to here, tiled gemm beyond)
 WG_MAX_M = 128       # ... weights as the register operand of the tensor-core dot up to here ...
 DEQUANT_MIN_M = WG_MAX_M + 1  # ... and dequantize-then-cuBLAS from here
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
-_H2_MAX_PROGRAMS = 4096  # h2 (M == 1): K split 16, fewer when the grid would pass this (run 12)
+_H2_MAX_PROGRAMS = 4096  # h2 (M == 1, >= 4 bits): K split 16, fewer when the grid would pass this (run 12)
+_GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 16, fewer when the grid would pass this many per SM (run 19)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class KernelConfig:
     gather: bool = False  # fuse x[:, col_perm] into the matmul kernel (else a gather pass into the workspace)
     group_m: int = 8
     prefetch: bool = False  # "fma" / "h2" with M == 1: load the next tile before computing this one
+    depth: int = 1  # "gv": K-tiles whose weights are loaded ahead of the one computed (1 or 2)
     chunk_n: int = 0  # "dequant": rows dequantized per step (0: the whole layer at once)
     join: bool = False  # "h2dot"/"wg": join a tile's operand pieces into one tl.dot (else one dot per code pair)
     scaled: bool = False  # "wg": dequantized weights as operands (else exact codes, scaled per block)
@@ -94,6 +98,10 @@ class KernelConfig:
             raise ValueError(f"tensor-core paths need block_m, block_n >= 16, got {self.block_m}, {self.block_n}")
         if self.split_k < 1:
             raise ValueError(f"split_k must be >= 1, got {self.split_k}")
+        if self.depth not in (1, 2) or (self.depth != 1 and self.path != "gv"):
+            raise ValueError(f"depth must be 1, or 2 with path 'gv'; got {self.depth} for {self.path!r}")
+        if self.path == "gv" and self.block_m != 1:
+            raise ValueError(f"path 'gv' takes block_m == 1 (one token), got {self.block_m}")
         if self.path == "h2" and self.block_m > 16:
             raise ValueError(f"path 'h2' takes block_m <= 16, got {self.block_m}")
         if self.scaled and self.path != "wg":
@@ -114,11 +122,13 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
     """The dispatch rule: kernel path and tiling for ``x [m, k] @ W^T`` with ``W [n, k]``.
 
     Set from ``benchmarks/kernels.py --tune`` on an H200 (132 SMs; benchmarks/KERNEL_NOTES.md,
-    runs 10-13; the ``h2`` rule from earlier H100 runs, re-checked there):
+    runs 10-20):
 
-    * ``M == 1``: the half2 CUDA-core path ``h2`` (64-row tiles, 2 warps, register prefetch, K
-      split 16, or 8 where that would make more than ``_H2_MAX_PROGRAMS`` programs: 2-13% faster
-      on 28672 x 8192); ``wg`` with 16 padded tokens was 1.25-1.9x slower there.
+    * ``M == 1``: the half2 CUDA-core GEMV ``gv`` (one output row per thread, 256-row tiles, 4
+      warps, K split 16, or less so that the grid holds at most ``_GV_PROGRAMS_PER_SM`` programs per
+      SM); layers whose segments all have 4 or more bits keep ``h2`` (64-row tiles, 2 warps, register
+      prefetch, K split 16 or 8), which was up to 10% faster there on the big shapes (run 19). ``wg``
+      with 16 padded tokens was 1.25-1.9x slower at M = 1.
     * ``2 <= M <= WG_MAX_M``: ``wg``, the weight codes as the register operand of the tensor-core
       dot (``wgmma`` on Hopper) with 64-row tiles, 4 warps, 3 stages, one dot per 128-column block
       (``join``), tokens in tiles of 16 (``M <= 16``), 32, 64 or 128; from 64-token tiles on, the
@@ -130,16 +140,20 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       1.2-2.5x and dequantize-then-cuBLAS at 128 tokens (2-, 4-bit; 3-bit merged into one operand).
     * beyond: dequantize into the workspace then cuBLAS, in one pass.
 
-    ``bits`` (the layer's segment bit-widths) is accepted for callers that know it; the rule does
-    not need it now. Layers ``wg`` cannot run get :func:`resolve_config`'s fallback.
+    ``bits``: the layer's segment bit-widths (:func:`resolve_config` passes them; without them
+    ``M == 1`` takes ``gv``). Layers ``wg`` cannot run get :func:`resolve_config`'s fallback.
     """
     if m < 1 or n < 1 or k < 1:
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
     k_tiles = triton.cdiv(k, 128)
     if m <= H2_MAX_M:
-        split = min(16, k_tiles, _pow2_at_most(max(1, _H2_MAX_PROGRAMS // triton.cdiv(n, 64))))
-        return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, split), num_warps=2,
-                            num_stages=1, prefetch=True)
+        if bits and min(bits) >= 4:
+            split = min(16, k_tiles, _pow2_at_most(max(1, _H2_MAX_PROGRAMS // triton.cdiv(n, 64))))
+            return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, split), num_warps=2,
+                                num_stages=1, prefetch=True)
+        split = min(16, k_tiles, _pow2_at_most(max(1, _GV_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 256))))
+        return KernelConfig("gv", block_m=1, block_n=256, block_k=128, split_k=max(1, split), num_warps=4,
+                            num_stages=1)
     if m <= WG_MAX_M:
         bt = 16 if m <= 16 else (32 if m <= 32 else (64 if m <= 64 else 128))
         tiles = triton.cdiv(m, bt) * triton.cdiv(n, 64)
@@ -242,7 +256,7 @@ class Workspace:
         """Only the buffers one call with ``cfg`` needs (used when the caller passes none)."""
         m, k = x.shape
         need = {"acc", "cnt"} if atomic else set()
-        if cfg.path in ("h2", "tc", "wg"):
+        if cfg.path in ("gv", "h2", "tc", "wg"):
             need |= {"xpair", "xs32"}
         elif cfg.path == "h2dot":
             need |= {"xpair", "xperm"}
@@ -260,7 +274,7 @@ class Workspace:
         if cfg.path == "dequant" and self.wbuf.numel() < min(cfg.chunk_n or n, n) * k:
             raise ValueError("the dequant path needs a Workspace(..., dequant=True) with room for "
                              f"{min(cfg.chunk_n or n, n)} x {k} weights")
-        if cfg.path in ("h2", "h2dot", "tc", "wg"):
+        if cfg.path in ("gv", "h2", "h2dot", "tc", "wg"):
             if self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0:
                 raise ValueError(f"the {cfg.path} path needs a Workspace with buffer 'xpair'")
             if m > self.split_rows:
@@ -327,12 +341,13 @@ def sbp_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None 
 def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig | None = None) -> KernelConfig:
     """The config a call runs: ``config``, else :func:`select_config`; a selected half2 or ``wg``
     path the layer cannot take becomes the nearest path that can (an explicit one raises):
-    ``wg`` -> ``h2dot`` (M <= 16, group sizes of 32s) -> ``dot`` / ``gemm``; ``h2`` -> ``fma``."""
+    ``wg`` -> ``h2dot`` (M <= 16, group sizes of 32s) -> ``dot`` / ``gemm``; ``gv``, ``h2`` -> ``fma``."""
     m, kdim = x.shape
     n = packed.out_features
-    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device))
-    if cfg.path in ("h2", "h2dot", "tc", "wg"):
-        why = tc_supported(packed) if cfg.path in ("tc", "wg") else h2_supported(packed, join=cfg.path == "h2" or cfg.join)
+    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=tuple(s.bits for s in packed.segments))
+    if cfg.path in ("gv", "h2", "h2dot", "tc", "wg"):
+        why = (tc_supported(packed) if cfg.path in ("tc", "wg")
+               else h2_supported(packed, join=cfg.path in ("gv", "h2") or cfg.join))
         if why is not None:
             if config is not None:
                 raise ValueError(f"path {cfg.path!r} cannot run this layer: {why}")
@@ -360,10 +375,12 @@ def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
                   ws: Workspace, cfg: KernelConfig) -> list[Launch]:
     """The Triton launches of one :func:`sbp_matmul` call, in order (no cuBLAS part)."""
     m, kdim = x.shape
-    if cfg.path in ("fma", "dot", "h2") and m > max(cfg.block_m, 16 if cfg.path == "dot" else 1):
+    if cfg.path in ("fma", "dot", "gv", "h2") and m > max(cfg.block_m, 16 if cfg.path == "dot" else 1):
         raise ValueError(f"path {cfg.path!r} with block_m={cfg.block_m} takes M <= {cfg.block_m}, got {m}")
     if cfg.path == "dequant":
         return [lc for lc, _ in dequant_steps(x, packed, out, ws, cfg)]
+    if cfg.path == "gv":
+        return gv_launches(x, packed, bias, out, ws, cfg)
     if cfg.path == "h2":
         return h2_launches(x, packed, bias, out, ws, cfg)
     if cfg.path == "h2dot":

@@ -1,0 +1,221 @@
+"""One-output-row-per-thread half2 GEMV for ``M == 1`` (path ``"gv"``), layout
+``slimq.segmented-bitplane.v1``.
+
+Same arithmetic as ``h2`` (``_h2``: one LOP3 + HSUB2 + HFMA2 per code pair, activations
+pre-paired by ``pair_gather_kernel``, half2 sums over one word, then float32), laid out so that
+the per-tile overhead is small:
+
+* every thread owns whole columns of a ``[KW, BN]`` word tile (all ``KW`` word rows of its output
+  rows): the scale, zero and float32 sums of a row live in one thread, so the tile needs no
+  shared-memory layout conversion, barrier or shuffle (``h2`` spent 4 CTA barriers and a
+  shuffle tree per tile on them). The word loads stay coalesced: a warp reads 32 consecutive
+  words of one row. Triton picks that layout because a runtime ``zero`` (not specialized) is added
+  to the row offsets: they stay contiguous but lose their known alignment, so Triton's coalescing
+  gives each thread one word per row instead of a vector of 4 rows' words;
+* the activation pairs of a word row are read four at a time (``ld.global.v4``: every lane of a
+  warp reads the same 16 bytes), not one 32-bit load per pair;
+* the group size is a compile-time constant (no integer division per tile), and the first tile's
+  weights, scales and zeros are loaded before waiting for the gather (programmatic dependent
+  launch), so they arrive while it runs.
+
+Requirements: those of ``h2`` (segments on 32-column boundaries, ``BK`` divides the group size).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from slimq.kernels.triton._h2 import _pair_src, _slot, half2_sum_f32, pair_fma
+from slimq.kernels.triton._kernels import _tile_range
+from slimq.kernels.triton._tiles import pdl_wait, plane_coef, plane_rows, plane_width, store_rows
+
+__all__ = ["gv_kernel"]
+
+
+@triton.constexpr_function
+def _first(flag, i):
+    """``flag`` for the first segment (``i == 0``) only."""
+    return bool(flag) and int(i) == 0
+
+
+@triton.jit
+def _quad(p, V: tl.constexpr, ASM: tl.constexpr):
+    """Activation pairs ``p[0..V)`` (int32 half2 bit patterns; ``V`` 2 or 4; with ``V == 2`` the last
+    two are copies): one vector load per element of the pointer tensor ``p`` under ASM."""
+    if ASM:
+        if V == 4:
+            a, b, c, d = tl.inline_asm_elementwise(
+                "ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l", [p],
+                dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+        else:
+            a, b = tl.inline_asm_elementwise(
+                "ld.global.nc.v2.b32 {$0, $1}, [$2];", "=r,=r,l", [p], dtype=(tl.int32, tl.int32), is_pure=True,
+                pack=1)
+            c = a
+            d = b
+    else:
+        a = tl.load(p)
+        b = tl.load(p + 1)
+        if V == 4:
+            c = tl.load(p + 2)
+            d = tl.load(p + 3)
+        else:
+            c = a
+            d = b
+    return a, b, c, d
+
+
+@triton.jit
+def _gv_step(acc2, acc_lo, acc_hi, words, sh, x2, I: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr):
+    """Code pair ``I`` of every word times its activation pair ``x2``."""
+    return pair_fma(acc2, acc_lo, acc_hi, _pair_src(words, sh, I, W), x2, I, W, ASM)
+
+
+@triton.jit
+def _gv_plane(words, xrow, W: tl.constexpr, ASM: tl.constexpr):
+    """float32 ``[KW, BN]``: ``sum_e q_e x_e`` of every word of one plane tile; ``xrow [KW, 1]``
+    points at the first activation pair of each word row."""
+    H: tl.constexpr = 16 // W
+    V: tl.constexpr = 4 if H >= 4 else 2
+    sh = words >> 8
+    acc2 = tl.zeros(words.shape, tl.int32)  # half2 (+0, +0)
+    acc_lo = tl.zeros(words.shape, tl.float32)  # interpreter path
+    acc_hi = tl.zeros(words.shape, tl.float32)
+    for q in tl.static_range(H // V):
+        x0, x1, x2, x3 = _quad(xrow + q * V, V, ASM)
+        acc2, acc_lo, acc_hi = _gv_step(acc2, acc_lo, acc_hi, words, sh, x0, q * V, W, ASM)
+        acc2, acc_lo, acc_hi = _gv_step(acc2, acc_lo, acc_hi, words, sh, x1, q * V + 1, W, ASM)
+        if V == 4:
+            acc2, acc_lo, acc_hi = _gv_step(acc2, acc_lo, acc_hi, words, sh, x2, q * V + 2, W, ASM)
+            acc2, acc_lo, acc_hi = _gv_step(acc2, acc_lo, acc_hi, words, sh, x3, q * V + 3, W, ASM)
+    return half2_sum_f32(acc2, acc_lo, acc_hi, ASM)
+
+
+@triton.jit
+def _gv_words(seg, k0, cols, m, P: tl.constexpr, BITS: tl.constexpr, BK: tl.constexpr, NS: tl.constexpr,
+              FULL: tl.constexpr):
+    """int32 words ``[KW, BN]`` of plane ``P`` for segment columns ``[k0, k0 + BK)`` (``cols`` the rows'
+    offsets, alignment hidden; ``m`` the rows' mask). The row stride ``NS`` is a constant, so the word
+    rows are immediate offsets of one address. Unless FULL, word rows past the segment read 0."""
+    W: tl.constexpr = plane_width(BITS, P)
+    E: tl.constexpr = 32 // W
+    KW: tl.constexpr = plane_rows(BITS, P, BK)
+    r = tl.arange(0, KW)
+    ptrs = seg[4 + P] + (k0 // E) * NS + cols[None, :] + r[:, None] * NS
+    if FULL:
+        return tl.load(ptrs, mask=m[None, :] & (r < KW)[:, None], other=0)
+    else:
+        return tl.load(ptrs, mask=m[None, :] & (k0 // E + r < (seg[1] + E - 1) // E)[:, None], other=0)
+
+
+@triton.jit
+def _gv_loads(seg, k0, valid, cols, offs_n, BITS: tl.constexpr, BK: tl.constexpr, GS: tl.constexpr,
+              NS: tl.constexpr, FULL: tl.constexpr):
+    """The weight-side loads of one tile (words of every plane, scale, zero); zeros unless ``valid``."""
+    m = offs_n < tl.where(valid, NS, 0)
+    w0 = _gv_words(seg, k0, cols, m, 0, BITS, BK, NS, FULL)
+    if plane_width(BITS, 1) > 0:
+        w1 = _gv_words(seg, k0, cols, m, 1, BITS, BK, NS, FULL)
+    else:
+        w1 = w0
+    if plane_width(BITS, 2) > 0:
+        w2 = _gv_words(seg, k0, cols, m, 2, BITS, BK, NS, FULL)
+    else:
+        w2 = w0
+    g = k0 // GS
+    s = tl.load(seg[2] + g * NS + cols, mask=m, other=0.0).to(tl.float32)
+    z = tl.load(seg[3] + g * NS + cols, mask=m, other=0.0).to(tl.float32)
+    return w0, w1, w2, s, z
+
+
+@triton.jit
+def _gv_xsum(xs_ptr, c0, ks, k0, BK: tl.constexpr, FULL: tl.constexpr):
+    """Scalar float32 sum of the tile's (scaled fp16) activations, from the 32-column block sums."""
+    p = xs_ptr + c0 // 32 + k0 // 32
+    t = tl.load(p)
+    for b in tl.static_range(1, BK // 32):
+        if FULL:
+            t += tl.load(p + b)
+        else:
+            t += tl.load(p + b, mask=k0 + b * 32 < ks, other=0.0)
+    return t
+
+
+@triton.jit
+def _gv_plane_sum(words, seg, k0, xw_ptr, stride_wb, P: tl.constexpr, BITS: tl.constexpr, BK: tl.constexpr,
+                  ASM: tl.constexpr, FULL: tl.constexpr):
+    """float32 ``[BN]``: plane ``P``'s ``sum_k x_k q_k`` over the tile, unscaled."""
+    W: tl.constexpr = plane_width(BITS, P)
+    E: tl.constexpr = 32 // W
+    H: tl.constexpr = E // 2
+    KW: tl.constexpr = plane_rows(BITS, P, BK)
+    r = tl.arange(0, KW)
+    if not FULL:  # rows past the segment hold zero words; read the last row's (written) pairs for them
+        r = tl.minimum(r, (seg[1] + E - 1) // E - 1 - k0 // E)
+    xrow = xw_ptr + _slot(W) * stride_wb + seg[0] // 2 + k0 // 2 + r[:, None] * H
+    return tl.sum(_gv_plane(words, xrow, W, ASM), axis=0)
+
+
+@triton.jit
+def _gv_tile(y, w0, w1, w2, s, z, seg, k0, xw_ptr, stride_wb, xs_ptr, BITS: tl.constexpr, BK: tl.constexpr,
+             ASM: tl.constexpr, FULL: tl.constexpr):
+    """``y [BN]`` plus the tile's ``s * (sum_p 2**shift_p sum_k x_k plane_p[k] - z sum_k x_k)``."""
+    t = _gv_plane_sum(w0, seg, k0, xw_ptr, stride_wb, 0, BITS, BK, ASM, FULL)
+    if plane_width(BITS, 1) > 0:
+        t += plane_coef(BITS, 1) * _gv_plane_sum(w1, seg, k0, xw_ptr, stride_wb, 1, BITS, BK, ASM, FULL)
+    if plane_width(BITS, 2) > 0:
+        t += plane_coef(BITS, 2) * _gv_plane_sum(w2, seg, k0, xw_ptr, stride_wb, 2, BITS, BK, ASM, FULL)
+    return y + s * (t - z * _gv_xsum(xs_ptr, seg[0], seg[1], k0, BK, FULL))
+
+
+@triton.jit
+def _gv_segment(y, seg, xw_ptr, stride_wb, xs_ptr, cols, offs_n, pid_k, split_k, BITS: tl.constexpr,
+                BK: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr, WAIT: tl.constexpr,
+                DEPTH: tl.constexpr):
+    """``y [BN]`` plus this program's share of one segment. The weight loads of the next ``DEPTH`` (1 or
+    2) full tiles are issued before the current one is computed (register double / triple buffering).
+    WAIT: wait for the gather (PDL) after the first weight loads."""
+    ks = seg[1]
+    t_lo, t_hi = _tile_range(ks, pid_k, BK, split_k)
+    t_full = tl.minimum(t_hi, ks // BK)
+    w0, w1, w2, s, z = _gv_loads(seg, t_lo * BK, t_lo < t_full, cols, offs_n, BITS, BK, GS, NS, True)
+    if DEPTH == 2:
+        v0, v1, v2, vs, vz = _gv_loads(seg, (t_lo + 1) * BK, t_lo + 1 < t_full, cols, offs_n, BITS, BK, GS, NS,
+                                       True)
+    pdl_wait(WAIT)
+    for t in range(t_lo, t_full):
+        c0w, c1w, c2w, cs, cz = w0, w1, w2, s, z
+        if DEPTH == 2:
+            w0, w1, w2, s, z = v0, v1, v2, vs, vz
+            v0, v1, v2, vs, vz = _gv_loads(seg, (t + 2) * BK, t + 2 < t_full, cols, offs_n, BITS, BK, GS, NS, True)
+        else:
+            w0, w1, w2, s, z = _gv_loads(seg, (t + 1) * BK, t + 1 < t_full, cols, offs_n, BITS, BK, GS, NS, True)
+        y = _gv_tile(y, c0w, c1w, c2w, cs, cz, seg, t * BK, xw_ptr, stride_wb, xs_ptr, BITS, BK, ASM, True)
+    if (t_hi > t_lo) & (t_hi * BK > ks):  # the segment's last tile is partial and ours
+        k0 = (t_hi - 1) * BK
+        w0, w1, w2, s, z = _gv_loads(seg, k0, t_hi > t_lo, cols, offs_n, BITS, BK, GS, NS, False)
+        y = _gv_tile(y, w0, w1, w2, s, z, seg, k0, xw_ptr, stride_wb, xs_ptr, BITS, BK, ASM, False)
+    return y
+
+
+@triton.jit(do_not_specialize=["r0", "split_k", "zero"])
+def gv_kernel(xw_ptr, stride_wb, xs_ptr, out_ptr, acc_ptr, rowperm_ptr, bias_ptr, r0, split_k, cnt_ptr, zero, segs,
+              SEG_BITS: tl.constexpr, NSEG: tl.constexpr, NS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+              GS: tl.constexpr, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+              FUSED: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr, DEPTH: tl.constexpr = 1,
+              PDL: tl.constexpr = False):
+    """Grid ``(cdiv(NS, BN), split_k)``, one token: ``out[0, rows] = x W^T`` for the band's rows
+    ``r0 + [0, NS)`` (a constant: one compiled variant per band height). ``zero`` must be 0 (it only hides the rows' alignment from the compiler);
+    activations come pre-paired from ``pair_gather_kernel`` (its row 0). ``ASM``: half2 inline PTX
+    (else a float32 emulation for the interpreter)."""
+    pid_k = tl.program_id(1)
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    mask_n = offs_n < NS
+    cols = offs_n + zero
+    y = tl.zeros([BN], tl.float32)
+    for i in tl.static_range(NSEG):
+        y = _gv_segment(y, segs[i], xw_ptr, stride_wb, xs_ptr, cols, offs_n, pid_k, split_k, SEG_BITS[i], BK, GS,
+                        NS, ASM, _first(PDL, i), DEPTH)
+    offs_m = tl.arange(0, 1)
+    store_rows((y * XSCALE_INV)[None, :], out_ptr, 0, acc_ptr, 0, rowperm_ptr, bias_ptr, r0, offs_m, offs_m < 1,
+               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
