@@ -224,7 +224,7 @@ def run_variant(cfg: dict, variant: str, batch: int, prompt: int, gen_tokens: in
 
 def precompile_variants(cfg: dict, variants: list[str], batches: list[int], device) -> int:
     """Compile every slimq kernel variant the runs will launch, in parallel processes."""
-    from slimq.kernels.triton import Workspace, plan_launches, select_config
+    from slimq.kernels.triton import Workspace, plan_launches, resolve_config
     from slimq.kernels.triton.warmup import precompile
     H, inter = cfg["hidden"], cfg["inter"]
     gen = torch.Generator(device=device).manual_seed(1)
@@ -238,7 +238,7 @@ def precompile_variants(cfg: dict, variants: list[str], batches: list[int], devi
                 p = random_packed(n, k, v, device, gen)
                 x = torch.empty(batch, k, device=device, dtype=torch.float16)
                 out = torch.empty(batch, n, device=device, dtype=torch.float16)
-                launches += plan_launches(x, p, None, out, ws, select_config(batch, n, k))
+                launches += plan_launches(x, p, None, out, ws, resolve_config(x, p))
     return precompile(launches, processes=min(16, os.cpu_count() or 1))
 
 

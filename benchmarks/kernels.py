@@ -32,6 +32,7 @@ import torch
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]
 MS = [1, 4, 16, 64, 256, 1024]
 VARIANTS = ["2b", "3b", "4b", "slim"]
+VARIANT_BITS = {"2b": (2,), "3b": (3,), "4b": (4,), "slim": (1, 2, 3)}  # segment bit-widths of each variant
 GS = 128
 
 
@@ -126,10 +127,12 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
         return [C("tc", block_m=bm, block_n=bn, split_k=sp, num_stages=st, num_warps=w)
                 for bn in bns for sp in splits for st in stages for w in warps]
 
-    if m == 1:
-        h2 = [C("h2", block_m=1, block_n=bn, block_k=128, split_k=s, num_warps=w, num_stages=1, prefetch=pf)
-              for bn, w in ((32, 1), (64, 2), (128, 2), (128, 4), (256, 4)) for s in (8, 16, 32) for pf in (True,)]
-        return h2 + h2dot(16, (64, 128), (8, 16), stages=(1,)) + tc(16, (128, 256), (4, 8, 16), warps=(4, 8)) + wg
+    if m == 1:  # h2 as dispatched up to session 4, gv tilings (tc/h2dot/wg were 1.25-1.9x slower: runs 7, 10-11)
+        h2_split = min(16, math.ceil(k / 128), 1 << max(0, (4096 // math.ceil(n / 64)).bit_length() - 1)) if n else 16
+        h2 = [C("h2", block_m=1, block_n=64, block_k=128, split_k=h2_split, num_warps=2, num_stages=1, prefetch=True)]
+        gv = [C("gv", block_m=1, block_n=bn, block_k=128, split_k=s, num_warps=w, num_stages=1, depth=dp)
+              for bn, w in ((64, 2), (128, 2), (256, 4)) for s in (4, 8, 16) for dp in (1, 2)]
+        return h2 + gv
     if m <= 16:
         bm = 1 << max(0, (m - 1).bit_length())
         h2 = [C("h2", block_m=bm, block_n=bn, block_k=128, split_k=8, num_warps=4, num_stages=1)
@@ -169,7 +172,7 @@ class Case:
 def cfg_name(c) -> str:
     if c.path == "dequant":
         return f"dequant/c{c.chunk_n}" if c.chunk_n else "dequant"
-    walk = (("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + ("/j" if c.join else "")
+    walk = (("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + (f"/d{c.depth}" if c.depth > 1 else "") + ("/j" if c.join else "")
             + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl"))
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
@@ -303,9 +306,9 @@ def _table_from_json(path: Path) -> int:
     variants = [v for v in VARIANTS if v in rows[0]]
     out_rows, notes = [], []
     for r in rows:
-        cfg = cfg_name(select_config(r["M"], r["N"], r["K"], num_sms=meta["sms"]))
         row = {k: r[k] for k in ("N", "K", "M", "fp16_us", "int4_us")}
         for v in variants:
+            cfg = cfg_name(select_config(r["M"], r["N"], r["K"], num_sms=meta["sms"], bits=VARIANT_BITS[v]))
             hit = [a for a in (r[v]["all"] or []) if a["cfg"] == cfg]
             if not hit:
                 notes.append(f"{r['N']}x{r['K']} M={r['M']} {v}: {cfg} not timed")
