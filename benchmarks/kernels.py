@@ -131,7 +131,8 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
         h2_split = min(16, math.ceil(k / 128), 1 << max(0, (4096 // math.ceil(n / 64)).bit_length() - 1)) if n else 16
         h2 = [C("h2", block_m=1, block_n=64, block_k=128, split_k=h2_split, num_warps=2, num_stages=1, prefetch=True)]
         gv = [C("gv", block_m=1, block_n=bn, block_k=128, split_k=s, num_warps=w, num_stages=1, depth=dp)
-              for bn, w in ((64, 2), (128, 2), (256, 4)) for s in (4, 8, 16) for dp in (1, 2)]
+              for bn, w in ((64, 2), (128, 2), (256, 4)) for s in (4, 8, 16, 32) for dp in (1, 2)
+              if s <= math.ceil(k / 128) and (dp == 1 or s <= 16)]
         return h2 + gv
     if m <= 16:
         bm = 1 << max(0, (m - 1).bit_length())

@@ -298,7 +298,8 @@ def test_select_config_is_explicit():
     assert [select_config(m, 4096, 4096).path for m in (129, 256, 1024)] == ["dequant"] * 3
     assert slt.DEQUANT_MIN_M == slt.WG_MAX_M + 1
     assert select_config(256, 28672, 8192).chunk_n == 0 and select_config(256, 4096, 4096).chunk_n == 0
-    assert [select_config(1, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096))] == [8, 16, 16]
+    assert [select_config(1, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096), (4096, 11008),
+                                                         (11008, 4096))] == [4, 16, 32, 32, 8]
     # M = 1: gv, but h2 for layers of 4 bits and more (faster there on the big shapes, run 19)
     assert [select_config(1, 4096, 4096, bits=b).path for b in ((2,), (1, 2, 3), (2, 4), (4,), (4, 8))] == \
         ["gv", "gv", "gv", "h2", "h2"]

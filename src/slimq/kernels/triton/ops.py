@@ -61,7 +61,7 @@ WG_MAX_M = 128       # ... weights as the register operand of the tensor-core do
 DEQUANT_MIN_M = WG_MAX_M + 1  # ... and dequantize-then-cuBLAS from here
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
 _H2_MAX_PROGRAMS = 4096  # h2 (M == 1, >= 4 bits): K split 16, fewer when the grid would pass this (run 12)
-_GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 16, fewer when the grid would pass this many per SM (run 19)
+_GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pass this many per SM (runs 19, 23)
 
 
 @dataclass(frozen=True)
@@ -124,9 +124,9 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
     Set from ``benchmarks/kernels.py --tune`` on an H200 (132 SMs; benchmarks/KERNEL_NOTES.md,
     runs 10-20):
 
-    * ``M == 1``: the half2 CUDA-core GEMV ``gv`` (one output row per thread, 256-row tiles, 4
-      warps, K split 16, or less so that the grid holds at most ``_GV_PROGRAMS_PER_SM`` programs per
-      SM); layers whose segments all have 4 or more bits keep ``h2`` (64-row tiles, 2 warps, register
+    * ``M == 1``: the half2 CUDA-core GEMV ``gv`` (one output row per thread, 128-row tiles, 2
+      warps, K split 32, or less so that the grid holds at most ``_GV_PROGRAMS_PER_SM`` programs per
+      SM, and at most one split per 128-column tile); layers whose segments all have 4 or more bits keep ``h2`` (64-row tiles, 2 warps, register
       prefetch, K split 16 or 8), which was up to 10% faster there on the big shapes (run 19). ``wg``
       with 16 padded tokens was 1.25-1.9x slower at M = 1.
     * ``2 <= M <= WG_MAX_M``: ``wg``, the weight codes as the register operand of the tensor-core
@@ -151,8 +151,8 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
             split = min(16, k_tiles, _pow2_at_most(max(1, _H2_MAX_PROGRAMS // triton.cdiv(n, 64))))
             return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, split), num_warps=2,
                                 num_stages=1, prefetch=True)
-        split = min(16, k_tiles, _pow2_at_most(max(1, _GV_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 256))))
-        return KernelConfig("gv", block_m=1, block_n=256, block_k=128, split_k=max(1, split), num_warps=4,
+        split = min(32, k_tiles, _pow2_at_most(max(1, _GV_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 128))))
+        return KernelConfig("gv", block_m=1, block_n=128, block_k=128, split_k=max(1, split), num_warps=2,
                             num_stages=1)
     if m <= WG_MAX_M:
         bt = 16 if m <= 16 else (32 if m <= 32 else (64 if m <= 64 else 128))
