@@ -88,7 +88,7 @@ def uses_acc(packed: PackedLinear, cfg: KernelConfig) -> bool:
 
 
 def _pdl(x: torch.Tensor, cfg: KernelConfig) -> bool:
-    """Programmatic dependent launch for gather -> matmul (sm_90+, ``h2``, ``tc``, ``wg``, unless
+    """Programmatic dependent launch for gather -> matmul (sm_90+, ``gv``, ``h2``, ``tc``, ``wg``, unless
     ``cfg.pdl`` is off): the matmul launches while the gather runs and waits for it on the device
     (``griddepcontrol``). Measured on the H100 (run 8): 1-5% faster calls at M = 1 and 16 on small
     layers, neutral on large ones; ``h2dot`` is left without it (its 4-bit calls with K > 8192 took

@@ -28,7 +28,7 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
   used for layers the half2 paths cannot run (:func:`h2_supported`, :func:`fallback_config`)
   and selectable by config.
 
-Split-K launches of ``h2``/``h2dot``/``tc``/``wg`` are finished by the last program of each output tile
+Split-K launches of ``gv``/``h2``/``h2dot``/``tc``/``wg`` are finished by the last program of each output tile
 (arrival counters in ``workspace.cnt``); the other paths use a ``finalize_kernel`` launch.
 
 ``walk=True`` runs one launch per band (rows shared by several segments, e.g. the 1/2/3-bit
@@ -217,9 +217,9 @@ class Workspace:
     ``[dequant_rows * max_k]`` dequantized weights (only with ``dequant``; ``dequant_rows``
     defaults to ``max_n``, a chunked config needs only ``chunk_n``). ``xpair`` int32
     ``[4, split_rows, Kp / 2]`` and ``xs32`` float32 ``[split_rows, Kp / 32]`` (``Kp = max_k`` rounded
-    up to 128): paired or operand-ordered activations and their block sums (``h2``, ``h2dot``, ``tc``,
+    up to 128): paired or operand-ordered activations and their block sums (``gv``, ``h2``, ``h2dot``, ``tc``,
     ``wg``). ``cnt``: int32 per output tile, all zeros between calls: split-K arrival counters, so
-    the last program of a tile writes the output (no finalize launch; ``h2``, ``h2dot``, ``tc``,
+    the last program of a tile writes the output (no finalize launch; ``gv``, ``h2``, ``h2dot``, ``tc``,
     ``wg``).
 
     ``split_rows`` (default ``min(max_m, WG_MAX_M)``): the token rows of the buffers only the
