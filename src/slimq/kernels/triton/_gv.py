@@ -31,7 +31,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from slimq.kernels.triton._h2 import _pair_src, _slot, half2_sum_f32, pair_fma
+from slimq.kernels.triton._h2 import _lo_hi_f32, _pair_src, _slot, half2_sum_f32, pair_fma
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import pdl_wait, plane_coef, plane_rows, plane_width, store_rows
 
@@ -97,30 +97,135 @@ def _gv_plane(words, xrow, W: tl.constexpr, ASM: tl.constexpr):
     return half2_sum_f32(acc2, acc_lo, acc_hi, ASM)
 
 
+@triton.constexpr_function
+def _merge3(bits):
+    """Whether ``bits``-bit codes (a 2-bit and a 1-bit plane) are multiplied as one 3-bit code."""
+    return int(bits) == 3
+
+
+@triton.constexpr_function
+def _pos3(i):
+    """Bit position of 3-bit pair ``i``'s codes within its half-word source (``words`` for ``i < 4``,
+    ``words >> 8`` from 4 on, so that 3 bits stay below the fp16 exponent)."""
+    return 2 * int(i) if int(i) < 4 else 2 * int(i) - 8
+
+
+@triton.constexpr_function
+def _c3(i, what):
+    """Constants of 3-bit pair ``i`` (both half-words): ``"m0"`` the 2-bit code's mask, ``"m1"`` the
+    high bit's, ``"magic"`` the fp16 ``2 ** (10 - p)``."""
+    p = _pos3(i)
+    v = {"m0": 3 << p, "m1": 4 << p, "magic": (25 - p) << 10}[what]
+    return v | (v << 16)
+
+
+@triton.constexpr_function
+def _shift_asm(d):
+    """PTX shifting ``$1`` left by ``d`` bits (right for ``d < 0``) into ``$0``."""
+    d = int(d)
+    return f"shl.b32 $0, $1, {d};" if d >= 0 else f"shr.b32 $0, $1, {-d};"
+
+
+@triton.jit
+def _pair3_fma(acc2, acc_lo, acc_hi, words, sh, v, x2, I: tl.constexpr, ASM: tl.constexpr):
+    """3-bit pair ``I``: ``acc2 += (q_I, q_{I+8}) * x2`` with ``q = q0 + 4 q1``, ``q0`` from the 2-bit
+    ``words`` (or ``sh = words >> 8``) and ``q1`` from the virtual 1-bit words ``v`` (slot ``i`` at
+    bit ``i`` and ``16 + i``, :func:`_gv_v3`): one shift moves ``q1`` above ``q0``, two LOP3 build
+    the half2 ``(2^(10-p) + q)``, one HSUB2 and one HFMA2 as for 2 bits (5 instructions per pair instead
+    of 6 for two plane passes). Else the float32 emulation in ``acc_lo`` / ``acc_hi``."""
+    P: tl.constexpr = _pos3(I)
+    D: tl.constexpr = P + 2 - I  # shift taking slot I of v to bit P + 2
+    if I < 4:
+        src = words
+    else:
+        src = sh
+    q2, x2 = tl.broadcast(src, x2)
+    v2, x2 = tl.broadcast(v, x2)
+    if ASM:
+        sv = tl.inline_asm_elementwise(_shift_asm(D), "=r,r", [v2], dtype=tl.int32, is_pure=True, pack=1)
+        acc2 = tl.inline_asm_elementwise(
+            "{ .reg .b32 t; lop3.b32 t, $1, $3, $5, 0xEA; lop3.b32 t, $2, $4, t, 0xEA; sub.f16x2 t, t, $5; "
+            "fma.rn.f16x2 $0, t, $6, $7; }",
+            "=r,r,r,r,r,r,r,r",
+            [q2, sv, tl.full(q2.shape, _c3(I, "m0"), tl.int32), tl.full(q2.shape, _c3(I, "m1"), tl.int32),
+             tl.full(q2.shape, _c3(I, "magic"), tl.int32), x2, acc2],
+            dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        q_lo = ((q2 >> P) & 3) + 4 * ((v2 >> I) & 1)
+        q_hi = ((q2 >> (P + 16)) & 3) + 4 * ((v2 >> (I + 16)) & 1)
+        x_lo, x_hi = _lo_hi_f32(x2)
+        acc_lo += q_lo.to(tl.float32) * x_lo
+        acc_hi += q_hi.to(tl.float32) * x_hi
+    return acc2, acc_lo, acc_hi
+
+
+@triton.jit
+def _gv_plane3(words, v, xrow, ASM: tl.constexpr):
+    """float32 ``[KW, BN]``: ``sum_e q_e x_e`` of every 2-bit word with its 1-bit partners ``v`` as
+    3-bit codes; ``xrow [KW, 1]`` points at each word row's first (2-bit) activation pair."""
+    sh = words >> 8
+    acc2 = tl.zeros(words.shape, tl.int32)
+    acc_lo = tl.zeros(words.shape, tl.float32)
+    acc_hi = tl.zeros(words.shape, tl.float32)
+    for q in tl.static_range(2):
+        x0, x1, x2, x3 = _quad(xrow + q * 4, 4, ASM)
+        acc2, acc_lo, acc_hi = _pair3_fma(acc2, acc_lo, acc_hi, words, sh, v, x0, q * 4, ASM)
+        acc2, acc_lo, acc_hi = _pair3_fma(acc2, acc_lo, acc_hi, words, sh, v, x1, q * 4 + 1, ASM)
+        acc2, acc_lo, acc_hi = _pair3_fma(acc2, acc_lo, acc_hi, words, sh, v, x2, q * 4 + 2, ASM)
+        acc2, acc_lo, acc_hi = _pair3_fma(acc2, acc_lo, acc_hi, words, sh, v, x3, q * 4 + 3, ASM)
+    return half2_sum_f32(acc2, acc_lo, acc_hi, ASM)
+
+
+@triton.jit
+def _gv_v3(seg, k0, cols, ok, BK: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr):
+    """int32 ``[BK / 16, BN]``: for 2-bit word row ``r`` of a 3-bit tile at ``k0``, the 16 bits of its
+    1-bit plane (half ``r % 2`` of 1-bit word ``r // 2``) respread so that slot ``i`` sits at bit ``i``
+    and slot ``i + 8`` at bit ``16 + i``: one load per row (the two rows of a word hit L1 for the
+    second) and one PRMT whose selector depends only on the row; ``ok`` the 2-bit rows' load mask."""
+    r = tl.arange(0, BK // 16)
+    w = tl.load(seg[5] + (k0 // 32) * NS + cols[None, :] + ((r // 2) * NS)[:, None], mask=ok, other=0)
+    h = (r % 2)[:, None]
+    if ASM:  # bytes (2h, -, 2h + 1, -) of w, zeros in between
+        sel = tl.zeros_like(w) + (0x4140 + 0x0202 * h)
+        return tl.inline_asm_elementwise("prmt.b32 $0, $1, 0, $2;", "=r,r,r", [w, sel], dtype=tl.int32, is_pure=True,
+                                         pack=1)
+    else:
+        u = (w >> (16 * h)) & 0xFFFF
+        return (u & 0xFF) | ((u >> 8) << 16)
+
+
 @triton.jit
 def _gv_words(seg, k0, cols, m, P: tl.constexpr, BITS: tl.constexpr, BK: tl.constexpr, NS: tl.constexpr,
               FULL: tl.constexpr):
     """int32 words ``[KW, BN]`` of plane ``P`` for segment columns ``[k0, k0 + BK)`` (``cols`` the rows'
     offsets, alignment hidden; ``m`` the rows' mask). The row stride ``NS`` is a constant, so the word
     rows are immediate offsets of one address. Unless FULL, word rows past the segment read 0."""
-    W: tl.constexpr = plane_width(BITS, P)
-    E: tl.constexpr = 32 // W
-    KW: tl.constexpr = plane_rows(BITS, P, BK)
-    r = tl.arange(0, KW)
+    E: tl.constexpr = 32 // plane_width(BITS, P)
+    r = tl.arange(0, plane_rows(BITS, P, BK))
     ptrs = seg[4 + P] + (k0 // E) * NS + cols[None, :] + r[:, None] * NS
+    return tl.load(ptrs, mask=_row_mask(seg, k0, m, r, E, FULL), other=0)
+
+
+@triton.jit
+def _row_mask(seg, k0, m, r, E: tl.constexpr, FULL: tl.constexpr):
+    """``[KW, BN]`` load mask of word rows ``r`` (``E`` codes per word): the rows' mask ``m``, and unless
+    FULL, rows inside the segment."""
     if FULL:
-        return tl.load(ptrs, mask=m[None, :] & (r < KW)[:, None], other=0)
+        return m[None, :] & (r >= 0)[:, None]
     else:
-        return tl.load(ptrs, mask=m[None, :] & (k0 // E + r < (seg[1] + E - 1) // E)[:, None], other=0)
+        return m[None, :] & (k0 // E + r < (seg[1] + E - 1) // E)[:, None]
 
 
 @triton.jit
 def _gv_loads(seg, k0, valid, cols, offs_n, BITS: tl.constexpr, BK: tl.constexpr, GS: tl.constexpr,
-              NS: tl.constexpr, FULL: tl.constexpr):
-    """The weight-side loads of one tile (words of every plane, scale, zero); zeros unless ``valid``."""
+              NS: tl.constexpr, ASM: tl.constexpr, FULL: tl.constexpr):
+    """The weight-side loads of one tile (words of every plane, scale, zero; for 3-bit codes the 2-bit
+    words and their virtual 1-bit partners, :func:`_gv_v3`); zeros unless ``valid``."""
     m = offs_n < tl.where(valid, NS, 0)
     w0 = _gv_words(seg, k0, cols, m, 0, BITS, BK, NS, FULL)
-    if plane_width(BITS, 1) > 0:
+    if _merge3(BITS):
+        w1 = _gv_v3(seg, k0, cols, _row_mask(seg, k0, m, tl.arange(0, BK // 16), 16, FULL), BK, NS, ASM)
+    elif plane_width(BITS, 1) > 0:
         w1 = _gv_words(seg, k0, cols, m, 1, BITS, BK, NS, FULL)
     else:
         w1 = w0
@@ -148,9 +253,10 @@ def _gv_xsum(xs_ptr, c0, ks, k0, BK: tl.constexpr, FULL: tl.constexpr):
 
 
 @triton.jit
-def _gv_plane_sum(words, seg, k0, xw_ptr, stride_wb, P: tl.constexpr, BITS: tl.constexpr, BK: tl.constexpr,
+def _gv_plane_sum(words, v, seg, k0, xw_ptr, stride_wb, P: tl.constexpr, BITS: tl.constexpr, BK: tl.constexpr,
                   ASM: tl.constexpr, FULL: tl.constexpr):
-    """float32 ``[BN]``: plane ``P``'s ``sum_k x_k q_k`` over the tile, unscaled."""
+    """float32 ``[BN]``: plane ``P``'s ``sum_k x_k q_k`` over the tile, unscaled (3-bit codes: plane 0
+    with its 1-bit partners ``v``, the whole code)."""
     W: tl.constexpr = plane_width(BITS, P)
     E: tl.constexpr = 32 // W
     H: tl.constexpr = E // 2
@@ -159,18 +265,23 @@ def _gv_plane_sum(words, seg, k0, xw_ptr, stride_wb, P: tl.constexpr, BITS: tl.c
     if not FULL:  # rows past the segment hold zero words; read the last row's (written) pairs for them
         r = tl.minimum(r, (seg[1] + E - 1) // E - 1 - k0 // E)
     xrow = xw_ptr + _slot(W) * stride_wb + seg[0] // 2 + k0 // 2 + r[:, None] * H
-    return tl.sum(_gv_plane(words, xrow, W, ASM), axis=0)
+    if _merge3(BITS):
+        return tl.sum(_gv_plane3(words, v, xrow, ASM), axis=0)
+    else:
+        return tl.sum(_gv_plane(words, xrow, W, ASM), axis=0)
 
 
 @triton.jit
 def _gv_tile(y, w0, w1, w2, s, z, seg, k0, xw_ptr, stride_wb, xs_ptr, BITS: tl.constexpr, BK: tl.constexpr,
              ASM: tl.constexpr, FULL: tl.constexpr):
     """``y [BN]`` plus the tile's ``s * (sum_p 2**shift_p sum_k x_k plane_p[k] - z sum_k x_k)``."""
-    t = _gv_plane_sum(w0, seg, k0, xw_ptr, stride_wb, 0, BITS, BK, ASM, FULL)
-    if plane_width(BITS, 1) > 0:
-        t += plane_coef(BITS, 1) * _gv_plane_sum(w1, seg, k0, xw_ptr, stride_wb, 1, BITS, BK, ASM, FULL)
+    t = _gv_plane_sum(w0, w1, seg, k0, xw_ptr, stride_wb, 0, BITS, BK, ASM, FULL)
+    if _merge3(BITS):
+        pass  # the 1-bit plane went in with the 2-bit one
+    elif plane_width(BITS, 1) > 0:
+        t += plane_coef(BITS, 1) * _gv_plane_sum(w1, w1, seg, k0, xw_ptr, stride_wb, 1, BITS, BK, ASM, FULL)
     if plane_width(BITS, 2) > 0:
-        t += plane_coef(BITS, 2) * _gv_plane_sum(w2, seg, k0, xw_ptr, stride_wb, 2, BITS, BK, ASM, FULL)
+        t += plane_coef(BITS, 2) * _gv_plane_sum(w2, w2, seg, k0, xw_ptr, stride_wb, 2, BITS, BK, ASM, FULL)
     return y + s * (t - z * _gv_xsum(xs_ptr, seg[0], seg[1], k0, BK, FULL))
 
 
@@ -184,22 +295,22 @@ def _gv_segment(y, seg, xw_ptr, stride_wb, xs_ptr, cols, offs_n, pid_k, split_k,
     ks = seg[1]
     t_lo, t_hi = _tile_range(ks, pid_k, BK, split_k)
     t_full = tl.minimum(t_hi, ks // BK)
-    w0, w1, w2, s, z = _gv_loads(seg, t_lo * BK, t_lo < t_full, cols, offs_n, BITS, BK, GS, NS, True)
+    w0, w1, w2, s, z = _gv_loads(seg, t_lo * BK, t_lo < t_full, cols, offs_n, BITS, BK, GS, NS, ASM, True)
     if DEPTH == 2:
         v0, v1, v2, vs, vz = _gv_loads(seg, (t_lo + 1) * BK, t_lo + 1 < t_full, cols, offs_n, BITS, BK, GS, NS,
-                                       True)
+                                       ASM, True)
     pdl_wait(WAIT)
     for t in range(t_lo, t_full):
         c0w, c1w, c2w, cs, cz = w0, w1, w2, s, z
         if DEPTH == 2:
             w0, w1, w2, s, z = v0, v1, v2, vs, vz
-            v0, v1, v2, vs, vz = _gv_loads(seg, (t + 2) * BK, t + 2 < t_full, cols, offs_n, BITS, BK, GS, NS, True)
+            v0, v1, v2, vs, vz = _gv_loads(seg, (t + 2) * BK, t + 2 < t_full, cols, offs_n, BITS, BK, GS, NS, ASM, True)
         else:
-            w0, w1, w2, s, z = _gv_loads(seg, (t + 1) * BK, t + 1 < t_full, cols, offs_n, BITS, BK, GS, NS, True)
+            w0, w1, w2, s, z = _gv_loads(seg, (t + 1) * BK, t + 1 < t_full, cols, offs_n, BITS, BK, GS, NS, ASM, True)
         y = _gv_tile(y, c0w, c1w, c2w, cs, cz, seg, t * BK, xw_ptr, stride_wb, xs_ptr, BITS, BK, ASM, True)
     if (t_hi > t_lo) & (t_hi * BK > ks):  # the segment's last tile is partial and ours
         k0 = (t_hi - 1) * BK
-        w0, w1, w2, s, z = _gv_loads(seg, k0, t_hi > t_lo, cols, offs_n, BITS, BK, GS, NS, False)
+        w0, w1, w2, s, z = _gv_loads(seg, k0, t_hi > t_lo, cols, offs_n, BITS, BK, GS, NS, ASM, False)
         y = _gv_tile(y, w0, w1, w2, s, z, seg, k0, xw_ptr, stride_wb, xs_ptr, BITS, BK, ASM, False)
     return y
 
