@@ -20,9 +20,13 @@ the per-tile overhead is small:
   (programmatic dependent launch), so they arrive while it runs; ``DEPTH = 2`` keeps two tiles of
   words in registers ahead of the one computed.
 
-Measured on an H200 (benchmarks/KERNEL_NOTES.md, runs 18-24): 2.3 instructions per weight at 2 bits
-(``h2``: 2.9), 3-9% less time than ``h2`` on 2-bit layers, 4-23% on SliM layers; ``h2`` stays faster
-on 4-bit layers of the large shapes.
+3-bit codes (a 2-bit and a 1-bit plane) are multiplied as one code: :func:`_gv_v3` respreads the
+1-bit plane per 2-bit word row, :func:`_pair3_fma` shifts it above the 2-bit code (5 instructions per
+pair instead of 6 for two plane passes, and one pass of activation loads).
+
+Measured on an H200 (benchmarks/KERNEL_NOTES.md, runs 18-25): 2.3 instructions per weight at 2 bits
+(``h2``: 2.9), 3.4 at 3 bits (``h2``: 4.9); against ``h2``, 2-8% less time on 2-bit layers, 10-22% on
+3-bit and 4-23% on SliM layers; ``h2`` stays faster on 4-bit layers of the large shapes.
 
 Requirements: those of ``h2`` (segments on 32-column boundaries, ``BK`` divides the group size).
 """
