@@ -271,12 +271,14 @@ def test_wg_handles_large_activations(cfg_name):
 
 
 @inproc
-def test_h2_handles_large_activations():
-    """Half2 partial sums must not overflow for activations in the thousands (x is pre-scaled)."""
-    p = random_layer(64, 256, 128, 4, seed=9)
+@pytest.mark.parametrize("cfg_name,m,bits", [("h2_m4", 2, 4), ("gv", 1, [3, 2, 1]), ("gv_split", 1, 3)])
+def test_h2_handles_large_activations(cfg_name, m, bits):
+    """Half2 partial sums must not overflow for activations in the thousands (x is pre-scaled); ``gv``
+    sums 3-bit codes (up to 7) as one code."""
+    p = random_layer(64, 256, 128, bits, seed=9)
     gen = torch.Generator().manual_seed(0)
-    x = (torch.randn(2, 256, generator=gen) * 3000).to(DEV, torch.float16)
-    y = sbp_matmul(x, p, config=CFGS["h2_m4"])
+    x = (torch.randn(m, 256, generator=gen) * 3000).to(DEV, torch.float16)
+    y = sbp_matmul(x, p, config=CFGS[cfg_name])
     assert bool(torch.isfinite(y).all())
     assert _rel_err(y, packed_matmul_reference(x, p)) < TOL[torch.float16]
 

@@ -307,7 +307,7 @@ def gv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
 def h2_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                  ws: Workspace, cfg: KernelConfig) -> list[Launch]:
     """Pair gather, one ``h2_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
-    m, kdim = x.shape
+    m = x.shape[0]
     gs = packed.segments[0].group_size
     bk, _ = _block_k(cfg.block_k, gs)
     pdl = _pdl(x, cfg)
