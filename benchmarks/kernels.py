@@ -117,6 +117,7 @@ def wg_candidates(m: int, n: int, k: int) -> list:
 def candidates(m: int, n: int = 0, k: int = 0) -> list:
     """Configs tried by ``--tune`` (besides the dispatch default); ``n``/``k`` size the ``wg`` splits."""
     from slimq.kernels.triton import KernelConfig as C
+    from slimq.kernels.triton import select_config
     wg = wg_candidates(m, n, k) if n and k else []
 
     def h2dot(bm, bns, splits, joins=(True,), stages=(1, 3), warps=(4,)):
@@ -128,8 +129,7 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
                 for bn in bns for sp in splits for st in stages for w in warps]
 
     if m == 1:  # h2 as dispatched up to session 4, gv tilings (tc/h2dot/wg were 1.25-1.9x slower: runs 7, 10-11)
-        h2_split = min(16, math.ceil(k / 128), 1 << max(0, (4096 // math.ceil(n / 64)).bit_length() - 1)) if n else 16
-        h2 = [C("h2", block_m=1, block_n=64, block_k=128, split_k=h2_split, num_warps=2, num_stages=1, prefetch=True)]
+        h2 = [select_config(1, n or 4096, k or 4096, bits=(4,))]  # the h2 config the dispatch gives >= 4-bit layers
         gv = [C("gv", block_m=1, block_n=bn, block_k=128, split_k=s, num_warps=w, num_stages=1, depth=dp)
               for bn, w in ((64, 2), (128, 2), (256, 4)) for s in (4, 8, 16, 32) for dp in (1, 2)
               if s <= math.ceil(k / 128) and (dp == 1 or s <= 16)]
@@ -173,8 +173,8 @@ class Case:
 def cfg_name(c) -> str:
     if c.path == "dequant":
         return f"dequant/c{c.chunk_n}" if c.chunk_n else "dequant"
-    walk = (("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + (f"/d{c.depth}" if c.depth > 1 else "") + ("/j" if c.join else "")
-            + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl"))
+    walk = (("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + (f"/d{c.depth}" if c.depth > 1 else "")
+            + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl"))
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 

@@ -25,8 +25,8 @@ from slimq.kernels.triton import _wg as WG
 if TYPE_CHECKING:  # annotations only: ops imports this module
     from slimq.kernels.triton.ops import KernelConfig, Workspace
 
-__all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "gv_launches", "h2_launches", "h2dot_launches", "tc_launches",
-           "wg_launches", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
+__all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "gv_launches", "h2_launches", "h2dot_launches",
+           "tc_launches", "wg_launches", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
 
 H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
 _FINALIZE_BLOCK = 1024
@@ -370,7 +370,7 @@ def tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
 
 
 def _fused_split(ws: Workspace, m: int, packed: PackedLinear, cfg: KernelConfig) -> bool:
-    """Whether the split-K sums of an ``h2``/``h2dot``/``tc``/``wg`` launch can be finished by their last
+    """Whether the split-K sums of a ``gv``/``h2``/``h2dot``/``tc``/``wg`` launch can be finished by their last
     program (enough tile counters in ``ws.cnt``), instead of a ``finalize_kernel`` launch."""
     m_tiles = 1 if cfg.path in ("gv", "h2") else triton.cdiv(m, cfg.block_m)
     ns = max(n for _, n, _ in bands(packed))

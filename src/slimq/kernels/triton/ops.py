@@ -45,8 +45,8 @@ import triton
 
 from slimq.format.layout import PackedLinear
 from slimq.kernels.triton._plan import (
-    H2_XSCALE, Launch, dequant_mm, dequant_steps, gather_launch, gv_launches, h2_launches, h2dot_launches, kernel_fn,
-    matmul_launches, tc_block, tc_launches, uses_acc, wg_launches,
+    H2_XSCALE, Launch, dequant_mm, dequant_steps, gather_launch, gv_launches, h2_launches, h2dot_launches,
+    kernel_fn, matmul_launches, tc_block, tc_launches, uses_acc, wg_launches,
 )
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_config", "resolve_config", "sbp_matmul",
@@ -126,9 +126,10 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
 
     * ``M == 1``: the half2 CUDA-core GEMV ``gv`` (one output row per thread, 128-row tiles, 2
       warps, K split 32, or less so that the grid holds at most ``_GV_PROGRAMS_PER_SM`` programs per
-      SM, and at most one split per 128-column tile); layers whose segments all have 4 or more bits keep ``h2`` (64-row tiles, 2 warps, register
-      prefetch, K split 16 or 8), which was up to 10% faster there on the big shapes (run 19). ``wg``
-      with 16 padded tokens was 1.25-1.9x slower at M = 1.
+      SM, and at most one split per 128-column tile); layers whose segments all have 4 or more bits
+      keep ``h2`` (64-row tiles, 2 warps, register prefetch, K split 16 or 8), which was up to 10%
+      faster there on the big shapes (run 19). ``wg`` with 16 padded tokens was 1.25-1.9x slower at
+      M = 1.
     * ``2 <= M <= WG_MAX_M``: ``wg``, the weight codes as the register operand of the tensor-core
       dot (``wgmma`` on Hopper) with 64-row tiles, 4 warps, 3 stages, one dot per 128-column block
       (``join``), tokens in tiles of 16 (``M <= 16``), 32, 64 or 128; from 64-token tiles on, the
@@ -344,7 +345,8 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
     ``wg`` -> ``h2dot`` (M <= 16, group sizes of 32s) -> ``dot`` / ``gemm``; ``gv``, ``h2`` -> ``fma``."""
     m, kdim = x.shape
     n = packed.out_features
-    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=tuple(s.bits for s in packed.segments))
+    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device),
+                                  bits=tuple(s.bits for s in packed.segments))
     if cfg.path in ("gv", "h2", "h2dot", "tc", "wg"):
         why = (tc_supported(packed) if cfg.path in ("tc", "wg")
                else h2_supported(packed, join=cfg.path in ("gv", "h2") or cfg.join))
