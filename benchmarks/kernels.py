@@ -130,8 +130,8 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
 
     if m == 1:  # h2 as dispatched up to session 4, gv tilings (tc/h2dot/wg were 1.25-1.9x slower: runs 7, 10-11)
         h2 = [select_config(1, n or 4096, k or 4096, bits=(4,))]  # the h2 config the dispatch gives >= 4-bit layers
-        gv = [C("gv", block_m=1, block_n=bn, block_k=128, split_k=s, num_warps=w, num_stages=1, depth=dp)
-              for bn, w in ((64, 2), (128, 2), (256, 4)) for s in (4, 8, 16, 32) for dp in (1, 2)
+        gv = [C("gv", block_m=1, block_n=bn, block_k=128, split_k=s, num_warps=w, num_stages=1, depth=dp, gather=g)
+              for bn, w in ((128, 2), (256, 4)) for s in (4, 8, 16, 32) for dp in (1, 2) for g in (False, True)
               if s <= math.ceil(k / 128) and (dp == 1 or s <= 16)]
         return h2 + gv
     if m <= 16:
@@ -174,7 +174,7 @@ def cfg_name(c) -> str:
     if c.path == "dequant":
         return f"dequant/c{c.chunk_n}" if c.chunk_n else "dequant"
     walk = (("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + (f"/d{c.depth}" if c.depth > 1 else "")
-            + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl"))
+            + ("/g" if c.gather else "") + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl"))
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 

@@ -118,6 +118,9 @@ CFGS = {
     "gv_split": KernelConfig("gv", block_m=1, block_n=64, block_k=32, split_k=3, num_warps=2),
     "gv_nopdl": KernelConfig("gv", block_m=1, block_n=32, block_k=128, split_k=2, num_warps=1, pdl=False),
     "gv_depth2": KernelConfig("gv", block_m=1, block_n=32, block_k=32, split_k=2, num_warps=1, depth=2),
+    "gv_gather": KernelConfig("gv", block_m=1, block_n=32, block_k=64, split_k=3, num_warps=1, gather=True),
+    "gv_gather_d2": KernelConfig("gv", block_m=1, block_n=64, block_k=32, split_k=2, num_warps=2, depth=2,
+                                 gather=True),
     "h2_m1": KernelConfig("h2", block_m=1, block_n=32, block_k=64),
     "h2_m1_split": KernelConfig("h2", block_m=1, block_n=16, block_k=32, split_k=3),
     "h2_m1_prefetch": KernelConfig("h2", block_m=1, block_n=32, block_k=32, split_k=2, prefetch=True),
@@ -134,7 +137,7 @@ CFGS = {
     "wg_scaled_pieces": KernelConfig("wg", block_m=32, block_n=64, scaled=True),
     "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
 }
-M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
         "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
         "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9}
@@ -156,6 +159,8 @@ def test_paths_match_reference(layer, cfg_name):
 @pytest.mark.parametrize("layer,cfg_name", [("mix_wide", "fma1"), ("mix_wide", "gemm"), ("u2_g128_short", "dot"),
                                             ("mix_wide", "gv"), ("mix_wide", "gv_split"), ("u2_g128_short", "gv_nopdl"),
                                             ("mix_wide", "gv_depth2"), ("u2_g128_short", "gv_depth2"),
+                                            ("mix_wide", "gv_gather"), ("u2_g128_short", "gv_gather"),
+                                            ("u2_g128_short", "gv_gather_d2"),
                                             ("u2_g128_short", "fma1_prefetch"), ("mix_wide", "h2_m1_split"), ("mix_wide", "h2_m1_prefetch"),
                                             ("u2_g128_short", "h2_m1_prefetch"),
                                             ("mix_wide", "h2_m4"), ("u2_g128_short", "h2_m16"),
@@ -174,6 +179,7 @@ def test_bit_widths_and_groupings(layer, cfg_name):
 @pytest.mark.parametrize("dtype,cfg_name", [(torch.bfloat16, "fma1"), (torch.bfloat16, "dot"),
                                             (torch.bfloat16, "h2_m4"), (torch.float32, "h2_m1"),
                                             (torch.bfloat16, "gv"), (torch.float32, "gv_split"),
+                                            (torch.bfloat16, "gv_gather"),
                                             (torch.bfloat16, "h2dot"), (torch.bfloat16, "h2dot_join"),
                                             (torch.bfloat16, "tc"), (torch.float32, "tc"),
                                             (torch.bfloat16, "gemm_split_perseg"), (torch.float32, "fma1"),
@@ -187,7 +193,8 @@ def test_dtypes(dtype, cfg_name):
 
 
 @inproc
-@pytest.mark.parametrize("cfg_name", ["fma1_split_perseg", "dot", "dequant", "dequant_chunked", "gv_split", "h2_m1_split",
+@pytest.mark.parametrize("cfg_name", ["fma1_split_perseg", "dot", "dequant", "dequant_chunked", "gv_split", "gv_gather",
+                                      "h2_m1_split",
                                       "h2_m4", "h2dot", "h2dot_join_split", "tc", "wg", "wg_scaled"])
 def test_row_permuted_layers(cfg_name):
     """Bit-widths varying along rows (MixLLM): several bands and a row_perm."""
@@ -271,7 +278,8 @@ def test_wg_handles_large_activations(cfg_name):
 
 
 @inproc
-@pytest.mark.parametrize("cfg_name,m,bits", [("h2_m4", 2, 4), ("gv", 1, [3, 2, 1]), ("gv_split", 1, 3)])
+@pytest.mark.parametrize("cfg_name,m,bits", [("h2_m4", 2, 4), ("gv", 1, [3, 2, 1]), ("gv_split", 1, 3),
+                                             ("gv_gather", 1, [1, 2])])
 def test_h2_handles_large_activations(cfg_name, m, bits):
     """Half2 partial sums must not overflow for activations in the thousands (x is pre-scaled); ``gv``
     sums 3-bit codes (up to 7) as one code."""
@@ -281,6 +289,18 @@ def test_h2_handles_large_activations(cfg_name, m, bits):
     y = sbp_matmul(x, p, config=CFGS[cfg_name])
     assert bool(torch.isfinite(y).all())
     assert _rel_err(y, packed_matmul_reference(x, p)) < TOL[torch.float16]
+
+
+@inproc
+def test_gv_gather_is_one_launch():
+    """With ``gather`` the ``gv`` programs pair their own activations: no separate gather launch."""
+    p = random_layer(*LAYERS["mix123_short"])
+    x = torch.randn(1, p.in_features).to(DEV, torch.float16)
+    ws = Workspace(DEV, 1, p.out_features, p.in_features, torch.float16)
+    out = torch.empty(1, p.out_features, device=DEV, dtype=torch.float16)
+    assert [lc.kernel for lc in slt.plan_launches(x, p, None, out, ws, CFGS["gv_gather"])] == ["gv_kernel"]
+    assert [lc.kernel for lc in slt.plan_launches(x, p, None, out, ws, CFGS["gv_split"])] == \
+        ["pair_gather_kernel", "gv_kernel"]
 
 
 @inproc

@@ -35,7 +35,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from slimq.kernels.triton._h2 import _lo_hi_f32, _pair_src, _slot, half2_sum_f32, pair_fma
+from slimq.kernels.triton._h2 import (
+    _c3, _lo_hi_f32, _pair_src, _pair_vals, _put_pairs, _slot, _store_pairs, code3_exact, code3_parts, half2_sum_f32, pair_fma,
+)
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import pdl_wait, plane_coef, plane_rows, plane_width, store_rows
 
@@ -48,18 +50,28 @@ def _first(flag, i):
     return bool(flag) and int(i) == 0
 
 
+@triton.constexpr_function
+def _ld_asm(v, nc):
+    """PTX loading ``v`` (2 or 4) 32-bit values from ``[$v]`` into ``$0..``: through the read-only
+    (non-coherent) path when ``nc``, else a plain load that sees this CTA's own earlier stores."""
+    v = int(v)
+    regs = ", ".join(f"${i}" for i in range(v))
+    return f"ld.global{'.nc' if nc else ''}.v{v}.b32 {{{regs}}}, [${v}];"
+
+
 @triton.jit
-def _quad(p, V: tl.constexpr, ASM: tl.constexpr):
+def _quad(p, V: tl.constexpr, ASM: tl.constexpr, NC: tl.constexpr = True):
     """Activation pairs ``p[0..V)`` (int32 half2 bit patterns; ``V`` 2 or 4; with ``V == 2`` the last
-    two are copies): one vector load per element of the pointer tensor ``p`` under ASM."""
+    two are copies): one vector load per element of the pointer tensor ``p`` under ASM (``NC``: through
+    the read-only path; not for pairs this kernel wrote itself)."""
     if ASM:
         if V == 4:
             a, b, c, d = tl.inline_asm_elementwise(
-                "ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l", [p],
+                _ld_asm(4, NC), "=r,=r,=r,=r,l", [p],
                 dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
         else:
             a, b = tl.inline_asm_elementwise(
-                "ld.global.nc.v2.b32 {$0, $1}, [$2];", "=r,=r,l", [p], dtype=(tl.int32, tl.int32), is_pure=True,
+                _ld_asm(2, NC), "=r,=r,l", [p], dtype=(tl.int32, tl.int32), is_pure=True,
                 pack=1)
             c = a
             d = b
@@ -81,23 +93,55 @@ def _gv_step(acc2, acc_lo, acc_hi, words, sh, x2, I: tl.constexpr, W: tl.constex
     return pair_fma(acc2, acc_lo, acc_hi, _pair_src(words, sh, I, W), x2, I, W, ASM)
 
 
+@triton.constexpr_function
+def _rows_per_sum(w, kw):
+    """Word rows whose products share one half2 sum before it goes to float32: 2 for 1- and 2-bit
+    planes (32 or 16 products of codes <= 3 per lane, as many code-units as 16 products of 2-bit
+    codes: the half2 bound on activations stays that of ``h2``), 1 for wider codes."""
+    return 2 if int(w) <= 2 and int(kw) >= 2 else 1
+
+
 @triton.jit
-def _gv_plane(words, xrow, W: tl.constexpr, ASM: tl.constexpr):
-    """float32 ``[KW, BN]``: ``sum_e q_e x_e`` of every word of one plane tile; ``xrow [KW, 1]``
-    points at the first activation pair of each word row."""
+def _halves(t, KW: tl.constexpr):
+    """Rows ``[0, KW/2)`` and ``[KW/2, KW)`` of ``t [KW, X]`` (in-thread rows: no data movement)."""
+    return tl.split(tl.permute(tl.reshape(t, [2, KW // 2, t.shape[1]]), (1, 2, 0)))
+
+
+@triton.jit
+def _gv_rows(acc2, acc_lo, acc_hi, words, xrow, W: tl.constexpr, ASM: tl.constexpr, NC: tl.constexpr):
+    """``acc2 += sum_e q_e x_e`` over every pair of every word of ``words`` (half2)."""
     H: tl.constexpr = 16 // W
     V: tl.constexpr = 4 if H >= 4 else 2
     sh = words >> 8
-    acc2 = tl.zeros(words.shape, tl.int32)  # half2 (+0, +0)
-    acc_lo = tl.zeros(words.shape, tl.float32)  # interpreter path
-    acc_hi = tl.zeros(words.shape, tl.float32)
     for q in tl.static_range(H // V):
-        x0, x1, x2, x3 = _quad(xrow + q * V, V, ASM)
+        x0, x1, x2, x3 = _quad(xrow + q * V, V, ASM, NC)
         acc2, acc_lo, acc_hi = _gv_step(acc2, acc_lo, acc_hi, words, sh, x0, q * V, W, ASM)
         acc2, acc_lo, acc_hi = _gv_step(acc2, acc_lo, acc_hi, words, sh, x1, q * V + 1, W, ASM)
         if V == 4:
             acc2, acc_lo, acc_hi = _gv_step(acc2, acc_lo, acc_hi, words, sh, x2, q * V + 2, W, ASM)
             acc2, acc_lo, acc_hi = _gv_step(acc2, acc_lo, acc_hi, words, sh, x3, q * V + 3, W, ASM)
+    return acc2, acc_lo, acc_hi
+
+
+@triton.jit
+def _gv_plane(words, xrow, W: tl.constexpr, ASM: tl.constexpr, NC: tl.constexpr):
+    """float32 ``[KW / R, BN]``: ``sum_e q_e x_e`` of every ``R`` words of one plane tile
+    (:func:`_rows_per_sum`; rows ``r`` and ``r + KW / R`` share a half2 sum); ``xrow [KW, 1]`` points at
+    the first activation pair of each word row."""
+    KW: tl.constexpr = words.shape[0]
+    if _rows_per_sum(W, KW) == 2:
+        wa, wb = _halves(words, KW)
+        xa, xb = _halves(xrow, KW)
+        acc2 = tl.zeros(wa.shape, tl.int32)  # half2 (+0, +0)
+        acc_lo = tl.zeros(wa.shape, tl.float32)  # interpreter path
+        acc_hi = tl.zeros(wa.shape, tl.float32)
+        acc2, acc_lo, acc_hi = _gv_rows(acc2, acc_lo, acc_hi, wa, xa, W, ASM, NC)
+        acc2, acc_lo, acc_hi = _gv_rows(acc2, acc_lo, acc_hi, wb, xb, W, ASM, NC)
+    else:
+        acc2 = tl.zeros(words.shape, tl.int32)
+        acc_lo = tl.zeros(words.shape, tl.float32)
+        acc_hi = tl.zeros(words.shape, tl.float32)
+        acc2, acc_lo, acc_hi = _gv_rows(acc2, acc_lo, acc_hi, words, xrow, W, ASM, NC)
     return half2_sum_f32(acc2, acc_lo, acc_hi, ASM)
 
 
@@ -107,56 +151,26 @@ def _merge3(bits):
     return int(bits) == 3
 
 
-@triton.constexpr_function
-def _pos3(i):
-    """Bit position of 3-bit pair ``i``'s codes within its half-word source (``words`` for ``i < 4``,
-    ``words >> 8`` from 4 on, so that 3 bits stay below the fp16 exponent)."""
-    return 2 * int(i) if int(i) < 4 else 2 * int(i) - 8
-
-
-@triton.constexpr_function
-def _c3(i, what):
-    """Constants of 3-bit pair ``i`` (both half-words): ``"m0"`` the 2-bit code's mask, ``"m1"`` the
-    high bit's, ``"magic"`` the fp16 ``2 ** (10 - p)``."""
-    p = _pos3(i)
-    v = {"m0": 3 << p, "m1": 4 << p, "magic": (25 - p) << 10}[what]
-    return v | (v << 16)
-
-
-@triton.constexpr_function
-def _shift_asm(d):
-    """PTX shifting ``$1`` left by ``d`` bits (right for ``d < 0``) into ``$0``."""
-    d = int(d)
-    return f"shl.b32 $0, $1, {d};" if d >= 0 else f"shr.b32 $0, $1, {-d};"
-
-
 @triton.jit
 def _pair3_fma(acc2, acc_lo, acc_hi, words, sh, v, x2, I: tl.constexpr, ASM: tl.constexpr):
     """3-bit pair ``I``: ``acc2 += (q_I, q_{I+8}) * x2`` with ``q = q0 + 4 q1``, ``q0`` from the 2-bit
     ``words`` (or ``sh = words >> 8``) and ``q1`` from the virtual 1-bit words ``v`` (slot ``i`` at
-    bit ``i`` and ``16 + i``, :func:`_gv_v3`): one shift moves ``q1`` above ``q0``, two LOP3 build
-    the half2 ``(2^(10-p) + q)``, one HSUB2 and one HFMA2 as for 2 bits (5 instructions per pair instead
-    of 6 for two plane passes). Else the float32 emulation in ``acc_lo`` / ``acc_hi``."""
-    P: tl.constexpr = _pos3(I)
-    D: tl.constexpr = P + 2 - I  # shift taking slot I of v to bit P + 2
-    if I < 4:
-        src = words
-    else:
-        src = sh
+    bit ``i`` and ``16 + i``, :func:`_gv_v3`): ``_h2.code3_parts`` (one SHF), two LOP3 build the half2
+    ``(2^(10-p) + q)``, one HSUB2 and one HFMA2 as for 2 bits (5 instructions per pair instead of 6 for
+    two plane passes). Else the float32 emulation in ``acc_lo`` / ``acc_hi``."""
+    src, sv = code3_parts(words, sh, v, I, ASM)
     q2, x2 = tl.broadcast(src, x2)
-    v2, x2 = tl.broadcast(v, x2)
+    v2, x2 = tl.broadcast(sv, x2)
     if ASM:
-        sv = tl.inline_asm_elementwise(_shift_asm(D), "=r,r", [v2], dtype=tl.int32, is_pure=True, pack=1)
         acc2 = tl.inline_asm_elementwise(
             "{ .reg .b32 t; lop3.b32 t, $1, $3, $5, 0xEA; lop3.b32 t, $2, $4, t, 0xEA; sub.f16x2 t, t, $5; "
             "fma.rn.f16x2 $0, t, $6, $7; }",
             "=r,r,r,r,r,r,r,r",
-            [q2, sv, tl.full(q2.shape, _c3(I, "m0"), tl.int32), tl.full(q2.shape, _c3(I, "m1"), tl.int32),
+            [q2, v2, tl.full(q2.shape, _c3(I, "m0"), tl.int32), tl.full(q2.shape, _c3(I, "m1"), tl.int32),
              tl.full(q2.shape, _c3(I, "magic"), tl.int32), x2, acc2],
             dtype=tl.int32, is_pure=True, pack=1)
     else:
-        q_lo = ((q2 >> P) & 3) + 4 * ((v2 >> I) & 1)
-        q_hi = ((q2 >> (P + 16)) & 3) + 4 * ((v2 >> (I + 16)) & 1)
+        q_lo, q_hi = code3_exact(q2, v2, I)
         x_lo, x_hi = _lo_hi_f32(x2)
         acc_lo += q_lo.to(tl.float32) * x_lo
         acc_hi += q_hi.to(tl.float32) * x_hi
@@ -164,7 +178,7 @@ def _pair3_fma(acc2, acc_lo, acc_hi, words, sh, v, x2, I: tl.constexpr, ASM: tl.
 
 
 @triton.jit
-def _gv_plane3(words, v, xrow, ASM: tl.constexpr):
+def _gv_plane3(words, v, xrow, ASM: tl.constexpr, NC: tl.constexpr):
     """float32 ``[KW, BN]``: ``sum_e q_e x_e`` of every 2-bit word with its 1-bit partners ``v`` as
     3-bit codes; ``xrow [KW, 1]`` points at each word row's first (2-bit) activation pair."""
     sh = words >> 8
@@ -172,7 +186,7 @@ def _gv_plane3(words, v, xrow, ASM: tl.constexpr):
     acc_lo = tl.zeros(words.shape, tl.float32)
     acc_hi = tl.zeros(words.shape, tl.float32)
     for q in tl.static_range(2):
-        x0, x1, x2, x3 = _quad(xrow + q * 4, 4, ASM)
+        x0, x1, x2, x3 = _quad(xrow + q * 4, 4, ASM, NC)
         acc2, acc_lo, acc_hi = _pair3_fma(acc2, acc_lo, acc_hi, words, sh, v, x0, q * 4, ASM)
         acc2, acc_lo, acc_hi = _pair3_fma(acc2, acc_lo, acc_hi, words, sh, v, x1, q * 4 + 1, ASM)
         acc2, acc_lo, acc_hi = _pair3_fma(acc2, acc_lo, acc_hi, words, sh, v, x2, q * 4 + 2, ASM)
@@ -258,7 +272,7 @@ def _gv_xsum(xs_ptr, c0, ks, k0, BK: tl.constexpr, FULL: tl.constexpr):
 
 @triton.jit
 def _gv_plane_sum(words, v, seg, k0, xw_ptr, stride_wb, P: tl.constexpr, BITS: tl.constexpr, BK: tl.constexpr,
-                  ASM: tl.constexpr, FULL: tl.constexpr):
+                  ASM: tl.constexpr, FULL: tl.constexpr, NC: tl.constexpr):
     """float32 ``[BN]``: plane ``P``'s ``sum_k x_k q_k`` over the tile, unscaled (3-bit codes: plane 0
     with its 1-bit partners ``v``, the whole code)."""
     W: tl.constexpr = plane_width(BITS, P)
@@ -270,32 +284,56 @@ def _gv_plane_sum(words, v, seg, k0, xw_ptr, stride_wb, P: tl.constexpr, BITS: t
         r = tl.minimum(r, (seg[1] + E - 1) // E - 1 - k0 // E)
     xrow = xw_ptr + _slot(W) * stride_wb + seg[0] // 2 + k0 // 2 + r[:, None] * H
     if _merge3(BITS):
-        return tl.sum(_gv_plane3(words, v, xrow, ASM), axis=0)
+        return tl.sum(_gv_plane3(words, v, xrow, ASM, NC), axis=0)
     else:
-        return tl.sum(_gv_plane(words, xrow, W, ASM), axis=0)
+        return tl.sum(_gv_plane(words, xrow, W, ASM, NC), axis=0)
 
 
 @triton.jit
 def _gv_tile(y, w0, w1, w2, s, z, seg, k0, xw_ptr, stride_wb, xs_ptr, BITS: tl.constexpr, BK: tl.constexpr,
-             ASM: tl.constexpr, FULL: tl.constexpr):
+             ASM: tl.constexpr, FULL: tl.constexpr, NC: tl.constexpr):
     """``y [BN]`` plus the tile's ``s * (sum_p 2**shift_p sum_k x_k plane_p[k] - z sum_k x_k)``."""
-    t = _gv_plane_sum(w0, w1, seg, k0, xw_ptr, stride_wb, 0, BITS, BK, ASM, FULL)
+    t = _gv_plane_sum(w0, w1, seg, k0, xw_ptr, stride_wb, 0, BITS, BK, ASM, FULL, NC)
     if _merge3(BITS):
         pass  # the 1-bit plane went in with the 2-bit one
     elif plane_width(BITS, 1) > 0:
-        t += plane_coef(BITS, 1) * _gv_plane_sum(w1, w1, seg, k0, xw_ptr, stride_wb, 1, BITS, BK, ASM, FULL)
+        t += plane_coef(BITS, 1) * _gv_plane_sum(w1, w1, seg, k0, xw_ptr, stride_wb, 1, BITS, BK, ASM, FULL, NC)
     if plane_width(BITS, 2) > 0:
-        t += plane_coef(BITS, 2) * _gv_plane_sum(w2, w2, seg, k0, xw_ptr, stride_wb, 2, BITS, BK, ASM, FULL)
+        t += plane_coef(BITS, 2) * _gv_plane_sum(w2, w2, seg, k0, xw_ptr, stride_wb, 2, BITS, BK, ASM, FULL, NC)
     return y + s * (t - z * _gv_xsum(xs_ptr, seg[0], seg[1], k0, BK, FULL))
 
 
 @triton.jit
-def _gv_segment(y, seg, xw_ptr, stride_wb, xs_ptr, cols, offs_n, pid_k, split_k, BITS: tl.constexpr,
-                BK: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr, WAIT: tl.constexpr,
-                DEPTH: tl.constexpr):
+def _gv_gather(x_ptr, perm_ptr, K, xw_ptr, stride_wb, xs_ptr, seg, t_lo, t_hi, BITS: tl.constexpr, BK: tl.constexpr,
+               XSCALE: tl.constexpr, CH: tl.constexpr = 512):
+    """``pair_gather_kernel``'s work for this program's columns of one segment (its tiles ``[t_lo, t_hi)``):
+    the activation pairs of every plane width it reads and the 32-column sums (from the first width's
+    pairs: 16 pairs cover a 32-column block), into the workspace. Programs sharing a K range write the
+    same values there."""
+    c_end = seg[0] + tl.minimum(t_hi * BK, seg[1])
+    j_end = (c_end + 31) // 32 * 16
+    W0: tl.constexpr = plane_width(BITS, 0)
+    for c in range(seg[0] + t_lo * BK, c_end, CH):
+        j = c // 2 + tl.arange(0, CH // 2)
+        lo, hi = _pair_vals(x_ptr, 0, perm_ptr, j, tl.minimum(K, c_end), XSCALE, W0)
+        bi = c // 32 + tl.arange(0, CH // 32)
+        sums = tl.sum(tl.reshape(lo.to(tl.float32) + hi.to(tl.float32), [CH // 32, 16]), axis=1)
+        tl.store(xs_ptr + bi, sums, mask=bi * 32 < c_end)
+        _put_pairs(lo, hi, xw_ptr, 0, stride_wb, 0, j, j_end, W0)
+        if plane_width(BITS, 1) > 0 and not _merge3(BITS):
+            _store_pairs(x_ptr, 0, perm_ptr, xw_ptr, 0, stride_wb, 0, j, j_end, K, XSCALE, plane_width(BITS, 1))
+        if plane_width(BITS, 2) > 0:
+            _store_pairs(x_ptr, 0, perm_ptr, xw_ptr, 0, stride_wb, 0, j, j_end, K, XSCALE, plane_width(BITS, 2))
+
+
+@triton.jit
+def _gv_segment(y, seg, xw_ptr, stride_wb, xs_ptr, cols, offs_n, pid_k, split_k, x_ptr, perm_ptr, K,
+                BITS: tl.constexpr, BK: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr,
+                WAIT: tl.constexpr, DEPTH: tl.constexpr, GATHER: tl.constexpr, XSCALE: tl.constexpr):
     """``y [BN]`` plus this program's share of one segment. The weight loads of the next ``DEPTH`` (1 or
     2) full tiles are issued before the current one is computed (register double / triple buffering).
-    WAIT: wait for the gather (PDL) after the first weight loads."""
+    WAIT: wait for the launch before (PDL) after the first weight loads. GATHER: pair this program's
+    activations itself (:func:`_gv_gather`, then a CTA barrier) instead of reading a gather pass's."""
     ks = seg[1]
     t_lo, t_hi = _tile_range(ks, pid_k, BK, split_k)
     t_full = tl.minimum(t_hi, ks // BK)
@@ -304,6 +342,9 @@ def _gv_segment(y, seg, xw_ptr, stride_wb, xs_ptr, cols, offs_n, pid_k, split_k,
         v0, v1, v2, vs, vz = _gv_loads(seg, (t_lo + 1) * BK, t_lo + 1 < t_full, cols, offs_n, BITS, BK, GS, NS,
                                        ASM, True)
     pdl_wait(WAIT)
+    if GATHER:
+        _gv_gather(x_ptr, perm_ptr, K, xw_ptr, stride_wb, xs_ptr, seg, t_lo, t_hi, BITS, BK, XSCALE)
+        tl.debug_barrier()
     for t in range(t_lo, t_full):
         c0w, c1w, c2w, cs, cz = w0, w1, w2, s, z
         if DEPTH == 2:
@@ -311,33 +352,35 @@ def _gv_segment(y, seg, xw_ptr, stride_wb, xs_ptr, cols, offs_n, pid_k, split_k,
             v0, v1, v2, vs, vz = _gv_loads(seg, (t + 2) * BK, t + 2 < t_full, cols, offs_n, BITS, BK, GS, NS, ASM, True)
         else:
             w0, w1, w2, s, z = _gv_loads(seg, (t + 1) * BK, t + 1 < t_full, cols, offs_n, BITS, BK, GS, NS, ASM, True)
-        y = _gv_tile(y, c0w, c1w, c2w, cs, cz, seg, t * BK, xw_ptr, stride_wb, xs_ptr, BITS, BK, ASM, True)
+        y = _gv_tile(y, c0w, c1w, c2w, cs, cz, seg, t * BK, xw_ptr, stride_wb, xs_ptr, BITS, BK, ASM, True,
+                     not GATHER)
     if (t_hi > t_lo) & (t_hi * BK > ks):  # the segment's last tile is partial and ours
         k0 = (t_hi - 1) * BK
         w0, w1, w2, s, z = _gv_loads(seg, k0, t_hi > t_lo, cols, offs_n, BITS, BK, GS, NS, ASM, False)
-        y = _gv_tile(y, w0, w1, w2, s, z, seg, k0, xw_ptr, stride_wb, xs_ptr, BITS, BK, ASM, False)
+        y = _gv_tile(y, w0, w1, w2, s, z, seg, k0, xw_ptr, stride_wb, xs_ptr, BITS, BK, ASM, False, not GATHER)
     return y
 
 
 @triton.jit(do_not_specialize=["r0", "split_k", "zero"])
 def gv_kernel(xw_ptr, stride_wb, xs_ptr, out_ptr, acc_ptr, rowperm_ptr, bias_ptr, r0, split_k, cnt_ptr, zero, segs,
-              SEG_BITS: tl.constexpr, NSEG: tl.constexpr, NS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-              GS: tl.constexpr, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr,
-              FUSED: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr, DEPTH: tl.constexpr = 1,
-              PDL: tl.constexpr = False):
+              x_ptr, perm_ptr, K, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, NS: tl.constexpr, BN: tl.constexpr,
+              BK: tl.constexpr, GS: tl.constexpr, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr,
+              HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr,
+              DEPTH: tl.constexpr = 1, PDL: tl.constexpr = False, GATHER: tl.constexpr = False):
     """Grid ``(cdiv(NS, BN), split_k)``, one token: ``out[0, rows] = x W^T`` for the band's rows
     ``r0 + [0, NS)`` (a constant: one compiled variant per band height). ``zero`` must be 0 (it only
-    hides the rows' alignment from the compiler); activations come pre-paired from
-    ``pair_gather_kernel`` (its row 0). ``ASM``: half2 inline PTX (else a float32 emulation for the
-    interpreter)."""
+    hides the rows' alignment from the compiler). Activations come pre-paired from
+    ``pair_gather_kernel`` (its row 0), or with GATHER every program pairs its own columns of
+    ``x [1, K]`` (``perm_ptr`` the layer's column order) into the same workspace buffers first: one
+    launch per call. ``ASM``: half2 inline PTX (else a float32 emulation for the interpreter)."""
     pid_k = tl.program_id(1)
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     mask_n = offs_n < NS
     cols = offs_n + zero
     y = tl.zeros([BN], tl.float32)
     for i in tl.static_range(NSEG):
-        y = _gv_segment(y, segs[i], xw_ptr, stride_wb, xs_ptr, cols, offs_n, pid_k, split_k, SEG_BITS[i], BK, GS,
-                        NS, ASM, _first(PDL, i), DEPTH)
+        y = _gv_segment(y, segs[i], xw_ptr, stride_wb, xs_ptr, cols, offs_n, pid_k, split_k, x_ptr, perm_ptr, K,
+                        SEG_BITS[i], BK, GS, NS, ASM, _first(PDL, i), DEPTH, GATHER, 1.0 / XSCALE_INV)
     offs_m = tl.arange(0, 1)
     store_rows((y * XSCALE_INV)[None, :], out_ptr, 0, acc_ptr, 0, rowperm_ptr, bias_ptr, r0, offs_m, offs_m < 1,
                offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)

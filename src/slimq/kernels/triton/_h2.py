@@ -33,8 +33,8 @@ from slimq.kernels.triton._tiles import (
     group_params, pdl_release, pdl_wait, plane_coef, plane_width, skinny_program, store_rows, word_tile,
 )
 
-__all__ = ["h2_kernel", "pair_gather_kernel", "pair_halves", "pair3_halves", "pair_tree", "pair_fma", "half2_sum_f32",
-           "WIDTH_SLOT"]
+__all__ = ["h2_kernel", "pair_gather_kernel", "pair_halves", "pair3_halves", "code3_parts", "code3_exact", "pair_tree",
+           "pair_fma", "half2_sum_f32", "WIDTH_SLOT"]
 
 # pair buffer slot of each plane width (the workspace holds 4 slots of ``[M, Kpad / 2]`` int32)
 WIDTH_SLOT = {1: 0, 2: 1, 4: 2, 8: 3}
@@ -113,37 +113,83 @@ def pair_halves(words, sh, s2, z2, I: tl.constexpr, W: tl.constexpr, ASM: tl.con
             return q_lo.to(tl.float16), q_hi.to(tl.float16)
 
 
+@triton.constexpr_function
+def _pos3(i):
+    """Bit position of 3-bit pair ``i``'s codes within its half-word source (``words`` for ``i < 4``,
+    ``words >> 8`` from 4 on, so that 3 bits stay below the fp16 exponent)."""
+    return 2 * int(i) if int(i) < 4 else 2 * int(i) - 8
+
+
+@triton.constexpr_function
+def _c3(i, what):
+    """Constants of 3-bit pair ``i`` (both half-words): ``"m0"`` the 2-bit code's mask, ``"m1"`` the
+    high bit's, ``"magic"`` the fp16 ``2 ** (10 - p)``."""
+    p = _pos3(i)
+    v = {"m0": 3 << p, "m1": 4 << p, "magic": (25 - p) << 10}[what]
+    return v | (v << 16)
+
+
+@triton.constexpr_function
+def _shift_asm(d):
+    """PTX shifting ``$1`` left by ``d`` bits (right for ``d < 0``) into ``$0``."""
+    d = int(d)
+    return f"shl.b32 $0, $1, {d};" if d >= 0 else f"shr.b32 $0, $1, {-d};"
+
+
+@triton.jit
+def code3_parts(words, sh, v, I: tl.constexpr, ASM: tl.constexpr):
+    """The two sources of 3-bit pair ``I`` (codes ``q = q0 + 4 q1``): the 2-bit ``words`` (or
+    ``sh = words >> 8`` from pair 4 on, :func:`_pos3`) holding ``q0`` at bit ``p``, and the 1-bit
+    partners ``v`` (slot ``i`` at bits ``i`` and ``16 + i``) shifted so that ``q1`` sits at ``p + 2``:
+    one SHF. ``(a & m0) | (b & m1) | magic`` (two LOP3, :func:`_c3`) then is the half2
+    ``(2^(10-p) + q_I, 2^(10-p) + q_{I+8})``."""
+    D: tl.constexpr = _pos3(I) + 2 - I
+    if I < 4:
+        src = words
+    else:
+        src = sh
+    if ASM:
+        return src, tl.inline_asm_elementwise(_shift_asm(D), "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return src, v
+
+
+@triton.jit
+def code3_exact(src, sv, I: tl.constexpr):
+    """Emulation (no ASM) of 3-bit pair ``I`` from :func:`code3_parts`: int32 ``(q_I, q_{I+8})``."""
+    P: tl.constexpr = _pos3(I)
+    q_lo = ((src >> P) & 3) + 4 * ((sv >> I) & 1)
+    q_hi = ((src >> (P + 16)) & 3) + 4 * ((sv >> (I + 16)) & 1)
+    return q_lo, q_hi
+
+
+@triton.constexpr_function
+def _pair3_asm(scaled):
+    """PTX of :func:`pair3_halves`: ``$2``/``$3`` the sources, ``$4``-``$6`` masks and magic (``$7``, ``$8``
+    the scale pair when ``scaled``), outputs the two fp16 halves."""
+    body = "lop3.b32 t, $2, $4, $6, 0xEA; lop3.b32 t, $3, $5, t, 0xEA; sub.f16x2 t, t, $6; "
+    return "{ .reg .b32 t; " + body + ("fma.rn.f16x2 t, t, $7, $8; " if scaled else "") + "mov.b32 {$0, $1}, t; }"
+
+
 @triton.jit
 def pair3_halves(words, sh, v, s2, z2, I: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr):
     """fp16 ``(lo, hi)`` of 3-bit codes ``q0 + 4 q1`` (exact, or SCALED to ``q s - z s``) of pair ``I``
     of 2-bit plane words ``words`` and their 1-bit partners ``v`` (slot ``i`` at bit ``i``, slot ``i + 8`` at
-    bit ``16 + i``; ``_wg._virtual_words`` builds them):
-    LOP3 + HSUB2 per plane, one HFMA2 joins them (and one more scales)."""
-    M0: tl.constexpr = _mask2(I, 2)
-    G0: tl.constexpr = _magic2(I, 2)
-    M1: tl.constexpr = _mask2(I, 1)
-    G1: tl.constexpr = _magic2(I, 1)
-    src = _pair_src(words, sh, I, 2)
+    bit ``16 + i``; ``_wg._virtual_words`` builds them): :func:`code3_parts` (one SHF), two LOP3 and one
+    HSUB2 make the exact codes in one pass (one HFMA2 more scales them)."""
+    src, sv = code3_parts(words, sh, v, I, ASM)
     if ASM:
-        args = [src, v, tl.full(src.shape, M0, tl.int32), tl.full(src.shape, G0, tl.int32),
-                tl.full(src.shape, M1, tl.int32), tl.full(src.shape, G1, tl.int32),
-                tl.full(src.shape, 0x44004400, tl.int32)]  # 0x4400: fp16 4.0
+        args = [src, sv, tl.full(src.shape, _c3(I, "m0"), tl.int32), tl.full(src.shape, _c3(I, "m1"), tl.int32),
+                tl.full(src.shape, _c3(I, "magic"), tl.int32)]
         if SCALED:
-            args = args + [s2, z2]
-            lo, hi = tl.inline_asm_elementwise(
-                "{ .reg .b32 a, b; lop3.b32 a, $2, $4, $5, 0xEA; sub.f16x2 a, a, $5; lop3.b32 b, $3, $6, $7, 0xEA; "
-                "sub.f16x2 b, b, $7; fma.rn.f16x2 a, b, $8, a; fma.rn.f16x2 a, a, $9, $10; mov.b32 {$0, $1}, a; }",
-                "=h,=h,r,r,r,r,r,r,r,r,r", args, dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+            lo, hi = tl.inline_asm_elementwise(_pair3_asm(True), "=h,=h,r,r,r,r,r,r,r", args + [s2, z2],
+                                               dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
         else:
-            lo, hi = tl.inline_asm_elementwise(
-                "{ .reg .b32 a, b; lop3.b32 a, $2, $4, $5, 0xEA; sub.f16x2 a, a, $5; lop3.b32 b, $3, $6, $7, 0xEA; "
-                "sub.f16x2 b, b, $7; fma.rn.f16x2 a, b, $8, a; mov.b32 {$0, $1}, a; }",
-                "=h,=h,r,r,r,r,r,r,r", args, dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+            lo, hi = tl.inline_asm_elementwise(_pair3_asm(False), "=h,=h,r,r,r,r,r", args,
+                                               dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
         return lo, hi
     else:
-        P0: tl.constexpr = _pos(I, 2)
-        q_lo = ((src >> P0) & 3) + 4 * ((v >> I) & 1)
-        q_hi = ((src >> (P0 + 16)) & 3) + 4 * ((v >> (I + 16)) & 1)
+        q_lo, q_hi = code3_exact(src, sv, I)
         if SCALED:
             return (q_lo.to(tl.float32) * s2 + z2).to(tl.float16), (q_hi.to(tl.float32) * s2 + z2).to(tl.float16)
         else:
@@ -476,15 +522,30 @@ def pair_gather_kernel(x_ptr, stride_xm, perm_ptr, xw_ptr, stride_wm, stride_wb,
     tl.store(xs_ptr + m * stride_sm + bi, sums, mask=bi < nblk)
     j = base // 2 + tl.arange(0, BLOCK // 2)  # pair indices of this block
     for w in tl.static_range(NW):
-        _store_pairs(x_ptr, row, perm_ptr, xw_ptr, stride_wm, stride_wb, m, j, K, XSCALE, WIDTHS[w])
+        _store_pairs(x_ptr, row, perm_ptr, xw_ptr, stride_wm, stride_wb, m, j, (K + 31) // 32 * 16, K, XSCALE,
+                     WIDTHS[w])
 
 
 @triton.jit
-def _store_pairs(x_ptr, row, perm_ptr, xw_ptr, stride_wm, stride_wb, m, j, K, XSCALE: tl.constexpr, W: tl.constexpr):
-    """Pairs ``j`` of width ``W`` (see ``pair_gather_kernel``)."""
+def _pair_vals(x_ptr, row, perm_ptr, j, K, XSCALE: tl.constexpr, W: tl.constexpr):
+    """fp16 ``(lo, hi)`` of activation pairs ``j`` (any shape) of width ``W`` (see ``pair_gather_kernel``)."""
     E: tl.constexpr = 32 // W
     H: tl.constexpr = E // 2
     c_lo = (j // H) * E + j % H
-    lo = _scaled_x(x_ptr, row, perm_ptr, c_lo, K, XSCALE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    hi = _scaled_x(x_ptr, row, perm_ptr, c_lo + H, K, XSCALE).to(tl.int16, bitcast=True).to(tl.int32)
-    tl.store(xw_ptr + _slot(W) * stride_wb + m * stride_wm + j, lo | (hi << 16), mask=j < (K + 31) // 32 * 16)
+    return (_scaled_x(x_ptr, row, perm_ptr, c_lo, K, XSCALE),
+            _scaled_x(x_ptr, row, perm_ptr, c_lo + H, K, XSCALE))
+
+
+@triton.jit
+def _put_pairs(lo, hi, xw_ptr, stride_wm, stride_wb, m, j, j_end, W: tl.constexpr):
+    """Store fp16 pairs ``(lo, hi)`` as pairs ``j < j_end`` of width ``W``'s buffer."""
+    v = (lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)
+    tl.store(xw_ptr + _slot(W) * stride_wb + m * stride_wm + j, v, mask=j < j_end)
+
+
+@triton.jit
+def _store_pairs(x_ptr, row, perm_ptr, xw_ptr, stride_wm, stride_wb, m, j, j_end, K, XSCALE: tl.constexpr,
+                 W: tl.constexpr):
+    """Pairs ``j < j_end`` of width ``W`` (see ``pair_gather_kernel``)."""
+    lo, hi = _pair_vals(x_ptr, row, perm_ptr, j, K, XSCALE, W)
+    _put_pairs(lo, hi, xw_ptr, stride_wm, stride_wb, m, j, j_end, W)

@@ -286,20 +286,20 @@ def _pair_gather(x: torch.Tensor, packed: PackedLinear, ws: Workspace, pdl: bool
 
 def gv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
-    """``gv`` (one token): pair gather, one ``gv_kernel`` per band (and a finalize if split-K cannot
-    finish in-kernel)."""
+    """``gv`` (one token): pair gather (unless ``cfg.gather``: each ``gv_kernel`` program pairs its own
+    columns), one ``gv_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
     gs = packed.segments[0].group_size
     bk, _ = _block_k(cfg.block_k, gs)
     pdl = _pdl(x, cfg)
-    launches = [_pair_gather(x, packed, ws, pdl)]
+    launches = [] if cfg.gather else [_pair_gather(x, packed, ws, pdl)]
     o = _split_output(packed, bias, out, ws, 1, cfg)
     for r0, ns, segs in bands(packed):
         args = (ws.xpair, ws.pair_stride, ws.xs32, out, o.acc, o.rp, o.b, r0, cfg.split_k, o.cnt, 0,
-                tuple(_seg_arg(s) for s in segs))
+                tuple(_seg_arg(s) for s in segs), x, packed.col_perm, x.shape[1])
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), NS=ns, BN=cfg.block_n, BK=bk, GS=gs,
                   ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
-                  XSCALE_INV=1.0 / H2_XSCALE, DEPTH=cfg.depth, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                  **_pdl_kw(pdl))
+                  XSCALE_INV=1.0 / H2_XSCALE, DEPTH=cfg.depth, GATHER=cfg.gather, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages, **_pdl_kw(pdl))
         launches.append(Launch("gv_kernel", (triton.cdiv(ns, cfg.block_n), cfg.split_k), args, kw, module="gv"))
     return launches + o.finish(out, bias is not None)
 
