@@ -62,6 +62,10 @@ DEQUANT_MIN_M = WG_MAX_M + 1  # ... and dequantize-then-cuBLAS from here
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
 _H2_MAX_PROGRAMS = 4096  # h2 (M == 1, >= 4 bits): K split 16, fewer when the grid would pass this (run 12)
 _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pass this many per SM (runs 19, 23)
+# gv pairs its own activations (gather=True, one launch) on layers up to this many weights, and
+# 4-bit-and-wider layers take gv (not h2) up to it (run 27); with 3-bit codes only up to the second
+_GV_GATHER_MAX_WEIGHTS = 1 << 27
+_GV_GATHER_MAX_WEIGHTS_3B = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -126,10 +130,14 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
 
     * ``M == 1``: the half2 CUDA-core GEMV ``gv`` (one output row per thread, 128-row tiles, 2
       warps, K split 32, or less so that the grid holds at most ``_GV_PROGRAMS_PER_SM`` programs per
-      SM, and at most one split per 128-column tile); layers whose segments all have 4 or more bits
-      keep ``h2`` (64-row tiles, 2 warps, register prefetch, K split 16 or 8), which was up to 10%
-      faster there on the big shapes (run 19). ``wg`` with 16 padded tokens was 1.25-1.9x slower at
-      M = 1.
+      SM, and at most one split per 128-column tile). On layers of up to ``_GV_GATHER_MAX_WEIGHTS``
+      weights (``_GV_GATHER_MAX_WEIGHTS_3B`` with 3-bit segments, or when ``bits`` is unknown) every
+      program pairs its own activations (``gather``: one launch instead of two, K split <= 16): 4-17%
+      faster there, slower on the big shapes (run 27). Layers of 1- and 2-bit codes only load two
+      tiles ahead (``depth=2``: 3-13% faster in run 27, once the shared half2 sums freed registers).
+      Big layers whose segments all have 4 or more bits keep ``h2`` (64-row tiles, 2 warps, register
+      prefetch, K split 16 or 8), up to 10% faster there (runs 19, 27). ``wg`` with 16 padded tokens
+      was 1.25-1.9x slower at M = 1.
     * ``2 <= M <= WG_MAX_M``: ``wg``, the weight codes as the register operand of the tensor-core
       dot (``wgmma`` on Hopper) with 64-row tiles, 4 warps, 3 stages, one dot per 128-column block
       (``join``), tokens in tiles of 16 (``M <= 16``), 32, 64 or 128; from 64-token tiles on, the
@@ -148,13 +156,17 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
     k_tiles = triton.cdiv(k, 128)
     if m <= H2_MAX_M:
-        if bits and min(bits) >= 4:
+        if bits and min(bits) >= 4 and n * k > _GV_GATHER_MAX_WEIGHTS:
             split = min(16, k_tiles, _pow2_at_most(max(1, _H2_MAX_PROGRAMS // triton.cdiv(n, 64))))
             return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, split), num_warps=2,
                                 num_stages=1, prefetch=True)
-        split = min(32, k_tiles, _pow2_at_most(max(1, _GV_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 128))))
-        return KernelConfig("gv", block_m=1, block_n=128, block_k=128, split_k=max(1, split), num_warps=2,
-                            num_stages=1)
+        split = max(1, min(32, k_tiles, _pow2_at_most(max(1, _GV_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 128)))))
+        narrow = bool(bits) and max(bits) <= 2  # 1- and 2-bit codes only
+        gather = n * k <= (_GV_GATHER_MAX_WEIGHTS if bits and 3 not in bits else _GV_GATHER_MAX_WEIGHTS_3B)
+        if gather:  # each program pairs its own columns: fewer, longer programs (run 27)
+            split = min(split, 16)
+        return KernelConfig("gv", block_m=1, block_n=128, block_k=128, split_k=split, num_warps=2, num_stages=1,
+                            depth=2 if narrow and k_tiles >= 2 * split else 1, gather=gather)
     if m <= WG_MAX_M:
         bt = 16 if m <= 16 else (32 if m <= 32 else (64 if m <= 64 else 128))
         tiles = triton.cdiv(m, bt) * triton.cdiv(n, 64)
