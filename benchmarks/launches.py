@@ -3,8 +3,8 @@
 For a few layer shapes at M = 1 and 16 it times the whole call and each of its Triton launches
 alone (median of CUDA-graph replays, L2 flushed, like benchmarks/kernels.py), next to one and
 three empty kernels: the fixed cost a launch adds inside a graph. Then it replays each of a few
-calls 300 times in a CUDA graph and checks every 10th output against the pure-torch reference
-and that the split-K workspace (sums and tile counters) is left zeroed: the split-K finish runs
+calls 300 times in a CUDA graph (cycling through three inputs copied into the captured one) and
+checks every 10th output against the pure-torch reference and that the split-K workspace (sums and tile counters) is left zeroed: the split-K finish runs
 in whichever program of a tile arrives last, so races would show here.
 
     PYTHONPATH=src python benchmarks/launches.py [--out DIR]    # writes DIR/launches.json
@@ -24,7 +24,7 @@ from kernels import Case, build_layer, time_graph  # noqa: E402
 
 SHAPES = [(4096, 4096), (11008, 4096), (28672, 8192)]
 STRESS = [(4096, 4096, "2b", 1), (28672, 8192, "slim", 1), (8192, 28672, "3b", 16), (11008, 4096, "4b", 4),
-          (4096, 11008, "2b", 16)]
+          (4096, 11008, "2b", 16), (4096, 4096, "slim", 1)]
 
 
 def launch_times(dev) -> dict:
@@ -60,7 +60,8 @@ def stress(dev) -> list[dict]:
         ws = Workspace(dev, 16, n, k, torch.float16)
         c = Case(p, m, dev, ws)
         cfg = resolve_config(c.x, p)
-        ref = packed_matmul_reference(c.x, p).float()
+        xs = [torch.randn_like(c.x) for _ in range(3)]  # a new input per replay: stale activations would show
+        refs = [packed_matmul_reference(x, p).float() for x in xs]
         fn = c.fn(cfg)
         fn()
         torch.cuda.synchronize()
@@ -70,9 +71,11 @@ def stress(dev) -> list[dict]:
         worst = 0.0
         for it in range(300):
             c.out.fill_(float("nan"))
+            c.x.copy_(xs[it % 3])
             g.replay()
             if it % 10 == 0:
                 torch.cuda.synchronize()
+                ref = refs[it % 3]
                 worst = max(worst, float((c.out.float() - ref).norm() / ref.norm()))
         torch.cuda.synchronize()
         clean = not bool(ws.acc.any()) and not bool(ws.cnt.any())
