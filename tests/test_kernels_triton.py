@@ -328,12 +328,12 @@ def test_select_config_is_explicit():
     assert [select_config(1, 4096, 4096, bits=b).path for b in ((4,), (4, 8))] == ["gv", "gv"]
     assert [select_config(1, n, k, bits=(4,)).split_k for n, k in ((28672, 8192), (8192, 28672))] == [8, 16]
     # gv pairs its own activations on small layers (K split <= 16 then), 3-bit ones only up to 4096 x 4096;
-    # segments of 1- and 2-bit codes load two tiles ahead
+    # layers of 1- and 2-bit codes only load two tiles ahead
     cfgs = [select_config(1, n, k, bits=b) for n, k, b in ((4096, 4096, (3,)), (8192, 8192, (3,)),
                                                             (8192, 8192, (2,)), (28672, 8192, (2,)),
                                                             (4096, 4096, (1, 2, 3)), (22016, 4096, (4,)))]
     assert [(c.gather, c.depth, c.split_k) for c in cfgs] == \
-        [(True, 1, 16), (False, 1, 16), (True, 2, 16), (False, 2, 4), (True, 2, 16), (True, 1, 4)]
+        [(True, 1, 16), (False, 1, 16), (True, 2, 16), (False, 2, 4), (True, 1, 16), (True, 1, 4)]
     assert select_config(1, 4096, 4096, bits=(2,)).depth == 2 and select_config(1, 4096, 200, bits=(2,)).depth == 1
     assert not select_config(16, 4096, 4096).pdl and select_config(1, 4096, 4096).pdl
     assert select_config(1, 4096, 200).split_k == 2 and select_config(4, 64, 200).split_k == 2  # <= K-tiles

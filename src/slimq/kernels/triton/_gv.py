@@ -20,12 +20,19 @@ the per-tile overhead is small:
   (programmatic dependent launch), so they arrive while it runs; ``DEPTH = 2`` keeps two tiles of
   words in registers ahead of the one computed.
 
+* two word rows of a 1- or 2-bit tile share one half2 sum (:func:`_rows_per_sum`): half the float32
+  conversions, and 80 instead of 119 registers at 2 bits, which lets ``depth=2`` pay there.
+
 3-bit codes (a 2-bit and a 1-bit plane) are multiplied as one code: :func:`_gv_v3` respreads the
 1-bit plane per 2-bit word row, :func:`_pair3_fma` shifts it above the 2-bit code (5 instructions per
 pair instead of 6 for two plane passes, and one pass of activation loads).
 
-Measured on an H200 (benchmarks/KERNEL_NOTES.md, runs 18-25): 2.3 instructions per weight at 2 bits
-(``h2``: 2.9), 3.4 at 3 bits (``h2``: 4.9); against ``h2``, 2-8% less time on 2-bit layers, 10-22% on
+With ``GATHER`` (``KernelConfig(gather=True)``) every program pairs its own columns of ``x``
+(:func:`_gv_gather`) instead of reading a ``pair_gather_kernel`` pass: one launch per call, which pays
+on small layers (KERNEL_NOTES, run 27).
+
+Measured on an H200 (benchmarks/KERNEL_NOTES.md, runs 18-31): 2.2 instructions per weight at 2 bits
+(``h2``: 2.9), 3.4 at 3 bits (``h2``: 4.9); against ``h2``, 7-14% less time on 2-bit layers, 10-22% on
 3-bit and 4-23% on SliM layers; ``h2`` stays faster on 4-bit layers of the large shapes.
 
 Requirements: those of ``h2`` (segments on 32-column boundaries, ``BK`` divides the group size).
@@ -47,7 +54,7 @@ __all__ = ["gv_kernel"]
 @triton.constexpr_function
 def _seg_depth(depth, bits):
     """A segment's look-ahead: ``depth`` for 1- and 2-bit codes, 1 for wider ones (their loops need
-    the registers: two tiles ahead made 3-bit and SliM layers 5-25% slower, runs 19 and 27)."""
+    the registers: two tiles ahead made 3-bit layers 10-27% slower, runs 19 and 26)."""
     return int(depth) if int(bits) <= 2 else 1
 
 

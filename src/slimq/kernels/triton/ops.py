@@ -133,8 +133,10 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       SM, and at most one split per 128-column tile). On layers of up to ``_GV_GATHER_MAX_WEIGHTS``
       weights (``_GV_GATHER_MAX_WEIGHTS_3B`` with 3-bit segments, or when ``bits`` is unknown) every
       program pairs its own activations (``gather``: one launch instead of two, K split <= 16): 4-17%
-      faster there, slower on the big shapes (run 27). Segments of 1- and 2-bit codes load two tiles
-      ahead (``depth=2``: 3-13% faster in run 27, once the shared half2 sums freed registers).
+      faster there, slower on the big shapes (run 27). Layers of 1- and 2-bit codes only load two
+      tiles ahead (``depth=2``: 3-13% faster in run 27, once the shared half2 sums freed registers);
+      on SliM layers (their 1/2-bit segments; wider ones keep one tile) it was 4-8% slower on four
+      of six shapes (run 31), so they keep ``depth=1``.
       Big layers whose segments all have 4 or more bits keep ``h2`` (64-row tiles, 2 warps, register
       prefetch, K split 16 or 8), up to 10% faster there (runs 19, 27). ``wg`` with 16 padded tokens
       was 1.25-1.9x slower at M = 1.
@@ -161,7 +163,7 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
             return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, split), num_warps=2,
                                 num_stages=1, prefetch=True)
         split = max(1, min(32, k_tiles, _pow2_at_most(max(1, _GV_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 128)))))
-        narrow = bool(bits) and min(bits) <= 2  # segments of 1- and 2-bit codes (others run depth 1: _gv)
+        narrow = bool(bits) and max(bits) <= 2  # 1- and 2-bit codes only (SliM layers: see below)
         gather = n * k <= (_GV_GATHER_MAX_WEIGHTS if bits and 3 not in bits else _GV_GATHER_MAX_WEIGHTS_3B)
         if gather:  # each program pairs its own columns: fewer, longer programs (run 27)
             split = min(split, 16)
