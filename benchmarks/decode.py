@@ -10,6 +10,8 @@ random and built on the GPU (no download). Prefill is fed token by token through
 graph and not timed; tokens/s = batch * generated tokens / generation time.
 
     PYTHONPATH=src python benchmarks/decode.py [--variants fp16,2b,3b,4b,slim] [--batches 1,16] [--out DIR]
+        [--profile STEPS]    # also: GPU time per step by kernel (PyTorch profiler over STEPS replays)
+        [--gv-gather on|off] # force the M = 1 path's in-kernel gather (default: the dispatch rule)
 """
 from __future__ import annotations
 
@@ -110,19 +112,32 @@ def random_packed(n: int, k: int, variant: str, device, gen):
     return PackedLinear(k, n, col_perm, None, segs)
 
 
-class SharedWorkspaceLinear(torch.nn.Module):
-    """A slimq ``QuantLinear`` whose forward passes a preallocated, shared workspace."""
+def call_config(x, packed, gv_gather: str = "auto"):
+    """The dispatched config for ``x @ packed``; ``gv_gather`` "on"/"off" forces the M = 1 ``gv``
+    path's in-kernel activation gather (an A/B of the dispatch rule inside the decode graph)."""
+    import dataclasses
 
-    def __init__(self, qlinear, workspace):
+    from slimq.kernels.triton import resolve_config
+    cfg = resolve_config(x, packed)
+    if cfg.path == "gv" and gv_gather != "auto":
+        cfg = dataclasses.replace(cfg, gather=gv_gather == "on")
+    return cfg
+
+
+class SharedWorkspaceLinear(torch.nn.Module):
+    """A slimq ``QuantLinear`` whose forward passes a preallocated, shared workspace (and a fixed
+    config, when one is given)."""
+
+    def __init__(self, qlinear, workspace, config=None):
         super().__init__()
-        self.q, self.ws = qlinear, workspace
+        self.q, self.ws, self.cfg = qlinear, workspace, config
 
     def forward(self, x):
         from slimq.kernels.triton import sbp_matmul
-        return sbp_matmul(x, self.q.packed, self.q.bias, workspace=self.ws)
+        return sbp_matmul(x, self.q.packed, self.q.bias, workspace=self.ws, config=self.cfg)
 
 
-def build_model(cfg: dict, variant: str, batch: int, max_len: int, device):
+def build_model(cfg: dict, variant: str, batch: int, max_len: int, device, gv_gather: str = "auto"):
     """Random weights (FP16 or packed) plus the static KV cache and step buffers."""
     from slimq.kernels.triton import Workspace
     from slimq.nn import QuantLinear
@@ -139,8 +154,9 @@ def build_model(cfg: dict, variant: str, batch: int, max_len: int, device):
         if variant == "fp16":
             w = rnd(n, k)
             return lambda x: F.linear(x, w)
-        return SharedWorkspaceLinear(QuantLinear.from_packed(random_packed(n, k, variant, device, gen),
-                                                             backend="triton"), ws)
+        q = QuantLinear.from_packed(random_packed(n, k, variant, device, gen), backend="triton")
+        x = torch.empty(batch, k, device=device, dtype=dt)
+        return SharedWorkspaceLinear(q, ws, call_config(x, q.packed, gv_gather) if gv_gather != "auto" else None)
 
     layers = [dict(qkv=linear(3 * H, H), o=linear(H, H), gu=linear(2 * inter, H), down=linear(H, inter),
                    n1=1 + rnd(H), n2=1 + rnd(H)) for _ in range(nl)]
@@ -186,11 +202,12 @@ def step(m: dict) -> None:
     m["pos"].add_(1)
 
 
-def run_variant(cfg: dict, variant: str, batch: int, prompt: int, gen_tokens: int, device) -> dict:
+def run_variant(cfg: dict, variant: str, batch: int, prompt: int, gen_tokens: int, device,
+                profile_steps: int = 0, gv_gather: str = "auto") -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     t0 = time.time()
-    m = build_model(cfg, variant, batch, prompt + gen_tokens, device)
+    m = build_model(cfg, variant, batch, prompt + gen_tokens, device, gv_gather)
     build_s = time.time() - t0
     prompt_ids = torch.randint(0, cfg["vocab"], (prompt, batch), device=device)
     m["tok"].copy_(prompt_ids[0])
@@ -218,13 +235,51 @@ def run_variant(cfg: dict, variant: str, batch: int, prompt: int, gen_tokens: in
     res = {"variant": variant, "batch": batch, "tokens_per_s": batch * gen_tokens / (ms / 1e3),
            "ms_per_step": ms / gen_tokens, "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2 ** 30,
            "build_s": build_s, "distinct_tokens": int(out.unique().numel()), "pos_end": int(m["pos"])}
+    if profile_steps:
+        m["pos"].fill_(m["max_len"] - profile_steps)  # replay the sequence's last positions again
+        res["profile"] = kernel_profile(graph, profile_steps)
     del graph, m
     return res
 
 
-def precompile_variants(cfg: dict, variants: list[str], batches: list[int], device) -> int:
+def kernel_profile(graph, steps: int) -> dict:
+    """GPU time per decode step by kernel name, from ``steps`` graph replays under the PyTorch
+    profiler (CUPTI kernel records; the caller rewinds the position to the sequence's last steps).
+    ``busy_us`` sums the kernels' durations; the step time minus it is time with no kernel running
+    (launch gaps inside the graph)."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            graph.replay()
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = {}
+    spans = []
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA or e.time_range.elapsed_us() <= 0:
+            continue
+        if "memcpy" in e.name.lower() or "memset" in e.name.lower():
+            continue
+        kernels.setdefault(e.name, []).append(e.time_range.elapsed_us())
+        spans.append((e.time_range.start, e.time_range.end))
+    wall = (max(b for _, b in spans) - min(a for a, _ in spans)) / steps if spans else 0.0
+    rows = sorted(({"kernel": k, "calls_per_step": len(v) / steps, "us_per_step": sum(v) / steps}
+                   for k, v in kernels.items()), key=lambda r: -r["us_per_step"])
+    return {"steps": steps, "wall_us_per_step": wall, "busy_us_per_step": sum(r["us_per_step"] for r in rows),
+            "kernels": rows}
+
+
+def _print_profile(r: dict, top: int = 12) -> None:
+    p = r["profile"]
+    print(f"\n{r['variant']} batch {r['batch']}: {p['wall_us_per_step']:.0f} us per step (profiled), kernels busy "
+          f"{p['busy_us_per_step']:.0f} us, idle {p['wall_us_per_step'] - p['busy_us_per_step']:.0f} us")
+    for k in p["kernels"][:top]:
+        print(f"  {k['us_per_step']:8.1f} us  {k['calls_per_step']:6.1f} calls  {k['kernel'][:90]}")
+
+
+def precompile_variants(cfg: dict, variants: list[str], batches: list[int], device, gv_gather: str = "auto") -> int:
     """Compile every slimq kernel variant the runs will launch, in parallel processes."""
-    from slimq.kernels.triton import Workspace, plan_launches, resolve_config
+    from slimq.kernels.triton import Workspace, plan_launches
     from slimq.kernels.triton.warmup import precompile
     H, inter = cfg["hidden"], cfg["inter"]
     gen = torch.Generator(device=device).manual_seed(1)
@@ -238,7 +293,7 @@ def precompile_variants(cfg: dict, variants: list[str], batches: list[int], devi
                 p = random_packed(n, k, v, device, gen)
                 x = torch.empty(batch, k, device=device, dtype=torch.float16)
                 out = torch.empty(batch, n, device=device, dtype=torch.float16)
-                launches += plan_launches(x, p, None, out, ws, resolve_config(x, p))
+                launches += plan_launches(x, p, None, out, ws, call_config(x, p, gv_gather))
     return precompile(launches, processes=min(16, os.cpu_count() or 1))
 
 
@@ -249,13 +304,20 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--layers", type=int, default=LLAMA2_7B["layers"])
+    ap.add_argument("--gv-gather", choices=("auto", "on", "off"), default="auto",
+                    help="force the M = 1 gv path's in-kernel gather on/off (default: the dispatch rule)")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="also profile STEPS more graph replays per variant: GPU time by kernel")
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
+    if not 0 <= args.profile <= args.prompt + args.gen:
+        ap.error("--profile takes 0 .. prompt + gen steps")
     dev = torch.device("cuda")
     cfg = dict(LLAMA2_7B, layers=args.layers)
     t0 = time.time()
     try:
-        n_var = precompile_variants(cfg, args.variants.split(","), [int(b) for b in args.batches.split(",")], dev)
+        n_var = precompile_variants(cfg, args.variants.split(","), [int(b) for b in args.batches.split(",")], dev,
+                                    args.gv_gather)
     except Exception as e:  # noqa: BLE001 - fall back to compiling on first launch
         n_var = -1
         print(f"precompile failed ({type(e).__name__}: {e}); compiling lazily", flush=True)
@@ -264,7 +326,7 @@ def main(argv=None) -> int:
     for batch in [int(b) for b in args.batches.split(",")]:
         base = None
         for v in args.variants.split(","):
-            r = run_variant(cfg, v, batch, args.prompt, args.gen, dev)
+            r = run_variant(cfg, v, batch, args.prompt, args.gen, dev, args.profile, args.gv_gather)
             base = r["tokens_per_s"] if v == "fp16" else base
             r["speedup_vs_fp16"] = r["tokens_per_s"] / base if base else None
             results.append(r)
@@ -276,10 +338,13 @@ def main(argv=None) -> int:
         sp = f"{r['speedup_vs_fp16']:.2f}x" if r["speedup_vs_fp16"] else "-"
         print(f"{r['variant']:>8} {r['batch']:>5} {r['tokens_per_s']:>9.1f} {r['ms_per_step']:>8.2f} {sp:>8} "
               f"{r['peak_mem_GiB']:>9.2f}")
+    for r in results:
+        if "profile" in r:
+            _print_profile(r)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "decode.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(dev), "results": results},
-                                                indent=1))
+    (out / "decode.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(dev), "gv_gather": args.gv_gather,
+                                                 "results": results}, indent=1))
     return 0
 
 
