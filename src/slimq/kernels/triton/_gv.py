@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from slimq.kernels.triton._h2 import (
-    _c3, _lo_hi_f32, _pair_src, _pair_vals, _put_pairs, _slot, _store_pairs, code3_exact, code3_parts, half2_sum_f32, pair_fma,
+    _c3, _lo_hi_f32, _pair_src, _put_pairs, _slot, _store_pairs, code3_exact, code3_parts, half2_sum_f32, pair_fma,
 )
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import pdl_wait, plane_coef, plane_rows, plane_width, store_rows
@@ -318,26 +318,53 @@ def _gv_tile(y, w0, w1, w2, s, z, seg, k0, xw_ptr, stride_wb, xs_ptr, BITS: tl.c
 
 
 @triton.jit
-def _gv_gather(x_ptr, perm_ptr, K, xw_ptr, stride_wb, xs_ptr, seg, t_lo, t_hi, BITS: tl.constexpr, BK: tl.constexpr,
-               XSCALE: tl.constexpr, CH: tl.constexpr = 512):
-    """``pair_gather_kernel``'s work for this program's columns of one segment (its tiles ``[t_lo, t_hi)``):
-    the activation pairs of every plane width it reads and the 32-column sums (from the first width's
-    pairs: 16 pairs cover a 32-column block), into the workspace. Programs sharing a K range write the
-    same values there."""
-    c_end = seg[0] + tl.minimum(t_hi * BK, seg[1])
+def _pair_perm(perm_ptr, j, K, W: tl.constexpr):
+    """``col_perm`` of both columns of activation pairs ``j`` of width ``W`` (see ``pair_gather_kernel``);
+    -1 past ``K``. Weight-side data: loaded before the wait for the launch that writes ``x``."""
+    E: tl.constexpr = 32 // W
+    H: tl.constexpr = E // 2
+    c_lo = (j // H) * E + j % H
+    return (tl.load(perm_ptr + c_lo, mask=c_lo < K, other=-1),
+            tl.load(perm_ptr + c_lo + H, mask=c_lo + H < K, other=-1))
+
+
+@triton.jit
+def _x16(x_ptr, idx, XSCALE: tl.constexpr):
+    """fp16 ``x[idx] * XSCALE`` (0 where ``idx < 0``)."""
+    return (tl.load(x_ptr + idx, mask=idx >= 0, other=0.0).to(tl.float32) * XSCALE).to(tl.float16)
+
+
+@triton.jit
+def _gv_gather_chunk(x_ptr, perm_ptr, K, xw_ptr, stride_wb, xs_ptr, c, c_end, ilo, ihi, BITS: tl.constexpr,
+                     XSCALE: tl.constexpr, CH: tl.constexpr):
+    """Columns ``[c, c + CH)`` (up to ``c_end``) of :func:`_gv_gather`; ``ilo``/``ihi`` their first plane
+    width's :func:`_pair_perm`."""
     j_end = (c_end + 31) // 32 * 16
     W0: tl.constexpr = plane_width(BITS, 0)
-    for c in range(seg[0] + t_lo * BK, c_end, CH):
-        j = c // 2 + tl.arange(0, CH // 2)
-        lo, hi = _pair_vals(x_ptr, 0, perm_ptr, j, tl.minimum(K, c_end), XSCALE, W0)
-        bi = c // 32 + tl.arange(0, CH // 32)
-        sums = tl.sum(tl.reshape(lo.to(tl.float32) + hi.to(tl.float32), [CH // 32, 16]), axis=1)
-        tl.store(xs_ptr + bi, sums, mask=bi * 32 < c_end)
-        _put_pairs(lo, hi, xw_ptr, 0, stride_wb, 0, j, j_end, W0)
-        if plane_width(BITS, 1) > 0 and not _merge3(BITS):
-            _store_pairs(x_ptr, 0, perm_ptr, xw_ptr, 0, stride_wb, 0, j, j_end, K, XSCALE, plane_width(BITS, 1))
-        if plane_width(BITS, 2) > 0:
-            _store_pairs(x_ptr, 0, perm_ptr, xw_ptr, 0, stride_wb, 0, j, j_end, K, XSCALE, plane_width(BITS, 2))
+    j = c // 2 + tl.arange(0, CH // 2)
+    lo = _x16(x_ptr, ilo, XSCALE)
+    hi = _x16(x_ptr, ihi, XSCALE)
+    bi = c // 32 + tl.arange(0, CH // 32)
+    sums = tl.sum(tl.reshape(lo.to(tl.float32) + hi.to(tl.float32), [CH // 32, 16]), axis=1)
+    tl.store(xs_ptr + bi, sums, mask=bi * 32 < c_end)
+    _put_pairs(lo, hi, xw_ptr, 0, stride_wb, 0, j, j_end, W0)
+    if plane_width(BITS, 1) > 0 and not _merge3(BITS):
+        _store_pairs(x_ptr, 0, perm_ptr, xw_ptr, 0, stride_wb, 0, j, j_end, K, XSCALE, plane_width(BITS, 1))
+    if plane_width(BITS, 2) > 0:
+        _store_pairs(x_ptr, 0, perm_ptr, xw_ptr, 0, stride_wb, 0, j, j_end, K, XSCALE, plane_width(BITS, 2))
+
+
+@triton.jit
+def _gv_gather(x_ptr, perm_ptr, K, xw_ptr, stride_wb, xs_ptr, c0, c_end, ilo, ihi, BITS: tl.constexpr,
+               XSCALE: tl.constexpr, CH: tl.constexpr):
+    """``pair_gather_kernel``'s work for this program's columns ``[c0, c_end)`` of one segment: the
+    activation pairs of every plane width it reads and the 32-column sums (from the first width's pairs:
+    16 pairs cover a 32-column block), into the workspace, ``CH`` columns at a time (``ilo``/``ihi``: the
+    first chunk's :func:`_pair_perm`, loaded early). Programs sharing a K range write the same values."""
+    _gv_gather_chunk(x_ptr, perm_ptr, K, xw_ptr, stride_wb, xs_ptr, c0, c_end, ilo, ihi, BITS, XSCALE, CH)
+    for c in range(c0 + CH, c_end, CH):
+        nlo, nhi = _pair_perm(perm_ptr, c // 2 + tl.arange(0, CH // 2), tl.minimum(K, c_end), plane_width(BITS, 0))
+        _gv_gather_chunk(x_ptr, perm_ptr, K, xw_ptr, stride_wb, xs_ptr, c, c_end, nlo, nhi, BITS, XSCALE, CH)
 
 
 @triton.jit
@@ -355,9 +382,14 @@ def _gv_segment(y, seg, xw_ptr, stride_wb, xs_ptr, cols, offs_n, pid_k, split_k,
     if DEPTH == 2:
         v0, v1, v2, vs, vz = _gv_loads(seg, (t_lo + 1) * BK, t_lo + 1 < t_full, cols, offs_n, BITS, BK, GS, NS,
                                        ASM, True)
+    if GATHER:  # the first chunk's column order is weight-side: load it before the wait
+        CH: tl.constexpr = 512
+        c0 = seg[0] + t_lo * BK
+        c_end = seg[0] + tl.minimum(t_hi * BK, ks)
+        ilo, ihi = _pair_perm(perm_ptr, c0 // 2 + tl.arange(0, CH // 2), tl.minimum(K, c_end), plane_width(BITS, 0))
     pdl_wait(WAIT)
     if GATHER:
-        _gv_gather(x_ptr, perm_ptr, K, xw_ptr, stride_wb, xs_ptr, seg, t_lo, t_hi, BITS, BK, XSCALE)
+        _gv_gather(x_ptr, perm_ptr, K, xw_ptr, stride_wb, xs_ptr, c0, c_end, ilo, ihi, BITS, XSCALE, CH)
         tl.debug_barrier()
     for t in range(t_lo, t_full):
         c0w, c1w, c2w, cs, cz = w0, w1, w2, s, z
