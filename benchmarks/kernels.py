@@ -133,6 +133,8 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
         gv = [C("gv", block_m=1, block_n=bn, block_k=128, split_k=s, num_warps=w, num_stages=1, depth=dp, gather=g)
               for bn, w in ((128, 2), (256, 4)) for s in (4, 8, 16, 32) for dp in (1, 2) for g in (False, True)
               if s <= math.ceil(k / 128) and (dp == 1 or s <= 16)]
+        gv += [C("gv", block_m=1, block_n=128, block_k=128, split_k=s, num_warps=2, num_stages=1, depth=2, maxnreg=r)
+               for s in (4, 8, 16) for r in (96, 104) if s <= math.ceil(k / 128)]
         return h2 + gv
     if m <= 16:
         bm = 1 << max(0, (m - 1).bit_length())
@@ -174,7 +176,7 @@ def cfg_name(c) -> str:
     if c.path == "dequant":
         return f"dequant/c{c.chunk_n}" if c.chunk_n else "dequant"
     walk = (("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + (f"/d{c.depth}" if c.depth > 1 else "")
-            + ("/g" if c.gather else "") + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl"))
+            + ("/g" if c.gather else "") + (f"/r{c.maxnreg}" if c.maxnreg else "") + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl"))
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 

@@ -121,6 +121,7 @@ CFGS = {
     "gv_gather": KernelConfig("gv", block_m=1, block_n=32, block_k=64, split_k=3, num_warps=1, gather=True),
     "gv_gather_d2": KernelConfig("gv", block_m=1, block_n=64, block_k=32, split_k=2, num_warps=2, depth=2,
                                  gather=True),
+    "gv_maxnreg": KernelConfig("gv", block_m=1, block_n=32, block_k=64, split_k=2, num_warps=1, depth=2, maxnreg=96),
     "h2_m1": KernelConfig("h2", block_m=1, block_n=32, block_k=64),
     "h2_m1_split": KernelConfig("h2", block_m=1, block_n=16, block_k=32, split_k=3),
     "h2_m1_prefetch": KernelConfig("h2", block_m=1, block_n=32, block_k=32, split_k=2, prefetch=True),
@@ -137,7 +138,7 @@ CFGS = {
     "wg_scaled_pieces": KernelConfig("wg", block_m=32, block_n=64, scaled=True),
     "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
 }
-M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
         "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
         "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9}
@@ -357,6 +358,10 @@ def test_config_and_input_errors():
         KernelConfig("tc", scaled=True)
     with pytest.raises(ValueError, match="tensor-core paths need block_m, block_n >= 16"):
         KernelConfig("wg", block_m=8)
+    with pytest.raises(ValueError, match="maxnreg must be 0, or a multiple of 8"):
+        KernelConfig("h2", block_m=1, maxnreg=96)
+    with pytest.raises(ValueError, match="maxnreg must be 0, or a multiple of 8"):
+        KernelConfig("gv", block_m=1, maxnreg=100)
     with pytest.raises(ValueError, match="path 'gv' takes block_m == 1"):
         KernelConfig("gv", block_m=2)
     with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv'"):

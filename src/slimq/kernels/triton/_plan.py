@@ -299,7 +299,7 @@ def gv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), NS=ns, BN=cfg.block_n, BK=bk, GS=gs,
                   ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
                   XSCALE_INV=1.0 / H2_XSCALE, DEPTH=cfg.depth, GATHER=cfg.gather, num_warps=cfg.num_warps,
-                  num_stages=cfg.num_stages, **_pdl_kw(pdl))
+                  num_stages=cfg.num_stages, **_pdl_kw(pdl), **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
         launches.append(Launch("gv_kernel", (triton.cdiv(ns, cfg.block_n), cfg.split_k), args, kw, module="gv"))
     return launches + o.finish(out, bias is not None)
 

@@ -84,6 +84,7 @@ class KernelConfig:
     group_m: int = 8
     prefetch: bool = False  # "fma" / "h2" with M == 1: load the next tile before computing this one
     depth: int = 1  # "gv": K-tiles whose weights are loaded ahead of the one computed (1 or 2)
+    maxnreg: int = 0  # "gv": cap on registers per thread (0: the compiler's choice), for more resident warps
     chunk_n: int = 0  # "dequant": rows dequantized per step (0: the whole layer at once)
     join: bool = False  # "h2dot"/"wg": join a tile's operand pieces into one tl.dot (else one dot per code pair)
     scaled: bool = False  # "wg": dequantized weights as operands (else exact codes, scaled per block)
@@ -104,6 +105,9 @@ class KernelConfig:
             raise ValueError(f"split_k must be >= 1, got {self.split_k}")
         if self.depth not in (1, 2) or (self.depth != 1 and self.path != "gv"):
             raise ValueError(f"depth must be 1, or 2 with path 'gv'; got {self.depth} for {self.path!r}")
+        if self.maxnreg and (self.path != "gv" or not 32 <= self.maxnreg <= 255 or self.maxnreg % 8):
+            raise ValueError(f"maxnreg must be 0, or a multiple of 8 in 32..255 with path 'gv'; got {self.maxnreg} "
+                             f"for {self.path!r}")
         if self.path == "gv" and self.block_m != 1:
             raise ValueError(f"path 'gv' takes block_m == 1 (one token), got {self.block_m}")
         if self.path == "h2" and self.block_m > 16:
