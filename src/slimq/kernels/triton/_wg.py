@@ -161,19 +161,37 @@ def _half2(v, shape, ASM: tl.constexpr):
 
 
 @triton.jit
-def _wg_block(acc, seg, k0, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_n,
-              BITS: tl.constexpr, GS: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
+def _wg_params(seg, k0, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_n, valid, GS: tl.constexpr, BLK: tl.constexpr,
+               SCALED: tl.constexpr, EVEN_M: tl.constexpr):
+    """The block at ``k0``'s float32 scales and zeros ``[BN]`` and (unless SCALED) its tokens' activation
+    sums ``[BT]``; zeros unless ``valid`` (a block past the program's range, loaded ahead)."""
+    g = k0 // GS
+    v = tl.where(valid, 1, 0)
+    ok = (offs_n * 0 + v) > 0
+    s = tl.load(seg[2] + g * ns + offs_n, mask=ok, other=0.0).to(tl.float32)
+    z = tl.load(seg[3] + g * ns + offs_n, mask=ok, other=0.0).to(tl.float32)
+    if SCALED:
+        xs = tl.zeros(offs_m.shape, tl.float32)
+    elif EVEN_M:
+        xs = tl.load(xs_ptr + offs_m * stride_sm + (seg[0] + k0) // BLK, mask=(offs_m * 0 + v) > 0, other=0.0)
+    else:
+        xs = tl.load(xs_ptr + offs_m * stride_sm + (seg[0] + k0) // BLK, mask=mask_m & ((offs_m * 0 + v) > 0),
+                     other=0.0)
+    return s, z, xs
+
+
+@triton.jit
+def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
+              BITS: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
               JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr, FULL: tl.constexpr,
               EVEN_M: tl.constexpr):
-    """``acc [BN, BT] += W x^T`` over segment columns ``[k0, k0 + BLK)`` of every plane.
+    """``acc [BN, BT] += W x^T`` over segment columns ``[k0, k0 + BLK)`` of every plane; ``s``, ``z``,
+    ``xs`` the block's :func:`_wg_params` (loaded a block ahead by the caller).
 
     SCALED: the operands are the weights ``(q - z) s`` (plane 0) and ``coef q s`` (others), one
     HFMA2 per code pair more, and the dots accumulate straight into ``acc``. Else the operands
     are the exact codes and each plane's float32 block sum is scaled once (``BN x BT`` FMAs per
     plane and block: cheaper for few tokens, dearer for many)."""
-    g = k0 // GS
-    s = tl.load(seg[2] + g * ns + offs_n).to(tl.float32)
-    z = tl.load(seg[3] + g * ns + offs_n).to(tl.float32)
     KP0: tl.constexpr = BLK * plane_width(BITS, 0) // 32
     MERGE: tl.constexpr = BITS == 3 and JOIN  # one operand of whole 3-bit codes: one dot instead of two
     if SCALED:
@@ -187,10 +205,6 @@ def _wg_block(acc, seg, k0, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, off
                                  _half2(tl.zeros_like(s), [BN, _kp(BLK, plane_width(BITS, p), JOIN)], ASM), p, BITS,
                                  BLK, JOIN, ASM, True, FULL, False, EVEN_M)
         return acc
-    if EVEN_M:
-        xs = tl.load(xs_ptr + offs_m * stride_sm + (seg[0] + k0) // BLK)
-    else:
-        xs = tl.load(xs_ptr + offs_m * stride_sm + (seg[0] + k0) // BLK, mask=mask_m, other=0.0)
     part = _plane_sum(-z[:, None] * xs[None, :], seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
                       s, z, 0, BITS, BLK, JOIN, ASM, False, FULL, MERGE, EVEN_M)
     acc += part * s[:, None]
@@ -228,12 +242,30 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
     for i in tl.static_range(NSEG):
         seg = segs[i]
         t_lo, t_hi = _tile_range(seg[1], pid_k, BLK, split_k)
-        for t in range(t_lo, tl.minimum(t_hi, seg[1] // BLK)):
-            acc = _wg_block(acc, seg, t * BLK, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_m, mask_m, ns,
-                            offs_nc, SEG_BITS[i], GS, BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M)
+        t_full = tl.minimum(t_hi, seg[1] // BLK)
+        if SCALED:  # the operands take s, z: loaded ahead they would cross layouts (shared memory) every block
+            for t in range(t_lo, t_full):
+                s, z, xs = _wg_params(seg, t * BLK, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t < t_full, GS,
+                                      BLK, SCALED, EVEN_M)
+                acc = _wg_block(acc, seg, t * BLK, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns,
+                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M)
+        else:
+            # scales, zeros and activation sums one block ahead: the block's dot waits on them (its
+            # accumulator starts at -z * xs), and Triton's pipeline stages only the dot operands' loads
+            s, z, xs = _wg_params(seg, t_lo * BLK, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t_lo < t_full, GS,
+                                  BLK, SCALED, EVEN_M)
+            for t in range(t_lo, t_full):
+                cs, cz, cxs = s, z, xs
+                s, z, xs = _wg_params(seg, (t + 1) * BLK, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc,
+                                      t + 1 < t_full, GS, BLK, SCALED, EVEN_M)
+                acc = _wg_block(acc, seg, t * BLK, cs, cz, cxs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns,
+                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M)
         if (t_hi > t_lo) & (t_hi * BLK > seg[1]):  # the segment's last block is partial and ours
-            acc = _wg_block(acc, seg, (t_hi - 1) * BLK, xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, offs_m,
-                            mask_m, ns, offs_nc, SEG_BITS[i], GS, BN, BT, BLK, JOIN, ASM, SCALED, False, EVEN_M)
+            k0 = (t_hi - 1) * BLK
+            s, z, xs = _wg_params(seg, k0, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t_hi > t_lo, GS, BLK, SCALED,
+                                  EVEN_M)
+            acc = _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_nc,
+                            SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, False, EVEN_M)
     store_rows(tl.trans(acc), out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
                offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
 
