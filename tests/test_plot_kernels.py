@@ -1,0 +1,54 @@
+"""benchmarks/plot_kernels.py: merging kernels.py JSONs cell by cell and the speedup plot (CPU only)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import plot_kernels as pk  # noqa: E402
+
+
+def _run(path: Path, fp16: float, cells: dict) -> Path:
+    """A kernels.py-shaped JSON: ``cells[(n, k, m)] = {variant: us}``, FP16 at ``fp16`` us everywhere."""
+    rows = [dict(N=n, K=k, M=m, fp16_us=fp16, int4_us=None,
+                 **{v: {"us": us, "ok": True, "cfg": "x"} for v, us in vs.items()})
+            for (n, k, m), vs in cells.items()]
+    path.write_text(json.dumps({"meta": {"gpu": "test GPU", "group_size": 128}, "rows": rows}))
+    return path
+
+
+def test_later_runs_replace_cells_and_ratios_stay_within_their_run(tmp_path):
+    a = _run(tmp_path / "a.json", 100.0, {(64, 128, 1): {"2b": 50.0, "3b": 80.0}, (64, 128, 16): {"2b": 90.0}})
+    b = _run(tmp_path / "b.json", 60.0, {(64, 128, 1): {"2b": 20.0}})
+    _, cells = pk.merge_runs([a, b])
+    got = {(c["M"], c["series"]): (c["speedup"], c["run"]) for c in cells}
+    assert got[(1, "2b")] == (3.0, "b.json")  # b's own FP16 (60 / 20), not a's
+    assert got[(1, "3b")] == (100.0 / 80.0, "a.json")  # b did not re-time it
+    assert got[(16, "2b")] == (100.0 / 90.0, "a.json")
+    text = pk.table(cells)
+    assert "a = a.json" in text and "b = b.json" in text and "3.00xb" in text
+
+
+def test_plot_writes_a_png_and_skips_single_m_shapes(tmp_path):
+    a = _run(tmp_path / "a.json", 100.0, {(64, 128, 1): {"2b": 50.0, "slim": 60.0}, (64, 128, 16): {"2b": 90.0},
+                                          (32, 32, 1): {"2b": 40.0}})
+    _, cells = pk.merge_runs([a])
+    out = pk.plot(cells, tmp_path / "p" / "speed.png", "title")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "p").glob("*.tmp.png"))
+    with pytest.raises(pk.KernelsJSONError, match="two or more token counts"):
+        pk.plot([c for c in cells if c["N"] == 32], tmp_path / "q.png")
+
+
+def test_bad_inputs_are_named(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(pk.KernelsJSONError, match="bad.json: not a kernels.py JSON"):
+        pk.merge_runs([bad])
+    with pytest.raises(pk.KernelsJSONError, match="at least one"):
+        pk.merge_runs([])
+    with pytest.raises(SystemExit):
+        pk.main([str(bad), "--out", str(tmp_path / "x.png")])
