@@ -80,7 +80,7 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 3
     walk: bool = True
-    gather: bool = False  # fuse x[:, col_perm] into the matmul kernel (else a gather pass into the workspace)
+    gather: bool = False  # fuse x[:, col_perm] into the matmul ("gv": each program pairs its own columns; else a pass)
     group_m: int = 8
     prefetch: bool = False  # "fma" / "h2" with M == 1: load the next tile before computing this one
     depth: int = 1  # "gv": K-tiles whose weights are loaded ahead of the one computed (1 or 2)
