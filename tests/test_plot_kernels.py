@@ -52,3 +52,21 @@ def test_bad_inputs_are_named(tmp_path):
         pk.merge_runs([])
     with pytest.raises(SystemExit):
         pk.main([str(bad), "--out", str(tmp_path / "x.png")])
+
+
+def test_targets_report_reads_merged_cells(tmp_path):
+    import kernel_targets as kt
+    a = _run(tmp_path / "a.json", 120.0, {(28672, 8192, 1): {"2b": 20.0, "3b": 40.0, "slim": 21.0},
+                                          (4096, 4096, 16): {"2b": 100.0}, (4096, 4096, 256): {"4b": 200.0}})
+    b = _run(tmp_path / "b.json", 100.0, {(4096, 4096, 16): {"2b": 50.0}})
+    _, cells = pk.merge_runs([a, b])
+    rows = {(r["target"], r["where"]): r for r in kt.checks(cells)}
+    assert rows[("M=1 2b >= 5x", "28672x8192")]["met"]  # 120 / 20 = 6x
+    assert not rows[("M=1 3b >= 4x", "28672x8192")]["met"]  # 3x
+    slim = rows[("M=1 SliM time <= 1.10x 2-bit", "28672x8192")]
+    assert slim["met"] and abs(slim["value"] - 1.05) < 1e-9
+    m16 = rows[("M=16 2b >= 1.5x", "4096x4096")]
+    assert m16["met"] and m16["run"] == "b.json"  # b's re-timing (2x) replaces a's 1.2x
+    assert not rows[("M=256 4b >= 0.9x", "4096x4096")]["met"]
+    assert ("M=1 4b >= 3x", "28672x8192") not in rows  # not timed: no check
+    assert kt.report(kt.checks(cells)).endswith("3 of 5 checks met")
