@@ -43,7 +43,8 @@ import triton
 import triton.language as tl
 
 from slimq.kernels.triton._h2 import (
-    _c3, _lo_hi_f32, _pair_src, _put_pairs, _slot, _store_pairs, code3_exact, code3_parts, half2_sum_f32, pair_fma,
+    _c3, _lo_hi_f32, _pair_cols, _pair_src, _put_pairs, _slot, _store_pairs, _x_at, code3_exact, code3_parts,
+    half2_sum_f32, pair_fma,
 )
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import pdl_wait, plane_coef, plane_rows, plane_width, store_rows
@@ -319,19 +320,10 @@ def _gv_tile(y, w0, w1, w2, s, z, seg, k0, xw_ptr, stride_wb, xs_ptr, BITS: tl.c
 
 @triton.jit
 def _pair_perm(perm_ptr, j, K, W: tl.constexpr):
-    """``col_perm`` of both columns of activation pairs ``j`` of width ``W`` (see ``pair_gather_kernel``);
-    -1 past ``K``. Weight-side data: loaded before the wait for the launch that writes ``x``."""
-    E: tl.constexpr = 32 // W
-    H: tl.constexpr = E // 2
-    c_lo = (j // H) * E + j % H
-    return (tl.load(perm_ptr + c_lo, mask=c_lo < K, other=-1),
-            tl.load(perm_ptr + c_lo + H, mask=c_lo + H < K, other=-1))
-
-
-@triton.jit
-def _x16(x_ptr, idx, XSCALE: tl.constexpr):
-    """fp16 ``x[idx] * XSCALE`` (0 where ``idx < 0``)."""
-    return (tl.load(x_ptr + idx, mask=idx >= 0, other=0.0).to(tl.float32) * XSCALE).to(tl.float16)
+    """``col_perm`` of both columns of activation pairs ``j`` of width ``W`` (``_h2._pair_cols``); -1 past
+    ``K``. Weight-side data: loaded before the wait for the launch that writes ``x``."""
+    c_lo, c_hi = _pair_cols(j, W)
+    return tl.load(perm_ptr + c_lo, mask=c_lo < K, other=-1), tl.load(perm_ptr + c_hi, mask=c_hi < K, other=-1)
 
 
 @triton.jit
@@ -342,8 +334,8 @@ def _gv_gather_chunk(x_ptr, perm_ptr, K, xw_ptr, stride_wb, xs_ptr, c, c_end, il
     j_end = (c_end + 31) // 32 * 16
     W0: tl.constexpr = plane_width(BITS, 0)
     j = c // 2 + tl.arange(0, CH // 2)
-    lo = _x16(x_ptr, ilo, XSCALE)
-    hi = _x16(x_ptr, ihi, XSCALE)
+    lo = _x_at(x_ptr, 0, ilo, ilo >= 0, XSCALE)
+    hi = _x_at(x_ptr, 0, ihi, ihi >= 0, XSCALE)
     bi = c // 32 + tl.arange(0, CH // 32)
     sums = tl.sum(tl.reshape(lo.to(tl.float32) + hi.to(tl.float32), [CH // 32, 16]), axis=1)
     tl.store(xs_ptr + bi, sums, mask=bi * 32 < c_end)

@@ -493,12 +493,17 @@ def h2_kernel(xw_ptr, stride_wm, stride_wb, xs_ptr, stride_sm, out_ptr, stride_o
 
 
 @triton.jit
+def _x_at(x_ptr, row_off, idx, ok, XSCALE: tl.constexpr):
+    """fp16 ``x[m, idx] * XSCALE`` (0 where not ``ok``), any shape of ``idx``."""
+    v = tl.load(x_ptr + row_off + idx, mask=ok, other=0.0).to(tl.float32)
+    return (v * XSCALE).to(tl.float16)
+
+
+@triton.jit
 def _scaled_x(x_ptr, row_off, perm_ptr, cols, K, XSCALE: tl.constexpr):
     """fp16 ``x[m, col_perm[cols]] * XSCALE`` (0 past ``K``), any shape of ``cols``."""
     ok = cols < K
-    idx = tl.load(perm_ptr + cols, mask=ok, other=0)
-    v = tl.load(x_ptr + row_off + idx, mask=ok, other=0.0).to(tl.float32)
-    return (v * XSCALE).to(tl.float16)
+    return _x_at(x_ptr, row_off, tl.load(perm_ptr + cols, mask=ok, other=0), ok, XSCALE)
 
 
 @triton.jit(do_not_specialize=["K"])
@@ -527,13 +532,20 @@ def pair_gather_kernel(x_ptr, stride_xm, perm_ptr, xw_ptr, stride_wm, stride_wb,
 
 
 @triton.jit
-def _pair_vals(x_ptr, row, perm_ptr, j, K, XSCALE: tl.constexpr, W: tl.constexpr):
-    """fp16 ``(lo, hi)`` of activation pairs ``j`` (any shape) of width ``W`` (see ``pair_gather_kernel``)."""
+def _pair_cols(j, W: tl.constexpr):
+    """Storage columns ``(lo, hi)`` of activation pairs ``j`` (any shape) of width ``W``: slot ``i`` and
+    ``i + H`` of word ``j // H`` (see ``pair_gather_kernel``)."""
     E: tl.constexpr = 32 // W
     H: tl.constexpr = E // 2
     c_lo = (j // H) * E + j % H
-    return (_scaled_x(x_ptr, row, perm_ptr, c_lo, K, XSCALE),
-            _scaled_x(x_ptr, row, perm_ptr, c_lo + H, K, XSCALE))
+    return c_lo, c_lo + H
+
+
+@triton.jit
+def _pair_vals(x_ptr, row, perm_ptr, j, K, XSCALE: tl.constexpr, W: tl.constexpr):
+    """fp16 ``(lo, hi)`` of activation pairs ``j`` (any shape) of width ``W`` (see ``pair_gather_kernel``)."""
+    c_lo, c_hi = _pair_cols(j, W)
+    return _scaled_x(x_ptr, row, perm_ptr, c_lo, K, XSCALE), _scaled_x(x_ptr, row, perm_ptr, c_hi, K, XSCALE)
 
 
 @triton.jit
