@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -80,7 +81,7 @@ def _check(p, m, dtype, cfg, *, bias=False, seed=1):
     b = torch.randn(p.out_features, generator=gen).to(DEV, dtype) if bias else None
     ref = packed_matmul_reference(x, p, b)
     out = torch.full((m, p.out_features), float("nan"), dtype=dtype, device=DEV)  # poison: all must be written
-    path = (cfg or select_config(m, p.out_features, p.in_features)).path
+    path = slt.resolve_config(x, p, cfg).path
     ws = Workspace(DEV, m, p.out_features, p.in_features, dtype, dequant=path == "dequant")
     y = sbp_matmul(x, p, b, out=out, workspace=ws, config=cfg)
     assert y is out
@@ -320,6 +321,16 @@ def test_select_config_is_explicit():
     assert slt.fallback_config(1, 4096, 4096).path == "fma" and slt.fallback_config(5, 4096, 4096).path == "dot"
     assert [select_config(m, 4096, 4096).path for m in (129, 256, 1024)] == ["dequant"] * 3
     assert slt.DEQUANT_MIN_M == slt.WG_MAX_M + 1
+    # wgs on big layers up to 512 tokens and two waves of 256 x 128 tiles (128-token tiles under ~0.9 waves),
+    # dequantize-then-cuBLAS elsewhere (run 46)
+    assert [select_config(m, 28672, 8192).path for m in (129, 256, 257, 512, 1024)] == \
+        ["wgs", "wgs", "dequant", "dequant", "dequant"]
+    assert [select_config(m, 8192, k).block_m for m, k in ((256, 28672), (512, 28672), (256, 8192), (512, 8192))] \
+        == [128, 256, 128, 256]
+    assert [select_config(m, n, k).path for m, n, k in ((256, 11008, 4096), (256, 4096, 11008), (1024, 8192, 8192))] \
+        == ["dequant"] * 3
+    c = select_config(200, 28672, 8192)
+    assert (c.block_m, c.block_n, c.num_warps, c.num_stages, c.split_k) == (256, 128, 8, 2, 1)
     assert select_config(256, 28672, 8192).chunk_n == 0 and select_config(256, 4096, 4096).chunk_n == 0
     assert [select_config(1, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096), (4096, 11008),
                                                          (11008, 4096))] == [4, 16, 16, 32, 8]
@@ -382,6 +393,20 @@ def test_config_and_input_errors():
     with pytest.raises(ValueError, match="dequant path needs"):
         sbp_matmul(torch.zeros(1, p.in_features, device=DEV, dtype=torch.float16), p, workspace=ws,
                    config=KernelConfig("dequant"))
+    with pytest.raises(ValueError, match="path 'wgs' does not split K"):
+        KernelConfig("wgs", block_m=128, num_warps=8, split_k=2)
+    with pytest.raises(ValueError, match="path 'wgs' takes num_warps 4 or 8"):
+        KernelConfig("wgs", block_m=64, num_warps=8)
+    with pytest.raises(ValueError, match="path 'wgs' takes 32 <= block_n"):
+        KernelConfig("wgs", block_m=64, block_n=256, num_warps=4)
+    if not GPU:  # Gluon has no interpreter: an explicit wgs config says why it cannot run, the dispatch falls back
+        x = torch.zeros(200, p.in_features, dtype=torch.float16)
+        with pytest.raises(ValueError, match="path 'wgs' cannot run this layer: needs a CUDA device"):
+            sbp_matmul(x, p, config=KernelConfig("wgs", block_m=128, num_warps=8))
+        assert select_config(200, 28672, 8192).path == "wgs"
+        big = types.SimpleNamespace(out_features=28672, in_features=8192, segments=p.segments, row_perm=None)
+        assert slt.resolve_config(torch.zeros(200, 8192, dtype=torch.float16), big).path == "dequant"
+        assert slt.make_workspace("cpu", 200, 64, 64).wbuf.numel() == 64 * 64
 
 
 @inproc
@@ -431,18 +456,86 @@ def test_gpu_shapes(m, bits):
     _check(p, m, torch.bfloat16, None)
 
 
+WGS_CFGS = {
+    "wgs": KernelConfig("wgs", block_m=128, block_n=256, num_warps=8, num_stages=2),
+    "wgs_n128": KernelConfig("wgs", block_m=128, block_n=128, num_warps=8, num_stages=3),  # two warps per word row
+    "wgs_t256": KernelConfig("wgs", block_m=256, block_n=128, num_warps=8, num_stages=2),
+    "wgs_4w": KernelConfig("wgs", block_m=64, block_n=128, num_warps=4, num_stages=1),
+    "wgs_4w_n64": KernelConfig("wgs", block_m=64, block_n=64, num_warps=4, num_stages=4),
+}
+
+
+@inproc
+def test_wgs_plan_one_launch_per_band_with_segment_descriptors():
+    """The wgs plan (host side, no GPU): a gather into xperm, then per band one launch whose TMA descriptors
+    end at each segment's last column (the kernel relies on TMA's zero fill there); precompile specs of it
+    are hashable."""
+    pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    from slimq.kernels.triton.warmup import launch_spec
+    p = random_layer(40, 192, 64, 2, row_bits=[2, 4, 3])  # three bands, one segment each
+    q = random_layer(*LAYERS["mix123_full"])  # one band, three segments
+    for layer, bands in ((p, 3), (q, 1)):
+        m = 150
+        x = torch.zeros(m, layer.in_features, device=DEV, dtype=torch.float16)
+        out = torch.empty(m, layer.out_features, device=DEV, dtype=torch.float16)
+        ws = Workspace(DEV, m, layer.out_features, layer.in_features, torch.float16)
+        cfg = WGS_CFGS["wgs_t256"]
+        launches = slt.plan_launches(x, layer, None, out, ws, cfg)
+        assert [lc.kernel for lc in launches] == ["gather_kernel"] + ["wgs_kernel"] * bands
+        for lc in launches[1:]:
+            descs, segs = lc.args[:8], lc.args[-1]
+            assert lc.kwargs["NSEG"] == len(segs) and lc.kwargs["BK"] == 64 and lc.kwargs["XAHEAD"] == 2
+            assert [list(d.shape) for d in descs[:len(segs)]] == [[m, c0 + ks] for c0, ks, *_ in segs]
+            assert all(d is descs[0] for d in descs[len(segs):]) and list(descs[0].block_shape) == [256, 64]
+            assert lc.grid == (triton.cdiv(m, 256) * triton.cdiv(lc.args[14], 128),)
+        assert len({launch_spec(lc) for lc in launches}) >= 2
+
+
 @inproc
 @gpu
-@pytest.mark.parametrize("m", [1, 8, 128])
+@pytest.mark.parametrize("cfg_name", list(WGS_CFGS))
+@pytest.mark.parametrize("layer", ["mix123_short", "u3_odd", "mix_wide", "u2_g128_short", "mix123_full"])
+def test_wgs_matches_reference(layer, cfg_name):
+    """The Gluon large-M path over short last groups, 1..8 bits, 1/2/3-bit mixes and group size 32 (K tile
+    32), partial token tiles and several tiles of each (M = 300)."""
+    p = random_layer(*LAYERS[layer])
+    if p.in_features % 8:  # TMA needs 16-byte activation rows: such layers go to dequantize-then-cuBLAS
+        with pytest.raises(ValueError, match="is not a multiple of 8"):
+            sbp_matmul(torch.zeros(70, p.in_features, device=DEV, dtype=torch.float16), p, config=WGS_CFGS[cfg_name])
+        assert slt.resolve_config(torch.zeros(200, p.in_features, device=DEV, dtype=torch.float16), p).path == "dequant"
+        return
+    for m in (70, 300):
+        _check(p, m, torch.float16, WGS_CFGS[cfg_name], bias=m == 70)
+    _check(p, 130, torch.bfloat16, WGS_CFGS[cfg_name])
+
+
+@inproc
+@gpu
+def test_wgs_row_permuted_layers_and_fallback():
+    p = random_layer(40, 192, 64, 2, row_bits=[2, 4, 3])  # MixLLM-style rows: three bands, a row_perm
+    _check(p, 150, torch.float16, WGS_CFGS["wgs_4w"], bias=True)
+    _check(p, 150, torch.float16, None, bias=True)  # a small layer: the dispatch dequantizes
+    q = random_layer(*LAYERS["unaligned_g20"])  # group size 20: no K tile fits; the dispatch dequantizes
+    x = torch.zeros(150, q.in_features, device=DEV, dtype=torch.float16)
+    assert slt.resolve_config(x, q).path == "dequant"
+    assert slt.resolve_config(x.float(), p).path == "dequant"  # float32 activations
+    with pytest.raises(ValueError, match="group size 20 is not a multiple of 32"):
+        sbp_matmul(x, q, config=WGS_CFGS["wgs"])
+
+
+@inproc
+@gpu
+@pytest.mark.parametrize("m", [1, 8, 128, 200])
 def test_cuda_graph_capture(m):
     """With preallocated out/workspace a call allocates nothing and replays under a CUDA graph."""
     p = random_layer(512, 640, 64, [1, 2, 3], seed=2)
     x = torch.randn(m, p.in_features, device=DEV, dtype=torch.float16)
     out = torch.empty(m, p.out_features, device=DEV, dtype=torch.float16)
-    cfg = select_config(m, p.out_features, p.in_features)
+    cfg = slt.resolve_config(x, p)
     ws = Workspace(DEV, m, p.out_features, p.in_features, torch.float16, dequant=cfg.path == "dequant")
-    cfg = KernelConfig(cfg.path, block_m=cfg.block_m, block_n=cfg.block_n, block_k=cfg.block_k, split_k=2,
-                       num_warps=cfg.num_warps, num_stages=cfg.num_stages, walk=False)
+    cfg = KernelConfig(cfg.path, block_m=cfg.block_m, block_n=cfg.block_n, block_k=cfg.block_k,
+                       split_k=1 if cfg.path == "wgs" else 2, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                       walk=False)
     sbp_matmul(x, p, out=out, workspace=ws, config=cfg)  # compile outside the capture
     torch.cuda.synchronize()
     # torch's first capture allocates a little bookkeeping (1 KiB with torch 2.11, even for out.zero_()), and a

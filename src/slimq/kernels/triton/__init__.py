@@ -13,10 +13,11 @@ from slimq.kernels import REGISTRY, Backend
 from slimq.kernels.triton.ops import (
     DEQUANT_MIN_M, FMA_MAX_M, H2_MAX_M, H2_XSCALE, PATHS, SKINNY_MAX_M, WG_MAX_M, KernelConfig, Launch, Workspace, fallback_config,
     h2_supported, plan_launches, resolve_config, sbp_matmul, select_config, tc_block, tc_supported, workspace_fits,
+    wgs_supported, wgs_unavailable,
 )
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "resolve_config", "fallback_config", "h2_supported",
-           "tc_supported", "tc_block", "sbp_matmul",
+           "tc_supported", "tc_block", "sbp_matmul", "wgs_supported", "wgs_unavailable",
            "plan_launches", "triton_matmul", "triton_unavailable", "make_workspace", "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M",
            "WG_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
 
@@ -51,10 +52,10 @@ def triton_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
 def make_workspace(device: torch.device | str, max_m: int, max_n: int, max_k: int,
                    dtype: torch.dtype = torch.float16) -> Workspace:
     """One :class:`Workspace` serving every layer up to ``max_n x max_k`` and ``max_m`` rows of
-    activations. With ``max_m >= DEQUANT_MIN_M`` it includes the dequant path's buffer: one fp16
-    copy of the largest layer (``max_n x max_k``; dequantizing in one pass is faster than in row
-    chunks, benchmarks/KERNEL_NOTES.md)."""
-    dequant = max_m >= DEQUANT_MIN_M
+    activations. With ``max_m >= DEQUANT_MIN_M`` on a device where the ``wgs`` path cannot run it
+    includes the dequant path's buffer: one fp16 copy of the largest layer (``max_n x max_k``;
+    dequantizing in one pass is faster than in row chunks, benchmarks/KERNEL_NOTES.md)."""
+    dequant = max_m >= DEQUANT_MIN_M and wgs_unavailable(torch.device(device), dtype) is not None
     return Workspace(device, max_m, max_n, max_k, dtype, dequant=dequant)
 
 

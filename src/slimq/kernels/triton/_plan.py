@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # annotations only: ops imports this module
     from slimq.kernels.triton.ops import KernelConfig, Workspace
 
 __all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "gv_launches", "h2_launches", "h2dot_launches",
-           "tc_launches", "wg_launches", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
+           "tc_launches", "wg_launches", "wgs_launches", "wgs_block_k", "WGS_MAX_SEGMENTS", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
 
 H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
 _FINALIZE_BLOCK = 1024
@@ -35,7 +35,10 @@ _GATHER_BLOCK = 1024
 
 def kernel_fn(module: str, name: str):
     """The ``@triton.jit`` function ``name`` of kernel module ``module`` ("kernels", "gv", "h2", "h2dot", "tc",
-    "wg")."""
+    "wg", or "wgs": Gluon, imported on first use since it needs ``triton.experimental.gluon``)."""
+    if module == "wgs":
+        from slimq.kernels.triton import _wgs
+        return getattr(_wgs, name)
     return getattr({"gv": GV, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
 
 
@@ -47,7 +50,7 @@ class Launch:
     grid: tuple[int, ...]
     args: tuple
     kwargs: dict
-    module: str = "kernels"  # "kernels" (``_kernels``) or "gv", "h2", "h2dot", "tc", "wg" (``_gv`` ...)
+    module: str = "kernels"  # "kernels" (``_kernels``) or "gv", "h2", "h2dot", "tc", "wg", "wgs" (``_gv`` ...)
 
     @property
     def fn(self):
@@ -81,7 +84,7 @@ def _block_k(cfg_bk: int, gs: int) -> tuple[int, bool]:
 
 def uses_acc(packed: PackedLinear, cfg: KernelConfig) -> bool:
     """Whether ``cfg`` accumulates in the float32 workspace (split-K or one launch per segment)."""
-    if cfg.path == "dequant":
+    if cfg.path in ("dequant", "wgs"):
         return False
     per_band = max(len(segs) for _, _, segs in bands(packed))
     return cfg.split_k > 1 or (not cfg.walk and per_band > 1 and cfg.path not in ("gv", "h2"))
@@ -386,3 +389,41 @@ def wg_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
     return _operand_launches(x, packed, bias, out, ws, cfg, "wg_kernel",
                              dict(BN=cfg.block_n, BT=cfg.block_m, JOIN=cfg.join, SCALED=cfg.scaled,
                                   EVEN_M=m % cfg.block_m == 0))
+
+
+WGS_MAX_SEGMENTS = 8  # = _wgs.MAX_SEGMENTS (not imported here: _wgs needs triton.experimental.gluon)
+
+
+def wgs_block_k(group_size: int) -> int:
+    """``wgs``'s K tile: 64 columns, or 32 for group sizes that are odd multiples of 32 (0: none fits)."""
+    return 64 if group_size % 64 == 0 else (32 if group_size % 32 == 0 else 0)
+
+
+def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """``wgs``: ``x[:, col_perm]`` into ``ws.xperm``, then one ``wgs_kernel`` per band writing ``out``
+    directly (no split-K); ``cfg.block_m`` is the token tile ``BT``, ``cfg.block_n`` the row tile ``BN``.
+    The kernel reads the activations by TMA: per segment a descriptor of ``xperm[:, :c1]`` (zeros past
+    the segment's last column and past ``M``)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    m, kdim = x.shape
+    gather, xin = gather_launch(x, packed, ws.xperm)
+    _, has_rp, rp, b = _output_args(packed, bias, out, ws, m, False)
+    gs = packed.segments[0].group_size
+    bk = wgs_block_k(gs)
+    box = [cfg.block_m, bk]
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=min(128, bk * x.element_size()),
+                                  element_bitwidth=8 * x.element_size(), rank=2)
+    launches = [gather]
+    for r0, ns, segs in bands(packed):
+        descs = [TensorDescriptor(xin, [m, s.c1], [kdim, 1], box, layout) for s in segs]
+        descs += descs[:1] * (WGS_MAX_SEGMENTS - len(descs))
+        grid = (triton.cdiv(ns, cfg.block_n) * triton.cdiv(m, cfg.block_m),)
+        launches.append(Launch(
+            "wgs_kernel", grid, (*descs, m, out, out.stride(0), rp, b, r0, ns, tuple(_seg_arg(s) for s in segs)),
+            dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BT=cfg.block_m, BN=cfg.block_n,
+                 BK=bk, XAHEAD=cfg.num_stages, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None,
+                 num_warps=cfg.num_warps, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})),
+            module="wgs"))
+    return launches

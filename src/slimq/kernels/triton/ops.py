@@ -15,7 +15,11 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
 * ``"wg"`` (``2 <= M <= WG_MAX_M``): the weight codes as the *register* operand of the
   tensor-core dot (Hopper ``wgmma`` takes only that one from registers), tokens as the other,
   ``y^T = W x^T`` (``slimq.kernels.triton._wg``).
-* ``"dequant"`` (``M > WG_MAX_M``): dequantize into ``workspace.wbuf`` then cuBLAS (``torch.mm``);
+* ``"wgs"`` (``M > WG_MAX_M`` on sm_90): weights dequantized into shared memory and multiplied by
+  asynchronous ``wgmma`` with both operands in shared memory, software-pipelined so that the tensor
+  cores run one K tile while the warps dequantize the next (Gluon, ``slimq.kernels.triton._wgs``).
+  Needs no copy of the weights; :func:`wgs_unavailable` says where it cannot run.
+* ``"dequant"`` (``M > WG_MAX_M`` where ``wgs`` cannot run): dequantize into ``workspace.wbuf`` then cuBLAS (``torch.mm``);
   faster than ``"gemm"`` and ``"wg"`` there on the shapes measured (benchmarks/KERNEL_NOTES.md). With
   ``chunk_n`` it alternates dequantizing ``chunk_n`` output rows and multiplying them, so
   ``wbuf`` is only ``chunk_n x K`` (slower: not the default).
@@ -45,20 +49,22 @@ import triton
 
 from slimq.format.layout import PackedLinear
 from slimq.kernels.triton._plan import (
-    H2_XSCALE, Launch, dequant_mm, dequant_steps, gather_launch, gv_launches, h2_launches, h2dot_launches,
-    kernel_fn, matmul_launches, tc_block, tc_launches, uses_acc, wg_launches,
+    H2_XSCALE, Launch, bands, dequant_mm, dequant_steps, gather_launch, gv_launches, h2_launches, h2dot_launches,
+    WGS_MAX_SEGMENTS, kernel_fn, matmul_launches, tc_block, tc_launches, uses_acc, wg_launches, wgs_block_k,
+    wgs_launches,
 )
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_config", "resolve_config", "sbp_matmul",
-           "plan_launches", "h2_supported", "tc_supported", "tc_block", "workspace_fits", "kernel_fn",
+           "plan_launches", "h2_supported", "tc_supported", "wgs_supported", "wgs_unavailable", "tc_block", "workspace_fits",
+           "kernel_fn",
            "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M", "WG_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
 
-PATHS = ("gv", "h2", "h2dot", "tc", "wg", "fma", "dot", "gemm", "dequant")
+PATHS = ("gv", "h2", "h2dot", "tc", "wg", "wgs", "fma", "dot", "gemm", "dequant")
 FMA_MAX_M = 1        # float32 CUDA-core fallback for M == 1 (layers h2 cannot run)
 H2_MAX_M = 1         # half2 CUDA cores up to here ...
 SKINNY_MAX_M = 16    # (fallbacks: h2dot / dot with M padded to 16 up to here, tiled gemm beyond)
 WG_MAX_M = 128       # ... weights as the register operand of the tensor-core dot up to here ...
-DEQUANT_MIN_M = WG_MAX_M + 1  # ... and dequantize-then-cuBLAS from here
+DEQUANT_MIN_M = WG_MAX_M + 1  # ... and wgs (sm_90) or dequantize-then-cuBLAS from here
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
 _H2_MAX_PROGRAMS = 4096  # h2 (M == 1, >= 4 bits): K split 16, fewer when the grid would pass this (run 12)
 _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pass this many per SM (runs 19, 23)
@@ -66,6 +72,11 @@ _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pa
 # 4-bit-and-wider layers take gv (not h2) up to it (run 27); with 3-bit codes only up to the second
 _GV_GATHER_MAX_WEIGHTS = 1 << 27
 _GV_GATHER_MAX_WEIGHTS_3B = 1 << 24
+# wgs (M > WG_MAX_M): only where it beat dequantize-then-cuBLAS on the H200 (run 46): layers of 2^26+ weights,
+# up to 512 tokens and two waves of tiles (wgs_config); dequant+cuBLAS stays faster on smaller layers, more tiles
+# and at 1024 tokens
+_WGS_MAX_M = 512
+_WGS_MIN_WEIGHTS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -105,15 +116,26 @@ class KernelConfig:
             raise ValueError(f"split_k must be >= 1, got {self.split_k}")
         if self.depth not in (1, 2) or (self.depth != 1 and self.path != "gv"):
             raise ValueError(f"depth must be 1, or 2 with path 'gv'; got {self.depth} for {self.path!r}")
-        if self.maxnreg and (self.path != "gv" or not 32 <= self.maxnreg <= 255 or self.maxnreg % 8):
-            raise ValueError(f"maxnreg must be 0, or a multiple of 8 in 32..255 with path 'gv'; got {self.maxnreg} "
-                             f"for {self.path!r}")
+        if self.maxnreg and (self.path not in ("gv", "wgs") or not 32 <= self.maxnreg <= 255 or self.maxnreg % 8):
+            raise ValueError(f"maxnreg must be 0, or a multiple of 8 in 32..255 with path 'gv' or 'wgs'; got "
+                             f"{self.maxnreg} for {self.path!r}")
         if self.path == "gv" and self.block_m != 1:
             raise ValueError(f"path 'gv' takes block_m == 1 (one token), got {self.block_m}")
         if self.path == "h2" and self.block_m > 16:
             raise ValueError(f"path 'h2' takes block_m <= 16, got {self.block_m}")
         if self.scaled and self.path != "wg":
             raise ValueError(f"scaled applies to path 'wg' only, got {self.path!r}")
+        if self.path == "wgs":
+            if self.split_k != 1:
+                raise ValueError(f"path 'wgs' does not split K, got split_k={self.split_k}")
+            if self.num_warps not in (4, 8) or self.block_m < 16 * self.num_warps or self.block_m > 256:
+                raise ValueError(f"path 'wgs' takes num_warps 4 or 8 and 16 * num_warps <= block_m <= 256, got "
+                                 f"block_m={self.block_m}, num_warps={self.num_warps}")
+            if not 1 <= self.num_stages <= 4:
+                raise ValueError(f"path 'wgs' takes num_stages (activation tiles in flight) 1..4, got {self.num_stages}")
+            if self.block_n < 32 or self.block_n > 256 or self.block_n > 32 * self.num_warps:
+                raise ValueError(f"path 'wgs' takes 32 <= block_n <= min(256, 32 * num_warps), got "
+                                 f"block_n={self.block_n} with {self.num_warps} warps")
         if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):
             raise ValueError(f"chunk_n must be 0, or > 0 with path 'dequant'; got {self.chunk_n} for {self.path!r}")
 
@@ -153,10 +175,12 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       most shapes but cost 20-33% on two 3-bit cases).
       It beat ``h2dot``/``tc`` at ``M = 4`` and 16 by 1.1-1.7x, ``gemm`` at 17-64 tokens by
       1.2-2.5x and dequantize-then-cuBLAS at 128 tokens (2-, 4-bit; 3-bit merged into one operand).
-    * beyond: dequantize into the workspace then cuBLAS, in one pass.
+    * beyond: ``wgs`` where :func:`wgs_config` gives a tiling (big layers, up to 512 tokens, up to two
+      waves of tiles; where it cannot run, :func:`resolve_config` turns it into ``dequant``), else
+      dequantize into the workspace then cuBLAS in one pass.
 
     ``bits``: the layer's segment bit-widths (:func:`resolve_config` passes them; without them
-    ``M == 1`` takes ``gv``). Layers ``wg`` cannot run get :func:`resolve_config`'s fallback.
+    ``M == 1`` takes ``gv``). Layers ``wg`` or ``wgs`` cannot run get :func:`resolve_config`'s fallback.
     """
     if m < 1 or n < 1 or k < 1:
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
@@ -180,7 +204,54 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
         split = 1 << max(0, int(math.log2(max(1.0, waves * num_sms / tiles))))
         return KernelConfig("wg", block_m=bt, block_n=64, split_k=max(1, min(16, split, k_tiles)), num_warps=4,
                             num_stages=3, join=True, scaled=bt >= 64, pdl=False)
-    return KernelConfig("dequant", block_n=64, block_k=128, num_warps=4)
+    return wgs_config(m, n, k, num_sms) or _DEQUANT
+
+
+def wgs_config(m: int, n: int, k: int, num_sms: int = 132) -> KernelConfig | None:
+    """The ``wgs`` tiling for ``M > WG_MAX_M``, or None where dequantize-then-cuBLAS was faster (H200,
+    run 46, benchmarks/KERNEL_NOTES.md): ``wgs`` needs a layer of ``_WGS_MIN_WEIGHTS`` weights or more,
+    at most ``_WGS_MAX_M`` tokens and at most two waves of 256-token x 128-row tiles (8 warps, two
+    activation tiles in flight); below ~0.9 waves of those it takes 128-token tiles."""
+    if m > _WGS_MAX_M or n * k < _WGS_MIN_WEIGHTS:
+        return None
+    tiles = triton.cdiv(m, 256) * triton.cdiv(n, 128)
+    if tiles > 2 * num_sms:
+        return None
+    bt = 256 if tiles >= 0.9 * num_sms else 128
+    return KernelConfig("wgs", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=2)
+
+
+_DEQUANT = KernelConfig("dequant", block_n=64, block_k=128, num_warps=4)
+
+
+def wgs_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None if ``wgs`` can run on ``device`` with activations of ``dtype``, else why not (it needs
+    Hopper's ``wgmma``, sm_90, float16/bfloat16 and ``triton.experimental.gluon``)."""
+    if device.type != "cuda":
+        return f"needs a CUDA device (Gluon has no interpreter), got {device.type!r}"
+    if torch.cuda.get_device_capability(device)[0] != 9:
+        return f"needs an sm_90 GPU (wgmma), device has {torch.cuda.get_device_capability(device)}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"needs float16 or bfloat16 activations, got {dtype}"
+    try:
+        from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma  # noqa: F401
+    except ImportError as e:
+        return f"needs triton.experimental.gluon with Hopper ops ({e})"
+    return None
+
+
+def wgs_supported(x: torch.Tensor, packed: PackedLinear) -> str | None:
+    """None if ``wgs`` can run ``packed`` on ``x``, else why not: :func:`wgs_unavailable`, a group
+    size that is a multiple of 32, and ``K`` a multiple of 8 (TMA needs 16-byte activation rows)."""
+    why = wgs_unavailable(x.device, x.dtype)
+    if why is None and not wgs_block_k(packed.segments[0].group_size):
+        why = f"group size {packed.segments[0].group_size} is not a multiple of 32"
+    if why is None and packed.in_features % 8:
+        why = f"K = {packed.in_features} is not a multiple of 8 (TMA rows of 16 bytes)"
+    most = max(len(segs) for _, _, segs in bands(packed))
+    if why is None and most > WGS_MAX_SEGMENTS:
+        why = f"a band has {most} segments, more than {WGS_MAX_SEGMENTS}"
+    return why
 
 
 def _gemm_config(m: int, n: int, k: int, num_sms: int = 132) -> KernelConfig:
@@ -279,7 +350,7 @@ class Workspace:
             need |= {"xpair", "xs32"}
         elif cfg.path == "h2dot":
             need |= {"xpair", "xperm"}
-        elif not cfg.gather or cfg.path == "dequant":
+        elif not cfg.gather or cfg.path in ("dequant", "wgs"):
             need.add("xperm32" if cfg.path == "fma" and m == 1 else "xperm")
         return cls(x.device, m, n, k, x.dtype, dequant=cfg.path == "dequant",
                    dequant_rows=cfg.chunk_n or None, buffers=tuple(need), split_rows=m)
@@ -293,6 +364,8 @@ class Workspace:
         if cfg.path == "dequant" and self.wbuf.numel() < min(cfg.chunk_n or n, n) * k:
             raise ValueError("the dequant path needs a Workspace(..., dequant=True) with room for "
                              f"{min(cfg.chunk_n or n, n)} x {k} weights")
+        if cfg.path in ("dequant", "wgs") and self.xperm.numel() < m * k:
+            raise ValueError(f"the {cfg.path} path needs a Workspace with buffer 'xperm' for {m} x {k} activations")
         if cfg.path in ("gv", "h2", "h2dot", "tc", "wg"):
             if self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0:
                 raise ValueError(f"the {cfg.path} path needs a Workspace with buffer 'xpair'")
@@ -365,6 +438,12 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
     n = packed.out_features
     cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device),
                                   bits=tuple(s.bits for s in packed.segments))
+    if cfg.path == "wgs":
+        why = wgs_supported(x, packed)
+        if why is not None:
+            if config is not None:
+                raise ValueError(f"path 'wgs' cannot run this layer: {why}")
+            return _DEQUANT
     if cfg.path in ("gv", "h2", "h2dot", "tc", "wg"):
         why = (tc_supported(packed) if cfg.path in ("tc", "wg")
                else h2_supported(packed, join=cfg.path in ("gv", "h2") or cfg.join))
@@ -399,6 +478,8 @@ def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
         raise ValueError(f"path {cfg.path!r} with block_m={cfg.block_m} takes M <= {cfg.block_m}, got {m}")
     if cfg.path == "dequant":
         return [lc for lc, _ in dequant_steps(x, packed, out, ws, cfg)]
+    if cfg.path == "wgs":
+        return wgs_launches(x, packed, bias, out, ws, cfg)
     if cfg.path == "gv":
         return gv_launches(x, packed, bias, out, ws, cfg)
     if cfg.path == "h2":

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 def _spec(v):
     if isinstance(v, torch.Tensor):
         return ("tensor", str(v.dtype).removeprefix("torch."))
+    if type(v).__name__ == "TensorDescriptor":  # Gluon TMA descriptor ("wgs"): compiled per dtype, box and layout
+        return ("tdesc", str(v.base.dtype).removeprefix("torch."), tuple(v.block_shape), v.layout)
     if isinstance(v, tuple):
         return ("tuple", tuple(_spec(e) for e in v))
     return ("value", v)
@@ -34,11 +36,16 @@ def launch_spec(launch: Launch) -> tuple:
 
 
 def _rebuild(spec, device):
-    kind, v = spec
+    kind, v = spec[:2]
     if kind == "tensor":
         return torch.empty(16, dtype=getattr(torch, v), device=device)
     if kind == "tuple":
         return tuple(_rebuild(e, device) for e in v)
+    if kind == "tdesc":
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+        dtype, box, layout = spec[1:]
+        base = torch.empty(box, dtype=getattr(torch, dtype), device=device)
+        return TensorDescriptor(base, list(box), [box[1], 1], list(box), layout)
     return v
 
 
