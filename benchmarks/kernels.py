@@ -148,7 +148,9 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
         return (base + h2dot(32, (64, 128), (1, 2), joins=(True, False), stages=(3,))
                 + h2dot(64, (64, 128), (1, 2), joins=(True, False), stages=(2,)) + [C("dequant")]
                 + tc(1 << max(4, (m - 1).bit_length()), (128, 256), (1, 2, 4), warps=(4, 8)) + wg)
-    return ([C("dequant", block_n=64, block_k=128, num_warps=4, chunk_n=c) for c in (0, 512, 1024, 2048, 4096)]
+    wgs = [C("wgs", block_m=bt, block_n=bn, block_k=64, num_warps=w, num_stages=st)
+           for bt, bn, w, st in ((256, 128, 8, 1), (256, 128, 8, 2), (128, 256, 8, 2), (128, 128, 8, 2))]
+    return (wgs + [C("dequant", block_n=64, block_k=128, num_warps=4, chunk_n=c) for c in (0, 512, 1024, 2048, 4096)]
             + h2dot(64, (128,), (1,), joins=(True, False), stages=(2,), warps=(4, 8))
             + h2dot(128, (128,), (1,), joins=(True, False), stages=(2,), warps=(8,))
             + tc(64, (128, 256), (1,), stages=(2, 3), warps=(4, 8)) + tc(128, (128, 256), (1,), stages=(2, 3), warps=(8,))
@@ -193,6 +195,9 @@ def _parse(argv):
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     ap.add_argument("--from-json", metavar="PATH",
                     help="no GPU: re-read a --tune JSON and print the table for the current select_config")
+    ap.add_argument("--write", metavar="PATH",
+                    help="with --from-json: also write that table as a kernels.py JSON (for plot_kernels.py and "
+                         "kernel_targets.py)")
     ap.add_argument("--dry-run", action="store_true",
                     help="smoke test on the CPU (Triton interpreter, wall-clock 'times'; needs TRITON_INTERPRET=1)")
     return ap.parse_args(argv)
@@ -252,7 +257,7 @@ def _measure_variant(case, cfgs, tune: bool, keep_all: bool) -> dict:
 def main(argv=None) -> int:
     args = _parse(argv)
     if args.from_json:
-        return _table_from_json(Path(args.from_json))
+        return _table_from_json(Path(args.from_json), Path(args.write) if args.write else None)
     if args.dry_run:
         _make_dry()
     import triton
@@ -298,8 +303,10 @@ def main(argv=None) -> int:
     return 1 if bad else 0
 
 
-def _table_from_json(path: Path) -> int:
-    """Print, from a ``--tune`` run's JSON, the times of the configs ``select_config`` picks now.
+def _table_from_json(path: Path, write: Path | None = None) -> int:
+    """Print, from a ``--tune`` run's JSON, the times of the configs ``select_config`` picks now (the mean
+    where the run timed a config twice, as the dispatch default and as a candidate); with ``write``,
+    also save them as a kernels.py JSON whose meta names the source run.
 
     A cell whose config was not among those timed is marked ``n/t``; ``!`` marks a config
     whose output differed from the reference in that run."""
@@ -309,7 +316,7 @@ def _table_from_json(path: Path) -> int:
     variants = [v for v in VARIANTS if v in rows[0]]
     out_rows, notes = [], []
     for r in rows:
-        row = {k: r[k] for k in ("N", "K", "M", "fp16_us", "int4_us")}
+        row = {k: r.get(k) for k in ("N", "K", "M", "fp16_us", "int4_us")}
         for v in variants:
             cfg = cfg_name(select_config(r["M"], r["N"], r["K"], num_sms=meta["sms"], bits=VARIANT_BITS[v]))
             hit = [a for a in (r[v]["all"] or []) if a["cfg"] == cfg]
@@ -317,14 +324,22 @@ def _table_from_json(path: Path) -> int:
                 notes.append(f"{r['N']}x{r['K']} M={r['M']} {v}: {cfg} not timed")
                 row[v] = {"us": float("nan"), "GBps": float("nan"), "ok": False}
                 continue
-            a = min(hit, key=lambda h: h["us"])
+            us = sum(h["us"] for h in hit) / len(hit)
             nbytes = r[v]["GBps"] * r[v]["us"] * 1e3  # bytes moved, as recorded for the run's own config
-            row[v] = {"us": a["us"], "GBps": nbytes / a["us"] / 1e3, "ok": a["ok"], "cfg": a["cfg"]}
+            row[v] = {"us": us, "GBps": nbytes / us / 1e3, "ok": all(h["ok"] for h in hit), "cfg": cfg,
+                      "err": max(h["err"] for h in hit)}
         out_rows.append(row)
     print(f"times of the configs select_config picks now, from {path}")
     print(_table(out_rows, variants, meta["copy_GBps"], meta, mark_bad=True))
     for n in notes:
         print("  " + n)
+    if write is not None:
+        meta = dict(meta, reselected_from=path.name,
+                    note="each cell: the config select_config picks now, as timed in that run")
+        write.parent.mkdir(parents=True, exist_ok=True)
+        tmp = write.with_suffix(write.suffix + ".tmp")
+        tmp.write_text(json.dumps({"meta": meta, "rows": out_rows}, indent=1))
+        tmp.replace(write)
     return 0
 
 
