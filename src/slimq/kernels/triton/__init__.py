@@ -52,10 +52,11 @@ def triton_matmul(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
 def make_workspace(device: torch.device | str, max_m: int, max_n: int, max_k: int,
                    dtype: torch.dtype = torch.float16) -> Workspace:
     """One :class:`Workspace` serving every layer up to ``max_n x max_k`` and ``max_m`` rows of
-    activations. With ``max_m >= DEQUANT_MIN_M`` on a device where the ``wgs`` path cannot run it
-    includes the dequant path's buffer: one fp16 copy of the largest layer (``max_n x max_k``;
-    dequantizing in one pass is faster than in row chunks, benchmarks/KERNEL_NOTES.md)."""
-    dequant = max_m >= DEQUANT_MIN_M and wgs_unavailable(torch.device(device), dtype) is not None
+    activations. With ``max_m >= DEQUANT_MIN_M`` it includes the dequant path's buffer: one fp16
+    copy of the largest layer (``max_n x max_k``; dequantizing in one pass is faster than in row
+    chunks, benchmarks/KERNEL_NOTES.md). The dispatch still sends most long-prompt calls there (``wgs``
+    only takes big layers up to 512 tokens), so the buffer is kept on sm_90 too."""
+    dequant = max_m >= DEQUANT_MIN_M
     return Workspace(device, max_m, max_n, max_k, dtype, dequant=dequant)
 
 
