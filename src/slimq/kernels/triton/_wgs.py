@@ -52,6 +52,11 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from slimq.kernels.triton._tiles import plane_coef, plane_width
 
+# Gluon names that changed after Triton 3.6 (the version measured): the TMA load (async_copy_global_to_shared ->
+# async_load) and the CTA barrier (thread_barrier -> barrier)
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+
 __all__ = ["wgs_kernel", "WSLOTS", "MAX_SEGMENTS"]
 
 MAX_SEGMENTS = 8  # segments per band (one TMA descriptor argument each)
@@ -139,7 +144,7 @@ def _x_issue(xdesc, c0, t0, k0, bars, x_smem, j, pred, BT: gl.constexpr, BK: gl.
     slot = j % (XAHEAD + 2)
     bar = bars.index(slot)
     mbarrier.expect(bar, BT * BK * xdesc.dtype.primitive_bitwidth // 8, pred=pred)
-    tma.async_copy_global_to_shared(xdesc, [t0, c0 + k0], bar, x_smem.index(slot), pred=pred)
+    _tma_load(xdesc, [t0, c0 + k0], bar, x_smem.index(slot), pred=pred)
 
 
 @gluon.jit
@@ -193,7 +198,7 @@ def _step(acc, it, t, n_tiles, w0, w1, w2, s, z, v0, v1, v2, vs, vz, seg, xdesc,
     lim = gl.where(t + 2 < n_tiles, ks, 0)
     n0, n1, n2, ns_, nz = _w_loads(seg, (t + 2) * BK, lim, offs_n, mask_n, ns, GS, BITS, BK, L3)
     fence_async_shared()
-    gl.thread_barrier()  # every warp's weights are stored and every warp is past the previous wgmma wait
+    _cta_barrier()  # every warp's weights are stored and every warp is past the previous wgmma wait
     _x_issue(xdesc, seg[0], t0, (t + XAHEAD) * BK, bars, x_smem, it + XAHEAD, t + XAHEAD < n_tiles, BT, BK, XAHEAD)
     xs = it % (XAHEAD + 2)
     mbarrier.wait(bars.index(xs), (it // (XAHEAD + 2)) & 1)
