@@ -13,7 +13,9 @@ slimq output is first checked against the pure-torch reference.
     PYTHONPATH=src python benchmarks/kernels.py [--tune] [--shapes 4096x4096,...] [--ms 1,16] [--out DIR]
 
 ``--tune`` also times candidate configs per (shape, M, variant) and reports the best; the
-JSON then holds every candidate's time (used to set ``select_config``).
+JSON then holds every candidate's time (used to set ``select_config``). ``--from-json PATH``
+re-reads such a JSON for the configs ``select_config`` picks now (no GPU), ``--write OUT`` saves
+that selection as a kernels.py JSON for ``plot_kernels.py`` and ``kernel_targets.py``.
 """
 from __future__ import annotations
 
