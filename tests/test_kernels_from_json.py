@@ -7,9 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import kernels as kb  # noqa: E402
-
-from slimq.kernels.triton import select_config  # noqa: E402
+import kernels as kb  # noqa: E402  (imports triton lazily: test_kernels_triton decides the interpreter mode first)
 
 
 def _cell(auto: str, timings: list[tuple[str, float]], ok: bool = True) -> dict:
@@ -19,6 +17,7 @@ def _cell(auto: str, timings: list[tuple[str, float]], ok: bool = True) -> dict:
 
 
 def test_reselection_uses_the_current_dispatch_and_writes_a_kernels_json(tmp_path, capsys):
+    from slimq.kernels.triton import select_config
     meta = {"gpu": "test GPU", "sms": 132, "torch": "t", "triton": "t", "python": "p", "group_size": 128,
             "convention": "c", "copy_GBps": 4000.0}
     big = kb.cfg_name(select_config(256, 28672, 8192, num_sms=132, bits=(2,)))
