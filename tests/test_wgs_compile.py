@@ -34,19 +34,13 @@ _SCRIPT = textwrap.dedent("""
         def is_active(self): return True
 
     driver.set_active(Sm90())
-    from slimq.format.packing import pack
-    from slimq.quant.result import QuantizedTensor
+    sys.path.insert(0, TESTS)
+    from test_kernels_triton import random_layer  # triton is imported already: no interpreter mode there
     from slimq.kernels.triton import KernelConfig, Workspace
     from slimq.kernels.triton._plan import wgs_launches
 
-    n, k, gs, m = 256, 640, 128, 256
-    g = k // gs
-    bits = torch.tensor([1, 2, 3, 2, 1], dtype=torch.int8)[None].expand(n, g).contiguous()  # three segments
-    gen = torch.Generator().manual_seed(0)
-    g_idx = (torch.arange(k) // gs).to(torch.int32)
-    maxq = (1 << bits.long()[:, g_idx.long()]) - 1
-    codes = torch.minimum((torch.rand(n, k, generator=gen) * (maxq + 1)).floor(), maxq.float()).to(torch.uint8)
-    p = pack(QuantizedTensor(codes, torch.rand(n, g).half(), torch.rand(n, g).half(), g_idx, bits, gs))
+    n, k, m = 256, 640, 256
+    p = random_layer(n, k, 128, [1, 2, 3, 2, 1])  # three segments
     x = torch.zeros(m, k, dtype=torch.float16)
     out = torch.empty(m, n, dtype=torch.float16)
     ws = Workspace("cpu", m, n, k, torch.float16)
@@ -65,7 +59,8 @@ _SCRIPT = textwrap.dedent("""
 
 def test_wgs_compiles_for_sm90_with_async_wgmma():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    script = f"TESTS = {os.path.dirname(os.path.abspath(__file__))!r}\n" + _SCRIPT
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["segments"] == 3

@@ -391,7 +391,7 @@ def wg_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
                                   EVEN_M=m % cfg.block_m == 0))
 
 
-WGS_MAX_SEGMENTS = 8  # = _wgs.MAX_SEGMENTS (not imported here: _wgs needs triton.experimental.gluon)
+WGS_MAX_SEGMENTS = 8  # segments per band: _wgs.wgs_kernel takes one TMA descriptor argument (xd0..xd7) for each
 
 
 def wgs_block_k(group_size: int) -> int:
@@ -405,16 +405,16 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     directly (no split-K); ``cfg.block_m`` is the token tile ``BT``, ``cfg.block_n`` the row tile ``BN``.
     The kernel reads the activations by TMA: per segment a descriptor of ``xperm[:, :c1]`` (zeros past
     the segment's last column and past ``M``)."""
-    from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from slimq.kernels.triton._wgs import smem_layout
     m, kdim = x.shape
     gather, xin = gather_launch(x, packed, ws.xperm)
     _, has_rp, rp, b = _output_args(packed, bias, out, ws, m, False)
     gs = packed.segments[0].group_size
     bk = wgs_block_k(gs)
     box = [cfg.block_m, bk]
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=min(128, bk * x.element_size()),
-                                  element_bitwidth=8 * x.element_size(), rank=2)
+    layout = smem_layout(bk, 8 * x.element_size())
     launches = [gather]
     for r0, ns, segs in bands(packed):
         descs = [TensorDescriptor(xin, [m, s.c1], [kdim, 1], box, layout) for s in segs]

@@ -39,7 +39,7 @@ dequantize-then-cuBLAS on smaller layers and at 1024 tokens (``ops.wgs_config`` 
 where it won).
 
 Needs: float16/bfloat16 activations, ``BK`` dividing the group size, ``K`` a multiple of 8 (16-byte TMA
-rows), at most ``MAX_SEGMENTS`` segments per band. ``ops.wgs_supported`` checks them.
+rows), at most ``_plan.WGS_MAX_SEGMENTS`` segments per band. ``ops.wgs_supported`` checks them.
 """
 from __future__ import annotations
 
@@ -57,9 +57,7 @@ from slimq.kernels.triton._tiles import plane_coef, plane_width
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
-__all__ = ["wgs_kernel", "WSLOTS", "MAX_SEGMENTS"]
-
-MAX_SEGMENTS = 8  # segments per band (one TMA descriptor argument each)
+__all__ = ["wgs_kernel", "WSLOTS", "smem_layout"]
 
 WSLOTS = gl.constexpr(3)  # dequantized-weight ring slots (module doc: why three)
 # XAHEAD (kernel constexpr, KernelConfig.num_stages): activation tiles in flight ahead of the one multiplied
@@ -89,7 +87,9 @@ def _acc_layout(bt, bn, num_warps):
 
 
 @triton.constexpr_function
-def _smem_layout(rows, bk, bitwidth):
+def smem_layout(bk, bitwidth):
+    """NVMMA shared layout of a ``[rows, BK]`` operand tile (128-byte swizzle at ``BK = 64``, 16 bits); the host
+    builds the activations' TMA descriptors with it too (``_plan.wgs_launches``)."""
     return gl.NVMMASharedLayout(swizzle_byte_width=min(128, bk * bitwidth // 8), element_bitwidth=bitwidth, rank=2)
 
 
@@ -252,7 +252,7 @@ def wgs_kernel(xd0, xd1, xd2, xd3, xd4, xd5, xd6, xd7, M, out_ptr, stride_om, ro
                BK: gl.constexpr, XAHEAD: gl.constexpr, HAS_ROWPERM: gl.constexpr, HAS_BIAS: gl.constexpr,
                num_warps: gl.constexpr):
     """``out[t, row_perm[r0 + n]] = sum_k x[t, col_perm[k]] W[r0 + n, k] (+ bias)`` for one band (rows
-    ``[r0, r0 + ns)``, segments ``segs``); ``xd0..xd7``: per segment (up to ``MAX_SEGMENTS``; the rest
+    ``[r0, r0 + ns)``, segments ``segs``); ``xd0..xd7``: per segment (up to ``_plan.WGS_MAX_SEGMENTS``; the rest
     repeat the first) a TMA descriptor of ``x[:, col_perm]`` ``[M, c0 + ks]`` with ``[BT, BK]`` boxes
     (separate arguments: Triton 3.6's launcher cannot take descriptors inside a tuple). Grid: ``cdiv(ns, BN) *
     cdiv(M, BT)`` programs, token tiles of one row tile adjacent (they share its weight words in L2)."""
@@ -263,7 +263,7 @@ def wgs_kernel(xd0, xd1, xd2, xd3, xd4, xd5, xd6, xd7, M, out_ptr, stride_om, ro
     pid_t = pid % n_t
     pid_n = pid // n_t
     LACC: gl.constexpr = _acc_layout(BT, BN, num_warps)
-    w_smem = gl.allocate_shared_memory(DT, [WSLOTS, BN, BK], _smem_layout(BN, BK, DT.primitive_bitwidth))
+    w_smem = gl.allocate_shared_memory(DT, [WSLOTS, BN, BK], smem_layout(BK, DT.primitive_bitwidth))
     x_smem = gl.allocate_shared_memory(DT, [XAHEAD + 2, BT, BK], xd0.layout)
     bars = gl.allocate_shared_memory(gl.int64, [XAHEAD + 2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(XAHEAD + 2):
