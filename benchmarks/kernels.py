@@ -120,6 +120,7 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
     """Configs tried by ``--tune`` (besides the dispatch default); ``n``/``k`` size the ``wg`` splits."""
     from slimq.kernels.triton import KernelConfig as C
     from slimq.kernels.triton import select_config
+    from slimq.kernels.triton.ops import WGS_SPLIT_MAX_M
     wg = wg_candidates(m, n, k) if n and k else []
 
     def h2dot(bm, bns, splits, joins=(True,), stages=(1, 3), warps=(4,)):
@@ -150,8 +151,11 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
         return (base + h2dot(32, (64, 128), (1, 2), joins=(True, False), stages=(3,))
                 + h2dot(64, (64, 128), (1, 2), joins=(True, False), stages=(2,)) + [C("dequant")]
                 + tc(1 << max(4, (m - 1).bit_length()), (128, 256), (1, 2, 4), warps=(4, 8)) + wg)
-    wgs = [C("wgs", block_m=bt, block_n=bn, block_k=64, num_warps=w, num_stages=st)
-           for bt, bn, w, st in ((256, 128, 8, 1), (256, 128, 8, 2), (128, 256, 8, 2), (128, 128, 8, 2))]
+    wgs = [C("wgs", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=2)]
+    wgs += [C("wgs", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=2, producers=p, depth=d, split_k=s)
+            for bt, p, d, s in ((256, 4, 2, 1), (256, 4, 2, 2), (256, 4, 2, 4), (256, 8, 1, 1), (128, 8, 2, 1),
+                                (128, 8, 2, 2))
+            if s == 1 or m <= WGS_SPLIT_MAX_M]  # the workspace holds split-K sums up to WGS_SPLIT_MAX_M tokens
     return (wgs + [C("dequant", block_n=64, block_k=128, num_warps=4, chunk_n=c) for c in (0, 512, 1024, 2048, 4096)]
             + h2dot(64, (128,), (1,), joins=(True, False), stages=(2,), warps=(4, 8))
             + h2dot(128, (128,), (1,), joins=(True, False), stages=(2,), warps=(8,))
@@ -180,7 +184,8 @@ def cfg_name(c) -> str:
     if c.path == "dequant":
         return f"dequant/c{c.chunk_n}" if c.chunk_n else "dequant"
     walk = (("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + (f"/d{c.depth}" if c.depth > 1 else "")
-            + ("/g" if c.gather else "") + (f"/r{c.maxnreg}" if c.maxnreg else "") + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl"))
+            + ("/g" if c.gather else "") + (f"/r{c.maxnreg}" if c.maxnreg else "") + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl")
+            + (f"/p{c.producers}" if c.producers else ""))
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 

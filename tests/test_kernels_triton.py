@@ -321,16 +321,17 @@ def test_select_config_is_explicit():
     assert slt.fallback_config(1, 4096, 4096).path == "fma" and slt.fallback_config(5, 4096, 4096).path == "dot"
     assert [select_config(m, 4096, 4096).path for m in (129, 256, 1024)] == ["dequant"] * 3
     assert slt.DEQUANT_MIN_M == slt.WG_MAX_M + 1
-    # wgs on big layers up to 512 tokens and two waves of 256 x 128 tiles (128-token tiles under ~0.9 waves),
-    # dequantize-then-cuBLAS elsewhere (run 46)
-    assert [select_config(m, 28672, 8192).path for m in (129, 256, 257, 512, 1024)] == \
-        ["wgs", "wgs", "dequant", "dequant", "dequant"]
-    assert [select_config(m, 8192, k).block_m for m, k in ((256, 28672), (512, 28672), (256, 8192), (512, 8192))] \
-        == [128, 256, 128, 256]
-    assert [select_config(m, n, k).path for m, n, k in ((256, 11008, 4096), (256, 4096, 11008), (1024, 8192, 8192))] \
+    # wgs (warp-specialised, 256 x 128 tiles) on layers of 2^26+ weights up to 1024 tokens, of 2^25+ up to 256;
+    # K split where the tiles fill under 0.75 of the SMs; dequantize-then-cuBLAS elsewhere (runs 51-53)
+    assert [select_config(m, 28672, 8192).path for m in (129, 256, 257, 512, 1024, 1025)] == \
+        ["wgs"] * 5 + ["dequant"]
+    assert [select_config(m, n, k).split_k for m, n, k in ((256, 8192, 28672), (512, 8192, 28672), (256, 8192, 8192),
+                                                           (256, 4096, 11008), (256, 11008, 4096))] == [2, 1, 2, 4, 1]
+    assert [select_config(m, n, k).path for m, n, k in ((512, 11008, 4096), (512, 4096, 11008), (256, 4096, 4096))] \
         == ["dequant"] * 3
     c = select_config(200, 28672, 8192)
-    assert (c.block_m, c.block_n, c.num_warps, c.num_stages, c.split_k) == (256, 128, 8, 2, 1)
+    assert (c.block_m, c.block_n, c.num_warps, c.num_stages, c.split_k, c.producers, c.depth) == \
+        (256, 128, 8, 2, 1, 4, 2)
     assert select_config(256, 28672, 8192).chunk_n == 0 and select_config(256, 4096, 4096).chunk_n == 0
     assert [select_config(1, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096), (4096, 11008),
                                                          (11008, 4096))] == [4, 16, 16, 32, 8]
@@ -393,8 +394,15 @@ def test_config_and_input_errors():
     with pytest.raises(ValueError, match="dequant path needs"):
         sbp_matmul(torch.zeros(1, p.in_features, device=DEV, dtype=torch.float16), p, workspace=ws,
                    config=KernelConfig("dequant"))
-    with pytest.raises(ValueError, match="path 'wgs' does not split K"):
+    with pytest.raises(ValueError, match=r"path 'wgs' splits K \(split_k 2..8\) only with producers"):
         KernelConfig("wgs", block_m=128, num_warps=8, split_k=2)
+    with pytest.raises(ValueError, match="producers 0, or 4 or 8 with num_warps 8"):
+        KernelConfig("wgs", block_m=64, num_warps=4, producers=4)
+    with pytest.raises(ValueError, match="producers applies to path 'wgs' only"):
+        KernelConfig("wg", block_m=64, producers=4)
+    with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv' or 'wgs' with producers"):
+        KernelConfig("wgs", block_m=128, num_warps=8, depth=2)
+    assert KernelConfig("wgs", block_m=128, num_warps=8, producers=8, split_k=4, depth=2).split_k == 4
     with pytest.raises(ValueError, match="path 'wgs' takes num_warps 4 or 8"):
         KernelConfig("wgs", block_m=64, num_warps=8)
     with pytest.raises(ValueError, match="path 'wgs' takes 32 <= block_n"):
@@ -410,12 +418,14 @@ def test_config_and_input_errors():
 
 @inproc
 def test_workspace_sizes_split_buffers_for_the_split_paths_only():
-    """A workspace for long prompts keeps the split-K / operand-order buffers at WG_MAX_M token rows:
-    more tokens go to dequantize-then-cuBLAS, which needs none of them."""
+    """A workspace for long prompts keeps the operand-order buffers at WG_MAX_M token rows (more tokens go to
+    wgs or dequantize-then-cuBLAS, which need none of them) and the float32 sums at up to WGS_SPLIT_MAX_M
+    rows (wgs splits K up to there)."""
     p = random_layer(*LAYERS["mix123_full"], seed=12)
     m_big = slt.WG_MAX_M + 3
     ws = Workspace(DEV, m_big, p.out_features, p.in_features, torch.float16, dequant=True)
-    assert ws.split_rows == slt.WG_MAX_M and ws.acc.numel() == slt.WG_MAX_M * p.out_features
+    assert ws.split_rows == slt.WG_MAX_M and ws.acc.numel() == m_big * p.out_features
+    assert Workspace(DEV, 4096, 8, 64).acc.numel() == slt.WGS_SPLIT_MAX_M * 8
     assert ws.pair_stride == slt.WG_MAX_M * ws.kp // 2
     for m in (1, 5, slt.WG_MAX_M, m_big):  # h2, wg, wg with a full tile, dequant: all served by one workspace
         gen = torch.Generator().manual_seed(m)
@@ -461,6 +471,12 @@ WGS_CFGS = {
     "wgs_t256": KernelConfig("wgs", block_m=256, block_n=128, num_warps=8, num_stages=2),
     "wgs_4w": KernelConfig("wgs", block_m=64, block_n=128, num_warps=4, num_stages=1),
     "wgs_4w_n64": KernelConfig("wgs", block_m=64, block_n=64, num_warps=4, num_stages=4),
+    "wgsw_p4": KernelConfig("wgs", block_m=256, block_n=128, num_warps=8, num_stages=2, producers=4),
+    "wgsw_p8_t128": KernelConfig("wgs", block_m=128, block_n=128, num_warps=8, num_stages=1, producers=8),
+    "wgsw_p4_n64": KernelConfig("wgs", block_m=128, block_n=64, num_warps=8, num_stages=3, producers=4),
+    "wgsw_p4_k2_d2": KernelConfig("wgs", block_m=256, block_n=128, num_warps=8, num_stages=2, producers=4, split_k=2,
+                                  depth=2),
+    "wgsw_p8_k3": KernelConfig("wgs", block_m=128, block_n=128, num_warps=8, num_stages=2, producers=8, split_k=3),
 }
 
 
@@ -488,6 +504,48 @@ def test_wgs_plan_one_launch_per_band_with_segment_descriptors():
             assert all(d is descs[0] for d in descs[len(segs):]) and list(descs[0].block_shape) == [256, 64]
             assert lc.grid == (triton.cdiv(m, 256) * triton.cdiv(lc.args[14], 128),)
         assert len({launch_spec(lc) for lc in launches}) >= 2
+
+
+@inproc
+def test_wgs_producers_plan_one_descriptor_split_k_and_pair_order():
+    """The warp-specialised wgs plan (host side, no GPU): one TMA descriptor of the whole gathered ``[M, K]``
+    per band, segments in column order, ``SPLIT`` programs per tile adding into the workspace and one
+    finalize launch; float16 layers with ``K % 16 == 0`` gather in ``_dq16``'s pair order (H2), bfloat16 not."""
+    pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    q = random_layer(*LAYERS["mix123_full"])  # one band, three segments
+    m, n, k = 150, q.out_features, q.in_features
+    for dtype, split, h2 in ((torch.float16, 3, k % 16 == 0), (torch.bfloat16, 1, False)):
+        x = torch.zeros(m, k, device=DEV, dtype=dtype)
+        out = torch.empty(m, n, device=DEV, dtype=dtype)
+        ws = Workspace(DEV, m, n, k, dtype)
+        cfg = KernelConfig("wgs", block_m=128, block_n=64, num_warps=8, producers=4, split_k=split)
+        launches = slt.plan_launches(x, q, None, out, ws, cfg)
+        names = [lc.kernel for lc in launches]
+        assert names == ["gather_kernel", "wgsw_kernel"] + ["finalize_kernel"] * (split > 1)
+        assert launches[0].kwargs.get("PAIR16", False) == h2
+        w = launches[1]
+        assert list(w.args[0].shape) == [m, k] and list(w.args[0].block_shape) == [128, 64]
+        assert w.kwargs["SPLIT"] == split and w.kwargs["H2"] == h2 and w.kwargs["P"] == 4
+        assert w.grid == (triton.cdiv(m, 128) * triton.cdiv(n, 64) * split,)
+        assert [c0 for c0, *_ in w.args[-1]] == sorted(c0 for c0, *_ in w.args[-1])
+        assert (w.args[2] is out) == (split == 1)
+        from slimq.kernels.triton._plan import uses_acc
+        assert uses_acc(q, cfg) == (split > 1)
+
+
+@inproc
+def test_gather_pair16_order():
+    """``gather_kernel`` with PAIR16: column ``16 b + c`` takes ``col_perm[16 b + c // 2 + 8 (c % 2)]``, the
+    pair order of the half2 dequantization (runs under the interpreter without a GPU)."""
+    from slimq.kernels.triton._plan import gather_launch
+    p = random_layer(24, 96, 32, [1, 2, 3])
+    x = torch.randn(3, 96, device=DEV, dtype=torch.float16)
+    buf = torch.empty(3 * 96, device=DEV, dtype=torch.float16)
+    lc, xin = gather_launch(x, p, buf, pair16=True)
+    lc()
+    c = torch.arange(96)
+    src = (c // 16) * 16 + (c % 16) // 2 + 8 * (c % 2)
+    assert torch.equal(xin.cpu(), x.cpu()[:, p.col_perm.cpu().long()[src]])
 
 
 @inproc

@@ -1,4 +1,4 @@
-"""The Gluon ``wgs`` kernel compiles for sm_90 without a GPU, and its ``wgmma`` stay asynchronous.
+"""The Gluon ``wgs`` kernels compile for sm_90 without a GPU, and their ``wgmma`` stay asynchronous.
 
 Gluon kernels cannot run in the Triton interpreter, so CI (no GPU) compiles ``wgs_kernel`` for an sm_90
 target in a fresh process whose Triton driver is a stand-in reporting that target, then reads the SASS:
@@ -44,7 +44,7 @@ _SCRIPT = textwrap.dedent("""
     x = torch.zeros(m, k, dtype=torch.float16)
     out = torch.empty(m, n, dtype=torch.float16)
     ws = Workspace("cpu", m, n, k, torch.float16)
-    cfg = KernelConfig("wgs", block_m=256, block_n=128, num_warps=8, num_stages=2)
+    cfg = KernelConfig("wgs", block_m=256, block_n=128, num_warps=8, num_stages=2, **json.loads(sys.argv[1]))
     lc = wgs_launches(x, p, None, out, ws, cfg)[1]
     kern = lc.fn.warmup(*lc.args, grid=(1,), **lc.kwargs)
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
@@ -52,21 +52,41 @@ _SCRIPT = textwrap.dedent("""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
-    print(json.dumps({"segments": lc.kwargs["NSEG"], "hgmma": sass.count("HGMMA"),
-                      "wait0": sass.count("DEPBAR.LE gsb0, 0x0"), "wait1": sass.count("DEPBAR.LE gsb0, 0x1")}))
+    print(json.dumps({"segments": lc.kwargs["NSEG"], "hgmma": sass.count("HGMMA"), "kernel": lc.kernel,
+                      "wait0": sass.count("DEPBAR.LE gsb0, 0x0"), "wait1": sass.count("DEPBAR.LE gsb0, 0x1"),
+                      "hfma2": sass.count("HFMA2"), "setmaxreg": sass.count("USETMAXREG"),
+                      "red": sass.count("REDG.E.ADD.F32")}))
 """)
 
 
-def test_wgs_compiles_for_sm90_with_async_wgmma():
+def _compile(fields: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = f"TESTS = {os.path.dirname(os.path.abspath(__file__))!r}\n" + _SCRIPT
-    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", script, json.dumps(fields)], env=env, capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got["segments"] == 3
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_wgs_compiles_for_sm90_with_async_wgmma():
+    got = _compile({})
+    assert got["kernel"] == "wgs_kernel" and got["segments"] == 3
     # 256 x 128 tiles, 8 warps: each warpgroup issues two m64 blocks x four k16 steps per K tile, in the peeled
     # first tile, the two tiles of the loop body and the tail of every segment
     assert got["hgmma"] >= 8 * 3 * 3
     # one wait for zero outstanding groups (after the last tile); every other wait leaves one wgmma in flight
     assert got["wait0"] == 1, got
     assert got["wait1"] >= 3 * 3, got
+
+
+def test_wgs_with_producers_compiles_warp_specialised():
+    """``_wgsw``: register reallocation between the partitions (setmaxnreg), the MMA loop's wgmma kept
+    asynchronous (peeled first tile; one loop for every segment), float16 weights made in half2 (``_dq16``:
+    HFMA2, no float32 FFMA path), and with split-K the float32 sums added by vector reductions."""
+    got = _compile({"producers": 4, "split_k": 2, "depth": 2})
+    assert got["kernel"] == "wgsw_kernel" and got["segments"] == 3
+    assert got["setmaxreg"] >= 2, got
+    assert got["hgmma"] >= 8 * 2 and got["wait0"] == 1 and got["wait1"] >= 2, got
+    # three segments (1, 2 and 3 bits), each pair of weights one HFMA2, in three unrolled tiles per loop trip
+    assert got["hfma2"] >= 3 * 3 * 8, got
+    assert got["red"] > 0, got

@@ -11,7 +11,7 @@ import torch
 from slimq.format.layout import PackedLinear
 from slimq.kernels import REGISTRY, Backend
 from slimq.kernels.triton.ops import (
-    DEQUANT_MIN_M, FMA_MAX_M, H2_MAX_M, H2_XSCALE, PATHS, SKINNY_MAX_M, WG_MAX_M, KernelConfig, Launch, Workspace, fallback_config,
+    DEQUANT_MIN_M, FMA_MAX_M, WGS_SPLIT_MAX_M, H2_MAX_M, H2_XSCALE, PATHS, SKINNY_MAX_M, WG_MAX_M, KernelConfig, Launch, Workspace, fallback_config,
     h2_supported, plan_launches, resolve_config, sbp_matmul, select_config, tc_block, tc_supported, workspace_fits,
     wgs_supported, wgs_unavailable,
 )
@@ -19,7 +19,7 @@ from slimq.kernels.triton.ops import (
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "resolve_config", "fallback_config", "h2_supported",
            "tc_supported", "tc_block", "sbp_matmul", "wgs_supported", "wgs_unavailable",
            "plan_launches", "triton_matmul", "triton_unavailable", "make_workspace", "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M",
-           "WG_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
+           "WG_MAX_M", "DEQUANT_MIN_M", "WGS_SPLIT_MAX_M", "H2_XSCALE"]
 
 _MIN_CAPABILITY = (8, 0)  # bf16 tensor-core dots
 
@@ -54,8 +54,8 @@ def make_workspace(device: torch.device | str, max_m: int, max_n: int, max_k: in
     """One :class:`Workspace` serving every layer up to ``max_n x max_k`` and ``max_m`` rows of
     activations. With ``max_m >= DEQUANT_MIN_M`` it includes the dequant path's buffer: one fp16
     copy of the largest layer (``max_n x max_k``; dequantizing in one pass is faster than in row
-    chunks, benchmarks/KERNEL_NOTES.md). The dispatch still sends most long-prompt calls there (``wgs``
-    only takes big layers up to 512 tokens), so the buffer is kept on sm_90 too."""
+    chunks, benchmarks/KERNEL_NOTES.md). The dispatch still sends many long-prompt calls there (``wgs``
+    takes layers of 2^26+ weights up to 1024 tokens, of 2^25+ up to 256), so the buffer is kept on sm_90 too."""
     dequant = max_m >= DEQUANT_MIN_M
     return Workspace(device, max_m, max_n, max_k, dtype, dequant=dequant)
 

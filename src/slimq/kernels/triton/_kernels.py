@@ -364,12 +364,17 @@ def dequant_kernel(w_ptr, stride_wn, rowperm_ptr, r0, ns, n_lo, n_hi, row0, gs, 
 
 
 @triton.jit
-def gather_kernel(x_ptr, stride_xm, perm_ptr, xp_ptr, stride_pm, K, BLOCK: tl.constexpr):
-    """``xp[m, k] = x[m, col_perm[k]]`` (converted to ``xp``'s dtype). Grid ``(cdiv(K, BLOCK), M)``."""
+def gather_kernel(x_ptr, stride_xm, perm_ptr, xp_ptr, stride_pm, K, BLOCK: tl.constexpr, PAIR16: tl.constexpr = False):
+    """``xp[m, k] = x[m, col_perm[k]]`` (converted to ``xp``'s dtype). Grid ``(cdiv(K, BLOCK), M)``. With
+    ``PAIR16`` (``K % 16 == 0``), column ``k`` takes ``col_perm[16 (k // 16) + c // 2 + 8 (c % 2)]``, ``c = k %
+    16``: the pair order of ``_dq16`` (columns ``j`` and ``j + 8`` of each 16-column block adjacent)."""
     m = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < K
-    idx = tl.load(perm_ptr + offs, mask=mask, other=0)
+    src = offs
+    if PAIR16:
+        src = (offs & ~15) | ((offs & 15) >> 1) | ((offs & 1) << 3)
+    idx = tl.load(perm_ptr + src, mask=mask, other=0)
     v = tl.load(x_ptr + m * stride_xm + idx, mask=mask, other=0.0)
     tl.store(xp_ptr + m * stride_pm + offs, v.to(xp_ptr.dtype.element_ty), mask=mask)
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # annotations only: ops imports this module
     from slimq.kernels.triton.ops import KernelConfig, Workspace
 
 __all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "gv_launches", "h2_launches", "h2dot_launches",
-           "tc_launches", "wg_launches", "wgs_launches", "wgs_block_k", "WGS_MAX_SEGMENTS", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
+           "tc_launches", "wg_launches", "wgs_launches", "wgs_block_k", "wgs_tiles_contiguous", "WGS_MAX_SEGMENTS", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
 
 H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
 _FINALIZE_BLOCK = 1024
@@ -39,6 +39,9 @@ def kernel_fn(module: str, name: str):
     if module == "wgs":
         from slimq.kernels.triton import _wgs
         return getattr(_wgs, name)
+    if module == "wgsw":
+        from slimq.kernels.triton import _wgsw
+        return getattr(_wgsw, name)
     return getattr({"gv": GV, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
 
 
@@ -84,7 +87,9 @@ def _block_k(cfg_bk: int, gs: int) -> tuple[int, bool]:
 
 def uses_acc(packed: PackedLinear, cfg: KernelConfig) -> bool:
     """Whether ``cfg`` accumulates in the float32 workspace (split-K or one launch per segment)."""
-    if cfg.path in ("dequant", "wgs"):
+    if cfg.path == "wgs":
+        return cfg.split_k > 1
+    if cfg.path == "dequant":
         return False
     per_band = max(len(segs) for _, _, segs in bands(packed))
     return cfg.split_k > 1 or (not cfg.walk and per_band > 1 and cfg.path not in ("gv", "h2"))
@@ -212,12 +217,15 @@ def h2dot_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | N
     return launches + o.finish(out, bias is not None)
 
 
-def gather_launch(x: torch.Tensor, packed: PackedLinear, buf: torch.Tensor) -> tuple[Launch, torch.Tensor]:
-    """``x[:, col_perm]`` into ``buf`` (a workspace buffer, viewed ``[M, K]``): the launch and the view."""
+def gather_launch(x: torch.Tensor, packed: PackedLinear, buf: torch.Tensor,
+                  pair16: bool = False) -> tuple[Launch, torch.Tensor]:
+    """``x[:, col_perm]`` into ``buf`` (a workspace buffer, viewed ``[M, K]``): the launch and the view.
+    ``pair16``: in ``_dq16``'s pair order within 16-column blocks (``K % 16 == 0``)."""
     m, kdim = x.shape
     xin = buf[: m * kdim].view(m, kdim)
+    kw = {"BLOCK": _GATHER_BLOCK, **({"PAIR16": True} if pair16 else {})}
     return Launch("gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
-                  (x, x.stride(0), packed.col_perm, xin, xin.stride(0), kdim), {"BLOCK": _GATHER_BLOCK}), xin
+                  (x, x.stride(0), packed.col_perm, xin, xin.stride(0), kdim), kw), xin
 
 
 def _pdl_kw(pdl: bool) -> dict:
@@ -392,6 +400,10 @@ def wg_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
 
 
 WGS_MAX_SEGMENTS = 8  # segments per band: _wgs.wgs_kernel takes one TMA descriptor argument (xd0..xd7) for each
+WGSW_SLOTS = 4  # weight-ring slots of the warp-specialised wgs (_wgsw): 4 x 16 KB at 128 x 64 half tiles
+# producer warps -> (maxnreg of the launch, registers of each producer warp): 8 MMA warps + P producers share the
+# SM's 64K registers; the MMA warps (a 256x128 float32 accumulator is 128 registers each) get the rest (184 / 160)
+WGSW_REGS = {4: (168, 128), 8: (128, 96)}
 
 
 def wgs_block_k(group_size: int) -> int:
@@ -401,29 +413,68 @@ def wgs_block_k(group_size: int) -> int:
 
 def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                  ws: Workspace, cfg: KernelConfig) -> list[Launch]:
-    """``wgs``: ``x[:, col_perm]`` into ``ws.xperm``, then one ``wgs_kernel`` per band writing ``out``
-    directly (no split-K); ``cfg.block_m`` is the token tile ``BT``, ``cfg.block_n`` the row tile ``BN``.
-    The kernel reads the activations by TMA: per segment a descriptor of ``xperm[:, :c1]`` (zeros past
-    the segment's last column and past ``M``)."""
+    """``wgs``: ``x[:, col_perm]`` into ``ws.xperm``, then one kernel per band; ``cfg.block_m`` is the token
+    tile ``BT``, ``cfg.block_n`` the row tile ``BN``. The kernels read the activations by TMA (zeros past
+    ``K`` and ``M``). ``wgs_kernel`` (no producers) takes per segment a descriptor of ``xperm[:, :c1]`` and
+    writes ``out``; ``wgsw_kernel`` (``cfg.producers``) takes one descriptor of ``xperm`` (in ``_dq16``'s
+    pair order where it dequantizes in half2) and, with ``cfg.split_k > 1``, adds float32 sums into the
+    workspace for a ``finalize_kernel`` launch."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from slimq.kernels.triton._wgs import smem_layout
     m, kdim = x.shape
-    gather, xin = gather_launch(x, packed, ws.xperm)
-    _, has_rp, rp, b = _output_args(packed, bias, out, ws, m, False)
+    # _dq16's half2 dequantization: float16, whole 16-column blocks, and no 7-bit codes (their top plane's
+    # magic constant would overflow float16)
+    h2 = (bool(cfg.producers) and x.dtype == torch.float16 and kdim % 16 == 0
+          and all(s.bits != 7 for s in packed.segments))
+    gather, xin = gather_launch(x, packed, ws.xperm, pair16=h2)
+    split = cfg.split_k > 1
+    acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
     gs = packed.segments[0].group_size
     bk = wgs_block_k(gs)
     box = [cfg.block_m, bk]
     layout = smem_layout(bk, 8 * x.element_size())
     launches = [gather]
     for r0, ns, segs in bands(packed):
-        descs = [TensorDescriptor(xin, [m, s.c1], [kdim, 1], box, layout) for s in segs]
-        descs += descs[:1] * (WGS_MAX_SEGMENTS - len(descs))
-        grid = (triton.cdiv(ns, cfg.block_n) * triton.cdiv(m, cfg.block_m),)
-        launches.append(Launch(
-            "wgs_kernel", grid, (*descs, m, out, out.stride(0), rp, b, r0, ns, tuple(_seg_arg(s) for s in segs)),
-            dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BT=cfg.block_m, BN=cfg.block_n,
-                 BK=bk, XAHEAD=cfg.num_stages, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None,
-                 num_warps=cfg.num_warps, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})),
-            module="wgs"))
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BT=cfg.block_m, BN=cfg.block_n,
+                  BK=bk, XAHEAD=cfg.num_stages, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None,
+                  num_warps=cfg.num_warps, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+        seg_args = tuple(_seg_arg(s) for s in segs)
+        grid = triton.cdiv(ns, cfg.block_n) * triton.cdiv(m, cfg.block_m)
+        if not cfg.producers:
+            descs = [TensorDescriptor(xin, [m, s.c1], [kdim, 1], box, layout) for s in segs]
+            descs += descs[:1] * (WGS_MAX_SEGMENTS - len(descs))
+            launches.append(Launch("wgs_kernel", (grid,), (*descs, m, out, out.stride(0), rp, b, r0, ns, seg_args),
+                                   kw, module="wgs"))
+            continue
+        segs = sorted(segs, key=lambda t: t.c0)
+        why = wgs_tiles_contiguous(segs, kdim, bk)
+        if why:
+            raise ValueError(f"wgs with producers: {why}")
+        seg_args = tuple(_seg_arg(t) for t in segs)
+        kw.update(SEG_BITS=tuple(t.bits for t in segs))
+        maxnreg, pregs = WGSW_REGS[cfg.producers]
+        kw.update(P=cfg.producers, PREGS=pregs, WS=WGSW_SLOTS, H2=h2, AHEAD=cfg.depth + 1, SPLIT=cfg.split_k,
+                  maxnreg=cfg.maxnreg or maxnreg)
+        if split:
+            kw.update(HAS_ROWPERM=False, HAS_BIAS=False)  # finalize_kernel applies them
+        dst = acc if split else out
+        desc = TensorDescriptor(xin, [m, kdim], [kdim, 1], box, layout)
+        launches.append(Launch("wgsw_kernel", (grid * cfg.split_k,),
+                               (desc, m, dst, dst.stride(0), rp, b, r0, ns, seg_args), kw, module="wgsw"))
+    if split:
+        launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
+
+
+def wgs_tiles_contiguous(segs: list[Segment], kdim: int, bk: int) -> str | None:
+    """``wgsw_kernel`` numbers K tiles across a band's segments: why ``segs`` do not cover ``[0, K)`` in
+    column order with every boundary but ``K`` on a multiple of ``bk`` (layouts from ``slimq.format`` do),
+    or None."""
+    c = 0
+    for s in sorted(segs, key=lambda t: t.c0):
+        if s.c0 != c or (s.c1 != kdim and s.c1 % bk):
+            return (f"a band's segments {[(t.c0, t.c1) for t in segs]} do not cover [0, {kdim}) in order on "
+                    f"{bk}-column boundaries")
+        c = s.c1
+    return None if c == kdim else f"a band's segments end at column {c}, not K = {kdim}"

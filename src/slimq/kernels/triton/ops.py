@@ -51,7 +51,7 @@ from slimq.format.layout import PackedLinear
 from slimq.kernels.triton._plan import (
     H2_XSCALE, Launch, bands, dequant_mm, dequant_steps, gather_launch, gv_launches, h2_launches, h2dot_launches,
     WGS_MAX_SEGMENTS, kernel_fn, matmul_launches, tc_block, tc_launches, uses_acc, wg_launches, wgs_block_k,
-    wgs_launches,
+    wgs_launches, wgs_tiles_contiguous,
 )
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_config", "resolve_config", "sbp_matmul",
@@ -64,6 +64,7 @@ FMA_MAX_M = 1        # float32 CUDA-core fallback for M == 1 (layers h2 cannot r
 H2_MAX_M = 1         # half2 CUDA cores up to here ...
 SKINNY_MAX_M = 16    # (fallbacks: h2dot / dot with M padded to 16 up to here, tiled gemm beyond)
 WG_MAX_M = 128       # ... weights as the register operand of the tensor-core dot up to here ...
+WGS_SPLIT_MAX_M = 512  # wgs splits K (float32 sums in workspace.acc) only up to this many tokens
 DEQUANT_MIN_M = WG_MAX_M + 1  # ... and wgs (sm_90) or dequantize-then-cuBLAS from here
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
 _H2_MAX_PROGRAMS = 4096  # h2 (M == 1, >= 4 bits): K split 16, fewer when the grid would pass this (run 12)
@@ -72,11 +73,13 @@ _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pa
 # 4-bit-and-wider layers take gv (not h2) up to it (run 27); with 3-bit codes only up to the second
 _GV_GATHER_MAX_WEIGHTS = 1 << 27
 _GV_GATHER_MAX_WEIGHTS_3B = 1 << 24
-# wgs (M > WG_MAX_M): only where it beat dequantize-then-cuBLAS on the H200 (run 46): layers of 2^26+ weights,
-# up to 512 tokens and two waves of tiles (wgs_config); dequant+cuBLAS stays faster on smaller layers, more tiles
-# and at 1024 tokens
-_WGS_MAX_M = 512
+# wgs (M > WG_MAX_M), warp-specialised (producers=4, half2 dequantization): where it beat dequantize-then-cuBLAS
+# on the H200 (runs 51-53): layers of 2^26+ weights up to 1024 tokens, layers of 2^25+ weights up to 256 tokens
+# (wgs_config); dequant+cuBLAS stays faster on smaller layers and more tokens
+_WGS_MAX_M = 1024
 _WGS_MIN_WEIGHTS = 1 << 26
+_WGS_SMALL_MAX_M = 256
+_WGS_SMALL_MIN_WEIGHTS = 1 << 25
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,14 @@ class KernelConfig:
     gather: bool = False  # fuse x[:, col_perm] into the matmul ("gv": each program pairs its own columns; else a pass)
     group_m: int = 8
     prefetch: bool = False  # "fma" / "h2" with M == 1: load the next tile before computing this one
-    depth: int = 1  # "gv": K-tiles whose weights are loaded ahead of the one computed (1 or 2)
+    depth: int = 1  # "gv": K-tiles whose weights are loaded ahead of the one computed (1 or 2); "wgs" with
+    # producers: depth + 1 tiles ahead
     maxnreg: int = 0  # "gv": cap on registers per thread (0: the compiler's choice), for more resident warps
     chunk_n: int = 0  # "dequant": rows dequantized per step (0: the whole layer at once)
     join: bool = False  # "h2dot"/"wg": join a tile's operand pieces into one tl.dot (else one dot per code pair)
     scaled: bool = False  # "wg": dequantized weights as operands (else exact codes, scaled per block)
     pdl: bool = True  # "h2"/"tc"/"wg" on sm_90+: the matmul launches during its gather, waits on the device
+    producers: int = 0  # "wgs": warps of a separate dequantization partition (4 or 8; 0: every warp does both)
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -114,8 +119,9 @@ class KernelConfig:
             raise ValueError(f"tensor-core paths need block_m, block_n >= 16, got {self.block_m}, {self.block_n}")
         if self.split_k < 1:
             raise ValueError(f"split_k must be >= 1, got {self.split_k}")
-        if self.depth not in (1, 2) or (self.depth != 1 and self.path != "gv"):
-            raise ValueError(f"depth must be 1, or 2 with path 'gv'; got {self.depth} for {self.path!r}")
+        if self.depth not in (1, 2) or (self.depth != 1 and self.path != "gv" and not self.producers):
+            raise ValueError(f"depth must be 1, or 2 with path 'gv' or 'wgs' with producers; got {self.depth} for "
+                             f"{self.path!r}")
         if self.maxnreg and (self.path not in ("gv", "wgs") or not 32 <= self.maxnreg <= 255 or self.maxnreg % 8):
             raise ValueError(f"maxnreg must be 0, or a multiple of 8 in 32..255 with path 'gv' or 'wgs'; got "
                              f"{self.maxnreg} for {self.path!r}")
@@ -126,16 +132,22 @@ class KernelConfig:
         if self.scaled and self.path != "wg":
             raise ValueError(f"scaled applies to path 'wg' only, got {self.path!r}")
         if self.path == "wgs":
-            if self.split_k != 1:
-                raise ValueError(f"path 'wgs' does not split K, got split_k={self.split_k}")
+            if self.split_k != 1 and not (self.producers and self.split_k <= 8):
+                raise ValueError(f"path 'wgs' splits K (split_k 2..8) only with producers, got split_k={self.split_k}")
             if self.num_warps not in (4, 8) or self.block_m < 16 * self.num_warps or self.block_m > 256:
                 raise ValueError(f"path 'wgs' takes num_warps 4 or 8 and 16 * num_warps <= block_m <= 256, got "
                                  f"block_m={self.block_m}, num_warps={self.num_warps}")
             if not 1 <= self.num_stages <= 4:
                 raise ValueError(f"path 'wgs' takes num_stages (activation tiles in flight) 1..4, got {self.num_stages}")
-            if self.block_n < 32 or self.block_n > 256 or self.block_n > 32 * self.num_warps:
-                raise ValueError(f"path 'wgs' takes 32 <= block_n <= min(256, 32 * num_warps), got "
-                                 f"block_n={self.block_n} with {self.num_warps} warps")
+            if self.producers not in (0, 4, 8) or (self.producers and self.num_warps != 8):
+                raise ValueError(f"path 'wgs' takes producers 0, or 4 or 8 with num_warps 8, got producers="
+                                 f"{self.producers} with {self.num_warps} warps")
+            dq_warps = self.producers or self.num_warps  # the warps that dequantize: one row each
+            if self.block_n < 32 or self.block_n > 256 or self.block_n > 32 * dq_warps:
+                raise ValueError(f"path 'wgs' takes 32 <= block_n <= min(256, 32 * dequantizing warps), got "
+                                 f"block_n={self.block_n} with {dq_warps} warps")
+        if self.producers and self.path != "wgs":
+            raise ValueError(f"producers applies to path 'wgs' only, got {self.path!r}")
         if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):
             raise ValueError(f"chunk_n must be 0, or > 0 with path 'dequant'; got {self.chunk_n} for {self.path!r}")
 
@@ -209,16 +221,16 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
 
 def wgs_config(m: int, n: int, k: int, num_sms: int = 132) -> KernelConfig | None:
     """The ``wgs`` tiling for ``M > WG_MAX_M``, or None where dequantize-then-cuBLAS was faster (H200,
-    run 46, benchmarks/KERNEL_NOTES.md): ``wgs`` needs a layer of ``_WGS_MIN_WEIGHTS`` weights or more,
-    at most ``_WGS_MAX_M`` tokens and at most two waves of 256-token x 128-row tiles (8 warps, two
-    activation tiles in flight); below ~0.9 waves of those it takes 128-token tiles."""
-    if m > _WGS_MAX_M or n * k < _WGS_MIN_WEIGHTS:
+    runs 51-53, benchmarks/KERNEL_NOTES.md): layers of ``_WGS_MIN_WEIGHTS`` weights up to ``_WGS_MAX_M``
+    tokens, or of ``_WGS_SMALL_MIN_WEIGHTS`` up to ``_WGS_SMALL_MAX_M``. Always 256-token x 128-row tiles,
+    8 MMA warps and 4 producer warps (weights loaded three tiles ahead); where those tiles fill under
+    0.75 of the SMs, K is split so that about one wave runs (at most 4 ways, ``WGS_SPLIT_MAX_M`` tokens)."""
+    if m > _WGS_MAX_M or n * k < _WGS_SMALL_MIN_WEIGHTS or (n * k < _WGS_MIN_WEIGHTS and m > _WGS_SMALL_MAX_M):
         return None
     tiles = triton.cdiv(m, 256) * triton.cdiv(n, 128)
-    if tiles > 2 * num_sms:
-        return None
-    bt = 256 if tiles >= 0.9 * num_sms else 128
-    return KernelConfig("wgs", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=2)
+    split = max(1, min(4, num_sms // tiles)) if tiles < 0.75 * num_sms and m <= WGS_SPLIT_MAX_M else 1
+    return KernelConfig("wgs", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=2, producers=4,
+                        depth=2, split_k=split)
 
 
 _DEQUANT = KernelConfig("dequant", block_n=64, block_k=128, num_warps=4)
@@ -251,6 +263,10 @@ def wgs_supported(x: torch.Tensor, packed: PackedLinear) -> str | None:
     most = max(len(segs) for _, _, segs in bands(packed))
     if why is None and most > WGS_MAX_SEGMENTS:
         why = f"a band has {most} segments, more than {WGS_MAX_SEGMENTS}"
+    if why is None:
+        bk = wgs_block_k(packed.segments[0].group_size)
+        why = next(filter(None, (wgs_tiles_contiguous(segs, packed.in_features, bk) for _, _, segs in bands(packed))),
+                   None)
     return why
 
 
@@ -301,8 +317,8 @@ def _misaligned_segment(packed: PackedLinear, blk: int) -> str | None:
 class Workspace:
     """Preallocated scratch for :func:`sbp_matmul`, shareable by all layers on one device.
 
-    ``acc``: float32 ``[split_rows * max_n]``, all zeros between calls (kernels that use it
-    re-zero it). ``xperm``: ``[max_m * max_k]`` activations gathered into storage column
+    ``acc``: float32 ``[max(split_rows, min(max_m, WGS_SPLIT_MAX_M)) * max_n]``, all zeros between calls
+    (kernels that use it re-zero it; ``wgs`` splits K up to ``WGS_SPLIT_MAX_M`` tokens). ``xperm``: ``[max_m * max_k]`` activations gathered into storage column
     order (``xperm32``: ``[max_k]`` the same in float32 for the ``M == 1`` path). ``wbuf``:
     ``[dequant_rows * max_k]`` dequantized weights (only with ``dequant``; ``dequant_rows``
     defaults to ``max_n``, a chunked config needs only ``chunk_n``). ``xpair`` int32
@@ -329,7 +345,8 @@ class Workspace:
         sr = self.split_rows
         kp = triton.cdiv(max_k, 128) * 128  # room for the "tc"/"wg" paths' whole 128-column blocks
         rows = max_n if dequant_rows is None else min(dequant_rows, max_n)
-        sizes = {"acc": (sr * max_n, torch.float32), "xperm": (max_m * max_k, dtype),
+        acc_rows = max(sr, min(max_m, WGS_SPLIT_MAX_M))  # wgs splits K up to WGS_SPLIT_MAX_M tokens
+        sizes = {"acc": (acc_rows * max_n, torch.float32), "xperm": (max_m * max_k, dtype),
                  "xperm32": (max_k, torch.float32), "wbuf": (rows * max_k, dtype),
                  "xpair": (4 * sr * kp // 2, torch.int32), "xs32": (sr * kp // 32, torch.float32),
                  "cnt": (triton.cdiv(sr, 16) * triton.cdiv(max_n, 16), torch.int32)}
