@@ -582,6 +582,31 @@ def test_wgs_row_permuted_layers_and_fallback():
 
 @inproc
 @gpu
+def test_wgs_producers_split_k_replays_under_cuda_graph():
+    """The warp-specialised wgs with split-K (float32 sums, then finalize) replays under a CUDA graph with
+    new activations and leaves the workspace zeroed."""
+    if slt.wgs_unavailable(DEV, torch.float16):
+        pytest.skip(slt.wgs_unavailable(DEV, torch.float16))
+    p = random_layer(512, 640, 64, [1, 2, 3], seed=2)
+    m, cfg = 200, WGS_CFGS["wgsw_p4_k2_d2"]
+    x = torch.randn(m, p.in_features, device=DEV, dtype=torch.float16)
+    out = torch.empty(m, p.out_features, device=DEV, dtype=torch.float16)
+    ws = Workspace(DEV, m, p.out_features, p.in_features, torch.float16)
+    sbp_matmul(x, p, out=out, workspace=ws, config=cfg)  # compile outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        sbp_matmul(x, p, out=out, workspace=ws, config=cfg)
+    for _ in range(2):
+        x.copy_(torch.randn_like(x))
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        assert _rel_err(out, packed_matmul_reference(x, p)) < TOL[torch.float16]
+    assert not bool(ws.acc.any())
+
+
+@inproc
+@gpu
 @pytest.mark.parametrize("m", [1, 8, 128, 200])
 def test_cuda_graph_capture(m):
     """With preallocated out/workspace a call allocates nothing and replays under a CUDA graph."""
