@@ -153,8 +153,7 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
                 + tc(1 << max(4, (m - 1).bit_length()), (128, 256), (1, 2, 4), warps=(4, 8)) + wg)
     wgs = [C("wgs", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=2)]
     wgs += [C("wgs", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=2, producers=p, depth=d, split_k=s)
-            for bt, p, d, s in ((256, 4, 2, 1), (256, 4, 2, 2), (256, 4, 2, 4), (256, 8, 1, 1), (128, 8, 2, 1),
-                                (128, 8, 2, 2))
+            for bt, p, d, s in ((256, 4, 2, 1), (256, 4, 2, 2), (256, 4, 2, 4), (256, 8, 1, 1), (128, 8, 2, 1))
             if s == 1 or m <= WGS_SPLIT_MAX_M]  # the workspace holds split-K sums up to WGS_SPLIT_MAX_M tokens
     return (wgs + [C("dequant", block_n=64, block_k=128, num_warps=4, chunk_n=c) for c in (0, 512, 1024, 2048, 4096)]
             + h2dot(64, (128,), (1,), joins=(True, False), stages=(2,), warps=(4, 8))

@@ -403,6 +403,8 @@ def test_config_and_input_errors():
     with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv' or 'wgs' with producers"):
         KernelConfig("wgs", block_m=128, num_warps=8, depth=2)
     assert KernelConfig("wgs", block_m=128, num_warps=8, producers=8, split_k=4, depth=2).split_k == 4
+    with pytest.raises(ValueError, match="block_n >= 16 \\* producers"):
+        KernelConfig("wgs", block_m=128, block_n=64, num_warps=8, producers=8)
     with pytest.raises(ValueError, match="path 'wgs' takes num_warps 4 or 8"):
         KernelConfig("wgs", block_m=64, num_warps=8)
     with pytest.raises(ValueError, match="path 'wgs' takes 32 <= block_n"):

@@ -428,7 +428,7 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     h2 = (bool(cfg.producers) and x.dtype == torch.float16 and kdim % 16 == 0
           and all(s.bits != 7 for s in packed.segments))
     gather, xin = gather_launch(x, packed, ws.xperm, pair16=h2)
-    split = cfg.split_k > 1
+    split = cfg.split_k > 1  # float32 sums in the workspace, then finalize_kernel
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
     gs = packed.segments[0].group_size
     bk = wgs_block_k(gs)

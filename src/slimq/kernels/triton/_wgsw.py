@@ -5,24 +5,27 @@ split between warps (layout ``slimq.segmented-bitplane.v1``; Hopper, sm_90; Gluo
 the H200 its 8 warps (2 per scheduler, 195 registers) issue ~255 instructions per K tile at 6.2 cycles
 each, about 1.6x the tile's MMA time. Here one CTA runs two partitions (``gl.warp_specialize``):
 
-* the **MMA partition** (the kernel's ``num_warps`` warps, the default partition): per K tile it
-  starts the activation TMA ``XAHEAD`` tiles ahead, waits for the tile's activations (TMA mbarrier) and
-  weights (``w_ready``), issues ``warpgroup_mma`` asynchronously, waits for the previous one, meets its
-  own warps at a partition barrier and hands the previous tile's weight slot back (``w_empty``);
-* the **dequantization partition** (``P`` producer warps, ``regs`` registers each): per tile it
-  waits for a free slot of the ``WS``-slot weight ring, dequantizes the ``[BN, BK]`` tile (the words
-  loaded two tiles ahead, :func:`_wgs._dequant`), stores it, fences for the async proxy, meets its own
-  warps and signals ``w_ready``; then it loads the words of tile ``t + 2``.
+* the **MMA partition** (the kernel's 8 warps, the default partition): per K tile it starts the
+  activation TMA ``XAHEAD`` tiles ahead, waits for the tile's activations (TMA mbarrier) and weights
+  (``w_ready``), issues ``warpgroup_mma`` asynchronously, waits for the previous one, meets its own warps
+  at a partition barrier and hands the previous tile's weight slot back (``w_empty``);
+* the **producer partition** (``P`` warps, ``PREGS`` registers each via ``setmaxnreg``): per tile it
+  dequantizes the ``[BN, BK]`` weights (words loaded ``AHEAD`` tiles earlier), waits for a free slot of
+  the ``WS``-slot ring, stores, fences for the async proxy, meets its own warps and signals ``w_ready``.
+  With float16 activations it dequantizes in half2 (``_dq16``: ~3 instructions per weight pair, the
+  activations gathered in the matching pair order), else in float32 (``_wgs._dequant``).
 
-The two partitions walk the same tiles in the same order (segments in storage order, ``BK`` columns
-at a time), so the ring's slot and mbarrier phase follow from one running tile counter ``it`` on each
-side. The warp scheduler interleaves them, so the tensor cores are fed while the producers' loads and
-shared-memory stores wait, which one set of 8 warps could not hide. Each mbarrier is signalled by one
-thread after a partition barrier (``count=1``).
+Both walk the CTA's K tiles ``[kb, ke)`` in order (the producer segment by segment, the MMA side through
+one TMA descriptor of the whole gathered ``[M, K]``: segments are contiguous and only the last may end
+inside a tile), so ring slots and mbarrier phases follow from one running tile counter on each side.
+Each mbarrier is signalled by one thread after a partition barrier (``count=1``). With ``SPLIT > 1``
+(split-K) a CTA takes ``1 / SPLIT`` of the K tiles and adds its float32 sums into the workspace, and a
+``finalize_kernel`` launch writes ``out``: for layers whose 256-token tiles would leave SMs idle.
 
 Registers: the MMA partition's 256x128 float32 accumulator takes 128 per thread of its 8 warps; the
-producers get ``regs`` (``setmaxnreg``), and the kernel is launched with ``maxnreg`` so that
-``maxnreg * (num_warps + P) * 32`` fits the SM's 64K registers (the MMA partition gets what is left).
+launch's ``maxnreg`` (``_plan.WGSW_REGS``) makes ``maxnreg * (8 + P) * 32`` fit the SM's 64K registers.
+Measured on an H200 (benchmarks/KERNEL_NOTES.md, session 8): the tensor pipe ~74% busy at 1024 tokens
+(cuBLAS FP16 ~75% on the same shape); 28672 x 8192 at 256 tokens 214-233 us (2-bit), ``wgs`` 263 us.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ _REINTERPRET_PUBLIC = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinter
 
 @gluon.jit
 def _mma_step(acc, it, i, ke, xdesc, t0, x_bars, w_ready, w_empty, w_smem, x_smem, BT: gl.constexpr,
-              BK: gl.constexpr, XAHEAD: gl.constexpr, WS: gl.constexpr):
+              BK: gl.constexpr, XAHEAD: gl.constexpr, WS: gl.constexpr, USE_ACC: gl.constexpr):
     """One K tile (global tile ``i``, ``it``-th of this CTA) on the MMA side: TMA of tile ``i + XAHEAD``'s
     activations (that slot's last reader, the CTA's tile ``it + XAHEAD - (XAHEAD + 2)``, finished before
     the previous step's barrier), wait for this tile's activations and weights, multiply asynchronously,
@@ -52,7 +55,7 @@ def _mma_step(acc, it, i, ke, xdesc, t0, x_bars, w_ready, w_empty, w_smem, x_sme
     mbarrier.wait(w_ready.index(wslot), (it // WS) & 1)
     xs = it % (XAHEAD + 2)
     mbarrier.wait(x_bars.index(xs), (it // (XAHEAD + 2)) & 1)
-    acc = warpgroup_mma(x_smem.index(xs), w_smem.index(wslot).permute((1, 0)), acc, is_async=True)
+    acc = warpgroup_mma(x_smem.index(xs), w_smem.index(wslot).permute((1, 0)), acc, use_acc=USE_ACC, is_async=True)
     acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
     _cta_barrier()  # (partition barrier) every MMA warp's wgmma of tile it - 1 has completed
     mbarrier.arrive(w_empty.index((it + WS - 1) % WS), pred=it > 0)
@@ -60,19 +63,32 @@ def _mma_step(acc, it, i, ke, xdesc, t0, x_bars, w_ready, w_empty, w_smem, x_sme
 
 
 @gluon.jit
-def _mma_partition(xdesc, kb, ke, t0, x_bars, w_ready, w_empty, w_smem, x_smem, BT: gl.constexpr, BN: gl.constexpr,
-                   BK: gl.constexpr, XAHEAD: gl.constexpr, WS: gl.constexpr, num_warps: gl.constexpr):
-    """The default partition: ``acc = x_tile @ W_tile^T`` over the CTA's K tiles ``[kb, ke)`` (``ke > kb``;
-    tile ``i`` is columns ``[i BK, (i + 1) BK)`` of the gathered activations: segments are contiguous and
-    only the last may end inside a tile, where TMA fills zeros past ``K``). The first tile is peeled off
-    the loop (``_wgs._segment`` says why: ptxas C7515)."""
+def _mma_range(xdesc, kb, ke, it, t0, x_bars, w_ready, w_empty, w_smem, x_smem, BT: gl.constexpr, BN: gl.constexpr,
+               BK: gl.constexpr, XAHEAD: gl.constexpr, WS: gl.constexpr, num_warps: gl.constexpr):
+    """``x_tile @ W_tile^T`` over K tiles ``[kb, ke)`` (``ke > kb``; tile ``i`` is columns ``[i BK, (i + 1)
+    BK)`` of the gathered activations: segments are contiguous and only the last may end inside a tile,
+    where TMA fills zeros past ``K``), the CTA's tiles ``it, it + 1, ...``; returns the finished sums and
+    the next ``it``. The first tile is peeled off the loop and starts the sums (``use_acc=False``): with a
+    runtime trip count, sums reaching the final wait from plain moves make ptxas serialize every
+    ``wgmma`` (info C7515, ``_wgs._segment``)."""
     acc = gl.zeros([BT, BN], gl.float32, layout=_acc_layout(BT, BN, num_warps))
     for j in gl.static_range(XAHEAD):
-        _x_issue(xdesc, 0, t0, (kb + j) * BK, x_bars, x_smem, j, kb + j < ke, BT, BK, XAHEAD)
-    acc, it = _mma_step(acc, 0, kb, ke, xdesc, t0, x_bars, w_ready, w_empty, w_smem, x_smem, BT, BK, XAHEAD, WS)
+        _x_issue(xdesc, 0, t0, (kb + j) * BK, x_bars, x_smem, it + j, kb + j < ke, BT, BK, XAHEAD)
+    acc, it = _mma_step(acc, it, kb, ke, xdesc, t0, x_bars, w_ready, w_empty, w_smem, x_smem, BT, BK, XAHEAD, WS,
+                        False)
     for i in range(kb + 1, ke):
-        acc, it = _mma_step(acc, it, i, ke, xdesc, t0, x_bars, w_ready, w_empty, w_smem, x_smem, BT, BK, XAHEAD, WS)
-    return (warpgroup_mma_wait(num_outstanding=0, deps=(acc, )), )  # warp_specialize takes a tuple of results
+        acc, it = _mma_step(acc, it, i, ke, xdesc, t0, x_bars, w_ready, w_empty, w_smem, x_smem, BT, BK, XAHEAD, WS,
+                            True)
+    return warpgroup_mma_wait(num_outstanding=0, deps=(acc, )), it
+
+
+@gluon.jit
+def _mma_partition(xdesc, kb, ke, t0, x_bars, w_ready, w_empty, w_smem, x_smem, BT: gl.constexpr, BN: gl.constexpr,
+                   BK: gl.constexpr, XAHEAD: gl.constexpr, WS: gl.constexpr, num_warps: gl.constexpr):
+    """The default partition of a one-tile program: the sums of its K tiles ``[kb, ke)``."""
+    acc, it = _mma_range(xdesc, kb, ke, gl.to_tensor(0), t0, x_bars, w_ready, w_empty, w_smem, x_smem, BT, BN, BK,
+                         XAHEAD, WS, num_warps)
+    return (acc, )  # warp_specialize takes a tuple of results
 
 
 @gluon.jit
@@ -162,16 +178,25 @@ def _dq_segment(it, seg, tl, th, pid_n, ns, w_ready, w_empty, w_smem, GS: gl.con
 
 
 @gluon.jit
-def _dq_partition(segs, kb, ke, pid_n, ns, w_ready, w_empty, w_smem, SEG_BITS: gl.constexpr, NSEG: gl.constexpr,
-                  GS: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, DT: gl.constexpr, WS: gl.constexpr,
-                  H2: gl.constexpr, AHEAD: gl.constexpr, P: gl.constexpr):
-    """The producer partition: the CTA's K tiles ``[kb, ke)`` dequantized into the weight ring, segment by
-    segment (segment ``s`` holds global tiles ``[c0 / BK, c0 / BK + cdiv(ks, BK))``)."""
-    it = 0
+def _dq_tiles(it, segs, kb, ke, pid_n, ns, w_ready, w_empty, w_smem, SEG_BITS: gl.constexpr, NSEG: gl.constexpr,
+              GS: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, DT: gl.constexpr, WS: gl.constexpr,
+              H2: gl.constexpr, AHEAD: gl.constexpr, P: gl.constexpr):
+    """K tiles ``[kb, ke)`` of row tile ``pid_n`` dequantized into the weight ring, segment by segment
+    (segment ``s`` holds global tiles ``[c0 / BK, c0 / BK + cdiv(ks, BK))``); returns the next ``it``."""
     for si in gl.static_range(NSEG):
         s0 = segs[si][0] // BK
         it = _dq_segment(it, segs[si], gl.maximum(kb - s0, 0), gl.minimum(ke - s0, gl.cdiv(segs[si][1], BK)),
                          pid_n, ns, w_ready, w_empty, w_smem, GS, SEG_BITS[si], BN, BK, DT, WS, H2, AHEAD, P)
+    return it
+
+
+@gluon.jit
+def _dq_partition(segs, kb, ke, pid_n, ns, w_ready, w_empty, w_smem, SEG_BITS: gl.constexpr, NSEG: gl.constexpr,
+                  GS: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, DT: gl.constexpr, WS: gl.constexpr,
+                  H2: gl.constexpr, AHEAD: gl.constexpr, P: gl.constexpr):
+    """The producer partition of a one-tile program."""
+    _dq_tiles(gl.to_tensor(0), segs, kb, ke, pid_n, ns, w_ready, w_empty, w_smem, SEG_BITS, NSEG, GS, BN, BK, DT, WS,
+              H2, AHEAD, P)
 
 
 @gluon.jit

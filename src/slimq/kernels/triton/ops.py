@@ -142,6 +142,9 @@ class KernelConfig:
             if self.producers not in (0, 4, 8) or (self.producers and self.num_warps != 8):
                 raise ValueError(f"path 'wgs' takes producers 0, or 4 or 8 with num_warps 8, got producers="
                                  f"{self.producers} with {self.num_warps} warps")
+            if self.block_n < 16 * self.producers:  # a producer warp dequantizes 32 rows and half a tile or more
+                raise ValueError(f"path 'wgs' takes block_n >= 16 * producers, got block_n={self.block_n} with "
+                                 f"{self.producers} producers")
             dq_warps = self.producers or self.num_warps  # the warps that dequantize: one row each
             if self.block_n < 32 or self.block_n > 256 or self.block_n > 32 * dq_warps:
                 raise ValueError(f"path 'wgs' takes 32 <= block_n <= min(256, 32 * dequantizing warps), got "
