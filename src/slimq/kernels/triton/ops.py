@@ -16,10 +16,12 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
   tensor-core dot (Hopper ``wgmma`` takes only that one from registers), tokens as the other,
   ``y^T = W x^T`` (``slimq.kernels.triton._wg``).
 * ``"wgs"`` (``M > WG_MAX_M`` on sm_90): weights dequantized into shared memory and multiplied by
-  asynchronous ``wgmma`` with both operands in shared memory, software-pipelined so that the tensor
-  cores run one K tile while the warps dequantize the next (Gluon, ``slimq.kernels.triton._wgs``).
-  Needs no copy of the weights; :func:`wgs_unavailable` says where it cannot run.
-* ``"dequant"`` (``M > WG_MAX_M`` where ``wgs`` cannot run): dequantize into ``workspace.wbuf`` then cuBLAS (``torch.mm``);
+  asynchronous ``wgmma`` with both operands in shared memory (Gluon). With ``producers`` (the dispatch's
+  choice) warp-specialised: producer warps dequantize (half2 for float16), MMA warps only feed the tensor
+  cores (``slimq.kernels.triton._wgsw``, ``_dq16``), K split where tiles are few; without, every warp
+  does both (``_wgs``). Needs no copy of the weights; :func:`wgs_unavailable` says where it cannot run.
+* ``"dequant"`` (``M > WG_MAX_M`` where ``wgs`` is not chosen or cannot run): dequantize into
+  ``workspace.wbuf`` then cuBLAS (``torch.mm``);
   faster than ``"gemm"`` and ``"wg"`` there on the shapes measured (benchmarks/KERNEL_NOTES.md). With
   ``chunk_n`` it alternates dequantizing ``chunk_n`` output rows and multiplying them, so
   ``wbuf`` is only ``chunk_n x K`` (slower: not the default).
@@ -33,7 +35,7 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
   and selectable by config.
 
 Split-K launches of ``gv``/``h2``/``h2dot``/``tc``/``wg`` are finished by the last program of each output tile
-(arrival counters in ``workspace.cnt``); the other paths use a ``finalize_kernel`` launch.
+(arrival counters in ``workspace.cnt``); the other paths (``wgs`` among them) use a ``finalize_kernel`` launch.
 
 ``walk=True`` runs one launch per band (rows shared by several segments, e.g. the 1/2/3-bit
 segments of a SliM-LLM layer) that walks all its segments; ``walk=False`` runs one launch per
@@ -321,8 +323,8 @@ class Workspace:
     """Preallocated scratch for :func:`sbp_matmul`, shareable by all layers on one device.
 
     ``acc``: float32 ``[max(split_rows, min(max_m, WGS_SPLIT_MAX_M)) * max_n]``, all zeros between calls
-    (kernels that use it re-zero it; ``wgs`` splits K up to ``WGS_SPLIT_MAX_M`` tokens). ``xperm``: ``[max_m * max_k]`` activations gathered into storage column
-    order (``xperm32``: ``[max_k]`` the same in float32 for the ``M == 1`` path). ``wbuf``:
+    (kernels that use it re-zero it; ``wgs`` splits K up to ``WGS_SPLIT_MAX_M`` tokens). ``xperm``:
+    ``[max_m * max_k]`` activations gathered into storage column order (``xperm32``: ``[max_k]`` the same in float32 for the ``M == 1`` path). ``wbuf``:
     ``[dequant_rows * max_k]`` dequantized weights (only with ``dequant``; ``dequant_rows``
     defaults to ``max_n``, a chunked config needs only ``chunk_n``). ``xpair`` int32
     ``[4, split_rows, Kp / 2]`` and ``xs32`` float32 ``[split_rows, Kp / 32]`` (``Kp = max_k`` rounded
