@@ -335,8 +335,9 @@ class Workspace:
 
     ``split_rows`` (default ``min(max_m, WG_MAX_M)``): the token rows of the buffers only the
     split-K and operand-ordered paths use. The dispatch sends more tokens than ``WG_MAX_M`` to
-    dequantize-then-cuBLAS, which needs none of them, so a workspace for long prompts does not
-    pay for them per token (LLaMA-2-7B layers, 2048 tokens: 16 MiB instead of 261 MiB).
+    ``wgs`` or dequantize-then-cuBLAS, which need none of them but ``acc`` (``wgs`` splitting K, up to
+    ``WGS_SPLIT_MAX_M`` rows), so a workspace for long prompts does not pay for them per token
+    (LLaMA-2-7B layers, 2048 tokens: 32 MiB of these buffers instead of 261 MiB).
     """
 
     def __init__(self, device: torch.device | str, max_m: int, max_n: int, max_k: int,
