@@ -36,7 +36,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from slimq.kernels.triton._dq16 import dq16_loads, dq16_tile
-from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _dequant, _w_layout, _w_loads, _x_issue, smem_layout
+from slimq.kernels.triton._wgs import (
+    _acc_layout, _cta_barrier, _dequant, _w_layout, _w_loads, _x_issue, smem_layout,
+)
 
 __all__ = ["wgsw_kernel"]
 
@@ -86,7 +88,7 @@ def _mma_range(xdesc, kb, ke, it, t0, x_bars, w_ready, w_empty, w_smem, x_smem, 
 def _mma_partition(xdesc, kb, ke, t0, x_bars, w_ready, w_empty, w_smem, x_smem, BT: gl.constexpr, BN: gl.constexpr,
                    BK: gl.constexpr, XAHEAD: gl.constexpr, WS: gl.constexpr, num_warps: gl.constexpr):
     """The default partition of a one-tile program: the sums of its K tiles ``[kb, ke)``."""
-    acc, it = _mma_range(xdesc, kb, ke, gl.to_tensor(0), t0, x_bars, w_ready, w_empty, w_smem, x_smem, BT, BN, BK,
+    acc, _ = _mma_range(xdesc, kb, ke, gl.to_tensor(0), t0, x_bars, w_ready, w_empty, w_smem, x_smem, BT, BN, BK,
                          XAHEAD, WS, num_warps)
     return (acc, )  # warp_specialize takes a tuple of results
 
