@@ -63,6 +63,9 @@ def packed_bytes(p) -> int:
     return sum(x.numel() * x.element_size() for x in t)
 
 
+TOL = {torch.float16: 3e-3, torch.bfloat16: 1.2e-2}  # relative error against the reference that counts as correct
+
+
 def time_graph(fn, rep_ms: int = 40) -> float:
     """Median microseconds of CUDA-graph replays of ``fn`` (L2 flushed before each replay)."""
     import triton
@@ -165,10 +168,10 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
 class Case:
     """One (shape, M, variant) with its static buffers."""
 
-    def __init__(self, p, m: int, device, ws):
+    def __init__(self, p, m: int, device, ws, dtype=torch.float16):
         self.p, self.m, self.ws = p, m, ws
-        self.x = torch.randn(m, p.in_features, device=device, dtype=torch.float16)
-        self.out = torch.empty(m, p.out_features, device=device, dtype=torch.float16)
+        self.x = torch.randn(m, p.in_features, device=device, dtype=dtype)
+        self.out = torch.empty(m, p.out_features, device=device, dtype=dtype)
 
     def launches(self, cfg):
         from slimq.kernels.triton import plan_launches
@@ -197,6 +200,8 @@ def _parse(argv):
     ap.add_argument("--paths", default="",
                     help="with --tune: only candidates of these paths (comma-separated; the dispatch default is always timed)")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"],
+                    help="activation dtype; the baseline is cuBLAS in that dtype (JSON keys keep the name fp16)")
     ap.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     ap.add_argument("--from-json", metavar="PATH",
@@ -217,8 +222,9 @@ def _prepare(args, dev, shapes, ms, variants):
     t0 = time.time()
     layers = {(n, k, v): build_layer(n, k, v, dev, seed=n + k) for n, k in shapes for v in variants}
     max_n, max_k = max(n for n, _ in shapes), max(k for _, k in shapes)
-    ws = Workspace(dev, max(ms), max_n, max_k, torch.float16, dequant=True)
-    cases = {(n, k, m, v): Case(layers[n, k, v], m, dev, ws) for n, k in shapes for m in ms for v in variants}
+    dtype = getattr(torch, args.dtype)
+    ws = Workspace(dev, max(ms), max_n, max_k, dtype, dequant=True)
+    cases = {(n, k, m, v): Case(layers[n, k, v], m, dev, ws, dtype) for n, k in shapes for m in ms for v in variants}
     paths = set(filter(None, args.paths.split(",")))
     cfgs = {key: [resolve_config(case.x, case.p)]
             + ([c for c in candidates(key[2], key[0], key[1]) if not paths or c.path in paths] if args.tune else [])
@@ -249,7 +255,7 @@ def _measure_variant(case, cfgs, tune: bool, keep_all: bool) -> dict:
             continue
         err = float((case.out.float() - ref).norm() / ref.norm())
         t = time_graph(case.fn(cfg), rep_ms=40 if cfg is cfgs[0] else 15)
-        results.append({"cfg": cfg_name(cfg), "us": t, "err": err, "ok": err < 3e-3})
+        results.append({"cfg": cfg_name(cfg), "us": t, "err": err, "ok": err < TOL[case.x.dtype]})
     auto = results[0]
     ok = [r for r in results if r["ok"]]
     best = min(ok, key=lambda r: r["us"]) if ok else auto
@@ -276,17 +282,18 @@ def main(argv=None) -> int:
         name="cpu (dry run)", multi_processor_count=0)
     meta = {"gpu": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
             "triton": triton.__version__, "python": platform.python_version(), "group_size": GS,
-            "convention": "shape N x K = out_features x in_features; y[M, N] = x[M, K] W^T"}
+            "convention": "shape N x K = out_features x in_features; y[M, N] = x[M, K] W^T", "dtype": args.dtype}
     print(json.dumps(meta), flush=True)
     bw = meta["copy_GBps"] = copy_bandwidth(dev)
     print(f"copy bandwidth (read+write): {bw:.0f} GB/s", flush=True)
     cases, cfgs = _prepare(args, dev, shapes, ms, variants)
+    dtype = getattr(torch, args.dtype)
     rows = []
     for n, k in shapes:
-        w16 = torch.randn(n, k, device=dev, dtype=torch.float16) * 0.02
+        w16 = torch.randn(n, k, device=dev, dtype=dtype) * 0.02  # the baseline: cuBLAS in the activation dtype
         for m in ms:
-            x16 = torch.randn(m, k, device=dev, dtype=torch.float16)
-            y16 = torch.empty(m, n, device=dev, dtype=torch.float16)
+            x16 = torch.randn(m, k, device=dev, dtype=dtype)
+            y16 = torch.empty(m, n, device=dev, dtype=dtype)
             row = {"N": n, "K": k, "M": m, "fp16_us": time_graph(lambda: torch.mm(x16, w16.t(), out=y16))}
             row["fp16_GBps"] = (n * k + m * k + m * n) * 2 / row["fp16_us"] / 1e3
             if not args.no_peer:
