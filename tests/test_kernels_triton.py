@@ -582,6 +582,18 @@ def test_wgs_row_permuted_layers_and_fallback():
         sbp_matmul(x, q, config=WGS_CFGS["wgs"])
 
 
+def _replays_match_reference(g, x, p, out, ws):
+    """Replay ``g`` (a captured call ``out = x @ p``) on fresh activations twice: each result matches the
+    reference and the split-K workspace is left zeroed."""
+    for _ in range(2):
+        x.copy_(torch.randn_like(x))
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        assert _rel_err(out, packed_matmul_reference(x, p)) < TOL[torch.float16]
+    assert not bool(ws.acc.any())
+
+
 @inproc
 @gpu
 def test_wgs_producers_split_k_replays_under_cuda_graph():
@@ -598,13 +610,7 @@ def test_wgs_producers_split_k_replays_under_cuda_graph():
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         sbp_matmul(x, p, out=out, workspace=ws, config=cfg)
-    for _ in range(2):
-        x.copy_(torch.randn_like(x))
-        out.fill_(float("nan"))
-        g.replay()
-        torch.cuda.synchronize()
-        assert _rel_err(out, packed_matmul_reference(x, p)) < TOL[torch.float16]
-    assert not bool(ws.acc.any())
+    _replays_match_reference(g, x, p, out, ws)
 
 
 @inproc
@@ -639,11 +645,4 @@ def test_cuda_graph_capture(m):
         w16 = torch.zeros(p.out_features, p.in_features, device=DEV, dtype=torch.float16)
         expected = capture_delta(lambda: torch.mm(x, w16.t(), out=out))
     assert capture_delta(lambda: sbp_matmul(x, p, out=out, workspace=ws, config=cfg)) <= expected
-    g = graphs[-1]
-    for _ in range(2):
-        x.copy_(torch.randn_like(x))
-        out.fill_(float("nan"))
-        g.replay()
-        torch.cuda.synchronize()
-        assert _rel_err(out, packed_matmul_reference(x, p)) < TOL[torch.float16]
-    assert not bool(ws.acc.any())
+    _replays_match_reference(graphs[-1], x, p, out, ws)

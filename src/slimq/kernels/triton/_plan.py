@@ -435,7 +435,13 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     box = [cfg.block_m, bk]
     layout = smem_layout(bk, 8 * x.element_size())
     launches = [gather]
+    whole = TensorDescriptor(xin, [m, kdim], [kdim, 1], box, layout) if cfg.producers else None
     for r0, ns, segs in bands(packed):
+        if cfg.producers:  # K tiles are numbered across the band's segments, in column order
+            segs = sorted(segs, key=lambda t: t.c0)
+            why = wgs_tiles_contiguous(segs, kdim, bk)
+            if why:
+                raise ValueError(f"wgs with producers: {why}")
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BT=cfg.block_m, BN=cfg.block_n,
                   BK=bk, XAHEAD=cfg.num_stages, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None,
                   num_warps=cfg.num_warps, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
@@ -447,21 +453,14 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
             launches.append(Launch("wgs_kernel", (grid,), (*descs, m, out, out.stride(0), rp, b, r0, ns, seg_args),
                                    kw, module="wgs"))
             continue
-        segs = sorted(segs, key=lambda t: t.c0)
-        why = wgs_tiles_contiguous(segs, kdim, bk)
-        if why:
-            raise ValueError(f"wgs with producers: {why}")
-        seg_args = tuple(_seg_arg(t) for t in segs)
-        kw.update(SEG_BITS=tuple(t.bits for t in segs))
         maxnreg, pregs = WGSW_REGS[cfg.producers]
         kw.update(P=cfg.producers, PREGS=pregs, WS=WGSW_SLOTS, H2=h2, AHEAD=cfg.depth + 1, SPLIT=cfg.split_k,
                   maxnreg=cfg.maxnreg or maxnreg)
         if split:
             kw.update(HAS_ROWPERM=False, HAS_BIAS=False)  # finalize_kernel applies them
         dst = acc if split else out
-        desc = TensorDescriptor(xin, [m, kdim], [kdim, 1], box, layout)
         launches.append(Launch("wgsw_kernel", (grid * cfg.split_k,),
-                               (desc, m, dst, dst.stride(0), rp, b, r0, ns, seg_args), kw, module="wgsw"))
+                               (whole, m, dst, dst.stride(0), rp, b, r0, ns, seg_args), kw, module="wgsw"))
     if split:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
