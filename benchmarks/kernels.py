@@ -141,7 +141,10 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
               if s <= math.ceil(k / 128) and (dp == 1 or s <= 16)]
         gv += [C("gv", block_m=1, block_n=128, block_k=128, split_k=s, num_warps=2, num_stages=1, depth=2, maxnreg=r)
                for s in (4, 8, 16) for r in (96, 104) if s <= math.ceil(k / 128)]
-        return h2 + gv
+        mv = [C("mv", block_m=1, block_n=32 * w, block_k=128, split_k=s, num_warps=w, num_stages=1, depth=d,
+                maxnreg=r) for w in (4,) for s in (2, 4, 8, 16) for d in (1, 2) for r in (0, 96, 128)
+              if s <= math.ceil(k / 128)]
+        return h2 + gv + mv
     if m <= 16:
         bm = 1 << max(0, (m - 1).bit_length())
         h2 = [C("h2", block_m=bm, block_n=bn, block_k=128, split_k=8, num_warps=4, num_stages=1)

@@ -90,7 +90,7 @@ def _check(p, m, dtype, cfg, *, bias=False, seed=1):
     assert err < TOL[dtype], f"relative error {err:.2e} (path {cfg.path if cfg else 'auto'})"
     assert not bool(ws.acc.any()), "the split-K workspace must be left zeroed"
     assert not bool(ws.cnt.any()), "the split-K tile counters must be left zeroed"
-    if (cfg or slt.resolve_config(x, p)).split_k > 1 and (cfg or slt.resolve_config(x, p)).path in ("gv", "h2", "h2dot", "tc", "wg"):
+    if (cfg or slt.resolve_config(x, p)).split_k > 1 and (cfg or slt.resolve_config(x, p)).path in ("gv", "mv", "h2", "h2dot", "tc", "wg"):
         launches = slt.plan_launches(x, p, b, out, ws, cfg or slt.resolve_config(x, p))
         assert "finalize_kernel" not in [lc.kernel for lc in launches], "split-K finishes in its last program"
 
@@ -103,6 +103,9 @@ LAYERS = {
     "u2_g128_short": (48, 300, 128, 2),
     "unaligned_g20": (40, 100, 20, [2, 5]),
     "mix123_full": (40, 384, 64, [1, 2, 3]),  # whole groups: segments on 64-column boundaries ("tc")
+    "mv_mix123": (64, 768, 128, [1, 2, 3]),  # segments on 128-column boundaries ("mv")
+    "mv_wide": (32, 1024, 128, [4, 5, 6, 8]),
+    "mv_u2_g256": (96, 512, 256, 2),
 }
 CFGS = {
     "fma1": KernelConfig("fma", block_m=1, block_n=32, block_k=64),
@@ -123,6 +126,8 @@ CFGS = {
     "gv_gather_d2": KernelConfig("gv", block_m=1, block_n=64, block_k=32, split_k=2, num_warps=2, depth=2,
                                  gather=True),
     "gv_maxnreg": KernelConfig("gv", block_m=1, block_n=32, block_k=64, split_k=2, num_warps=1, depth=2, maxnreg=96),
+    "mv": KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=1),
+    "mv_split": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=3, num_warps=2),
     "h2_m1": KernelConfig("h2", block_m=1, block_n=32, block_k=64),
     "h2_m1_split": KernelConfig("h2", block_m=1, block_n=16, block_k=32, split_k=3),
     "h2_m1_prefetch": KernelConfig("h2", block_m=1, block_n=32, block_k=32, split_k=2, prefetch=True),
@@ -139,14 +144,19 @@ CFGS = {
     "wg_scaled_pieces": KernelConfig("wg", block_m=32, block_n=64, scaled=True),
     "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
 }
-M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
         "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
         "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9}
 BLOCKED = ("tc", "wg")  # paths that need segments on 64/128-column blocks (ops.tc_supported)
 
 
-PATH_CASES = ([("mix123_short" if CFGS[c].path not in BLOCKED else "mix123_full", c) for c in CFGS]
+def _layer_for(c):
+    """The SliM-style test layer a config's path can run."""
+    return {"mv": "mv_mix123"}.get(CFGS[c].path, "mix123_full" if CFGS[c].path in BLOCKED else "mix123_short")
+
+
+PATH_CASES = ([(_layer_for(c), c) for c in CFGS]
               + [("u3_odd", c) for c in ("fma1", "dot_split_gather", "gemm", "gv_split", "h2_m1", "h2_m4", "dequant_chunked",
                                          "h2dot_join", "tc", "wg", "wg_pieces", "wg_scaled")])
 
@@ -181,17 +191,16 @@ def test_bit_widths_and_groupings(layer, cfg_name):
 @pytest.mark.parametrize("dtype,cfg_name", [(torch.bfloat16, "fma1"), (torch.bfloat16, "dot"),
                                             (torch.bfloat16, "h2_m4"), (torch.float32, "h2_m1"),
                                             (torch.bfloat16, "gv"), (torch.float32, "gv_split"),
-                                            (torch.bfloat16, "gv_gather"),
+                                            (torch.bfloat16, "gv_gather"), (torch.bfloat16, "mv"), (torch.float32, "mv_split"),
                                             (torch.bfloat16, "h2dot"), (torch.bfloat16, "h2dot_join"),
                                             (torch.bfloat16, "tc"), (torch.float32, "tc"),
                                             (torch.bfloat16, "gemm_split_perseg"), (torch.float32, "fma1"),
                                             (torch.float32, "gemm_split_perseg"), (torch.bfloat16, "wg"),
                                             (torch.float32, "wg"), (torch.bfloat16, "wg_scaled")])
 def test_dtypes(dtype, cfg_name):
-    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path not in ("fma", "gv", "h2", "h2dot", "tc", "wg"):
+    if not GPU and dtype == torch.bfloat16 and CFGS[cfg_name].path not in ("fma", "gv", "mv", "h2", "h2dot", "tc", "wg"):
         pytest.skip("the Triton interpreter computes bf16 tl.dot wrongly (numpy has no bf16); runs on GPU")
-    layer = "mix123_full" if CFGS[cfg_name].path in BLOCKED else "mix123_short"
-    _check(random_layer(*LAYERS[layer], seed=5), M_OF[cfg_name], dtype, CFGS[cfg_name], bias=True)
+    _check(random_layer(*LAYERS[_layer_for(cfg_name)], seed=5), M_OF[cfg_name], dtype, CFGS[cfg_name], bias=True)
 
 
 @inproc
@@ -203,6 +212,40 @@ def test_row_permuted_layers(cfg_name):
     p = random_layer(37, 128, 32, None, row_bits=[2, 4, 3], seed=7)
     assert p.row_perm is not None and len({(s.r0, s.r1) for s in p.segments}) == 3
     _check(p, M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=True)
+
+
+@inproc
+@pytest.mark.parametrize("layer,cfg_name", [("mv_wide", "mv"), ("mv_wide", "mv_split"), ("mv_u2_g256", "mv"),
+                                            ("mv_u2_g256", "mv_split"), ("mv_mix123", "mv")])
+def test_mv_bit_widths_and_groupings(layer, cfg_name):
+    """The tensor-core GEMV over 1-8 bits (not 7), group sizes 128 and 256, K split 3 (uneven shares)."""
+    _check(random_layer(*LAYERS[layer], seed=3), 1, torch.float16, CFGS[cfg_name], bias=True)
+
+
+@inproc
+@pytest.mark.parametrize("cfg_name", ["mv", "mv_split"])
+def test_mv_row_permuted_layers(cfg_name):
+    """MixLLM-style bands (rows of 2, 4 and 3 bits, 16 each) and a row_perm."""
+    p = random_layer(48, 384, 128, None, row_bits=[2, 4, 3], seed=7)
+    assert p.row_perm is not None and len({(s.r0, s.r1) for s in p.segments}) == 3
+    _check(p, 1, torch.float16, CFGS[cfg_name], bias=True)
+
+
+def test_mv_needs_whole_tiles_and_says_why():
+    """``mv`` runs whole 128-column tiles of rows in fours: other layers are refused by name when asked
+    for explicitly."""
+    cases = {"group size 64 is not a multiple of 128": random_layer(32, 256, 64, 2),
+             "not on 128-column boundaries": random_layer(32, 300, 128, 2),
+             "not a multiple of 4": random_layer(30, 256, 128, 2),
+             "7-bit codes": random_layer(32, 256, 128, 7)}
+    for why, p in cases.items():
+        assert why in slt.mv_supported(p)
+        x = torch.zeros(1, p.in_features, dtype=torch.float16, device=DEV)
+        with pytest.raises(ValueError, match="path 'mv' cannot run this layer"):
+            sbp_matmul(x, p, config=CFGS["mv"])
+    assert slt.mv_supported(random_layer(32, 256, 128, [1, 2, 3])) is None
+    with pytest.raises(ValueError, match=r"path 'mv' takes block_m == 1, block_k == 128, block_n == 32 \* num_warps"):
+        KernelConfig("mv", block_m=1, block_n=64, num_warps=1)
 
 
 @inproc
@@ -335,18 +378,25 @@ def test_select_config_is_explicit():
     assert select_config(256, 28672, 8192).chunk_n == 0 and select_config(256, 4096, 4096).chunk_n == 0
     assert [select_config(1, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096), (4096, 11008),
                                                          (11008, 4096))] == [4, 16, 16, 32, 8]
-    # M = 1: gv, but h2 for big layers of 4 bits and more (faster there, runs 19 and 27)
-    assert [select_config(1, 28672, 8192, bits=b).path for b in ((2,), (1, 2, 3), (2, 4), (4,), (4, 8))] == \
-        ["gv", "gv", "gv", "h2", "h2"]
+    # M = 1: mv on layers of 8192+ columns with codes of 4+ bits, or 2 bits and 2^27+ weights (run 59); h2 for
+    # other big layers of 4 bits and more (runs 19 and 27); gv elsewhere
+    assert [select_config(1, 28672, 8192, bits=b).path for b in ((2,), (1, 2, 3), (2, 4), (4,), (4, 8), (3,), (7,))] \
+        == ["mv", "gv", "gv", "mv", "mv", "gv", "h2"]
+    assert [select_config(1, n, k, bits=(2,)).path for n, k in ((8192, 28672), (8192, 8192), (4096, 11008))] == \
+        ["mv", "gv", "gv"]
+    assert [select_config(1, n, k, bits=(4,)).path for n, k in ((4096, 11008), (8192, 8192), (11008, 4096),
+                                                                 (40960, 4096))] == ["mv", "mv", "gv", "h2"]
     assert [select_config(1, 4096, 4096, bits=b).path for b in ((4,), (4, 8))] == ["gv", "gv"]
-    assert [select_config(1, n, k, bits=(4,)).split_k for n, k in ((28672, 8192), (8192, 28672))] == [8, 16]
+    assert [select_config(1, n, k, bits=(4,)).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 11008))] == \
+        [4, 16, 16]
+    assert select_config(1, 28672, 8192, bits=(4,), num_sms=66).split_k == 2
     # gv pairs its own activations on small layers (K split <= 16 then), 3-bit ones only up to 4096 x 4096;
     # layers of 1- and 2-bit codes only load two tiles ahead
     cfgs = [select_config(1, n, k, bits=b) for n, k, b in ((4096, 4096, (3,)), (8192, 8192, (3,)),
-                                                            (8192, 8192, (2,)), (28672, 8192, (2,)),
+                                                            (8192, 8192, (2,)), (28672, 4096, (2,)),
                                                             (4096, 4096, (1, 2, 3)), (22016, 4096, (4,)))]
     assert [(c.gather, c.depth, c.split_k) for c in cfgs] == \
-        [(True, 1, 16), (False, 1, 16), (True, 2, 16), (False, 2, 4), (True, 1, 16), (True, 1, 4)]
+        [(True, 1, 16), (False, 1, 16), (True, 2, 16), (True, 2, 4), (True, 1, 16), (True, 1, 4)]
     assert select_config(1, 4096, 4096, bits=(2,)).depth == 2 and select_config(1, 4096, 200, bits=(2,)).depth == 1
     assert not select_config(16, 4096, 4096).pdl and select_config(1, 4096, 4096).pdl
     assert select_config(1, 4096, 200).split_k == 2 and select_config(4, 64, 200).split_k == 2  # <= K-tiles
@@ -400,7 +450,7 @@ def test_config_and_input_errors():
         KernelConfig("wgs", block_m=64, num_warps=4, producers=4)
     with pytest.raises(ValueError, match="producers applies to path 'wgs' only"):
         KernelConfig("wg", block_m=64, producers=4)
-    with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv' or 'wgs' with producers"):
+    with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv', 'mv' or 'wgs' with producers"):
         KernelConfig("wgs", block_m=128, num_warps=8, depth=2)
     assert KernelConfig("wgs", block_m=128, num_warps=8, producers=8, split_k=4, depth=2).split_k == 4
     with pytest.raises(ValueError, match="block_n >= 16 \\* producers"):

@@ -12,11 +12,11 @@ from slimq.format.layout import PackedLinear
 from slimq.kernels import REGISTRY, Backend
 from slimq.kernels.triton.ops import (
     DEQUANT_MIN_M, FMA_MAX_M, WGS_SPLIT_MAX_M, H2_MAX_M, H2_XSCALE, PATHS, SKINNY_MAX_M, WG_MAX_M, KernelConfig, Launch, Workspace, fallback_config,
-    h2_supported, plan_launches, resolve_config, sbp_matmul, select_config, tc_block, tc_supported, workspace_fits,
+    h2_supported, mv_supported, plan_launches, resolve_config, sbp_matmul, select_config, tc_block, tc_supported, workspace_fits,
     wgs_supported, wgs_unavailable,
 )
 
-__all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "resolve_config", "fallback_config", "h2_supported",
+__all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "resolve_config", "fallback_config", "h2_supported", "mv_supported",
            "tc_supported", "tc_block", "sbp_matmul", "wgs_supported", "wgs_unavailable",
            "plan_launches", "triton_matmul", "triton_unavailable", "make_workspace", "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M",
            "WG_MAX_M", "DEQUANT_MIN_M", "WGS_SPLIT_MAX_M", "H2_XSCALE"]

@@ -16,6 +16,7 @@ import triton
 
 from slimq.format.layout import PackedLinear, Segment, plane_widths
 from slimq.kernels.triton import _gv as GV
+from slimq.kernels.triton import _mv as MV
 from slimq.kernels.triton import _h2 as H2
 from slimq.kernels.triton import _h2dot as H2D
 from slimq.kernels.triton import _kernels as K
@@ -25,7 +26,7 @@ from slimq.kernels.triton import _wg as WG
 if TYPE_CHECKING:  # annotations only: ops imports this module
     from slimq.kernels.triton.ops import KernelConfig, Workspace
 
-__all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "gv_launches", "h2_launches", "h2dot_launches",
+__all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "gv_launches", "mv_launches", "h2_launches", "h2dot_launches",
            "tc_launches", "wg_launches", "wgs_launches", "wgs_block_k", "wgs_tiles_contiguous", "WGS_MAX_SEGMENTS", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
 
 H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
@@ -42,7 +43,7 @@ def kernel_fn(module: str, name: str):
     if module == "wgsw":
         from slimq.kernels.triton import _wgsw
         return getattr(_wgsw, name)
-    return getattr({"gv": GV, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
+    return getattr({"gv": GV, "mv": MV, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,29 @@ def gv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
     return launches + o.finish(out, bias is not None)
 
 
+def mv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """``mv`` (one token, tensor cores): ``mv_gather_kernel`` (activation pairs and per-block sums), one
+    ``mv_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
+    kdim = x.shape[1]
+    nblk = triton.cdiv(kdim, MV.TILE)
+    widths = _plane_widths(packed)
+    pdl = _pdl(x, cfg)
+    launches = [Launch("mv_gather_kernel", (nblk,), (x, packed.col_perm, ws.xpair, ws.pair_stride, ws.xc32, nblk, kdim),
+                       dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), PDL=pdl), module="mv")]
+    o = _split_output(packed, bias, out, ws, 1, cfg)
+    nt = 32 * cfg.num_warps
+    for r0, ns, segs in bands(packed):
+        args = (ws.xpair, ws.pair_stride, ws.xc32, nblk, out, o.acc, o.rp, o.b, r0, cfg.split_k, o.cnt, 0,
+                tuple(_seg_arg(s) for s in segs))
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), NS=ns, NT=nt, GS=segs[0].group_size,
+                  ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
+                  XSCALE_INV=1.0 / H2_XSCALE, DEPTH=cfg.depth, num_warps=cfg.num_warps, num_stages=1,
+                  **_pdl_kw(pdl), **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+        launches.append(Launch("mv_kernel", (triton.cdiv(ns, nt), cfg.split_k), args, kw, module="mv"))
+    return launches + o.finish(out, bias is not None)
+
+
 def h2_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                  ws: Workspace, cfg: KernelConfig) -> list[Launch]:
     """Pair gather, one ``h2_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
@@ -383,7 +407,7 @@ def tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
 def _fused_split(ws: Workspace, m: int, packed: PackedLinear, cfg: KernelConfig) -> bool:
     """Whether the split-K sums of a ``gv``/``h2``/``h2dot``/``tc``/``wg`` launch can be finished by their last
     program (enough tile counters in ``ws.cnt``), instead of a ``finalize_kernel`` launch."""
-    m_tiles = 1 if cfg.path in ("gv", "h2") else triton.cdiv(m, cfg.block_m)
+    m_tiles = 1 if cfg.path in ("gv", "mv", "h2") else triton.cdiv(m, cfg.block_m)
     ns = max(n for _, n, _ in bands(packed))
     return cfg.split_k > 1 and m_tiles * triton.cdiv(ns, cfg.block_n) <= ws.cnt.numel()
 

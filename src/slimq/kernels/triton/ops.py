@@ -10,6 +10,10 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
 
 * ``"gv"``   (``M == 1``): CUDA-core GEMV in half2 arithmetic (two weights per instruction), one
   output row per thread, activations pre-paired by a gather kernel (``slimq.kernels.triton._gv``).
+* ``"mv"``   (``M == 1``): GEMV on the tensor cores: one LOP3 turns two codes into the fp16 operand pair
+  (magic constant kept, removed per 128-column block from sums the gather computes), ``mma.sync`` with the
+  token in every column (``slimq.kernels.triton._mv``); needs 128-column groups and segments
+  (:func:`mv_supported`), else ``gv``.
 * ``"h2"``   (``M <= 16``): the same arithmetic with a word tile spread over the threads
   (``slimq.kernels.triton._h2``); selectable by config.
 * ``"wg"`` (``2 <= M <= WG_MAX_M``): the weight codes as the *register* operand of the
@@ -34,7 +38,7 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
   used for layers the half2 paths cannot run (:func:`h2_supported`, :func:`fallback_config`)
   and selectable by config.
 
-Split-K launches of ``gv``/``h2``/``h2dot``/``tc``/``wg`` are finished by the last program of each output tile
+Split-K launches of ``gv``/``mv``/``h2``/``h2dot``/``tc``/``wg`` are finished by the last program of each output tile
 (arrival counters in ``workspace.cnt``); the other paths (``wgs`` among them) use a ``finalize_kernel`` launch.
 
 ``walk=True`` runs one launch per band (rows shared by several segments, e.g. the 1/2/3-bit
@@ -50,18 +54,20 @@ import torch
 import triton
 
 from slimq.format.layout import PackedLinear
+from slimq.kernels.triton._mv import XC_SLOTS
 from slimq.kernels.triton._plan import (
     H2_XSCALE, Launch, bands, dequant_mm, dequant_steps, gather_launch, gv_launches, h2_launches, h2dot_launches,
+    mv_launches,
     WGS_MAX_SEGMENTS, kernel_fn, matmul_launches, tc_block, tc_launches, uses_acc, wg_launches, wgs_block_k,
     wgs_launches, wgs_tiles_contiguous,
 )
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_config", "resolve_config", "sbp_matmul",
-           "plan_launches", "h2_supported", "tc_supported", "wgs_supported", "wgs_unavailable", "tc_block", "workspace_fits",
+           "plan_launches", "h2_supported", "mv_supported", "tc_supported", "wgs_supported", "wgs_unavailable", "tc_block", "workspace_fits",
            "kernel_fn",
            "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M", "WG_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
 
-PATHS = ("gv", "h2", "h2dot", "tc", "wg", "wgs", "fma", "dot", "gemm", "dequant")
+PATHS = ("gv", "mv", "h2", "h2dot", "tc", "wg", "wgs", "fma", "dot", "gemm", "dequant")
 FMA_MAX_M = 1        # float32 CUDA-core fallback for M == 1 (layers h2 cannot run)
 H2_MAX_M = 1         # half2 CUDA cores up to here ...
 SKINNY_MAX_M = 16    # (fallbacks: h2dot / dot with M padded to 16 up to here, tiled gemm beyond)
@@ -70,6 +76,7 @@ WGS_SPLIT_MAX_M = 512  # wgs splits K (float32 sums in workspace.acc) only up to
 DEQUANT_MIN_M = WG_MAX_M + 1  # ... and wgs (sm_90) or dequantize-then-cuBLAS from here
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
 _H2_MAX_PROGRAMS = 4096  # h2 (M == 1, >= 4 bits): K split 16, fewer when the grid would pass this (run 12)
+_MV_PROGRAMS_PER_SM = 8  # mv (M == 1): K split up to 16 while the grid holds at most this many programs per SM
 _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pass this many per SM (runs 19, 23)
 # gv pairs its own activations (gather=True, one launch) on layers up to this many weights, and
 # 4-bit-and-wider layers take gv (not h2) up to it (run 27); with 3-bit codes only up to the second
@@ -101,7 +108,8 @@ class KernelConfig:
     prefetch: bool = False  # "fma" / "h2" with M == 1: load the next tile before computing this one
     depth: int = 1  # "gv": K-tiles whose weights are loaded ahead of the one computed (1 or 2); "wgs" with
     # producers: depth + 1 tiles ahead
-    maxnreg: int = 0  # "gv": cap on registers per thread (0: the compiler's choice), for more resident warps
+    maxnreg: int = 0  # "gv", "mv": cap on registers per thread (0: the compiler's choice), for more resident warps;
+    # "mv": a higher cap keeps ptxas from sinking the next tile's loads to the end of the loop
     chunk_n: int = 0  # "dequant": rows dequantized per step (0: the whole layer at once)
     join: bool = False  # "h2dot"/"wg": join a tile's operand pieces into one tl.dot (else one dot per code pair)
     scaled: bool = False  # "wg": dequantized weights as operands (else exact codes, scaled per block)
@@ -121,14 +129,20 @@ class KernelConfig:
             raise ValueError(f"tensor-core paths need block_m, block_n >= 16, got {self.block_m}, {self.block_n}")
         if self.split_k < 1:
             raise ValueError(f"split_k must be >= 1, got {self.split_k}")
-        if self.depth not in (1, 2) or (self.depth != 1 and self.path != "gv" and not self.producers):
-            raise ValueError(f"depth must be 1, or 2 with path 'gv' or 'wgs' with producers; got {self.depth} for "
+        if self.depth not in (1, 2) or (self.depth != 1 and self.path not in ("gv", "mv") and not self.producers):
+            raise ValueError(f"depth must be 1, or 2 with path 'gv', 'mv' or 'wgs' with producers; got {self.depth} for "
                              f"{self.path!r}")
-        if self.maxnreg and (self.path not in ("gv", "wgs") or not 32 <= self.maxnreg <= 255 or self.maxnreg % 8):
-            raise ValueError(f"maxnreg must be 0, or a multiple of 8 in 32..255 with path 'gv' or 'wgs'; got "
+        if self.maxnreg and (self.path not in ("gv", "mv", "wgs") or not 32 <= self.maxnreg <= 255
+                             or self.maxnreg % 8):
+            raise ValueError(f"maxnreg must be 0, or a multiple of 8 in 32..255 with path 'gv', 'mv' or 'wgs'; got "
                              f"{self.maxnreg} for {self.path!r}")
         if self.path == "gv" and self.block_m != 1:
             raise ValueError(f"path 'gv' takes block_m == 1 (one token), got {self.block_m}")
+        if self.path == "mv" and (self.block_m != 1 or self.block_k != 128 or self.block_n != 32 * self.num_warps
+                                  or self.gather):
+            raise ValueError(f"path 'mv' takes block_m == 1, block_k == 128, block_n == 32 * num_warps and no "
+                             f"gather; got block_m={self.block_m}, block_k={self.block_k}, block_n={self.block_n}, "
+                             f"num_warps={self.num_warps}, gather={self.gather}")
         if self.path == "h2" and self.block_m > 16:
             raise ValueError(f"path 'h2' takes block_m <= 16, got {self.block_m}")
         if self.scaled and self.path != "wg":
@@ -171,7 +185,9 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
     Set from ``benchmarks/kernels.py --tune`` on an H200 (132 SMs; benchmarks/KERNEL_NOTES.md,
     runs 10-20):
 
-    * ``M == 1``: the half2 CUDA-core GEMV ``gv`` (one output row per thread, 128-row tiles, 2
+    * ``M == 1``: the tensor-core GEMV ``mv`` where it measured faster (:func:`_mv_wins`: 8192+ input
+      columns, codes all 4-bit or wider, or all 2-bit on 2^27+ weights; 128-row programs, K split up to
+      16 while the grid holds at most ``_MV_PROGRAMS_PER_SM`` programs per SM); elsewhere the half2 CUDA-core GEMV ``gv`` (one output row per thread, 128-row tiles, 2
       warps, K split 32, or less so that the grid holds at most ``_GV_PROGRAMS_PER_SM`` programs per
       SM, and at most one split per 128-column tile). On layers of up to ``_GV_GATHER_MAX_WEIGHTS``
       weights (``_GV_GATHER_MAX_WEIGHTS_3B`` with 3-bit segments, or when ``bits`` is unknown) every
@@ -203,17 +219,7 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
     k_tiles = triton.cdiv(k, 128)
     if m <= H2_MAX_M:
-        if bits and min(bits) >= 4 and n * k > _GV_GATHER_MAX_WEIGHTS:
-            split = min(16, k_tiles, _pow2_at_most(max(1, _H2_MAX_PROGRAMS // triton.cdiv(n, 64))))
-            return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, split), num_warps=2,
-                                num_stages=1, prefetch=True)
-        split = max(1, min(32, k_tiles, _pow2_at_most(max(1, _GV_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 128)))))
-        narrow = bool(bits) and max(bits) <= 2  # 1- and 2-bit codes only (SliM layers: see below)
-        gather = n * k <= (_GV_GATHER_MAX_WEIGHTS if bits and 3 not in bits else _GV_GATHER_MAX_WEIGHTS_3B)
-        if gather:  # each program pairs its own columns: fewer, longer programs (run 27)
-            split = min(split, 16)
-        return KernelConfig("gv", block_m=1, block_n=128, block_k=128, split_k=split, num_warps=2, num_stages=1,
-                            depth=2 if narrow and k_tiles >= 2 * split else 1, gather=gather)
+        return _m1_config(n, k, bits, num_sms)
     if m <= WG_MAX_M:
         bt = 16 if m <= 16 else (32 if m <= 32 else (64 if m <= 64 else 128))
         tiles = triton.cdiv(m, bt) * triton.cdiv(n, 64)
@@ -222,6 +228,35 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
         return KernelConfig("wg", block_m=bt, block_n=64, split_k=max(1, min(16, split, k_tiles)), num_warps=4,
                             num_stages=3, join=True, scaled=bt >= 64, pdl=False)
     return wgs_config(m, n, k, num_sms) or _DEQUANT
+
+
+def _mv_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
+    """Where ``mv`` beat ``gv``/``h2`` at ``M == 1`` (H200, run 59: KERNEL_NOTES): layers of 8192+ input
+    columns whose codes are all 4-bit or wider (1.05-1.20x), or all 2-bit with 2^27+ weights (1.07-1.09x).
+    3-bit and SliM (1/2/3-bit) layers tied or lost (two planes, 96 registers), smaller layers lost."""
+    if not bits or k < 8192 or 7 in bits:
+        return False
+    return min(bits) >= 4 or (set(bits) == {2} and n * k >= 1 << 27)
+
+
+def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow_mv: bool = True) -> KernelConfig:
+    """The ``M == 1`` rule of :func:`select_config` (``allow_mv=False``: for layers ``mv`` cannot run)."""
+    k_tiles = triton.cdiv(k, 128)
+    if allow_mv and _mv_wins(n, k, bits):  # 128-row programs, as many K shares as fit ~8 programs per SM
+        split = _pow2_at_most(max(1, _MV_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 128)))
+        return KernelConfig("mv", block_m=1, block_n=128, block_k=128, split_k=max(1, min(16, split, k_tiles)),
+                            num_warps=4, num_stages=1)
+    if bits and min(bits) >= 4 and n * k > _GV_GATHER_MAX_WEIGHTS:
+        split = min(16, k_tiles, _pow2_at_most(max(1, _H2_MAX_PROGRAMS // triton.cdiv(n, 64))))
+        return KernelConfig("h2", block_m=1, block_n=64, block_k=128, split_k=max(1, split), num_warps=2,
+                            num_stages=1, prefetch=True)
+    split = max(1, min(32, k_tiles, _pow2_at_most(max(1, _GV_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 128)))))
+    narrow = bool(bits) and max(bits) <= 2  # 1- and 2-bit codes only (SliM layers: see below)
+    gather = n * k <= (_GV_GATHER_MAX_WEIGHTS if bits and 3 not in bits else _GV_GATHER_MAX_WEIGHTS_3B)
+    if gather:  # each program pairs its own columns: fewer, longer programs (run 27)
+        split = min(split, 16)
+    return KernelConfig("gv", block_m=1, block_n=128, block_k=128, split_k=split, num_warps=2, num_stages=1,
+                        depth=2 if narrow and k_tiles >= 2 * split else 1, gather=gather)
 
 
 def wgs_config(m: int, n: int, k: int, num_sms: int = 132) -> KernelConfig | None:
@@ -310,6 +345,25 @@ def h2_supported(packed: PackedLinear, *, join: bool = True) -> str | None:
     return _misaligned_segment(packed, 32) if join else None
 
 
+def mv_supported(packed: PackedLinear) -> str | None:
+    """None if the ``mv`` path can run ``packed``, else why not: it needs whole 128-column tiles (group
+    size and every segment's columns on multiples of 128), band heights that are multiples of 4 and
+    16-byte aligned contiguous planes (rows are read four at a time), and no 7-bit codes."""
+    gs = packed.segments[0].group_size
+    if gs % 128:
+        return f"group size {gs} is not a multiple of 128"
+    for s in packed.segments:
+        if s.c0 % 128 or s.c1 % 128:
+            return f"segment columns [{s.c0}, {s.c1}) are not on 128-column boundaries"
+        if s.bits == 7:
+            return "7-bit codes (their third plane's magic constant passes the float16 range)"
+        if (s.r1 - s.r0) % 4:
+            return f"segment rows [{s.r0}, {s.r1}) are not a multiple of 4"
+        if any(not t.is_contiguous() or t.data_ptr() % 16 for t in s.planes):
+            return "a bit plane is not contiguous and 16-byte aligned"
+    return None
+
+
 def _misaligned_segment(packed: PackedLinear, blk: int) -> str | None:
     """Why not every segment starts on a multiple of ``blk`` columns and ends on one (or at ``K``)."""
     k = packed.in_features
@@ -329,7 +383,8 @@ class Workspace:
     defaults to ``max_n``, a chunked config needs only ``chunk_n``). ``xpair`` int32
     ``[4, split_rows, Kp / 2]`` and ``xs32`` float32 ``[split_rows, Kp / 32]`` (``Kp = max_k`` rounded
     up to 128): paired or operand-ordered activations and their block sums (``gv``, ``h2``, ``h2dot``, ``tc``,
-    ``wg``). ``cnt``: int32 per output tile, all zeros between calls: split-K arrival counters, so
+    ``wg``; ``mv`` takes ``xpair`` and ``xc32``, float32 ``[XC_SLOTS, Kp / 128]``: one token's sums per
+    128-column block). ``cnt``: int32 per output tile, all zeros between calls: split-K arrival counters, so
     the last program of a tile writes the output (no finalize launch; ``gv``, ``h2``, ``h2dot``, ``tc``,
     ``wg``).
 
@@ -342,7 +397,7 @@ class Workspace:
 
     def __init__(self, device: torch.device | str, max_m: int, max_n: int, max_k: int,
                  dtype: torch.dtype = torch.float16, *, dequant: bool = False, dequant_rows: int | None = None,
-                 buffers: tuple[str, ...] = ("acc", "xperm", "xperm32", "xpair", "xs32", "cnt"),
+                 buffers: tuple[str, ...] = ("acc", "xperm", "xperm32", "xpair", "xs32", "xc32", "cnt"),
                  split_rows: int | None = None) -> None:
         if min(max_m, max_n, max_k) < 1:
             raise ValueError(f"max_m, max_n, max_k must be >= 1, got {max_m}, {max_n}, {max_k}")
@@ -355,6 +410,7 @@ class Workspace:
         sizes = {"acc": (acc_rows * max_n, torch.float32), "xperm": (max_m * max_k, dtype),
                  "xperm32": (max_k, torch.float32), "wbuf": (rows * max_k, dtype),
                  "xpair": (4 * sr * kp // 2, torch.int32), "xs32": (sr * kp // 32, torch.float32),
+                 "xc32": (XC_SLOTS * kp // 128, torch.float32),
                  "cnt": (triton.cdiv(sr, 16) * triton.cdiv(max_n, 16), torch.int32)}
         self.kp = kp
         self.pair_stride = sr * kp // 2  # elements between the width slots of xpair
@@ -371,6 +427,8 @@ class Workspace:
         need = {"acc", "cnt"} if atomic else set()
         if cfg.path in ("gv", "h2", "tc", "wg"):
             need |= {"xpair", "xs32"}
+        elif cfg.path == "mv":
+            need |= {"xpair", "xc32"}
         elif cfg.path == "h2dot":
             need |= {"xpair", "xperm"}
         elif not cfg.gather or cfg.path in ("dequant", "wgs"):
@@ -389,7 +447,9 @@ class Workspace:
                              f"{min(cfg.chunk_n or n, n)} x {k} weights")
         if cfg.path in ("dequant", "wgs") and self.xperm.numel() < m * k:
             raise ValueError(f"the {cfg.path} path needs a Workspace with buffer 'xperm' for {m} x {k} activations")
-        if cfg.path in ("gv", "h2", "h2dot", "tc", "wg"):
+        if cfg.path == "mv" and self.xc32.numel() < XC_SLOTS * self.kp // 128:
+            raise ValueError("the mv path needs a Workspace with buffer 'xc32'")
+        if cfg.path in ("gv", "mv", "h2", "h2dot", "tc", "wg"):
             if self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0:
                 raise ValueError(f"the {cfg.path} path needs a Workspace with buffer 'xpair'")
             if m > self.split_rows:
@@ -467,6 +527,13 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
             if config is not None:
                 raise ValueError(f"path 'wgs' cannot run this layer: {why}")
             return _DEQUANT
+    if cfg.path == "mv":
+        why = mv_supported(packed)
+        if why is None:
+            return cfg
+        if config is not None:
+            raise ValueError(f"path 'mv' cannot run this layer: {why}")
+        cfg = _m1_config(n, kdim, tuple(s.bits for s in packed.segments), _num_sms(x.device), allow_mv=False)
     if cfg.path in ("gv", "h2", "h2dot", "tc", "wg"):
         why = (tc_supported(packed) if cfg.path in ("tc", "wg")
                else h2_supported(packed, join=cfg.path in ("gv", "h2") or cfg.join))
@@ -497,7 +564,7 @@ def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
                   ws: Workspace, cfg: KernelConfig) -> list[Launch]:
     """The Triton launches of one :func:`sbp_matmul` call, in order (no cuBLAS part)."""
     m, kdim = x.shape
-    if cfg.path in ("fma", "dot", "gv", "h2") and m > max(cfg.block_m, 16 if cfg.path == "dot" else 1):
+    if cfg.path in ("fma", "dot", "gv", "mv", "h2") and m > max(cfg.block_m, 16 if cfg.path == "dot" else 1):
         raise ValueError(f"path {cfg.path!r} with block_m={cfg.block_m} takes M <= {cfg.block_m}, got {m}")
     if cfg.path == "dequant":
         return [lc for lc, _ in dequant_steps(x, packed, out, ws, cfg)]
@@ -505,6 +572,8 @@ def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
         return wgs_launches(x, packed, bias, out, ws, cfg)
     if cfg.path == "gv":
         return gv_launches(x, packed, bias, out, ws, cfg)
+    if cfg.path == "mv":
+        return mv_launches(x, packed, bias, out, ws, cfg)
     if cfg.path == "h2":
         return h2_launches(x, packed, bias, out, ws, cfg)
     if cfg.path == "h2dot":

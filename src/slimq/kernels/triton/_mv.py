@@ -1,0 +1,331 @@
+"""Tensor-core GEMV for one token (path ``"mv"``), layout ``slimq.segmented-bitplane.v1``.
+
+Why: the half2 GEMV ``gv`` spends 1.5 core instructions per weight and code bit-plane (LOP3, HSUB2,
+HFMA2) plus float32 conversions, ~2.2 per weight at 2 bits: at ``M == 1`` it is bound by instruction
+issue, not DRAM (KERNEL_NOTES, session 5). Here the multiply-add goes to the tensor cores
+(``mma.sync.m16n8k16``, the token in every one of the 8 columns of the B operand) and the magic
+constant stays in the weights: one LOP3 turns two codes into the fp16 pair ``(M + c q_a, M + c q_b)``
+(``M = 2**(10 - pos) * c``, ``c`` the plane's coefficient ``2**shift``), which is the A operand as it
+is. ``sum_k x_k (M_k + c q_k) = acc`` then needs ``corr = sum_k x_k M_k`` removed; that does not
+depend on the output row, so ``mv_gather_kernel`` computes it once per 128-column block and plane
+width (float32), next to the activation pairs. Core work per weight and plane: half a LOP3, one
+``mma`` per 8 weights of a thread, a shift per word; then per 128-column tile and row one
+``y += s * (acc - corr - z * sum x)``.
+
+Mapping. A warp computes 32 output rows over a 128-column tile; lane ``(g, t) = (lane // 4, lane % 4)``
+loads the words of rows ``4g .. 4g + 3`` (one 16-byte load per word row) of its 32 columns
+``[32 t, 32 t + 32)`` (word rows ``t W .. t W + W - 1`` of a width-``W`` plane): the 16 natural pairs
+of those words (slot ``j`` and ``j + H`` of a word, ``H = 16 / W``: the pair order of
+``pair_gather_kernel``) are numbered ``P = i H + j``. k-step ``s`` (8 per tile and plane) takes pairs
+``2 s`` and ``2 s + 1`` as the A registers ``(k 2t, 2t+1)`` and ``(k 2t+8, 2t+9)``; rows ``4g + 2b`` and
+``4g + 2b + 1`` are rows ``g`` and ``g + 8`` of MMA block ``b``. The B registers are the same pairs of
+activations (16 per thread and plane, four 16-byte loads shared by the 8 lanes of each ``t``). Every lane
+ends a tile with the sums of its four rows (the 8 B columns are equal) and keeps row ``4g + t``, its
+own output row.
+
+Numerics: products of fp16 values are exact and the tensor cores add them in float32; ``acc`` and
+``corr`` are both ~``2**10 sum |x|`` at most (``2**15`` with 5/6-bit codes' second plane), so their
+difference keeps ~``2**-13`` of ``sum |x|``, below the float16 output's rounding.
+
+Requirements (checked on the host, :func:`slimq.kernels.triton.ops.mv_supported`): group sizes and
+segment boundaries on multiples of 128 columns (no partial tiles), band heights multiples of 4, planes
+16-byte aligned, no 7-bit codes (their third plane's magic would pass the fp16 range).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from slimq.kernels.triton._gv import _first
+from slimq.kernels.triton._h2 import _lo_hi_f32, _mask2, _pos, _put_pairs, _scaled_x, _shifted, _slot
+from slimq.kernels.triton._kernels import _tile_range
+from slimq.kernels.triton._tiles import pdl_release, pdl_wait, plane_coef, plane_width, store_rows
+
+__all__ = ["mv_kernel", "mv_gather_kernel", "TILE", "XC_SLOTS"]
+
+TILE = 128  # columns per tile: each lane covers 32 of them
+_TILE = tl.constexpr(TILE)
+XC_SLOTS = 5  # mv_gather_kernel's float32 block sums: corr per plane width slot (4), then sum x
+
+
+@triton.constexpr_function
+def _shift(bits, p):
+    """log2 of plane ``p``'s coefficient."""
+    return int(plane_coef(bits, p)).bit_length() - 1
+
+
+@triton.constexpr_function
+def _magic(j, w, c):
+    """int32 bits of the half2 ``(M, M)``, ``M = 2**(10 - pos + c)``: masked codes of pair ``j`` of a
+    width-``w`` plane read as ``M + 2**c q``."""
+    m = (25 - _pos(j, w) + int(c)) << 10
+    return m | (m << 16)
+
+
+@triton.jit
+def _hdot(a, b):
+    """float32 ``a.lo * b.lo + a.hi * b.hi`` of half2 bit patterns (interpreter path)."""
+    a_lo, a_hi = _lo_hi_f32(a)
+    b_lo, b_hi = _lo_hi_f32(b)
+    return a_lo * b_lo + a_hi * b_hi
+
+
+@triton.jit
+def _quad_sum(v):
+    """Sums of each 4 consecutive lanes (one MMA row's threads), broadcast back (interpreter path)."""
+    NT: tl.constexpr = v.shape[0]
+    s = tl.sum(tl.reshape(v, [NT // 4, 4]), axis=1)
+    return tl.reshape(tl.broadcast_to(s[:, None], [NT // 4, 4]), [NT])
+
+
+@triton.jit
+def _mma(a0, a1, a2, a3, b0, b1, c, ASM: tl.constexpr):
+    """One ``mma.m16n8k16`` (f16 in, f32 accumulate) on the lane's accumulators ``c = (c0, c1, c2, c3)``
+    (rows ``g`` and ``g + 8``, columns ``2t`` and ``2t + 1``: all columns carry the same token, so
+    ``c1 == c0`` and ``c3 == c2``; they are kept apart so that the accumulators stay a register quad).
+    Volatile like the loads (:func:`_ld4`), so that neither moves past the other. Else the same sums
+    computed lane by lane (the interpreter: element ``i`` of a ``[32 * num_warps]``
+    tensor is thread ``i``)."""
+    c0, c1, c2, c3 = c
+    if ASM:
+        return tl.inline_asm_elementwise(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
+            "{$10, $11, $12, $13};",
+            "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+            dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=False, pack=1)
+    else:
+        d0 = _quad_sum(_hdot(a0, b0) + _hdot(a2, b1))
+        d2 = _quad_sum(_hdot(a1, b0) + _hdot(a3, b1))
+        return c0 + d0, c1 + d0, c2 + d2, c3 + d2
+
+
+@triton.jit
+def _ld4(p, ASM: tl.constexpr):
+    """Four int32 at ``p`` (16-byte aligned), one vector load through the read-only path. Volatile, so
+    the compiler keeps the loads where they are written: one tile ahead of their use (as pure asm
+    they were sunk to the end of the loop, just before the next iteration needs them)."""
+    if ASM:
+        return tl.inline_asm_elementwise("ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l", [p],
+                                         dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=False, pack=1)
+    else:
+        return tl.load(p), tl.load(p + 1), tl.load(p + 2), tl.load(p + 3)
+
+
+@triton.jit
+def _words(ptr, kr, row4, W: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr):
+    """Word rows ``kr .. kr + W - 1`` of one plane for rows ``row4 .. row4 + 3``: a tuple of ``W``
+    4-tuples (one 16-byte load each)."""
+    out = ()
+    for i in tl.static_range(W):
+        a, b, c, d = _ld4(ptr + (kr + i) * NS + row4, ASM)
+        out = out + ((a, b, c, d),)
+    return out
+
+
+@triton.jit
+def _plane_words(seg, k0, t, row4, P: tl.constexpr, BITS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr):
+    """The lane's words of plane ``P`` in the tile at segment column ``k0`` (an empty tuple when the
+    plane does not exist)."""
+    W: tl.constexpr = plane_width(BITS, P)
+    if W > 0:
+        return _words(seg[4 + P], k0 // (32 // W) + t * W, row4, W, NS, ASM)
+    else:
+        return ()
+
+
+@triton.jit
+def _tile_words(seg, k0, t, row4, BITS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr):
+    """Words of every plane of the tile at segment column ``k0``."""
+    return (_plane_words(seg, k0, t, row4, 0, BITS, NS, ASM), _plane_words(seg, k0, t, row4, 1, BITS, NS, ASM),
+            _plane_words(seg, k0, t, row4, 2, BITS, NS, ASM))
+
+
+@triton.jit
+def _pair(word, sh, j: tl.constexpr, W: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """The half2 ``(M + 2**C q_j, M + 2**C q_{j+H})`` of pair ``j`` of ``word`` (``sh = word >> 8``)."""
+    if _shifted(j, W):
+        src = sh
+    else:
+        src = word
+    if ASM:  # one LOP3 with both constants in registers (two LOP3 when both are immediates)
+        return tl.inline_asm_elementwise(
+            "lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,r,r",
+            [src, tl.full(src.shape, _mask2(j, W), tl.int32), tl.full(src.shape, _magic(j, W, C), tl.int32)],
+            dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return (src & _mask2(j, W)) | _magic(j, W, C)
+
+
+@triton.jit
+def _plane_mma(accs, words, x, W: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """``accs`` (two blocks' accumulator quads) plus one plane's 8 k-steps; ``x`` the lane's 16
+    activation pairs for this plane width."""
+    H: tl.constexpr = 16 // W
+    sh = ()
+    for i in tl.static_range(W):
+        w = words[i]
+        sh = sh + ((w[0] >> 8, w[1] >> 8, w[2] >> 8, w[3] >> 8),)
+    for s in tl.static_range(8):
+        accs = _kstep(accs, words[(2 * s) // H], sh[(2 * s) // H], x[2 * s], x[2 * s + 1], (2 * s) % H, W, C, ASM)
+    return accs
+
+
+@triton.jit
+def _kstep(accs, w, v, b0, b1, j: tl.constexpr, W: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """One k-step of both MMA blocks: pairs ``j`` and ``j + 1`` of the words ``w`` (``v = w >> 8``) of
+    rows ``4g .. 4g + 3`` times the activation pairs ``b0``, ``b1``."""
+    acc0, acc1 = accs
+    acc0 = _mma(_pair(w[0], v[0], j, W, C, ASM), _pair(w[1], v[1], j, W, C, ASM), _pair(w[0], v[0], j + 1, W, C, ASM),
+                _pair(w[1], v[1], j + 1, W, C, ASM), b0, b1, acc0, ASM)
+    acc1 = _mma(_pair(w[2], v[2], j, W, C, ASM), _pair(w[3], v[3], j, W, C, ASM), _pair(w[2], v[2], j + 1, W, C, ASM),
+                _pair(w[3], v[3], j + 1, W, C, ASM), b0, b1, acc1, ASM)
+    return acc0, acc1
+
+
+@triton.jit
+def _weight_loads(seg, k0, t, row4, rows, BITS: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr,
+                  ASM: tl.constexpr):
+    """The weight-side loads of the tile at segment column ``k0``: the lane's words of every plane,
+    and the scale and zero of its row."""
+    g = k0 // GS
+    return (_tile_words(seg, k0, t, row4, BITS, NS, ASM), tl.load(seg[2] + g * NS + rows),
+            tl.load(seg[3] + g * NS + rows))
+
+
+@triton.jit
+def _plane_x(xbase, stride_wb, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """The lane's 16 activation pairs of plane ``P``'s width (four 16-byte loads), or ``()``."""
+    W: tl.constexpr = plane_width(BITS, P)
+    x = ()
+    if W > 0:
+        for q in tl.static_range(4):
+            x = x + _ld4(xbase + _slot(W) * stride_wb + 4 * q, ASM)
+    return x
+
+
+@triton.jit
+def _act_loads(seg, k0, t, xw_ptr, stride_wb, xc_ptr, nblk, BITS: tl.constexpr, ASM: tl.constexpr):
+    """The activation-side loads of the tile at segment column ``k0``: the lane's pairs for every
+    plane, ``corr`` (summed over the planes with their coefficients) and ``sum x``."""
+    c = seg[0] + k0  # storage column of the tile
+    xbase = xw_ptr + c // 2 + t * 16
+    blk = c // _TILE
+    corr = tl.load(xc_ptr + _slot(plane_width(BITS, 0)) * nblk + blk)
+    if plane_width(BITS, 1) > 0:
+        corr += plane_coef(BITS, 1) * tl.load(xc_ptr + _slot(plane_width(BITS, 1)) * nblk + blk)
+    if plane_width(BITS, 2) > 0:
+        corr += plane_coef(BITS, 2) * tl.load(xc_ptr + _slot(plane_width(BITS, 2)) * nblk + blk)
+    return (_plane_x(xbase, stride_wb, 0, BITS, ASM), _plane_x(xbase, stride_wb, 1, BITS, ASM),
+            _plane_x(xbase, stride_wb, 2, BITS, ASM), corr, tl.load(xc_ptr + 4 * nblk + blk))
+
+
+@triton.jit
+def _tile(y, wl, al, t, BITS: tl.constexpr, ASM: tl.constexpr):
+    """``y`` plus the tile's ``s * (acc - corr - z * sum x)`` for the lane's row, from the tile's
+    weight-side loads ``wl`` and activation-side loads ``al``."""
+    words, s, z = wl
+    zero = tl.zeros(s.shape, tl.float32)
+    accs = ((zero, zero, zero, zero), (zero, zero, zero, zero))
+    accs = _plane_mma(accs, words[0], al[0], plane_width(BITS, 0), _shift(BITS, 0), ASM)
+    if plane_width(BITS, 1) > 0:
+        accs = _plane_mma(accs, words[1], al[1], plane_width(BITS, 1), _shift(BITS, 1), ASM)
+    if plane_width(BITS, 2) > 0:
+        accs = _plane_mma(accs, words[2], al[2], plane_width(BITS, 2), _shift(BITS, 2), ASM)
+    acc0, acc1 = accs  # rows 4g, 4g + 1 (block 0), 4g + 2, 4g + 3 (block 1): keep row 4g + t
+    a = tl.where(t == 0, acc0[0], tl.where(t == 1, acc0[2], tl.where(t == 2, acc1[0], acc1[2])))
+    return y + s.to(tl.float32) * ((a - al[3]) - z.to(tl.float32) * al[4])
+
+
+@triton.jit
+def _segment(y, seg, t, row4, rows, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, nblk, BITS: tl.constexpr,
+             GS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr, WAIT: tl.constexpr, DEPTH: tl.constexpr):
+    """``y`` plus this program's share of one segment. The weight-side loads run ``DEPTH`` (1 or 2)
+    tiles ahead of the one computed, the activation-side ones one tile ahead. WAIT: wait for the
+    gather (PDL) after the first weight loads."""
+    ks = seg[1]
+    t_lo, t_hi = _tile_range(ks, pid_k, _TILE, split_k)
+    last = ks // _TILE - 1
+    w_cur = _weight_loads(seg, tl.minimum(t_lo, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
+    if DEPTH == 2:
+        w_nxt = _weight_loads(seg, tl.minimum(t_lo + 1, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
+    pdl_wait(WAIT)
+    a_cur = _act_loads(seg, tl.minimum(t_lo, last) * _TILE, t, xw_ptr, stride_wb, xc_ptr, nblk, BITS, ASM)
+    for tt in range(t_lo, t_hi):
+        if DEPTH == 2:
+            w_new = _weight_loads(seg, tl.minimum(tt + 2, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
+        else:
+            w_new = _weight_loads(seg, tl.minimum(tt + 1, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
+        a_nxt = _act_loads(seg, tl.minimum(tt + 1, last) * _TILE, t, xw_ptr, stride_wb, xc_ptr, nblk, BITS, ASM)
+        y = _tile(y, w_cur, a_cur, t, BITS, ASM)
+        if DEPTH == 2:
+            w_cur = w_nxt
+            w_nxt = w_new
+        else:
+            w_cur = w_new
+        a_cur = a_nxt
+    return y
+
+
+@triton.jit(do_not_specialize=["r0", "split_k", "zero", "nblk"])
+def mv_kernel(xw_ptr, stride_wb, xc_ptr, nblk, out_ptr, acc_ptr, rowperm_ptr, bias_ptr, r0, split_k, cnt_ptr, zero,
+              segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, NS: tl.constexpr, NT: tl.constexpr,
+              GS: tl.constexpr, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+              FUSED: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr, DEPTH: tl.constexpr = 1,
+              PDL: tl.constexpr = False):
+    """Grid ``(cdiv(NS, NT), split_k)`` with ``NT = 32 * num_warps`` rows per program, one token:
+    ``out[0, rows] = x W^T`` for the band's rows ``r0 + [0, NS)``. Activation pairs and the block sums
+    ``xc`` (``[XC_SLOTS, nblk]``) come from ``mv_gather_kernel``. ``zero`` must be 0 (it hides the rows'
+    alignment, so that every lane keeps one row). ``ASM``: PTX (else lane-by-lane emulation for the
+    interpreter)."""
+    pid_k = tl.program_id(1)
+    tid = tl.arange(0, NT)
+    t = tid % 4
+    offs_n = tl.program_id(0) * NT + tid
+    mask_n = offs_n < NS
+    rows = tl.minimum(offs_n, NS - 1) + zero
+    row4 = tl.minimum(offs_n - t, NS - 4) + zero
+    y = tl.zeros([NT], tl.float32)
+    for i in tl.static_range(NSEG):
+        y = _segment(y, segs[i], t, row4, rows, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, nblk, SEG_BITS[i], GS,
+                     NS, ASM, _first(PDL, i), DEPTH)
+    offs_m = tl.arange(0, 1)
+    store_rows((y * XSCALE_INV)[None, :], out_ptr, 0, acc_ptr, 0, rowperm_ptr, bias_ptr, r0, offs_m, offs_m < 1,
+               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
+
+
+@triton.jit
+def _pair_magic(j, W: tl.constexpr):
+    """float32 ``2**(10 - pos)`` of activation pairs ``j`` of width ``W`` (``_magic_value``)."""
+    H: tl.constexpr = 16 // W
+    i = j % H
+    pos = i * W - tl.where(i * W + W > 10, 8, 0)
+    return (1 << (10 - pos)).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["K", "nblk"])
+def mv_gather_kernel(x_ptr, perm_ptr, xw_ptr, stride_wb, xc_ptr, nblk, K, XSCALE: tl.constexpr,
+                     WIDTHS: tl.constexpr, NW: tl.constexpr, PDL: tl.constexpr = False):
+    """Grid ``(nblk,)``, one 128-column block of the token each: for every plane width ``W`` in
+    ``WIDTHS`` its activation pairs (as ``pair_gather_kernel``: ``xw[slot(W), (c / E) * H + i] =
+    (x16[c + i], x16[c + i + H])``) and ``xc[slot(W), b] = sum_pairs 2**(10 - pos) (lo + hi)`` (the
+    magic each pair's codes are read with), and ``xc[4, b] = sum x16``, where ``x16 = fp16(x[col_perm] *
+    XSCALE)`` (0 past ``K``)."""
+    pdl_release(PDL)
+    b = tl.program_id(0)
+    cols = b * _TILE + tl.arange(0, _TILE)
+    tl.store(xc_ptr + 4 * nblk + b, tl.sum(_scaled_x(x_ptr, 0, perm_ptr, cols, K, XSCALE).to(tl.float32), axis=0))
+    j = b * (_TILE // 2) + tl.arange(0, _TILE // 2)
+    for w in tl.static_range(NW):
+        _gather_width(x_ptr, perm_ptr, xw_ptr, stride_wb, xc_ptr, nblk, K, b, j, XSCALE, WIDTHS[w])
+
+
+@triton.jit
+def _gather_width(x_ptr, perm_ptr, xw_ptr, stride_wb, xc_ptr, nblk, K, b, j, XSCALE: tl.constexpr, W: tl.constexpr):
+    """Block ``b``'s activation pairs ``j`` of width ``W`` and their magic-weighted sum."""
+    E: tl.constexpr = 32 // W
+    c_lo = (j // (E // 2)) * E + j % (E // 2)
+    lo = _scaled_x(x_ptr, 0, perm_ptr, c_lo, K, XSCALE)
+    hi = _scaled_x(x_ptr, 0, perm_ptr, c_lo + E // 2, K, XSCALE)
+    _put_pairs(lo, hi, xw_ptr, 0, stride_wb, 0, j, nblk * (_TILE // 2), W)
+    corr = tl.sum(_pair_magic(j, W) * (lo.to(tl.float32) + hi.to(tl.float32)), axis=0)
+    tl.store(xc_ptr + _slot(W) * nblk + b, corr)

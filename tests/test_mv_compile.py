@@ -1,0 +1,90 @@
+"""The tensor-core GEMV ``mv`` compiles for sm_90 without a GPU, and its inner loop is what it claims.
+
+CI has no GPU, and the Triton interpreter runs ``mv_kernel``'s lane-by-lane emulation, not its PTX
+(``mma.sync``, LOP3 with register constants). So a fresh process whose Triton driver reports an sm_90
+target compiles the kernel and reads the SASS: per 128-column tile and lane, 16 ``HMMA.16816.F32`` per
+2-bit plane and one LOP3 per code pair (half a LOP3 per weight: both constants in registers), no local
+memory (spills), and the next tile's loads issued before this tile's MMAs (``maxnreg``; with too few
+registers ptxas sinks them to the end of the loop, where they no longer run ahead).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+_SCRIPT = textwrap.dedent("""
+    import json, os, re, subprocess, sys, tempfile
+    import torch, triton
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.driver import driver
+
+    class Sm90:  # what JITFunction.warmup asks of the active driver
+        def get_current_target(self): return GPUTarget("cuda", 90, 32)
+        def get_current_device(self): return 0
+        def get_current_stream(self, device=None): return 0
+        def get_active_torch_device(self): return torch.device("cpu")
+        def get_device_interface(self): return torch.cuda
+        def get_benchmarker(self): raise RuntimeError("no GPU")
+        def is_active(self): return True
+
+    driver.set_active(Sm90())
+    sys.path.insert(0, TESTS)
+    from test_kernels_triton import random_layer
+    from slimq.kernels.triton import KernelConfig, Workspace
+    from slimq.kernels.triton._plan import mv_launches
+
+    fields = json.loads(sys.argv[1])
+    n, k = 256, 1024
+    p = random_layer(n, k, 128, fields.pop("bits"))
+    x = torch.zeros(1, k, dtype=torch.float16)
+    out = torch.empty(1, n, dtype=torch.float16)
+    ws = Workspace("cpu", 1, n, k, torch.float16)
+    cfg = KernelConfig("mv", block_m=1, block_n=128, block_k=128, num_warps=4, num_stages=1, **fields)
+    lc = mv_launches(x, p, None, out, ws, cfg)[1]
+    kw = dict(lc.kwargs, ASM=True)
+    kw.pop("launch_pdl", None)
+    kern = lc.fn.warmup(*lc.args, grid=(1,), **kw)
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(kern.asm["cubin"])
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    ops = re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+(?:@!?P\\d\\s+)?([A-Z][A-Z0-9_.]*)", sass)
+    back = [(int(t, 16), int(a, 16)) for a, t in re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+@P\\d\\s+BRA\\s+0x([0-9a-f]+)", sass)
+            if int(t, 16) < int(a, 16)]
+    lo, hi = back[0]  # the first segment's tile loop
+    body = [op for a, op in ops if lo <= int(a, 16) <= hi]
+    hmma = [i for i, op in enumerate(body) if op.startswith("HMMA")]
+    ldg128 = [i for i, op in enumerate(body) if op.startswith("LDG.E.128")]
+    print(json.dumps({"kernel": lc.kernel, "hmma": len(hmma), "lop3": sum(op.startswith("LOP3") for op in body),
+                      "loads_before_first_hmma": sum(i < hmma[0] for i in ldg128), "ldg128": len(ldg128),
+                      "local": sass.count("STL") + sass.count("LDL")}))
+""")
+
+
+def _compile(fields: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = f"TESTS = {os.path.dirname(os.path.abspath(__file__))!r}\n" + _SCRIPT
+    r = subprocess.run([sys.executable, "-c", script, json.dumps(fields)], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_mv_compiles_for_sm90_with_one_lop3_per_code_pair():
+    got = _compile({"bits": 2})
+    assert got["kernel"] == "mv_kernel" and got["local"] == 0, got
+    # a lane's tile: 4 rows x 32 columns of 2-bit codes = 64 code pairs, two MMA blocks x 8 k-steps
+    assert got["hmma"] == 16, got
+    assert 64 <= got["lop3"] <= 64 + 8, got
+    # words (2 x 16 bytes) and activation pairs (4 x 16 bytes) of one tile
+    assert got["ldg128"] == 6, got
+
+
+def test_mv_keeps_the_next_tile_loads_ahead_with_maxnreg():
+    got = _compile({"bits": 4, "maxnreg": 128})
+    assert got["hmma"] == 16 and got["local"] == 0, got
+    assert got["loads_before_first_hmma"] == got["ldg128"], got
