@@ -378,7 +378,7 @@ def test_select_config_is_explicit():
     assert select_config(256, 28672, 8192).chunk_n == 0 and select_config(256, 4096, 4096).chunk_n == 0
     assert [select_config(1, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096), (4096, 11008),
                                                          (11008, 4096))] == [4, 16, 16, 32, 8]
-    # M = 1: mv on layers of 8192+ columns with codes of 4+ bits, or 2 bits and 2^27+ weights (run 59); h2 for
+    # M = 1: mv on layers of 8192+ columns with codes of 4+ bits, or 2 bits and 2^27+ weights (run 63); h2 for
     # other big layers of 4 bits and more (runs 19 and 27); gv elsewhere
     assert [select_config(1, 28672, 8192, bits=b).path for b in ((2,), (1, 2, 3), (2, 4), (4,), (4, 8), (3,), (7,))] \
         == ["mv", "gv", "gv", "mv", "mv", "gv", "h2"]

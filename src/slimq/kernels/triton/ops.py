@@ -231,7 +231,7 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
 
 
 def _mv_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
-    """Where ``mv`` beat ``gv``/``h2`` at ``M == 1`` (H200, run 59: KERNEL_NOTES): layers of 8192+ input
+    """Where ``mv`` beat ``gv``/``h2`` at ``M == 1`` (H200, run 63: KERNEL_NOTES): layers of 8192+ input
     columns whose codes are all 4-bit or wider (1.05-1.20x), or all 2-bit with 2^27+ weights (1.07-1.09x).
     3-bit and SliM (1/2/3-bit) layers tied or lost (two planes, 96 registers), smaller layers lost."""
     if not bits or k < 8192 or 7 in bits:
