@@ -149,7 +149,9 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
         bm = 1 << max(0, (m - 1).bit_length())
         h2 = [C("h2", block_m=bm, block_n=bn, block_k=128, split_k=8, num_warps=4, num_stages=1)
               for bn in (128, 256)] if bm <= 4 else []
-        return (h2 + [C("dot", block_m=16, block_n=128, block_k=128, split_k=4)]
+        mv = [C("mv", block_m=16, block_n=128, block_k=128, split_k=sp, num_warps=4, num_stages=1, maxnreg=r)
+              for sp in (2, 4, 8, 16) for r in (0, 128) if sp <= math.ceil(k / 128)]
+        return (h2 + mv + [C("dot", block_m=16, block_n=128, block_k=128, split_k=4)]
                 + h2dot(16, (64, 128), (4, 8), joins=(True, False), stages=(3,)) + h2dot(16, (128,), (8,), stages=(1, 4))
                 + tc(16, (128, 256), (4, 8, 16), warps=(4, 8)) + wg)
     if m <= 64:

@@ -90,7 +90,8 @@ def _check(p, m, dtype, cfg, *, bias=False, seed=1):
     assert err < TOL[dtype], f"relative error {err:.2e} (path {cfg.path if cfg else 'auto'})"
     assert not bool(ws.acc.any()), "the split-K workspace must be left zeroed"
     assert not bool(ws.cnt.any()), "the split-K tile counters must be left zeroed"
-    if (cfg or slt.resolve_config(x, p)).split_k > 1 and (cfg or slt.resolve_config(x, p)).path in ("gv", "mv", "h2", "h2dot", "tc", "wg"):
+    rc = cfg or slt.resolve_config(x, p)
+    if rc.split_k > 1 and rc.path in ("gv", "mv", "h2", "h2dot", "tc", "wg") and not (rc.path == "mv" and m > 1):
         launches = slt.plan_launches(x, p, b, out, ws, cfg or slt.resolve_config(x, p))
         assert "finalize_kernel" not in [lc.kernel for lc in launches], "split-K finishes in its last program"
 
@@ -128,6 +129,8 @@ CFGS = {
     "gv_maxnreg": KernelConfig("gv", block_m=1, block_n=32, block_k=64, split_k=2, num_warps=1, depth=2, maxnreg=96),
     "mv": KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=1),
     "mv_split": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=3, num_warps=2),
+    "mv_m5": KernelConfig("mv", block_m=16, block_n=32, block_k=128, num_warps=1),
+    "mv_m16_split": KernelConfig("mv", block_m=16, block_n=64, block_k=128, split_k=3, num_warps=2),
     "h2_m1": KernelConfig("h2", block_m=1, block_n=32, block_k=64),
     "h2_m1_split": KernelConfig("h2", block_m=1, block_n=16, block_k=32, split_k=3),
     "h2_m1_prefetch": KernelConfig("h2", block_m=1, block_n=32, block_k=32, split_k=2, prefetch=True),
@@ -144,7 +147,7 @@ CFGS = {
     "wg_scaled_pieces": KernelConfig("wg", block_m=32, block_n=64, scaled=True),
     "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
 }
-M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_m5": 5, "mv_m16_split": 16, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
         "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
         "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9}
@@ -216,19 +219,33 @@ def test_row_permuted_layers(cfg_name):
 
 @inproc
 @pytest.mark.parametrize("layer,cfg_name", [("mv_wide", "mv"), ("mv_wide", "mv_split"), ("mv_u2_g256", "mv"),
-                                            ("mv_u2_g256", "mv_split"), ("mv_mix123", "mv")])
+                                            ("mv_u2_g256", "mv_split"), ("mv_mix123", "mv"), ("mv_wide", "mv_m5"),
+                                            ("mv_wide", "mv_m16_split"), ("mv_u2_g256", "mv_m16_split")])
 def test_mv_bit_widths_and_groupings(layer, cfg_name):
-    """The tensor-core GEMV over 1-8 bits (not 7), group sizes 128 and 256, K split 3 (uneven shares)."""
-    _check(random_layer(*LAYERS[layer], seed=3), 1, torch.float16, CFGS[cfg_name], bias=True)
+    """The tensor-core GEMV over 1-8 bits (not 7), group sizes 128 and 256, K split 3 (uneven shares), one
+    token, 5 (one token block, lanes past M) and 16 (two blocks)."""
+    _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=True)
 
 
 @inproc
-@pytest.mark.parametrize("cfg_name", ["mv", "mv_split"])
+@pytest.mark.parametrize("cfg_name", ["mv", "mv_split", "mv_m5", "mv_m16_split"])
 def test_mv_row_permuted_layers(cfg_name):
     """MixLLM-style bands (rows of 2, 4 and 3 bits, 16 each) and a row_perm."""
     p = random_layer(48, 384, 128, None, row_bits=[2, 4, 3], seed=7)
     assert p.row_perm is not None and len({(s.r0, s.r1) for s in p.segments}) == 3
-    _check(p, 1, torch.float16, CFGS[cfg_name], bias=True)
+    _check(p, M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=True)
+
+
+def test_mv_selected_falls_back_where_it_cannot_run(monkeypatch):
+    """A dispatched ``mv`` config becomes the rule's choice without ``mv`` on layers it cannot run."""
+    import slimq.kernels.triton.ops as ops
+    monkeypatch.setattr(ops, "_mvt_wins", lambda n, k, bits: True)
+    monkeypatch.setattr(ops, "_mv_wins", lambda n, k, bits: True)
+    good, bad = random_layer(32, 256, 128, 2), random_layer(32, 256, 64, 2)
+    for m, other in ((1, "gv"), (4, "wg")):
+        x = torch.zeros(m, 256, dtype=torch.float16, device=DEV)
+        assert ops.resolve_config(x, good).path == "mv"
+        assert ops.resolve_config(x, bad).path == other
 
 
 def test_mv_needs_whole_tiles_and_says_why():
@@ -244,7 +261,7 @@ def test_mv_needs_whole_tiles_and_says_why():
         with pytest.raises(ValueError, match="path 'mv' cannot run this layer"):
             sbp_matmul(x, p, config=CFGS["mv"])
     assert slt.mv_supported(random_layer(32, 256, 128, [1, 2, 3])) is None
-    with pytest.raises(ValueError, match=r"path 'mv' takes block_m == 1, block_k == 128, block_n == 32 \* num_warps"):
+    with pytest.raises(ValueError, match=r"path 'mv' takes block_m 1 or 16, block_k == 128, block_n == 32 \* num_warps"):
         KernelConfig("mv", block_m=1, block_n=64, num_warps=1)
 
 
@@ -390,6 +407,14 @@ def test_select_config_is_explicit():
     assert [select_config(1, n, k, bits=(4,)).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 11008))] == \
         [4, 16, 16]
     assert select_config(1, 28672, 8192, bits=(4,), num_sms=66).split_k == 2
+    # 2-8 tokens: mv on layers of 2^26+ weights (one block of 8 token columns; run 65), wg elsewhere and beyond
+    assert [select_config(m, n, k, bits=b).path for m, n, k, b in (
+        (2, 28672, 8192, (2,)), (8, 8192, 8192, (1, 2, 3)), (9, 28672, 8192, (2,)), (4, 4096, 11008, (2,)),
+        (4, 28672, 8192, (7,)), (4, 28672, 8192, None))] == ["mv", "mv", "wg", "wg", "wg", "wg"]
+    c = select_config(4, 28672, 8192, bits=(3,))
+    assert (c.block_m, c.block_n, c.num_warps, c.maxnreg, c.split_k) == (16, 128, 4, 128, 2)
+    assert select_config(4, 8192, 28672, bits=(3,)).split_k == 8
+    assert select_config(4, 28672, 8192, bits=(2,), mv=False).path == "wg"
     # gv pairs its own activations on small layers (K split <= 16 then), 3-bit ones only up to 4096 x 4096;
     # layers of 1- and 2-bit codes only load two tiles ahead
     cfgs = [select_config(1, n, k, bits=b) for n, k, b in ((4096, 4096, (3,)), (8192, 8192, (3,)),

@@ -41,7 +41,7 @@ from slimq.kernels.triton._h2 import _lo_hi_f32, _mask2, _pos, _put_pairs, _scal
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import pdl_release, pdl_wait, plane_coef, plane_width, store_rows
 
-__all__ = ["mv_kernel", "mv_gather_kernel", "TILE", "XC_SLOTS"]
+__all__ = ["mv_kernel", "mv_gather_kernel", "block_sums", "TILE", "XC_SLOTS"]
 
 TILE = 128  # columns per tile: each lane covers 32 of them
 _TILE = tl.constexpr(TILE)
@@ -63,26 +63,26 @@ def _magic(j, w, c):
 
 
 @triton.jit
-def _hdot(a, b):
-    """float32 ``a.lo * b.lo + a.hi * b.hi`` of half2 bit patterns (interpreter path)."""
-    a_lo, a_hi = _lo_hi_f32(a)
-    b_lo, b_hi = _lo_hi_f32(b)
-    return a_lo * b_lo + a_hi * b_hi
-
-
-@triton.jit
-def _quad_sum(v):
-    """Sums of each 4 consecutive lanes (one MMA row's threads), broadcast back (interpreter path)."""
-    NT: tl.constexpr = v.shape[0]
-    s = tl.sum(tl.reshape(v, [NT // 4, 4]), axis=1)
-    return tl.reshape(tl.broadcast_to(s[:, None], [NT // 4, 4]), [NT])
+def _lane_mma(a_lo, a_hi, b_lo, b_hi):
+    """float32 ``D[w, g, n] = sum_t a[w, g, t] . b[w, n, t]`` over the 4 lanes ``t`` of each row (the
+    two halves of two registers each), as the lane quad ``(D[g, 2t], D[g, 2t + 1])`` of every lane
+    (interpreter path; element ``i`` of a ``[32 * num_warps]`` tensor is thread ``i``)."""
+    NT: tl.constexpr = a_lo[0].shape[0]
+    d = tl.zeros([NT // 32, 8, 8], tl.float32)
+    for v in tl.static_range(2):
+        for h in tl.static_range(2):
+            a = tl.reshape(a_hi[v] if h else a_lo[v], [NT // 32, 8, 4])
+            b = tl.reshape(b_hi[v] if h else b_lo[v], [NT // 32, 8, 4])
+            d += tl.sum(tl.expand_dims(a, 2) * tl.expand_dims(b, 1), axis=3)
+    d0, d1 = tl.split(tl.reshape(d, [NT // 32, 8, 4, 2]))
+    return tl.reshape(d0, [NT]), tl.reshape(d1, [NT])
 
 
 @triton.jit
 def _mma(a0, a1, a2, a3, b0, b1, c, ASM: tl.constexpr):
     """One ``mma.m16n8k16`` (f16 in, f32 accumulate) on the lane's accumulators ``c = (c0, c1, c2, c3)``
-    (rows ``g`` and ``g + 8``, columns ``2t`` and ``2t + 1``: all columns carry the same token, so
-    ``c1 == c0`` and ``c3 == c2``; they are kept apart so that the accumulators stay a register quad).
+    (rows ``g`` and ``g + 8``, columns ``2t`` and ``2t + 1``; with one token every column carries it, so
+    ``c1 == c0`` and ``c3 == c2``, kept apart so that the accumulators stay a register quad).
     Volatile like the loads (:func:`_ld4`), so that neither moves past the other. Else the same sums
     computed lane by lane (the interpreter: element ``i`` of a ``[32 * num_warps]``
     tensor is thread ``i``)."""
@@ -94,9 +94,15 @@ def _mma(a0, a1, a2, a3, b0, b1, c, ASM: tl.constexpr):
             "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
             dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=False, pack=1)
     else:
-        d0 = _quad_sum(_hdot(a0, b0) + _hdot(a2, b1))
-        d2 = _quad_sum(_hdot(a1, b0) + _hdot(a3, b1))
-        return c0 + d0, c1 + d0, c2 + d2, c3 + d2
+        a0l, a0h = _lo_hi_f32(a0)
+        a1l, a1h = _lo_hi_f32(a1)
+        a2l, a2h = _lo_hi_f32(a2)
+        a3l, a3h = _lo_hi_f32(a3)
+        b0l, b0h = _lo_hi_f32(b0)
+        b1l, b1h = _lo_hi_f32(b1)
+        d0, d1 = _lane_mma((a0l, a2l), (a0h, a2h), (b0l, b1l), (b0h, b1h))
+        d2, d3 = _lane_mma((a1l, a3l), (a1h, a3h), (b0l, b1l), (b0h, b1h))
+        return c0 + d0, c1 + d1, c2 + d2, c3 + d3
 
 
 @triton.jit
@@ -204,19 +210,28 @@ def _plane_x(xbase, stride_wb, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.cons
 
 
 @triton.jit
-def _act_loads(seg, k0, t, xw_ptr, stride_wb, xc_ptr, nblk, BITS: tl.constexpr, ASM: tl.constexpr):
+def _act_loads(seg, k0, t, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS: tl.constexpr, ASM: tl.constexpr):
     """The activation-side loads of the tile at segment column ``k0``: the lane's pairs for every
     plane, ``corr`` (summed over the planes with their coefficients) and ``sum x``."""
     c = seg[0] + k0  # storage column of the tile
     xbase = xw_ptr + c // 2 + t * 16
     blk = c // _TILE
-    corr = tl.load(xc_ptr + _slot(plane_width(BITS, 0)) * nblk + blk)
-    if plane_width(BITS, 1) > 0:
-        corr += plane_coef(BITS, 1) * tl.load(xc_ptr + _slot(plane_width(BITS, 1)) * nblk + blk)
-    if plane_width(BITS, 2) > 0:
-        corr += plane_coef(BITS, 2) * tl.load(xc_ptr + _slot(plane_width(BITS, 2)) * nblk + blk)
+    corr, xsum = block_sums(xc_ptr + blk, stride_cs, BITS)
     return (_plane_x(xbase, stride_wb, 0, BITS, ASM), _plane_x(xbase, stride_wb, 1, BITS, ASM),
-            _plane_x(xbase, stride_wb, 2, BITS, ASM), corr, tl.load(xc_ptr + 4 * nblk + blk))
+            _plane_x(xbase, stride_wb, 2, BITS, ASM), corr, xsum)
+
+
+@triton.jit
+def block_sums(p, stride_cs, BITS: tl.constexpr):
+    """``(corr, sum x)`` of one 128-column block of one token from ``mv_gather_kernel``'s sums at ``p``
+    (``xc`` at the block and token): ``corr`` summed over the planes of a ``BITS``-bit code with their
+    coefficients."""
+    corr = tl.load(p + _slot(plane_width(BITS, 0)) * stride_cs)
+    if plane_width(BITS, 1) > 0:
+        corr += plane_coef(BITS, 1) * tl.load(p + _slot(plane_width(BITS, 1)) * stride_cs)
+    if plane_width(BITS, 2) > 0:
+        corr += plane_coef(BITS, 2) * tl.load(p + _slot(plane_width(BITS, 2)) * stride_cs)
+    return corr, tl.load(p + 4 * stride_cs)
 
 
 @triton.jit
@@ -237,7 +252,7 @@ def _tile(y, wl, al, t, BITS: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _segment(y, seg, t, row4, rows, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, nblk, BITS: tl.constexpr,
+def _segment(y, seg, t, row4, rows, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS: tl.constexpr,
              GS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr, WAIT: tl.constexpr, DEPTH: tl.constexpr):
     """``y`` plus this program's share of one segment. The weight-side loads run ``DEPTH`` (1 or 2)
     tiles ahead of the one computed, the activation-side ones one tile ahead. WAIT: wait for the
@@ -249,13 +264,13 @@ def _segment(y, seg, t, row4, rows, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, n
     if DEPTH == 2:
         w_nxt = _weight_loads(seg, tl.minimum(t_lo + 1, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
     pdl_wait(WAIT)
-    a_cur = _act_loads(seg, tl.minimum(t_lo, last) * _TILE, t, xw_ptr, stride_wb, xc_ptr, nblk, BITS, ASM)
+    a_cur = _act_loads(seg, tl.minimum(t_lo, last) * _TILE, t, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS, ASM)
     for tt in range(t_lo, t_hi):
         if DEPTH == 2:
             w_new = _weight_loads(seg, tl.minimum(tt + 2, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
         else:
             w_new = _weight_loads(seg, tl.minimum(tt + 1, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
-        a_nxt = _act_loads(seg, tl.minimum(tt + 1, last) * _TILE, t, xw_ptr, stride_wb, xc_ptr, nblk, BITS, ASM)
+        a_nxt = _act_loads(seg, tl.minimum(tt + 1, last) * _TILE, t, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS, ASM)
         y = _tile(y, w_cur, a_cur, t, BITS, ASM)
         if DEPTH == 2:
             w_cur = w_nxt
@@ -266,15 +281,15 @@ def _segment(y, seg, t, row4, rows, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, n
     return y
 
 
-@triton.jit(do_not_specialize=["r0", "split_k", "zero", "nblk"])
-def mv_kernel(xw_ptr, stride_wb, xc_ptr, nblk, out_ptr, acc_ptr, rowperm_ptr, bias_ptr, r0, split_k, cnt_ptr, zero,
+@triton.jit(do_not_specialize=["r0", "split_k", "zero", "stride_cs"])
+def mv_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, acc_ptr, rowperm_ptr, bias_ptr, r0, split_k, cnt_ptr, zero,
               segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, NS: tl.constexpr, NT: tl.constexpr,
               GS: tl.constexpr, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr,
               FUSED: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr, DEPTH: tl.constexpr = 1,
               PDL: tl.constexpr = False):
     """Grid ``(cdiv(NS, NT), split_k)`` with ``NT = 32 * num_warps`` rows per program, one token:
     ``out[0, rows] = x W^T`` for the band's rows ``r0 + [0, NS)``. Activation pairs and the block sums
-    ``xc`` (``[XC_SLOTS, nblk]``) come from ``mv_gather_kernel``. ``zero`` must be 0 (it hides the rows'
+    ``xc`` (``[XC_SLOTS, tokens, nblk]``, slot stride ``stride_cs``; token 0 here) come from ``mv_gather_kernel``. ``zero`` must be 0 (it hides the rows'
     alignment, so that every lane keeps one row). ``ASM``: PTX (else lane-by-lane emulation for the
     interpreter)."""
     pid_k = tl.program_id(1)
@@ -286,7 +301,7 @@ def mv_kernel(xw_ptr, stride_wb, xc_ptr, nblk, out_ptr, acc_ptr, rowperm_ptr, bi
     row4 = tl.minimum(offs_n - t, NS - 4) + zero
     y = tl.zeros([NT], tl.float32)
     for i in tl.static_range(NSEG):
-        y = _segment(y, segs[i], t, row4, rows, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, nblk, SEG_BITS[i], GS,
+        y = _segment(y, segs[i], t, row4, rows, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, stride_cs, SEG_BITS[i], GS,
                      NS, ASM, _first(PDL, i), DEPTH)
     offs_m = tl.arange(0, 1)
     store_rows((y * XSCALE_INV)[None, :], out_ptr, 0, acc_ptr, 0, rowperm_ptr, bias_ptr, r0, offs_m, offs_m < 1,
@@ -302,30 +317,35 @@ def _pair_magic(j, W: tl.constexpr):
     return (1 << (10 - pos)).to(tl.float32)
 
 
-@triton.jit(do_not_specialize=["K", "nblk"])
-def mv_gather_kernel(x_ptr, perm_ptr, xw_ptr, stride_wb, xc_ptr, nblk, K, XSCALE: tl.constexpr,
-                     WIDTHS: tl.constexpr, NW: tl.constexpr, PDL: tl.constexpr = False):
-    """Grid ``(nblk,)``, one 128-column block of the token each: for every plane width ``W`` in
-    ``WIDTHS`` its activation pairs (as ``pair_gather_kernel``: ``xw[slot(W), (c / E) * H + i] =
-    (x16[c + i], x16[c + i + H])``) and ``xc[slot(W), b] = sum_pairs 2**(10 - pos) (lo + hi)`` (the
-    magic each pair's codes are read with), and ``xc[4, b] = sum x16``, where ``x16 = fp16(x[col_perm] *
-    XSCALE)`` (0 past ``K``)."""
+@triton.jit(do_not_specialize=["K", "nblk", "stride_cs"])
+def mv_gather_kernel(x_ptr, stride_xm, perm_ptr, xw_ptr, stride_wm, stride_wb, xc_ptr, stride_cs, nblk, K,
+                     XSCALE: tl.constexpr, WIDTHS: tl.constexpr, NW: tl.constexpr, PDL: tl.constexpr = False):
+    """Grid ``(nblk, M)``: one 128-column block of one token each: for every plane width ``W`` in
+    ``WIDTHS`` its activation pairs (as ``pair_gather_kernel``: ``xw[slot(W), m, (c / E) * H + i] =
+    (x16[c + i], x16[c + i + H])``) and ``xc[slot(W), m, b] = sum_pairs 2**(10 - pos) (lo + hi)`` (the
+    magic each pair's codes are read with), and ``xc[4, m, b] = sum x16``, where ``x16 = fp16(x[m, col_perm] *
+    XSCALE)`` (0 past ``K``); ``xc``'s slot stride is ``stride_cs``, its token stride ``nblk``."""
     pdl_release(PDL)
     b = tl.program_id(0)
+    m = tl.program_id(1)
+    row = m.to(tl.int64) * stride_xm
+    c = xc_ptr + m * nblk + b
     cols = b * _TILE + tl.arange(0, _TILE)
-    tl.store(xc_ptr + 4 * nblk + b, tl.sum(_scaled_x(x_ptr, 0, perm_ptr, cols, K, XSCALE).to(tl.float32), axis=0))
+    tl.store(c + 4 * stride_cs, tl.sum(_scaled_x(x_ptr, row, perm_ptr, cols, K, XSCALE).to(tl.float32), axis=0))
     j = b * (_TILE // 2) + tl.arange(0, _TILE // 2)
     for w in tl.static_range(NW):
-        _gather_width(x_ptr, perm_ptr, xw_ptr, stride_wb, xc_ptr, nblk, K, b, j, XSCALE, WIDTHS[w])
+        _gather_width(x_ptr, row, perm_ptr, xw_ptr + m * stride_wm, stride_wb, c, stride_cs, nblk, K, j, XSCALE,
+                      WIDTHS[w])
 
 
 @triton.jit
-def _gather_width(x_ptr, perm_ptr, xw_ptr, stride_wb, xc_ptr, nblk, K, b, j, XSCALE: tl.constexpr, W: tl.constexpr):
-    """Block ``b``'s activation pairs ``j`` of width ``W`` and their magic-weighted sum."""
+def _gather_width(x_ptr, row, perm_ptr, xw_ptr, stride_wb, c, stride_cs, nblk, K, j, XSCALE: tl.constexpr,
+                  W: tl.constexpr):
+    """One token's activation pairs ``j`` of width ``W`` in one block and their magic-weighted sum (to ``c``)."""
     E: tl.constexpr = 32 // W
     c_lo = (j // (E // 2)) * E + j % (E // 2)
-    lo = _scaled_x(x_ptr, 0, perm_ptr, c_lo, K, XSCALE)
-    hi = _scaled_x(x_ptr, 0, perm_ptr, c_lo + E // 2, K, XSCALE)
+    lo = _scaled_x(x_ptr, row, perm_ptr, c_lo, K, XSCALE)
+    hi = _scaled_x(x_ptr, row, perm_ptr, c_lo + E // 2, K, XSCALE)
     _put_pairs(lo, hi, xw_ptr, 0, stride_wb, 0, j, nblk * (_TILE // 2), W)
     corr = tl.sum(_pair_magic(j, W) * (lo.to(tl.float32) + hi.to(tl.float32)), axis=0)
-    tl.store(xc_ptr + _slot(W) * nblk + b, corr)
+    tl.store(c + _slot(W) * stride_cs, corr)

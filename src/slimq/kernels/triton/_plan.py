@@ -8,6 +8,7 @@ plan's launches allocate nothing. The dispatch (which path, which tiling) lives 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ import triton
 from slimq.format.layout import PackedLinear, Segment, plane_widths
 from slimq.kernels.triton import _gv as GV
 from slimq.kernels.triton import _mv as MV
+from slimq.kernels.triton import _mvt as MVT
 from slimq.kernels.triton import _h2 as H2
 from slimq.kernels.triton import _h2dot as H2D
 from slimq.kernels.triton import _kernels as K
@@ -43,7 +45,7 @@ def kernel_fn(module: str, name: str):
     if module == "wgsw":
         from slimq.kernels.triton import _wgsw
         return getattr(_wgsw, name)
-    return getattr({"gv": GV, "mv": MV, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
+    return getattr({"gv": GV, "mv": MV, "mvt": MVT, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
 
 
 @dataclass(frozen=True)
@@ -318,24 +320,37 @@ def gv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
 
 def mv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
-    """``mv`` (one token, tensor cores): ``mv_gather_kernel`` (activation pairs and per-block sums), one
-    ``mv_kernel`` per band (and a finalize if split-K cannot finish in-kernel)."""
-    kdim = x.shape[1]
+    """``mv`` (tensor cores; one token: ``mv_kernel``, 2-16 tokens: ``mvt_kernel``): ``mv_gather_kernel``
+    (activation pairs and per-block sums), one matmul launch per band (and a finalize if split-K cannot
+    finish in-kernel: always with more than one token)."""
+    m, kdim = x.shape
     nblk = triton.cdiv(kdim, MV.TILE)
+    stride_cs = m * nblk  # xc32 as [XC_SLOTS, m, nblk]
     widths = _plane_widths(packed)
     pdl = _pdl(x, cfg)
-    launches = [Launch("mv_gather_kernel", (nblk,), (x, packed.col_perm, ws.xpair, ws.pair_stride, ws.xc32, nblk, kdim),
+    launches = [Launch("mv_gather_kernel", (nblk, m),
+                       (x, x.stride(0), packed.col_perm, ws.xpair, ws.kp // 2, ws.pair_stride, ws.xc32, stride_cs,
+                        nblk, kdim),
                        dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), PDL=pdl), module="mv")]
-    o = _split_output(packed, bias, out, ws, 1, cfg)
+    o = _split_output(packed, bias, out, ws, m, cfg)
+    if m > 1 and o.fused:
+        o = dataclasses.replace(o, fused=False, cnt=ws.acc)
     nt = 32 * cfg.num_warps
     for r0, ns, segs in bands(packed):
-        args = (ws.xpair, ws.pair_stride, ws.xc32, nblk, out, o.acc, o.rp, o.b, r0, cfg.split_k, o.cnt, 0,
-                tuple(_seg_arg(s) for s in segs))
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), NS=ns, NT=nt, GS=segs[0].group_size,
-                  ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
+                  ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, ASM=x.is_cuda,
                   XSCALE_INV=1.0 / H2_XSCALE, DEPTH=cfg.depth, num_warps=cfg.num_warps, num_stages=1,
                   **_pdl_kw(pdl), **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
-        launches.append(Launch("mv_kernel", (triton.cdiv(ns, nt), cfg.split_k), args, kw, module="mv"))
+        segs_arg = tuple(_seg_arg(s) for s in segs)
+        grid = (triton.cdiv(ns, nt), cfg.split_k)
+        if m == 1:
+            args = (ws.xpair, ws.pair_stride, ws.xc32, stride_cs, out, o.acc, o.rp, o.b, r0, cfg.split_k, o.cnt, 0,
+                    segs_arg)
+            launches.append(Launch("mv_kernel", grid, args, dict(kw, FUSED=o.fused), module="mv"))
+        else:
+            args = (ws.xpair, ws.kp // 2, ws.pair_stride, ws.xc32, stride_cs, nblk, out, out.stride(0), o.acc,
+                    o.acc_stride, o.rp, o.b, r0, m, 0, segs_arg)
+            launches.append(Launch("mvt_kernel", grid, args, dict(kw, NB=triton.cdiv(m, 8)), module="mvt"))
     return launches + o.finish(out, bias is not None)
 
 

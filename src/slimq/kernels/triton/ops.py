@@ -10,10 +10,10 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
 
 * ``"gv"``   (``M == 1``): CUDA-core GEMV in half2 arithmetic (two weights per instruction), one
   output row per thread, activations pre-paired by a gather kernel (``slimq.kernels.triton._gv``).
-* ``"mv"``   (``M == 1``): GEMV on the tensor cores: one LOP3 turns two codes into the fp16 operand pair
+* ``"mv"``   (``M <= 16``): GEMV on the tensor cores: one LOP3 turns two codes into the fp16 operand pair
   (magic constant kept, removed per 128-column block from sums the gather computes), ``mma.sync`` with the
-  token in every column (``slimq.kernels.triton._mv``); needs 128-column groups and segments
-  (:func:`mv_supported`), else ``gv``.
+  token in every column (``slimq.kernels.triton._mv``), or up to 16 tokens in two blocks of 8 columns
+  (``block_m=16``, ``_mvt``); needs 128-column groups and segments (:func:`mv_supported`).
 * ``"h2"``   (``M <= 16``): the same arithmetic with a word tile spread over the threads
   (``slimq.kernels.triton._h2``); selectable by config.
 * ``"wg"`` (``2 <= M <= WG_MAX_M``): the weight codes as the *register* operand of the
@@ -65,7 +65,7 @@ from slimq.kernels.triton._plan import (
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_config", "resolve_config", "sbp_matmul",
            "plan_launches", "h2_supported", "mv_supported", "tc_supported", "wgs_supported", "wgs_unavailable", "tc_block", "workspace_fits",
            "kernel_fn",
-           "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M", "WG_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
+           "PATHS", "FMA_MAX_M", "H2_MAX_M", "MV_MAX_M", "SKINNY_MAX_M", "WG_MAX_M", "DEQUANT_MIN_M", "H2_XSCALE"]
 
 PATHS = ("gv", "mv", "h2", "h2dot", "tc", "wg", "wgs", "fma", "dot", "gemm", "dequant")
 FMA_MAX_M = 1        # float32 CUDA-core fallback for M == 1 (layers h2 cannot run)
@@ -76,6 +76,8 @@ WGS_SPLIT_MAX_M = 512  # wgs splits K (float32 sums in workspace.acc) only up to
 DEQUANT_MIN_M = WG_MAX_M + 1  # ... and wgs (sm_90) or dequantize-then-cuBLAS from here
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
 _H2_MAX_PROGRAMS = 4096  # h2 (M == 1, >= 4 bits): K split 16, fewer when the grid would pass this (run 12)
+MV_MAX_M = 8  # the dispatch sends 2..MV_MAX_M tokens to mv on big layers (one block of 8 token columns)
+_MVT_PROGRAMS_PER_SM = 4  # mv with 2-8 tokens: K split up to 16 while the grid holds at most this many per SM
 _MV_PROGRAMS_PER_SM = 8  # mv (M == 1): K split up to 16 while the grid holds at most this many programs per SM
 _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pass this many per SM (runs 19, 23)
 # gv pairs its own activations (gather=True, one launch) on layers up to this many weights, and
@@ -138,9 +140,9 @@ class KernelConfig:
                              f"{self.maxnreg} for {self.path!r}")
         if self.path == "gv" and self.block_m != 1:
             raise ValueError(f"path 'gv' takes block_m == 1 (one token), got {self.block_m}")
-        if self.path == "mv" and (self.block_m != 1 or self.block_k != 128 or self.block_n != 32 * self.num_warps
-                                  or self.gather):
-            raise ValueError(f"path 'mv' takes block_m == 1, block_k == 128, block_n == 32 * num_warps and no "
+        if self.path == "mv" and (self.block_m not in (1, 16) or self.block_k != 128
+                                  or self.block_n != 32 * self.num_warps or self.gather):
+            raise ValueError(f"path 'mv' takes block_m 1 or 16, block_k == 128, block_n == 32 * num_warps and no "
                              f"gather; got block_m={self.block_m}, block_k={self.block_k}, block_n={self.block_n}, "
                              f"num_warps={self.num_warps}, gather={self.gather}")
         if self.path == "h2" and self.block_m > 16:
@@ -179,7 +181,8 @@ def _pow2_at_most(v: int) -> int:
     return 1 << max(0, v.bit_length() - 1)
 
 
-def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int, ...] | None = None) -> KernelConfig:
+def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int, ...] | None = None,
+                  mv: bool = True) -> KernelConfig:
     """The dispatch rule: kernel path and tiling for ``x [m, k] @ W^T`` with ``W [n, k]``.
 
     Set from ``benchmarks/kernels.py --tune`` on an H200 (132 SMs; benchmarks/KERNEL_NOTES.md,
@@ -199,7 +202,10 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       Big layers whose segments all have 4 or more bits keep ``h2`` (64-row tiles, 2 warps, register
       prefetch, K split 16 or 8), up to 10% faster there (runs 19, 27). ``wg`` with 16 padded tokens
       was 1.25-1.9x slower at M = 1.
-    * ``2 <= M <= WG_MAX_M``: ``wg``, the weight codes as the register operand of the tensor-core
+    * ``2 <= M <= MV_MAX_M`` on layers of 2^26+ weights: ``mv`` with the tokens as MMA columns (one block
+      of 8; 128-row programs, 4 warps, ``maxnreg=128`` so that the next tile's loads stay ahead, K split
+      up to 16 while the grid holds at most ``_MVT_PROGRAMS_PER_SM`` programs per SM).
+    * ``2 <= M <= WG_MAX_M`` otherwise: ``wg``, the weight codes as the register operand of the tensor-core
       dot (``wgmma`` on Hopper) with 64-row tiles, 4 warps, 3 stages, one dot per 128-column block
       (``join``), tokens in tiles of 16 (``M <= 16``), 32, 64 or 128; from 64-token tiles on, the
       operands are dequantized weights (``scaled``) instead of codes scaled per block. K is split
@@ -212,14 +218,18 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       waves of tiles; where it cannot run, :func:`resolve_config` turns it into ``dequant``), else
       dequantize into the workspace then cuBLAS in one pass.
 
-    ``bits``: the layer's segment bit-widths (:func:`resolve_config` passes them; without them
-    ``M == 1`` takes ``gv``). Layers ``wg`` or ``wgs`` cannot run get :func:`resolve_config`'s fallback.
+    ``bits``: the layer's segment bit-widths (:func:`resolve_config` passes them; without them no
+    ``mv``). ``mv=False``: the rule without ``mv`` (for layers it cannot run). Layers ``wg`` or ``wgs`` cannot run get :func:`resolve_config`'s fallback.
     """
     if m < 1 or n < 1 or k < 1:
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
     k_tiles = triton.cdiv(k, 128)
     if m <= H2_MAX_M:
-        return _m1_config(n, k, bits, num_sms)
+        return _m1_config(n, k, bits, num_sms, allow_mv=mv)
+    if mv and m <= MV_MAX_M and _mvt_wins(n, k, bits):  # ~4 programs per SM, K split up to 16
+        split = _pow2_at_most(max(1, _MVT_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 128)))
+        return KernelConfig("mv", block_m=16, block_n=128, block_k=128, split_k=max(1, min(16, split, k_tiles)),
+                            num_warps=4, num_stages=1, maxnreg=128)
     if m <= WG_MAX_M:
         bt = 16 if m <= 16 else (32 if m <= 32 else (64 if m <= 64 else 128))
         tiles = triton.cdiv(m, bt) * triton.cdiv(n, 64)
@@ -237,6 +247,13 @@ def _mv_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
     if not bits or k < 8192 or 7 in bits:
         return False
     return min(bits) >= 4 or (set(bits) == {2} and n * k >= 1 << 27)
+
+
+def _mvt_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
+    """Where ``mv`` with 2-8 tokens (one block of 8 B columns) beat ``wg`` (H200, run 65, 4 tokens): layers of
+    2^26+ weights, every bit-width (1.0-1.12x on 8192 x 8192, 1.2-1.5x on 8192 x 28672 and 28672 x 8192).
+    With 9-16 tokens (two blocks, 103-128 registers) it was 1.2-1.5x slower than ``wg``: not taken."""
+    return bool(bits) and 7 not in bits and n * k >= 1 << 26
 
 
 def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow_mv: bool = True) -> KernelConfig:
@@ -383,7 +400,7 @@ class Workspace:
     defaults to ``max_n``, a chunked config needs only ``chunk_n``). ``xpair`` int32
     ``[4, split_rows, Kp / 2]`` and ``xs32`` float32 ``[split_rows, Kp / 32]`` (``Kp = max_k`` rounded
     up to 128): paired or operand-ordered activations and their block sums (``gv``, ``h2``, ``h2dot``, ``tc``,
-    ``wg``; ``mv`` takes ``xpair`` and ``xc32``, float32 ``[XC_SLOTS, Kp / 128]``: one token's sums per
+    ``wg``; ``mv`` takes ``xpair`` and ``xc32``, float32 ``[XC_SLOTS, split_rows, Kp / 128]``: sums per token and
     128-column block). ``cnt``: int32 per output tile, all zeros between calls: split-K arrival counters, so
     the last program of a tile writes the output (no finalize launch; ``gv``, ``h2``, ``h2dot``, ``tc``,
     ``wg``).
@@ -410,7 +427,7 @@ class Workspace:
         sizes = {"acc": (acc_rows * max_n, torch.float32), "xperm": (max_m * max_k, dtype),
                  "xperm32": (max_k, torch.float32), "wbuf": (rows * max_k, dtype),
                  "xpair": (4 * sr * kp // 2, torch.int32), "xs32": (sr * kp // 32, torch.float32),
-                 "xc32": (XC_SLOTS * kp // 128, torch.float32),
+                 "xc32": (XC_SLOTS * sr * kp // 128, torch.float32),
                  "cnt": (triton.cdiv(sr, 16) * triton.cdiv(max_n, 16), torch.int32)}
         self.kp = kp
         self.pair_stride = sr * kp // 2  # elements between the width slots of xpair
@@ -447,7 +464,7 @@ class Workspace:
                              f"{min(cfg.chunk_n or n, n)} x {k} weights")
         if cfg.path in ("dequant", "wgs") and self.xperm.numel() < m * k:
             raise ValueError(f"the {cfg.path} path needs a Workspace with buffer 'xperm' for {m} x {k} activations")
-        if cfg.path == "mv" and self.xc32.numel() < XC_SLOTS * self.kp // 128:
+        if cfg.path == "mv" and self.xc32.numel() < XC_SLOTS * self.split_rows * self.kp // 128:
             raise ValueError("the mv path needs a Workspace with buffer 'xc32'")
         if cfg.path in ("gv", "mv", "h2", "h2dot", "tc", "wg"):
             if self.xpair.numel() < 4 * self.pair_stride or self.pair_stride == 0:
@@ -533,7 +550,8 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
             return cfg
         if config is not None:
             raise ValueError(f"path 'mv' cannot run this layer: {why}")
-        cfg = _m1_config(n, kdim, tuple(s.bits for s in packed.segments), _num_sms(x.device), allow_mv=False)
+        cfg = select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=tuple(s.bits for s in packed.segments),
+                            mv=False)
     if cfg.path in ("gv", "h2", "h2dot", "tc", "wg"):
         why = (tc_supported(packed) if cfg.path in ("tc", "wg")
                else h2_supported(packed, join=cfg.path in ("gv", "h2") or cfg.join))
