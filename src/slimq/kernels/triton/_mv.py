@@ -41,11 +41,13 @@ from slimq.kernels.triton._h2 import _lo_hi_f32, _mask2, _pos, _put_pairs, _scal
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import pdl_release, pdl_wait, plane_coef, plane_width, store_rows
 
-__all__ = ["mv_kernel", "mv_gather_kernel", "block_sums", "TILE", "XC_SLOTS"]
+__all__ = ["mv_kernel", "mv_gather_kernel", "block_sums", "virtual1", "vwords", "TILE", "XC_SLOTS"]
 
 TILE = 128  # columns per tile: each lane covers 32 of them
 _TILE = tl.constexpr(TILE)
-XC_SLOTS = 5  # mv_gather_kernel's float32 block sums: corr per plane width slot (4), then sum x
+# mv_gather_kernel's float32 block sums: corr per plane width slot (4), sum x, and the corr of 3-bit codes'
+# 1-bit plane read in the 2-bit pair order (virtual1)
+XC_SLOTS = 6
 
 
 @triton.constexpr_function
@@ -162,6 +164,44 @@ def _pair(word, sh, j: tl.constexpr, W: tl.constexpr, C: tl.constexpr, ASM: tl.c
         return (src & _mask2(j, W)) | _magic(j, W, C)
 
 
+@triton.constexpr_function
+def virtual1(bits):
+    """Whether plane 1 of ``bits``-bit codes (the 1-bit plane of 3-bit codes) is read in plane 0's 2-bit
+    pair order (:func:`vwords`), so that both planes multiply the same activation pairs."""
+    return int(bits) == 3
+
+
+@triton.jit
+def _prmt(w, h: tl.constexpr, ASM: tl.constexpr):
+    """Bytes ``(2h, -, 2h + 1, -)`` of ``w``, zeros in between: bit ``s`` of half ``h`` of a 1-bit word goes
+    to bit ``s`` (``s < 8``) or ``16 + s - 8`` (``s >= 8``)."""
+    if ASM:
+        return tl.inline_asm_elementwise("prmt.b32 $0, $1, 0, $2;", "=r,r,r",
+                                         [w, tl.full(w.shape, 0x4140 + 0x0202 * h, tl.int32)], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    else:
+        u = (w >> (16 * h)) & 0xFFFF
+        return (u & 0xFF) | ((u >> 8) << 16)
+
+
+@triton.jit
+def vwords(w, ASM: tl.constexpr):
+    """The lane's 1-bit words ``w`` (one per row: 32 columns) as two virtual words each, one per 16-column
+    2-bit word: slot ``j`` of 2-bit word ``i`` at bit ``j``, slot ``j + 8`` at bit ``16 + j`` (one PRMT):
+    so pair ``j`` of the 2-bit order is read with the mask and magic of 1-bit pair ``j`` (``j < 8``)."""
+    return ((_prmt(w[0], 0, ASM), _prmt(w[1], 0, ASM), _prmt(w[2], 0, ASM), _prmt(w[3], 0, ASM)),
+            (_prmt(w[0], 1, ASM), _prmt(w[1], 1, ASM), _prmt(w[2], 1, ASM), _prmt(w[3], 1, ASM)))
+
+
+@triton.jit
+def _plane_mma_v(accs, vw, x, C: tl.constexpr, ASM: tl.constexpr):
+    """``accs`` plus the 1-bit plane of 3-bit codes, virtual words ``vw`` (:func:`vwords`), times plane 0's
+    activation pairs ``x``."""
+    for s in tl.static_range(8):
+        accs = _kstep(accs, vw[s // 4], vw[s // 4], x[2 * s], x[2 * s + 1], (2 * s) % 8, 1, C, ASM)
+    return accs
+
+
 @triton.jit
 def _plane_mma(accs, words, x, W: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
     """``accs`` (two blocks' accumulator quads) plus one plane's 8 k-steps; ``x`` the lane's 16
@@ -203,7 +243,7 @@ def _plane_x(xbase, stride_wb, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.cons
     """The lane's 16 activation pairs of plane ``P``'s width (four 16-byte loads), or ``()``."""
     W: tl.constexpr = plane_width(BITS, P)
     x = ()
-    if W > 0:
+    if W > 0 and not (P == 1 and virtual1(BITS)):
         for q in tl.static_range(4):
             x = x + _ld4(xbase + _slot(W) * stride_wb + 4 * q, ASM)
     return x
@@ -227,7 +267,9 @@ def block_sums(p, stride_cs, BITS: tl.constexpr):
     (``xc`` at the block and token): ``corr`` summed over the planes of a ``BITS``-bit code with their
     coefficients."""
     corr = tl.load(p + _slot(plane_width(BITS, 0)) * stride_cs)
-    if plane_width(BITS, 1) > 0:
+    if virtual1(BITS):
+        corr += plane_coef(BITS, 1) * tl.load(p + 5 * stride_cs)
+    elif plane_width(BITS, 1) > 0:
         corr += plane_coef(BITS, 1) * tl.load(p + _slot(plane_width(BITS, 1)) * stride_cs)
     if plane_width(BITS, 2) > 0:
         corr += plane_coef(BITS, 2) * tl.load(p + _slot(plane_width(BITS, 2)) * stride_cs)
@@ -242,7 +284,9 @@ def _tile(y, wl, al, t, BITS: tl.constexpr, ASM: tl.constexpr):
     zero = tl.zeros(s.shape, tl.float32)
     accs = ((zero, zero, zero, zero), (zero, zero, zero, zero))
     accs = _plane_mma(accs, words[0], al[0], plane_width(BITS, 0), _shift(BITS, 0), ASM)
-    if plane_width(BITS, 1) > 0:
+    if virtual1(BITS):
+        accs = _plane_mma_v(accs, vwords(words[1][0], ASM), al[0], _shift(BITS, 1), ASM)
+    elif plane_width(BITS, 1) > 0:
         accs = _plane_mma(accs, words[1], al[1], plane_width(BITS, 1), _shift(BITS, 1), ASM)
     if plane_width(BITS, 2) > 0:
         accs = _plane_mma(accs, words[2], al[2], plane_width(BITS, 2), _shift(BITS, 2), ASM)
@@ -323,7 +367,8 @@ def mv_gather_kernel(x_ptr, stride_xm, perm_ptr, xw_ptr, stride_wm, stride_wb, x
     """Grid ``(nblk, M)``: one 128-column block of one token each: for every plane width ``W`` in
     ``WIDTHS`` its activation pairs (as ``pair_gather_kernel``: ``xw[slot(W), m, (c / E) * H + i] =
     (x16[c + i], x16[c + i + H])``) and ``xc[slot(W), m, b] = sum_pairs 2**(10 - pos) (lo + hi)`` (the
-    magic each pair's codes are read with), and ``xc[4, m, b] = sum x16``, where ``x16 = fp16(x[m, col_perm] *
+    magic each pair's codes are read with), ``xc[4, m, b] = sum x16`` and, with width 2, ``xc[5, m, b]`` the
+    same sum as slot 2 with the magic of 1-bit codes in that pair order (:func:`virtual1`), where ``x16 = fp16(x[m, col_perm] *
     XSCALE)`` (0 past ``K``); ``xc``'s slot stride is ``stride_cs``, its token stride ``nblk``."""
     pdl_release(PDL)
     b = tl.program_id(0)
@@ -347,5 +392,7 @@ def _gather_width(x_ptr, row, perm_ptr, xw_ptr, stride_wb, c, stride_cs, nblk, K
     lo = _scaled_x(x_ptr, row, perm_ptr, c_lo, K, XSCALE)
     hi = _scaled_x(x_ptr, row, perm_ptr, c_lo + E // 2, K, XSCALE)
     _put_pairs(lo, hi, xw_ptr, 0, stride_wb, 0, j, nblk * (_TILE // 2), W)
-    corr = tl.sum(_pair_magic(j, W) * (lo.to(tl.float32) + hi.to(tl.float32)), axis=0)
-    tl.store(c + _slot(W) * stride_cs, corr)
+    both = lo.to(tl.float32) + hi.to(tl.float32)
+    tl.store(c + _slot(W) * stride_cs, tl.sum(_pair_magic(j, W) * both, axis=0))
+    if W == 2:  # the 1-bit plane of 3-bit codes, read in this pair order (virtual1)
+        tl.store(c + 5 * stride_cs, tl.sum(_pair_magic(j % 8, 1) * both, axis=0))

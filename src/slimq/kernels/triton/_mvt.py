@@ -17,7 +17,9 @@ import triton.language as tl
 
 from slimq.kernels.triton._h2 import _slot
 from slimq.kernels.triton._kernels import _tile_range
-from slimq.kernels.triton._mv import _TILE, _first, _ld4, _mma, _pair, _shift, _tile_words, block_sums
+from slimq.kernels.triton._mv import (
+    _TILE, _first, _ld4, _mma, _pair, _shift, _tile_words, block_sums, virtual1, vwords,
+)
 from slimq.kernels.triton._tiles import pdl_wait, plane_width
 
 __all__ = ["mvt_kernel"]
@@ -62,13 +64,18 @@ def _kstep(accs, w, v, xs, s: tl.constexpr, H: tl.constexpr, W: tl.constexpr, C:
 
 
 @triton.jit
-def _plane(accs, words, xs, W: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, ASM: tl.constexpr):
-    """``accs`` plus one plane's 8 k-steps."""
-    H: tl.constexpr = 16 // W
-    sh = ()
-    for i in tl.static_range(W):
-        w = words[i]
-        sh = sh + ((w[0] >> 8, w[1] >> 8, w[2] >> 8, w[3] >> 8),)
+def _plane(accs, words, xs, W: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, ASM: tl.constexpr,
+           HP: tl.constexpr = 0):
+    """``accs`` plus one plane's 8 k-steps (``HP``: pairs per word when not ``16 // W``: 8 for the virtual
+    1-bit words of 3-bit codes)."""
+    H: tl.constexpr = HP if HP else 16 // W
+    if HP:
+        sh = words  # pairs j < 8 of 1-bit words are never read shifted
+    else:
+        sh = ()
+        for i in tl.static_range(W):
+            w = words[i]
+            sh = sh + ((w[0] >> 8, w[1] >> 8, w[2] >> 8, w[3] >> 8),)
     for s in tl.static_range(8):
         accs = _kstep(accs, words[(2 * s) // H], sh[(2 * s) // H], xs, s, H, W, C, NB, ASM)
     return accs
@@ -96,9 +103,11 @@ def _tile(ys, words, sc, zr, seg, k0, t, toks2, xw_ptr, stride_wm, stride_wb, xc
     accs = ()
     for i in tl.static_range(2 * NB):
         accs = accs + ((zero, zero, zero, zero),)
-    accs = _plane(accs, words[0], _plane_x(xp, stride_wm, stride_wb, lane_tok, plane_width(BITS, 0), NB, ASM),
-                  plane_width(BITS, 0), _shift(BITS, 0), NB, ASM)
-    if plane_width(BITS, 1) > 0:
+    x0 = _plane_x(xp, stride_wm, stride_wb, lane_tok, plane_width(BITS, 0), NB, ASM)
+    accs = _plane(accs, words[0], x0, plane_width(BITS, 0), _shift(BITS, 0), NB, ASM)
+    if virtual1(BITS):  # plane 1 in plane 0's pair order: the same activation pairs
+        accs = _plane(accs, vwords(words[1][0], ASM), x0, 1, _shift(BITS, 1), NB, ASM, 8)
+    elif plane_width(BITS, 1) > 0:
         accs = _plane(accs, words[1], _plane_x(xp, stride_wm, stride_wb, lane_tok, plane_width(BITS, 1), NB, ASM),
                       plane_width(BITS, 1), _shift(BITS, 1), NB, ASM)
     if plane_width(BITS, 2) > 0:
