@@ -405,7 +405,8 @@ def test_select_config_is_explicit():
                                                                  (40960, 4096))] == ["mv", "mv", "gv", "h2"]
     assert [select_config(1, 4096, 4096, bits=b).path for b in ((4,), (4, 8))] == ["gv", "gv"]
     assert [select_config(1, n, k, bits=(4,)).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 11008))] == \
-        [4, 16, 16]
+        [4, 8, 16]
+    assert select_config(1, 8192, 28672, bits=(2,)).split_k == 16  # 64 registers: 8 programs per SM fit
     assert select_config(1, 28672, 8192, bits=(4,), num_sms=66).split_k == 2
     # 2-8 tokens: mv on layers of 2^26+ weights (one block of 8 token columns; run 65), wg elsewhere and beyond
     assert [select_config(m, n, k, bits=b).path for m, n, k, b in (

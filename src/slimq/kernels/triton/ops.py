@@ -78,7 +78,8 @@ _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 6
 _H2_MAX_PROGRAMS = 4096  # h2 (M == 1, >= 4 bits): K split 16, fewer when the grid would pass this (run 12)
 MV_MAX_M = 8  # the dispatch sends 2..MV_MAX_M tokens to mv on big layers (one block of 8 token columns)
 _MVT_PROGRAMS_PER_SM = 4  # mv with 2-8 tokens: K split up to 16 while the grid holds at most this many per SM
-_MV_PROGRAMS_PER_SM = 8  # mv (M == 1): K split up to 16 while the grid holds at most this many programs per SM
+_MV_PROGRAMS_PER_SM = 8  # mv (M == 1): K split up to 16 while the grid fits in one wave: 8 programs of 4 warps per
+# SM at 2 bits (64 registers), 7 with wider codes (72 registers; 8192 x 28672 at 4 bits: K split 8 48-51 us, 16 57 us)
 _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pass this many per SM (runs 19, 23)
 # gv pairs its own activations (gather=True, one launch) on layers up to this many weights, and
 # 4-bit-and-wider layers take gv (not h2) up to it (run 27); with 3-bit codes only up to the second
@@ -259,8 +260,9 @@ def _mvt_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
 def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow_mv: bool = True) -> KernelConfig:
     """The ``M == 1`` rule of :func:`select_config` (``allow_mv=False``: for layers ``mv`` cannot run)."""
     k_tiles = triton.cdiv(k, 128)
-    if allow_mv and _mv_wins(n, k, bits):  # 128-row programs, as many K shares as fit ~8 programs per SM
-        split = _pow2_at_most(max(1, _MV_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 128)))
+    if allow_mv and _mv_wins(n, k, bits):  # 128-row programs, as many K shares as fit in one wave
+        per_sm = _MV_PROGRAMS_PER_SM if max(bits) <= 2 else _MV_PROGRAMS_PER_SM - 1  # 64 / 72 registers
+        split = _pow2_at_most(max(1, per_sm * num_sms // triton.cdiv(n, 128)))
         return KernelConfig("mv", block_m=1, block_n=128, block_k=128, split_k=max(1, min(16, split, k_tiles)),
                             num_warps=4, num_stages=1)
     if bits and min(bits) >= 4 and n * k > _GV_GATHER_MAX_WEIGHTS:
