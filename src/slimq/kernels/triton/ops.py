@@ -55,11 +55,10 @@ import triton
 
 from slimq.format.layout import PackedLinear
 from slimq.kernels.triton._mv import XC_SLOTS
+from slimq.kernels.triton._support import h2_supported, mv_supported, tc_supported, wgs_supported, wgs_unavailable
 from slimq.kernels.triton._plan import (
-    H2_XSCALE, Launch, bands, dequant_mm, dequant_steps, gather_launch, gv_launches, h2_launches, h2dot_launches,
-    mv_launches,
-    WGS_MAX_SEGMENTS, kernel_fn, matmul_launches, tc_block, tc_launches, uses_acc, wg_launches, wgs_block_k,
-    wgs_launches, wgs_tiles_contiguous,
+    H2_XSCALE, Launch, dequant_mm, dequant_steps, gather_launch, gv_launches, h2_launches, h2dot_launches, kernel_fn,
+    matmul_launches, mv_launches, tc_block, tc_launches, uses_acc, wg_launches, wgs_launches,
 )
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_config", "resolve_config", "sbp_matmul",
@@ -295,40 +294,6 @@ def wgs_config(m: int, n: int, k: int, num_sms: int = 132) -> KernelConfig | Non
 _DEQUANT = KernelConfig("dequant", block_n=64, block_k=128, num_warps=4)
 
 
-def wgs_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
-    """None if ``wgs`` can run on ``device`` with activations of ``dtype``, else why not (it needs
-    Hopper's ``wgmma``, sm_90, float16/bfloat16 and ``triton.experimental.gluon``)."""
-    if device.type != "cuda":
-        return f"needs a CUDA device (Gluon has no interpreter), got {device.type!r}"
-    if torch.cuda.get_device_capability(device)[0] != 9:
-        return f"needs an sm_90 GPU (wgmma), device has {torch.cuda.get_device_capability(device)}"
-    if dtype not in (torch.float16, torch.bfloat16):
-        return f"needs float16 or bfloat16 activations, got {dtype}"
-    try:
-        from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma  # noqa: F401
-    except ImportError as e:
-        return f"needs triton.experimental.gluon with Hopper ops ({e})"
-    return None
-
-
-def wgs_supported(x: torch.Tensor, packed: PackedLinear) -> str | None:
-    """None if ``wgs`` can run ``packed`` on ``x``, else why not: :func:`wgs_unavailable`, a group
-    size that is a multiple of 32, and ``K`` a multiple of 8 (TMA needs 16-byte activation rows)."""
-    why = wgs_unavailable(x.device, x.dtype)
-    if why is None and not wgs_block_k(packed.segments[0].group_size):
-        why = f"group size {packed.segments[0].group_size} is not a multiple of 32"
-    if why is None and packed.in_features % 8:
-        why = f"K = {packed.in_features} is not a multiple of 8 (TMA rows of 16 bytes)"
-    most = max(len(segs) for _, _, segs in bands(packed))
-    if why is None and most > WGS_MAX_SEGMENTS:
-        why = f"a band has {most} segments, more than {WGS_MAX_SEGMENTS}"
-    if why is None:
-        bk = wgs_block_k(packed.segments[0].group_size)
-        why = next(filter(None, (wgs_tiles_contiguous(segs, packed.in_features, bk) for _, _, segs in bands(packed))),
-                   None)
-    return why
-
-
 def _gemm_config(m: int, n: int, k: int, num_sms: int = 132) -> KernelConfig:
     """The tiled ``gemm`` path (any group size): 64 x 128 tiles, K split until ~1.2 waves of tiles."""
     tiles = triton.cdiv(m, 64) * triton.cdiv(n, 128)
@@ -352,44 +317,6 @@ def fallback_config(m: int, n: int, k: int) -> KernelConfig:
                             num_warps=4, num_stages=3)
     return KernelConfig("dot", block_m=16, block_n=128, block_k=128, split_k=max(1, min(4, k_tiles)),
                         num_warps=4, num_stages=3)
-
-
-def h2_supported(packed: PackedLinear, *, join: bool = True) -> str | None:
-    """None if the half2 paths can run ``packed``, else why not. All of them need group sizes
-    that are multiples of 32; ``h2`` and the joined ``h2dot`` variant (``join``) also need
-    segments on 32-column boundaries (their activation buffers are laid out per 32 columns)."""
-    gs = packed.segments[0].group_size
-    if gs % 32:
-        return f"group size {gs} is not a multiple of 32"
-    return _misaligned_segment(packed, 32) if join else None
-
-
-def mv_supported(packed: PackedLinear) -> str | None:
-    """None if the ``mv`` path can run ``packed``, else why not: it needs whole 128-column tiles (group
-    size and every segment's columns on multiples of 128), band heights that are multiples of 4 and
-    16-byte aligned contiguous planes (rows are read four at a time), and no 7-bit codes."""
-    gs = packed.segments[0].group_size
-    if gs % 128:
-        return f"group size {gs} is not a multiple of 128"
-    for s in packed.segments:
-        if s.c0 % 128 or s.c1 % 128:
-            return f"segment columns [{s.c0}, {s.c1}) are not on 128-column boundaries"
-        if s.bits == 7:
-            return "7-bit codes (their third plane's magic constant passes the float16 range)"
-        if (s.r1 - s.r0) % 4:
-            return f"segment rows [{s.r0}, {s.r1}) are not a multiple of 4"
-        if any(not t.is_contiguous() or t.data_ptr() % 16 for t in s.planes):
-            return "a bit plane is not contiguous and 16-byte aligned"
-    return None
-
-
-def _misaligned_segment(packed: PackedLinear, blk: int) -> str | None:
-    """Why not every segment starts on a multiple of ``blk`` columns and ends on one (or at ``K``)."""
-    k = packed.in_features
-    for s in packed.segments:
-        if s.c0 % blk or (s.c1 % blk and s.c1 != k):
-            return f"segment columns [{s.c0}, {s.c1}) are not on {blk}-column boundaries"
-    return None
 
 
 class Workspace:
@@ -612,13 +539,3 @@ def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":  # the Triton interpreter (CPU tensors, tests)
         return 132
     return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def tc_supported(packed: PackedLinear) -> str | None:
-    """None if the ``tc`` path can run ``packed``, else why not: it needs a group size divisible
-    by 32 and segments that start (and end, unless at ``K``) on a multiple of :func:`tc_block`."""
-    gs = packed.segments[0].group_size
-    blk = tc_block(gs)
-    if not blk:
-        return f"group size {gs} is not a multiple of 32"
-    return _misaligned_segment(packed, blk)
