@@ -691,6 +691,24 @@ def test_wgs_producers_split_k_replays_under_cuda_graph():
 
 @inproc
 @gpu
+@pytest.mark.parametrize("cfg_name,m", [("mv_split", 1), ("mv_m16_split", 5)])
+def test_mv_split_k_replays_under_cuda_graph(cfg_name, m):
+    """``mv`` with split-K (one token: the last program finishes the tile; 5 tokens: finalize launch) replays
+    under a CUDA graph with new activations and leaves the workspace and counters zeroed."""
+    p = random_layer(96, 768, 128, [1, 2, 3], seed=4)
+    x = torch.randn(m, p.in_features, device=DEV, dtype=torch.float16)
+    out = torch.empty(m, p.out_features, device=DEV, dtype=torch.float16)
+    ws = Workspace(DEV, m, p.out_features, p.in_features, torch.float16)
+    sbp_matmul(x, p, out=out, workspace=ws, config=CFGS[cfg_name])  # compile outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        sbp_matmul(x, p, out=out, workspace=ws, config=CFGS[cfg_name])
+    _replays_match_reference(g, x, p, out, ws)
+    assert not bool(ws.cnt.any())
+
+
+@inproc
+@gpu
 @pytest.mark.parametrize("m", [1, 8, 128, 200])
 def test_cuda_graph_capture(m):
     """With preallocated out/workspace a call allocates nothing and replays under a CUDA graph."""
