@@ -1,4 +1,4 @@
-"""Tensor-core GEMV for one token (path ``"mv"``), layout ``slimq.segmented-bitplane.v1``.
+"""Tensor-core GEMV for one token (path ``"mv"``; 2-16 tokens: ``_mvt``), layout ``slimq.segmented-bitplane.v1``.
 
 Why: the half2 GEMV ``gv`` spends 1.5 core instructions per weight and code bit-plane (LOP3, HSUB2,
 HFMA2) plus float32 conversions, ~2.2 per weight at 2 bits: at ``M == 1`` it is bound by instruction
@@ -10,7 +10,8 @@ is. ``sum_k x_k (M_k + c q_k) = acc`` then needs ``corr = sum_k x_k M_k`` remove
 depend on the output row, so ``mv_gather_kernel`` computes it once per 128-column block and plane
 width (float32), next to the activation pairs. Core work per weight and plane: half a LOP3, one
 ``mma`` per 8 weights of a thread, a shift per word; then per 128-column tile and row one
-``y += s * (acc - corr - z * sum x)``.
+``y += s * (acc - corr - z * sum x)``. SASS on sm_90 (KERNEL_NOTES, session 9): 1.17 instructions per
+weight at 2 bits; the kernel then waits on memory rather than on instruction issue.
 
 Mapping. A warp computes 32 output rows over a 128-column tile; lane ``(g, t) = (lane // 4, lane % 4)``
 loads the words of rows ``4g .. 4g + 3`` (one 16-byte load per word row) of its 32 columns
@@ -21,13 +22,16 @@ of those words (slot ``j`` and ``j + H`` of a word, ``H = 16 / W``: the pair ord
 ``4g + 2b + 1`` are rows ``g`` and ``g + 8`` of MMA block ``b``. The B registers are the same pairs of
 activations (16 per thread and plane, four 16-byte loads shared by the 8 lanes of each ``t``). Every lane
 ends a tile with the sums of its four rows (the 8 B columns are equal) and keeps row ``4g + t``, its
-own output row.
+own output row. The 1-bit plane of 3-bit codes is read in the 2-bit plane's pair order
+(:func:`vwords`), so both planes multiply the same activation pairs.
 
-Numerics: products of fp16 values are exact and the tensor cores add them in float32; ``acc`` and
-``corr`` are both ~``2**10 sum |x|`` at most (``2**15`` with 5/6-bit codes' second plane), so their
-difference keeps ~``2**-13`` of ``sum |x|``, below the float16 output's rounding.
+Numerics: products of fp16 values are exact and the tensor cores add them in float32. ``acc`` and
+``corr`` are each up to ``M sum |x|`` per block (``M <= 2**10`` for 1-, 2-, 4- and 8-bit planes, ``2**12``
+for the 1-bit plane of 3-bit codes, ``2**14`` for the second plane of 5- and 6-bit codes), so their
+difference carries an absolute error of about ``2**-24 M sum |x|``: ``2**-14 sum |x|`` for most widths,
+``2**-10 sum |x|`` at 5 and 6 bits; the tests bound the result's relative error at 2e-3 (float16).
 
-Requirements (checked on the host, :func:`slimq.kernels.triton.ops.mv_supported`): group sizes and
+Requirements (checked on the host, :func:`slimq.kernels.triton._support.mv_supported`): group sizes and
 segment boundaries on multiples of 128 columns (no partial tiles), band heights multiples of 4, planes
 16-byte aligned, no 7-bit codes (their third plane's magic would pass the fp16 range).
 """
