@@ -28,13 +28,18 @@ triton = pytest.importorskip("triton")
 inproc = pytest.mark.skipif(not IN_PROCESS, reason="ran in test_in_interpreter_subprocess")
 
 
+def run_in_interpreter(path: str) -> None:
+    """Run the test file ``path`` in a fresh process with the Triton interpreter on."""
+    env = dict(os.environ, TRITON_INTERPRET="1", **{_CHILD_FLAG: "1"})
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+
 @pytest.mark.skipif(IN_PROCESS, reason="kernels run in this process")
 def test_in_interpreter_subprocess():
     """triton was imported before this module (compiled mode, no GPU): run it in a fresh process."""
-    env = dict(os.environ, TRITON_INTERPRET="1", **{_CHILD_FLAG: "1"})
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                       env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    run_in_interpreter(__file__)
 
 
 import slimq.kernels.triton as slt  # noqa: E402
@@ -215,54 +220,6 @@ def test_row_permuted_layers(cfg_name):
     p = random_layer(37, 128, 32, None, row_bits=[2, 4, 3], seed=7)
     assert p.row_perm is not None and len({(s.r0, s.r1) for s in p.segments}) == 3
     _check(p, M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=True)
-
-
-@inproc
-@pytest.mark.parametrize("layer,cfg_name", [("mv_wide", "mv"), ("mv_wide", "mv_split"), ("mv_u2_g256", "mv"),
-                                            ("mv_u2_g256", "mv_split"), ("mv_mix123", "mv"), ("mv_wide", "mv_m5"),
-                                            ("mv_wide", "mv_m16_split"), ("mv_u2_g256", "mv_m16_split")])
-def test_mv_bit_widths_and_groupings(layer, cfg_name):
-    """The tensor-core GEMV over 1-8 bits (not 7), group sizes 128 and 256, K split 3 (uneven shares), one
-    token, 5 (one token block, lanes past M) and 16 (two blocks)."""
-    _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=True)
-
-
-@inproc
-@pytest.mark.parametrize("cfg_name", ["mv", "mv_split", "mv_m5", "mv_m16_split"])
-def test_mv_row_permuted_layers(cfg_name):
-    """MixLLM-style bands (rows of 2, 4 and 3 bits, 16 each) and a row_perm."""
-    p = random_layer(48, 384, 128, None, row_bits=[2, 4, 3], seed=7)
-    assert p.row_perm is not None and len({(s.r0, s.r1) for s in p.segments}) == 3
-    _check(p, M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=True)
-
-
-def test_mv_selected_falls_back_where_it_cannot_run(monkeypatch):
-    """A dispatched ``mv`` config becomes the rule's choice without ``mv`` on layers it cannot run."""
-    import slimq.kernels.triton.ops as ops
-    monkeypatch.setattr(ops, "_mvt_wins", lambda n, k, bits: True)
-    monkeypatch.setattr(ops, "_mv_wins", lambda n, k, bits: True)
-    good, bad = random_layer(32, 256, 128, 2), random_layer(32, 256, 64, 2)
-    for m, other in ((1, "gv"), (4, "wg")):
-        x = torch.zeros(m, 256, dtype=torch.float16, device=DEV)
-        assert ops.resolve_config(x, good).path == "mv"
-        assert ops.resolve_config(x, bad).path == other
-
-
-def test_mv_needs_whole_tiles_and_says_why():
-    """``mv`` runs whole 128-column tiles of rows in fours: other layers are refused by name when asked
-    for explicitly."""
-    cases = {"group size 64 is not a multiple of 128": random_layer(32, 256, 64, 2),
-             "not on 128-column boundaries": random_layer(32, 300, 128, 2),
-             "not a multiple of 4": random_layer(30, 256, 128, 2),
-             "7-bit codes": random_layer(32, 256, 128, 7)}
-    for why, p in cases.items():
-        assert why in slt.mv_supported(p)
-        x = torch.zeros(1, p.in_features, dtype=torch.float16, device=DEV)
-        with pytest.raises(ValueError, match="path 'mv' cannot run this layer"):
-            sbp_matmul(x, p, config=CFGS["mv"])
-    assert slt.mv_supported(random_layer(32, 256, 128, [1, 2, 3])) is None
-    with pytest.raises(ValueError, match=r"path 'mv' takes block_m 1 or 16, block_k == 128, block_n == 32 \* num_warps"):
-        KernelConfig("mv", block_m=1, block_n=64, num_warps=1)
 
 
 @inproc
@@ -687,24 +644,6 @@ def test_wgs_producers_split_k_replays_under_cuda_graph():
     with torch.cuda.graph(g):
         sbp_matmul(x, p, out=out, workspace=ws, config=cfg)
     _replays_match_reference(g, x, p, out, ws)
-
-
-@inproc
-@gpu
-@pytest.mark.parametrize("cfg_name,m", [("mv_split", 1), ("mv_m16_split", 5)])
-def test_mv_split_k_replays_under_cuda_graph(cfg_name, m):
-    """``mv`` with split-K (one token: the last program finishes the tile; 5 tokens: finalize launch) replays
-    under a CUDA graph with new activations and leaves the workspace and counters zeroed."""
-    p = random_layer(96, 768, 128, [1, 2, 3], seed=4)
-    x = torch.randn(m, p.in_features, device=DEV, dtype=torch.float16)
-    out = torch.empty(m, p.out_features, device=DEV, dtype=torch.float16)
-    ws = Workspace(DEV, m, p.out_features, p.in_features, torch.float16)
-    sbp_matmul(x, p, out=out, workspace=ws, config=CFGS[cfg_name])  # compile outside the capture
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        sbp_matmul(x, p, out=out, workspace=ws, config=CFGS[cfg_name])
-    _replays_match_reference(g, x, p, out, ws)
-    assert not bool(ws.cnt.any())
 
 
 @inproc
