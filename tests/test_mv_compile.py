@@ -9,29 +9,9 @@ registers ptxas sinks them to the end of the loop, where they no longer run ahea
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
+from _sm90 import compile_sm90
 
-_SCRIPT = textwrap.dedent("""
-    import json, os, re, subprocess, sys, tempfile
-    import torch, triton
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime.driver import driver
-
-    class Sm90:  # what JITFunction.warmup asks of the active driver
-        def get_current_target(self): return GPUTarget("cuda", 90, 32)
-        def get_current_device(self): return 0
-        def get_current_stream(self, device=None): return 0
-        def get_active_torch_device(self): return torch.device("cpu")
-        def get_device_interface(self): return torch.cuda
-        def get_benchmarker(self): raise RuntimeError("no GPU")
-        def is_active(self): return True
-
-    driver.set_active(Sm90())
-    sys.path.insert(0, TESTS)
+_BODY = """
     from test_kernels_triton import random_layer
     from slimq.kernels.triton import KernelConfig, Workspace
     from slimq.kernels.triton._plan import mv_launches
@@ -47,11 +27,7 @@ _SCRIPT = textwrap.dedent("""
     kw = dict(lc.kwargs, ASM=True)
     kw.pop("launch_pdl", None)
     kern = lc.fn.warmup(*lc.args, grid=(1,), **kw)
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(kern.asm["cubin"])
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-    os.unlink(f.name)
+    sass = sass_of(kern)
     ops = re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+(?:@!?P\\d\\s+)?([A-Z][A-Z0-9_.]*)", sass)
     back = [(int(t, 16), int(a, 16)) for a, t in re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+@P\\d\\s+BRA\\s+0x([0-9a-f]+)", sass)
             if int(t, 16) < int(a, 16)]
@@ -62,16 +38,11 @@ _SCRIPT = textwrap.dedent("""
     print(json.dumps({"kernel": lc.kernel, "hmma": len(hmma), "lop3": sum(op.startswith("LOP3") for op in body),
                       "loads_before_first_hmma": sum(i < hmma[0] for i in ldg128), "ldg128": len(ldg128),
                       "local": sass.count("STL") + sass.count("LDL")}))
-""")
+"""
 
 
 def _compile(fields: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = f"TESTS = {os.path.dirname(os.path.abspath(__file__))!r}\n" + _SCRIPT
-    r = subprocess.run([sys.executable, "-c", script, json.dumps(fields)], env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return compile_sm90(_BODY, fields)
 
 
 def test_mv_compiles_for_sm90_with_one_lop3_per_code_pair():

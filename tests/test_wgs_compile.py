@@ -8,33 +8,12 @@ catches Gluon API changes in the installed Triton (the GPU measurements used Tri
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
+from _sm90 import compile_sm90
 
 pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
 
-_SCRIPT = textwrap.dedent("""
-    import json, os, subprocess, sys, tempfile
-    import torch, triton
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime.driver import driver
-
-    class Sm90:  # what JITFunction.warmup asks of the active driver
-        def get_current_target(self): return GPUTarget("cuda", 90, 32)
-        def get_current_device(self): return 0
-        def get_current_stream(self, device=None): return 0
-        def get_active_torch_device(self): return torch.device("cpu")
-        def get_device_interface(self): return torch.cuda
-        def get_benchmarker(self): raise RuntimeError("no GPU")
-        def is_active(self): return True
-
-    driver.set_active(Sm90())
-    sys.path.insert(0, TESTS)
+_BODY = """
     from test_kernels_triton import random_layer  # triton is imported already: no interpreter mode there
     from slimq.kernels.triton import KernelConfig, Workspace
     from slimq.kernels.triton._plan import wgs_launches
@@ -47,25 +26,16 @@ _SCRIPT = textwrap.dedent("""
     cfg = KernelConfig("wgs", block_m=256, block_n=128, num_warps=8, num_stages=2, **json.loads(sys.argv[1]))
     lc = wgs_launches(x, p, None, out, ws, cfg)[1]
     kern = lc.fn.warmup(*lc.args, grid=(1,), **lc.kwargs)
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(kern.asm["cubin"])
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-    os.unlink(f.name)
+    sass = sass_of(kern)
     print(json.dumps({"segments": lc.kwargs["NSEG"], "hgmma": sass.count("HGMMA"), "kernel": lc.kernel,
                       "wait0": sass.count("DEPBAR.LE gsb0, 0x0"), "wait1": sass.count("DEPBAR.LE gsb0, 0x1"),
                       "hfma2": sass.count("HFMA2"), "setmaxreg": sass.count("USETMAXREG"),
                       "red": sass.count("REDG.E.ADD.F32")}))
-""")
+"""
 
 
 def _compile(fields: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = f"TESTS = {os.path.dirname(os.path.abspath(__file__))!r}\n" + _SCRIPT
-    r = subprocess.run([sys.executable, "-c", script, json.dumps(fields)], env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return compile_sm90(_BODY, fields)
 
 
 def test_wgs_compiles_for_sm90_with_async_wgmma():
