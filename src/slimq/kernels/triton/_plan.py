@@ -8,7 +8,6 @@ plan's launches allocate nothing. The dispatch (which path, which tiling) lives 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -333,8 +332,6 @@ def mv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
                         nblk, kdim),
                        dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), PDL=pdl), module="mv")]
     o = _split_output(packed, bias, out, ws, m, cfg)
-    if m > 1 and o.fused:
-        o = dataclasses.replace(o, fused=False, cnt=ws.acc)
     nt = 32 * cfg.num_warps
     for r0, ns, segs in bands(packed):
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), NS=ns, NT=nt, GS=segs[0].group_size,
@@ -420,8 +417,11 @@ def tc_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
 
 
 def _fused_split(ws: Workspace, m: int, packed: PackedLinear, cfg: KernelConfig) -> bool:
-    """Whether the split-K sums of a ``gv``/``h2``/``h2dot``/``tc``/``wg`` launch can be finished by their last
-    program (enough tile counters in ``ws.cnt``), instead of a ``finalize_kernel`` launch."""
+    """Whether the split-K sums of a ``gv``/``mv``/``h2``/``h2dot``/``tc``/``wg`` launch can be finished by their
+    last program (enough tile counters in ``ws.cnt``), instead of a ``finalize_kernel`` launch (``mv`` with more
+    than one token has no in-kernel finish: ``mvt_kernel`` writes each lane's outputs on their own)."""
+    if cfg.path == "mv" and m > 1:
+        return False
     m_tiles = 1 if cfg.path in ("gv", "mv", "h2") else triton.cdiv(m, cfg.block_m)
     ns = max(n for _, n, _ in bands(packed))
     return cfg.split_k > 1 and m_tiles * triton.cdiv(ns, cfg.block_n) <= ws.cnt.numel()
