@@ -10,7 +10,7 @@ is. ``sum_k x_k (M_k + c q_k) = acc`` then needs ``corr = sum_k x_k M_k`` remove
 depend on the output row, so ``mv_gather_kernel`` computes it once per 128-column block and plane
 width (float32), next to the activation pairs. Core work per weight and plane: half a LOP3, one
 ``mma`` per 8 weights of a thread, a shift per word; then per 128-column tile and row one
-``y += s * (acc - corr - z * sum x)``. SASS on sm_90 (KERNEL_NOTES, session 9): 1.17 instructions per
+``y += s * (acc - corr - z * sum x)``. SASS on sm_90 (KERNEL_NOTES, session 9): 1.2 instructions per
 weight at 2 bits; the kernel then waits on memory rather than on instruction issue.
 
 Mapping. A warp computes 32 output rows over a 128-column tile; lane ``(g, t) = (lane // 4, lane % 4)``
@@ -41,11 +41,14 @@ import triton
 import triton.language as tl
 
 from slimq.kernels.triton._gv import _first
-from slimq.kernels.triton._h2 import _lo_hi_f32, _mask2, _pos, _put_pairs, _scaled_x, _shifted, _slot
+from slimq.kernels.triton._h2 import (
+    _lo_hi_f32, _mask2, _pair_vals, _pos, _put_pairs, _scaled_x, _shifted, _slot,
+)
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import pdl_release, pdl_wait, plane_coef, plane_width, store_rows
 
-__all__ = ["mv_kernel", "mv_gather_kernel", "block_sums", "virtual1", "vwords", "TILE", "XC_SLOTS"]
+__all__ = ["mv_kernel", "mv_gather_kernel", "a_regs", "block_sums", "plane_pairs", "plane_shifts", "virtual1",
+           "vwords", "TILE", "XC_SLOTS"]
 
 TILE = 128  # columns per tile: each lane covers 32 of them
 _TILE = tl.constexpr(TILE)
@@ -89,7 +92,7 @@ def _mma(a0, a1, a2, a3, b0, b1, c, ASM: tl.constexpr):
     """One ``mma.m16n8k16`` (f16 in, f32 accumulate) on the lane's accumulators ``c = (c0, c1, c2, c3)``
     (rows ``g`` and ``g + 8``, columns ``2t`` and ``2t + 1``; with one token every column carries it, so
     ``c1 == c0`` and ``c3 == c2``, kept apart so that the accumulators stay a register quad).
-    Volatile like the loads (:func:`_ld4`), so that neither moves past the other. Else the same sums
+    Volatile like the loads (:func:`_ld4`), so that LLVM keeps the two in order. Else the same sums
     computed lane by lane (the interpreter: element ``i`` of a ``[32 * num_warps]``
     tensor is thread ``i``)."""
     c0, c1, c2, c3 = c
@@ -113,9 +116,9 @@ def _mma(a0, a1, a2, a3, b0, b1, c, ASM: tl.constexpr):
 
 @triton.jit
 def _ld4(p, ASM: tl.constexpr):
-    """Four int32 at ``p`` (16-byte aligned), one vector load through the read-only path. Volatile, so
-    the compiler keeps the loads where they are written: one tile ahead of their use (as pure asm
-    they were sunk to the end of the loop, just before the next iteration needs them)."""
+    """Four int32 at ``p`` (16-byte aligned), one vector load through the read-only path. Volatile, so that
+    LLVM keeps the loads where they are written, one tile ahead of their use; ptxas still sinks them to the
+    end of the loop when registers are short (``maxnreg`` keeps them ahead: ``tests/test_mv_compile.py``)."""
     if ASM:
         return tl.inline_asm_elementwise("ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l", [p],
                                          dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=False, pack=1)
@@ -198,23 +201,34 @@ def vwords(w, ASM: tl.constexpr):
 
 
 @triton.jit
-def _plane_mma_v(accs, vw, x, C: tl.constexpr, ASM: tl.constexpr):
-    """``accs`` plus the 1-bit plane of 3-bit codes, virtual words ``vw`` (:func:`vwords`), times plane 0's
-    activation pairs ``x``."""
-    for s in tl.static_range(8):
-        accs = _kstep(accs, vw[s // 4], vw[s // 4], x[2 * s], x[2 * s + 1], (2 * s) % 8, 1, C, ASM)
-    return accs
-
-
-@triton.jit
-def _plane_mma(accs, words, x, W: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
-    """``accs`` (two blocks' accumulator quads) plus one plane's 8 k-steps; ``x`` the lane's 16
-    activation pairs for this plane width."""
-    H: tl.constexpr = 16 // W
+def plane_shifts(words, W: tl.constexpr):
+    """``word >> 8`` of each of the lane's words of one plane (:func:`_pair` reads the pairs past the
+    mantissa from them)."""
     sh = ()
     for i in tl.static_range(W):
         w = words[i]
         sh = sh + ((w[0] >> 8, w[1] >> 8, w[2] >> 8, w[3] >> 8),)
+    return sh
+
+
+@triton.jit
+def a_regs(w, v, b: tl.constexpr, j: tl.constexpr, W: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """The A registers of MMA block ``b`` (rows ``4g + 2b``, ``4g + 2b + 1`` of the words ``w``; ``v`` their
+    shifts) for a k-step on pairs ``j`` and ``j + 1``."""
+    return (_pair(w[2 * b], v[2 * b], j, W, C, ASM), _pair(w[2 * b + 1], v[2 * b + 1], j, W, C, ASM),
+            _pair(w[2 * b], v[2 * b], j + 1, W, C, ASM), _pair(w[2 * b + 1], v[2 * b + 1], j + 1, W, C, ASM))
+
+
+@triton.jit
+def _plane_mma(accs, words, x, W: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr, HP: tl.constexpr = 0):
+    """``accs`` (two blocks' accumulator quads) plus one plane's 8 k-steps; ``x`` the lane's 16
+    activation pairs (``HP``: pairs per word when not ``16 // W``: 8 for the virtual 1-bit words of
+    3-bit codes, :func:`vwords`, which multiply plane 0's pairs)."""
+    H: tl.constexpr = HP if HP else 16 // W
+    if HP:
+        sh = words  # pairs j < 8 of virtual words are never read shifted
+    else:
+        sh = plane_shifts(words, W)
     for s in tl.static_range(8):
         accs = _kstep(accs, words[(2 * s) // H], sh[(2 * s) // H], x[2 * s], x[2 * s + 1], (2 * s) % H, W, C, ASM)
     return accs
@@ -225,11 +239,9 @@ def _kstep(accs, w, v, b0, b1, j: tl.constexpr, W: tl.constexpr, C: tl.constexpr
     """One k-step of both MMA blocks: pairs ``j`` and ``j + 1`` of the words ``w`` (``v = w >> 8``) of
     rows ``4g .. 4g + 3`` times the activation pairs ``b0``, ``b1``."""
     acc0, acc1 = accs
-    acc0 = _mma(_pair(w[0], v[0], j, W, C, ASM), _pair(w[1], v[1], j, W, C, ASM), _pair(w[0], v[0], j + 1, W, C, ASM),
-                _pair(w[1], v[1], j + 1, W, C, ASM), b0, b1, acc0, ASM)
-    acc1 = _mma(_pair(w[2], v[2], j, W, C, ASM), _pair(w[3], v[3], j, W, C, ASM), _pair(w[2], v[2], j + 1, W, C, ASM),
-                _pair(w[3], v[3], j + 1, W, C, ASM), b0, b1, acc1, ASM)
-    return acc0, acc1
+    a0 = a_regs(w, v, 0, j, W, C, ASM)
+    a1 = a_regs(w, v, 1, j, W, C, ASM)
+    return (_mma(a0[0], a0[1], a0[2], a0[3], b0, b1, acc0, ASM), _mma(a1[0], a1[1], a1[2], a1[3], b0, b1, acc1, ASM))
 
 
 @triton.jit
@@ -243,8 +255,9 @@ def _weight_loads(seg, k0, t, row4, rows, BITS: tl.constexpr, GS: tl.constexpr, 
 
 
 @triton.jit
-def _plane_x(xbase, stride_wb, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
-    """The lane's 16 activation pairs of plane ``P``'s width (four 16-byte loads), or ``()``."""
+def plane_pairs(xbase, stride_wb, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """The lane's 16 activation pairs of plane ``P``'s width (four 16-byte loads), or ``()`` (no plane, or
+    the virtual plane 1 of 3-bit codes, which multiplies plane 0's pairs)."""
     W: tl.constexpr = plane_width(BITS, P)
     x = ()
     if W > 0 and not (P == 1 and virtual1(BITS)):
@@ -261,8 +274,8 @@ def _act_loads(seg, k0, t, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS: tl.conste
     xbase = xw_ptr + c // 2 + t * 16
     blk = c // _TILE
     corr, xsum = block_sums(xc_ptr + blk, stride_cs, BITS)
-    return (_plane_x(xbase, stride_wb, 0, BITS, ASM), _plane_x(xbase, stride_wb, 1, BITS, ASM),
-            _plane_x(xbase, stride_wb, 2, BITS, ASM), corr, xsum)
+    return (plane_pairs(xbase, stride_wb, 0, BITS, ASM), plane_pairs(xbase, stride_wb, 1, BITS, ASM),
+            plane_pairs(xbase, stride_wb, 2, BITS, ASM), corr, xsum)
 
 
 @triton.jit
@@ -289,7 +302,7 @@ def _tile(y, wl, al, t, BITS: tl.constexpr, ASM: tl.constexpr):
     accs = ((zero, zero, zero, zero), (zero, zero, zero, zero))
     accs = _plane_mma(accs, words[0], al[0], plane_width(BITS, 0), _shift(BITS, 0), ASM)
     if virtual1(BITS):
-        accs = _plane_mma_v(accs, vwords(words[1][0], ASM), al[0], _shift(BITS, 1), ASM)
+        accs = _plane_mma(accs, vwords(words[1][0], ASM), al[0], 1, _shift(BITS, 1), ASM, 8)
     elif plane_width(BITS, 1) > 0:
         accs = _plane_mma(accs, words[1], al[1], plane_width(BITS, 1), _shift(BITS, 1), ASM)
     if plane_width(BITS, 2) > 0:
@@ -358,7 +371,8 @@ def mv_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, acc_ptr, rowperm_pt
 
 @triton.jit
 def _pair_magic(j, W: tl.constexpr):
-    """float32 ``2**(10 - pos)`` of activation pairs ``j`` of width ``W`` (``_magic_value``)."""
+    """float32 ``2**(10 - pos)`` of activation pairs ``j`` of width ``W``: ``_h2._pos`` (a compile-time
+    function) for a tensor of pair indices, the magic :func:`_magic` reads their codes with (``c = 0``)."""
     H: tl.constexpr = 16 // W
     i = j % H
     pos = i * W - tl.where(i * W + W > 10, 8, 0)
@@ -391,10 +405,7 @@ def mv_gather_kernel(x_ptr, stride_xm, perm_ptr, xw_ptr, stride_wm, stride_wb, x
 def _gather_width(x_ptr, row, perm_ptr, xw_ptr, stride_wb, c, stride_cs, nblk, K, j, XSCALE: tl.constexpr,
                   W: tl.constexpr):
     """One token's activation pairs ``j`` of width ``W`` in one block and their magic-weighted sum (to ``c``)."""
-    E: tl.constexpr = 32 // W
-    c_lo = (j // (E // 2)) * E + j % (E // 2)
-    lo = _scaled_x(x_ptr, row, perm_ptr, c_lo, K, XSCALE)
-    hi = _scaled_x(x_ptr, row, perm_ptr, c_lo + E // 2, K, XSCALE)
+    lo, hi = _pair_vals(x_ptr, row, perm_ptr, j, K, XSCALE, W)
     _put_pairs(lo, hi, xw_ptr, 0, stride_wb, 0, j, nblk * (_TILE // 2), W)
     both = lo.to(tl.float32) + hi.to(tl.float32)
     tl.store(c + _slot(W) * stride_cs, tl.sum(_pair_magic(j, W) * both, axis=0))

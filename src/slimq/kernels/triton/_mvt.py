@@ -15,10 +15,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from slimq.kernels.triton._h2 import _slot
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._mv import (
-    _TILE, _first, _ld4, _mma, _pair, _shift, _tile_words, block_sums, virtual1, vwords,
+    _TILE, _first, _mma, _shift, _tile_words, a_regs, block_sums, plane_pairs, plane_shifts, virtual1, vwords,
 )
 from slimq.kernels.triton._tiles import pdl_wait, plane_width
 
@@ -26,21 +25,13 @@ __all__ = ["mvt_kernel"]
 
 
 @triton.jit
-def _token_x(p, W: tl.constexpr, ASM: tl.constexpr):
-    """The lane's 16 activation pairs of one token for a width-``W`` plane at ``p`` (``()`` if ``W == 0``)."""
-    x = ()
-    if W > 0:
-        for q in tl.static_range(4):
-            x = x + _ld4(p + 4 * q, ASM)
-    return x
-
-
-@triton.jit
-def _plane_x(xp, stride_wm, stride_wb, toks, W: tl.constexpr, NB: tl.constexpr, ASM: tl.constexpr):
-    """Per token block, the lane's 16 pairs of its token (``toks[n]``, clamped to the last token)."""
+def _plane_x(xp, stride_wm, stride_wb, toks, P: tl.constexpr, BITS: tl.constexpr, NB: tl.constexpr,
+             ASM: tl.constexpr):
+    """Per token block, the lane's 16 pairs of its token (``toks[n]``, clamped to the last token) for plane
+    ``P``."""
     out = ()
     for n in tl.static_range(NB):
-        out = out + (_token_x(xp + _slot(W) * stride_wb + toks[n] * stride_wm, W, ASM),)
+        out = out + (plane_pairs(xp + toks[n] * stride_wm, stride_wb, P, BITS, ASM),)
     return out
 
 
@@ -48,13 +39,11 @@ def _plane_x(xp, stride_wm, stride_wb, toks, W: tl.constexpr, NB: tl.constexpr, 
 def _kstep(accs, w, v, xs, s: tl.constexpr, H: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
            NB: tl.constexpr, ASM: tl.constexpr):
     """k-step ``s`` of one plane: the A registers of both row blocks (pairs ``j``, ``j + 1`` of the words
-    ``w``, ``v = w >> 8``), each times every token block's activation pairs ``xs[n]``. ``accs`` is flat,
+    ``w``, ``v`` their shifts), each times every token block's activation pairs ``xs[n]``. ``accs`` is flat,
     index ``2 n + b``."""
     j: tl.constexpr = (2 * s) % H
-    a0 = (_pair(w[0], v[0], j, W, C, ASM), _pair(w[1], v[1], j, W, C, ASM), _pair(w[0], v[0], j + 1, W, C, ASM),
-          _pair(w[1], v[1], j + 1, W, C, ASM))
-    a1 = (_pair(w[2], v[2], j, W, C, ASM), _pair(w[3], v[3], j, W, C, ASM), _pair(w[2], v[2], j + 1, W, C, ASM),
-          _pair(w[3], v[3], j + 1, W, C, ASM))
+    a0 = a_regs(w, v, 0, j, W, C, ASM)
+    a1 = a_regs(w, v, 1, j, W, C, ASM)
     out = ()
     for n in tl.static_range(NB):
         x = xs[n]
@@ -66,16 +55,12 @@ def _kstep(accs, w, v, xs, s: tl.constexpr, H: tl.constexpr, W: tl.constexpr, C:
 @triton.jit
 def _plane(accs, words, xs, W: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, ASM: tl.constexpr,
            HP: tl.constexpr = 0):
-    """``accs`` plus one plane's 8 k-steps (``HP``: pairs per word when not ``16 // W``: 8 for the virtual
-    1-bit words of 3-bit codes)."""
+    """``accs`` plus one plane's 8 k-steps (``HP`` as in ``_mv._plane_mma``)."""
     H: tl.constexpr = HP if HP else 16 // W
     if HP:
-        sh = words  # pairs j < 8 of 1-bit words are never read shifted
+        sh = words  # pairs j < 8 of virtual words are never read shifted
     else:
-        sh = ()
-        for i in tl.static_range(W):
-            w = words[i]
-            sh = sh + ((w[0] >> 8, w[1] >> 8, w[2] >> 8, w[3] >> 8),)
+        sh = plane_shifts(words, W)
     for s in tl.static_range(8):
         accs = _kstep(accs, words[(2 * s) // H], sh[(2 * s) // H], xs, s, H, W, C, NB, ASM)
     return accs
@@ -103,15 +88,15 @@ def _tile(ys, words, sc, zr, seg, k0, t, toks2, xw_ptr, stride_wm, stride_wb, xc
     accs = ()
     for i in tl.static_range(2 * NB):
         accs = accs + ((zero, zero, zero, zero),)
-    x0 = _plane_x(xp, stride_wm, stride_wb, lane_tok, plane_width(BITS, 0), NB, ASM)
+    x0 = _plane_x(xp, stride_wm, stride_wb, lane_tok, 0, BITS, NB, ASM)
     accs = _plane(accs, words[0], x0, plane_width(BITS, 0), _shift(BITS, 0), NB, ASM)
     if virtual1(BITS):  # plane 1 in plane 0's pair order: the same activation pairs
         accs = _plane(accs, vwords(words[1][0], ASM), x0, 1, _shift(BITS, 1), NB, ASM, 8)
     elif plane_width(BITS, 1) > 0:
-        accs = _plane(accs, words[1], _plane_x(xp, stride_wm, stride_wb, lane_tok, plane_width(BITS, 1), NB, ASM),
+        accs = _plane(accs, words[1], _plane_x(xp, stride_wm, stride_wb, lane_tok, 1, BITS, NB, ASM),
                       plane_width(BITS, 1), _shift(BITS, 1), NB, ASM)
     if plane_width(BITS, 2) > 0:
-        accs = _plane(accs, words[2], _plane_x(xp, stride_wm, stride_wb, lane_tok, plane_width(BITS, 2), NB, ASM),
+        accs = _plane(accs, words[2], _plane_x(xp, stride_wm, stride_wb, lane_tok, 2, BITS, NB, ASM),
                       plane_width(BITS, 2), _shift(BITS, 2), NB, ASM)
     blk = c // _TILE
     out = ()
