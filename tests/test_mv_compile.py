@@ -17,12 +17,13 @@ _BODY = """
     from slimq.kernels.triton._plan import mv_launches
 
     fields = json.loads(sys.argv[1])
-    n, k = 256, 1024
+    n, k, m = 256, 1024, fields.pop("m", 1)
     p = random_layer(n, k, 128, fields.pop("bits"))
-    x = torch.zeros(1, k, dtype=torch.float16)
-    out = torch.empty(1, n, dtype=torch.float16)
-    ws = Workspace("cpu", 1, n, k, torch.float16)
-    cfg = KernelConfig("mv", block_m=1, block_n=128, block_k=128, num_warps=4, num_stages=1, **fields)
+    x = torch.zeros(m, k, dtype=torch.float16)
+    out = torch.empty(m, n, dtype=torch.float16)
+    ws = Workspace("cpu", m, n, k, torch.float16)
+    cfg = KernelConfig("mv", block_m=1 if m == 1 else 16, block_n=128, block_k=128, num_warps=4, num_stages=1,
+                       **fields)
     lc = mv_launches(x, p, None, out, ws, cfg)[1]
     kw = dict(lc.kwargs, ASM=True)
     kw.pop("launch_pdl", None)
@@ -59,3 +60,16 @@ def test_mv_keeps_the_next_tile_loads_ahead_with_maxnreg():
     got = _compile({"bits": 4, "maxnreg": 128})
     assert got["hmma"] == 16 and got["local"] == 0, got
     assert got["loads_before_first_hmma"] == got["ldg128"], got
+
+
+def test_mv_compiles_3bit_and_token_blocks():
+    """3-bit codes (both planes on one set of activation pairs: 32 HMMA per tile), and the 2-16 token kernel
+    with one and two token blocks (16 and 32 HMMA per 2-bit tile), all without spills."""
+    got = _compile({"bits": 3})
+    assert got["kernel"] == "mv_kernel" and got["hmma"] == 32 and got["local"] == 0, got
+    assert got["ldg128"] == 2 + 1 + 4, got  # 2-bit words, 1-bit words, one set of pairs
+    for m, hmma in ((5, 16), (16, 32)):
+        got = _compile({"bits": 2, "m": m, "split_k": 2})
+        assert got["kernel"] == "mvt_kernel" and got["hmma"] == hmma and got["local"] == 0, got
+    got = _compile({"bits": 3, "m": 8})
+    assert got["kernel"] == "mvt_kernel" and got["hmma"] == 32 and got["local"] == 0, got
