@@ -6,7 +6,8 @@ Per shape and M it times cuBLAS FP16 (``torch.mm``), slimq at 2, 3, 4 bits unifo
 SliM-mixed (groups of 1/2/3 bits in proportions 1:2:1, 2 bits on average), all with group size
 128, and ``torch._weight_int4pack_mm`` (group 128, bf16 activations) as a peer. Each time is the
 median of ``triton.testing.do_bench`` (L2 flushed before every run) over CUDA-graph replays of
-one call, on random non-zero data. Bandwidth counts packed weights + scales/zeros + x + y once,
+one call, on random non-zero data (``--flush clean``: the L2 flushed by a read instead of
+``do_bench``'s zeroing, whose dirty lines the timed call writes back; see ``timing.py``). Bandwidth counts packed weights + scales/zeros + x + y once,
 against the card's device-to-device copy bandwidth measured in the same run. Every timed
 slimq output is first checked against the pure-torch reference.
 
@@ -66,17 +67,11 @@ def packed_bytes(p) -> int:
 TOL = {torch.float16: 3e-3, torch.bfloat16: 1.2e-2}  # relative error against the reference that counts as correct
 
 
-def time_graph(fn, rep_ms: int = 40) -> float:
-    """Median microseconds of CUDA-graph replays of ``fn`` (L2 flushed before each replay)."""
-    import triton
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    ms = triton.testing.do_bench(g.replay, warmup=10, rep=rep_ms, return_mode="median")
-    del g
-    return ms * 1e3
+def time_graph(fn, rep_ms: int = 40, flush: str = "zero") -> float:
+    """Median microseconds of CUDA-graph replays of ``fn``, the L2 flushed before each replay as ``flush``
+    (``timing.FLUSHES``; ``"zero"``, ``do_bench``'s own, is the issue's protocol)."""
+    from timing import time_graph as timed
+    return timed(fn, rep_ms, flush)
 
 
 def copy_bandwidth(device) -> float:
@@ -207,6 +202,10 @@ def _parse(argv):
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"],
                     help="activation dtype; the baseline is cuBLAS in that dtype (JSON keys keep the name fp16)")
+    ap.add_argument("--flush", default="zero", choices=["zero", "clean", "none"],
+                    help="how the L2 is flushed before each timed replay (benchmarks/timing.py): zero = "
+                         "do_bench's own, the issue's protocol (leaves dirty lines the timed call writes back); "
+                         "clean = a 256 MB read (a cold, clean L2); none")
     ap.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     ap.add_argument("--from-json", metavar="PATH",
@@ -244,7 +243,7 @@ def _prepare(args, dev, shapes, ms, variants):
     return cases, cfgs
 
 
-def _measure_variant(case, cfgs, tune: bool, keep_all: bool) -> dict:
+def _measure_variant(case, cfgs, tune: bool, keep_all: bool, flush: str = "zero") -> dict:
     """Check every config's output against the reference, then time it."""
     from slimq.kernels.reference import packed_matmul_reference
     ref = packed_matmul_reference(case.x, case.p).float()
@@ -259,7 +258,7 @@ def _measure_variant(case, cfgs, tune: bool, keep_all: bool) -> dict:
                             "error": str(e)[:120]})
             continue
         err = float((case.out.float() - ref).norm() / ref.norm())
-        t = time_graph(case.fn(cfg), rep_ms=40 if cfg is cfgs[0] else 15)
+        t = time_graph(case.fn(cfg), rep_ms=40 if cfg is cfgs[0] else 15, flush=flush)
         results.append({"cfg": cfg_name(cfg), "us": t, "err": err, "ok": err < TOL[case.x.dtype]})
     auto = results[0]
     ok = [r for r in results if r["ok"]]
@@ -287,7 +286,8 @@ def main(argv=None) -> int:
         name="cpu (dry run)", multi_processor_count=0)
     meta = {"gpu": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
             "triton": triton.__version__, "python": platform.python_version(), "group_size": GS,
-            "convention": "shape N x K = out_features x in_features; y[M, N] = x[M, K] W^T", "dtype": args.dtype}
+            "convention": "shape N x K = out_features x in_features; y[M, N] = x[M, K] W^T", "dtype": args.dtype,
+            "flush": args.flush}
     print(json.dumps(meta), flush=True)
     bw = meta["copy_GBps"] = copy_bandwidth(dev)
     print(f"copy bandwidth (read+write): {bw:.0f} GB/s", flush=True)
@@ -299,15 +299,17 @@ def main(argv=None) -> int:
         for m in ms:
             x16 = torch.randn(m, k, device=dev, dtype=dtype)
             y16 = torch.empty(m, n, device=dev, dtype=dtype)
-            row = {"N": n, "K": k, "M": m, "fp16_us": time_graph(lambda: torch.mm(x16, w16.t(), out=y16))}
+            row = {"N": n, "K": k, "M": m, "fp16_us": time_graph(lambda: torch.mm(x16, w16.t(), out=y16),
+                                                                         flush=args.flush)}
             row["fp16_GBps"] = (n * k + m * k + m * n) * 2 / row["fp16_us"] / 1e3
             if not args.no_peer:
                 try:
-                    row["int4_us"] = time_graph(int4_peer(n, k, m, dev))
+                    row["int4_us"] = time_graph(int4_peer(n, k, m, dev), flush=args.flush)
                 except RuntimeError as e:  # the peer kernel is missing on some builds
                     row["int4_us"], row["int4_error"] = None, str(e)[:200]
             for v in variants:
-                row[v] = _measure_variant(cases[n, k, m, v], cfgs[n, k, m, v], args.tune, args.tune or v == "slim")
+                row[v] = _measure_variant(cases[n, k, m, v], cfgs[n, k, m, v], args.tune, args.tune or v == "slim",
+                                          args.flush)
             rows.append(row)
             print(_fmt_row(row, variants, bw), flush=True)
         del w16
@@ -365,7 +367,7 @@ def _make_dry() -> None:
     """Replace the GPU timers by wall-clock ones (for --dry-run)."""
     global time_graph, copy_bandwidth, int4_peer
 
-    def time_graph(fn, rep_ms=0):  # noqa: F811
+    def time_graph(fn, rep_ms=0, flush="zero"):  # noqa: F811
         t = time.perf_counter()
         fn()
         return (time.perf_counter() - t) * 1e6

@@ -4,7 +4,8 @@ The floor under the ``M = 1`` kernels (benchmarks/KERNEL_NOTES.md, session 9): a
 2-bit words of an ``N x K`` layer (``[K / 16, N]`` int32, as ``mv_kernel`` reads them: lane ``(g, t)`` takes rows
 ``4g ..`` of its own word rows, 16 bytes per load) and XORs them, over warps, rows per lane and K splits; then a
 contiguous read of the same bytes and ``torch`` copy (read + write) of them. Times are CUDA-graph replays (the
-launch included, as in ``kernels.py``). Prints a table and writes ``read_floor.json``.
+launch included, as in ``kernels.py``), under each L2 flush of ``--flush`` (``timing.py``: ``zero`` leaves dirty
+lines the read writes back, ``clean`` does not). Prints a table and writes ``read_floor.json``.
 
     PYTHONPATH=src python3 benchmarks/read_floor.py --shape 28672x8192
 """
@@ -13,11 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import FLUSHES, time_graph
 
 from slimq.kernels.triton._mv import _ld4
 
@@ -48,21 +53,23 @@ def contiguous_kernel(ptr, out, BLOCK: tl.constexpr, ITERS):
     tl.store(out + pid * BLOCK + tl.arange(0, BLOCK), acc)
 
 
-def _time(fn) -> float:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return triton.testing.do_bench(g.replay, warmup=10, rep=30, return_mode="median") * 1e3
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", default="28672x8192", help="N x K of a 2-bit layer")
+    ap.add_argument("--flush", default="zero,clean",
+                    help=f"comma-separated L2 flushes to time each read under (benchmarks/timing.py: {', '.join(FLUSHES)})")
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
     n, k = (int(v) for v in args.shape.split("x"))
+    flushes = args.flush.split(",")
+    if not set(flushes) <= set(FLUSHES):
+        raise SystemExit(f"--flush takes {', '.join(FLUSHES)}, got {args.flush}")
+
+    def _time(fn) -> dict:
+        return {f: time_graph(fn, 30, f) for f in flushes}
+
     if k % 128 or n % 512:
         raise SystemExit(f"--shape needs K % 128 == 0 and N % 512 == 0, got {args.shape}")
     kw = k // 16  # 2-bit word rows
@@ -78,24 +85,23 @@ def main(argv=None) -> int:
                     continue
                 tiles = k // 128 // split
                 us = _time(lambda: pattern_kernel[(n // per, split)](w, out, n, tiles, NT=nt, W=2, RB=rb, num_warps=nw))
-                rows.append({"read": f"mv pattern, {nw} warps, {4 * rb} rows per lane, K split {split}", "us": us})
+                rows.append({"read": f"mv pattern, {nw} warps, {4 * rb} rows per lane, K split {split}", **us})
     block, progs = 2048, 1024
     if w.numel() % (block * progs) == 0:
         iters = w.numel() // (block * progs)
-        rows.append({"read": "contiguous", "us": _time(lambda: contiguous_kernel[(progs,)](w, out, block, iters,
-                                                                                          num_warps=8))})
+        rows.append({"read": "contiguous", **_time(lambda: contiguous_kernel[(progs,)](w, out, block, iters,
+                                                                                     num_warps=8))})
     src = w.view(-1)
     dst = torch.empty_like(src)
-    rows.append({"read": "torch copy (reads and writes the bytes)", "us": _time(lambda: dst.copy_(src))})
-    for r in rows:
-        r["GBps"] = nbytes / r["us"] / 1e3
-    print(f"{torch.cuda.get_device_name()}: {args.shape} 2-bit words, {nbytes / 1e6:.1f} MB read per call")
-    print(f"{'us':>8}  {'GB/s':>6}  read")
-    for r in sorted(rows, key=lambda r: r["us"]):
-        print(f"{r['us']:8.1f}  {r['GBps']:6.0f}  {r['read']}")
+    rows.append({"read": "torch copy (reads and writes the bytes)", **_time(lambda: dst.copy_(src))})
+    print(f"{torch.cuda.get_device_name()}: {args.shape} 2-bit words, {nbytes / 1e6:.1f} MB read per call; "
+          f"us (GB/s of the read) per L2 flush")
+    print("".join(f"{f:>16}" for f in flushes) + "  read")
+    for r in sorted(rows, key=lambda r: r[flushes[0]]):
+        print("".join(f"{r[f]:8.1f} ({nbytes / r[f] / 1e3:4.0f})" for f in flushes) + f"  {r['read']}")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "read_floor.json").write_text(json.dumps({"shape": args.shape, "bytes": nbytes, "rows": rows}, indent=1))
+    (out_dir / "read_floor.json").write_text(json.dumps({"shape": args.shape, "bytes": nbytes, "flushes": flushes, "rows": rows}, indent=1))
     return 0
 
 
