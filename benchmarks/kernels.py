@@ -139,13 +139,17 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
         mv = [C("mv", block_m=1, block_n=32 * w, block_k=128, split_k=s, num_warps=w, num_stages=1, depth=d,
                 maxnreg=r) for w in (4,) for s in (2, 4, 8, 16) for d in (1, 2) for r in (0, 96, 128)
               if s <= math.ceil(k / 128)]
+        mv += [C("mv", block_m=1, block_n=128, block_k=128, split_k=s, num_warps=4, num_stages=1, maxnreg=r,
+                 l2_ahead=a) for s in (2, 4, 8, 16) for a in (1, 2, 3) for r in (0, 64, 72, 80, 96)
+               if s <= math.ceil(k / 128)]
         return h2 + gv + mv
     if m <= 16:
         bm = 1 << max(0, (m - 1).bit_length())
         h2 = [C("h2", block_m=bm, block_n=bn, block_k=128, split_k=8, num_warps=4, num_stages=1)
               for bn in (128, 256)] if bm <= 4 else []
-        mv = [C("mv", block_m=16, block_n=128, block_k=128, split_k=sp, num_warps=4, num_stages=1, maxnreg=r)
-              for sp in (2, 4, 8, 16) for r in (0, 128) if sp <= math.ceil(k / 128)]
+        mv = [C("mv", block_m=16, block_n=128, block_k=128, split_k=sp, num_warps=4, num_stages=1, maxnreg=r,
+                l2_ahead=a) for sp in (2, 4, 8, 16) for r in (0, 128) for a in (0, 1)
+              if sp <= math.ceil(k / 128)]
         return (h2 + mv + [C("dot", block_m=16, block_n=128, block_k=128, split_k=4)]
                 + h2dot(16, (64, 128), (4, 8), joins=(True, False), stages=(3,)) + h2dot(16, (128,), (8,), stages=(1, 4))
                 + tc(16, (128, 256), (4, 8, 16), warps=(4, 8)) + wg)
@@ -187,7 +191,7 @@ def cfg_name(c) -> str:
         return f"dequant/c{c.chunk_n}" if c.chunk_n else "dequant"
     walk = (("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + (f"/d{c.depth}" if c.depth > 1 else "")
             + ("/g" if c.gather else "") + (f"/r{c.maxnreg}" if c.maxnreg else "") + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl")
-            + (f"/p{c.producers}" if c.producers else ""))
+            + (f"/p{c.producers}" if c.producers else "") + (f"/l2a{c.l2_ahead}" if c.l2_ahead else ""))
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 

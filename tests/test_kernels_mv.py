@@ -24,10 +24,12 @@ def test_in_interpreter_subprocess():
 @inproc
 @pytest.mark.parametrize("layer,cfg_name", [("mv_wide", "mv"), ("mv_wide", "mv_split"), ("mv_u2_g256", "mv"),
                                             ("mv_u2_g256", "mv_split"), ("mv_mix123", "mv"), ("mv_wide", "mv_m5"),
-                                            ("mv_wide", "mv_m16_split"), ("mv_u2_g256", "mv_m16_split")])
+                                            ("mv_wide", "mv_m16_split"), ("mv_u2_g256", "mv_m16_split"),
+                                            ("mv_mix123", "mv_l2"), ("mv_u2_g256", "mv_l2"), ("mv_mix123", "mv_m5_l2")])
 def test_mv_bit_widths_and_groupings(layer, cfg_name):
     """The tensor-core GEMV over 1-8 bits (not 7), group sizes 128 and 256, K split 3 (uneven shares), one
-    token, 5 (one token block, lanes past M) and 16 (two blocks)."""
+    token, 5 (one token block, lanes past M) and 16 (two blocks); with the L2 prefetch (its addresses stay
+    inside the segment's planes, scales and zeros: on a GPU a stray one could fault)."""
     _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=True)
 
 
@@ -71,7 +73,7 @@ def test_mv_needs_whole_tiles_and_says_why():
 
 @inproc
 @gpu
-@pytest.mark.parametrize("cfg_name,m", [("mv_split", 1), ("mv_m16_split", 5)])
+@pytest.mark.parametrize("cfg_name,m", [("mv_split", 1), ("mv_l2", 1), ("mv_m16_split", 5)])
 def test_mv_split_k_replays_under_cuda_graph(cfg_name, m):
     """``mv`` with split-K (one token: the last program finishes the tile; 5 tokens: finalize launch) replays
     under a CUDA graph with new activations and leaves the workspace and counters zeroed."""

@@ -134,8 +134,10 @@ CFGS = {
     "gv_maxnreg": KernelConfig("gv", block_m=1, block_n=32, block_k=64, split_k=2, num_warps=1, depth=2, maxnreg=96),
     "mv": KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=1),
     "mv_split": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=3, num_warps=2),
+    "mv_l2": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=2, num_warps=2, l2_ahead=2),
     "mv_m5": KernelConfig("mv", block_m=16, block_n=32, block_k=128, num_warps=1),
     "mv_m16_split": KernelConfig("mv", block_m=16, block_n=64, block_k=128, split_k=3, num_warps=2),
+    "mv_m5_l2": KernelConfig("mv", block_m=16, block_n=64, block_k=128, split_k=2, num_warps=2, l2_ahead=2),
     "h2_m1": KernelConfig("h2", block_m=1, block_n=32, block_k=64),
     "h2_m1_split": KernelConfig("h2", block_m=1, block_n=16, block_k=32, split_k=3),
     "h2_m1_prefetch": KernelConfig("h2", block_m=1, block_n=32, block_k=32, split_k=2, prefetch=True),
@@ -152,7 +154,7 @@ CFGS = {
     "wg_scaled_pieces": KernelConfig("wg", block_m=32, block_n=64, scaled=True),
     "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
 }
-M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_m5": 5, "mv_m16_split": 16, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_l2": 1, "mv_m5": 5, "mv_m16_split": 16, "mv_m5_l2": 5, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
         "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
         "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9}
@@ -352,18 +354,29 @@ def test_select_config_is_explicit():
     assert select_config(256, 28672, 8192).chunk_n == 0 and select_config(256, 4096, 4096).chunk_n == 0
     assert [select_config(1, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096), (4096, 11008),
                                                          (11008, 4096))] == [4, 16, 16, 32, 8]
-    # M = 1: mv on layers of 8192+ columns with codes of 4+ bits, or 2 bits and 2^27+ weights (run 63); h2 for
-    # other big layers of 4 bits and more (runs 19 and 27); gv elsewhere
+    # M = 1: mv on layers of 8192+ columns with codes of 4+ bits (run 63), on every layer of 2^27+ weights and
+    # uniform widths on 2^26+ (run 76, with the L2 prefetch); h2 for other big layers of 4 bits and more
+    # (runs 19 and 27); gv elsewhere
     assert [select_config(1, 28672, 8192, bits=b).path for b in ((2,), (1, 2, 3), (2, 4), (4,), (4, 8), (3,), (7,))] \
-        == ["mv", "gv", "gv", "mv", "mv", "gv", "h2"]
+        == ["mv", "mv", "mv", "mv", "mv", "mv", "h2"]
     assert [select_config(1, n, k, bits=(2,)).path for n, k in ((8192, 28672), (8192, 8192), (4096, 11008))] == \
-        ["mv", "gv", "gv"]
+        ["mv", "mv", "gv"]
+    assert [select_config(1, 8192, 8192, bits=b).path for b in ((3,), (1, 2, 3))] == ["mv", "gv"]
+    # on 2^26+ weights: prefetch into L2 one tile past the next, K split at <= 7 programs per SM, the highest
+    # register cap of 96/80/72 that keeps the grid in one wave (3-bit: 96 always; 4+ bits: 96 or none)
+    got = {(n, k, b): select_config(1, n, k, bits=b) for n, k in ((28672, 8192), (8192, 28672))
+           for b in ((2,), (3,), (4,), (1, 2, 3))}
+    assert {key: (c.split_k, c.maxnreg, c.l2_ahead) for key, c in got.items()} == {
+        (28672, 8192, (2,)): (4, 72, 1), (28672, 8192, (3,)): (4, 96, 1), (28672, 8192, (4,)): (4, 0, 0),
+        (28672, 8192, (1, 2, 3)): (4, 72, 1), (8192, 28672, (2,)): (8, 96, 1), (8192, 28672, (3,)): (8, 96, 1),
+        (8192, 28672, (4,)): (8, 96, 1), (8192, 28672, (1, 2, 3)): (8, 96, 1)}
+    assert select_config(1, 24576, 8192, bits=(2,)).maxnreg == 80  # 4 x 192 programs: 6 per SM fit, 5 do not
     assert [select_config(1, n, k, bits=(4,)).path for n, k in ((4096, 11008), (8192, 8192), (11008, 4096),
                                                                  (40960, 4096))] == ["mv", "mv", "gv", "h2"]
     assert [select_config(1, 4096, 4096, bits=b).path for b in ((4,), (4, 8))] == ["gv", "gv"]
     assert [select_config(1, n, k, bits=(4,)).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 11008))] == \
         [4, 8, 16]
-    assert select_config(1, 8192, 28672, bits=(2,)).split_k == 16  # 64 registers: 8 programs per SM fit
+    assert select_config(1, 4096, 11008, bits=(4,)).l2_ahead == 0  # below 2^26 weights: no prefetch, no cap
     assert select_config(1, 28672, 8192, bits=(4,), num_sms=66).split_k == 2
     # 2-8 tokens: mv on layers of 2^26+ weights (one block of 8 token columns; run 65), wg elsewhere and beyond
     assert [select_config(m, n, k, bits=b).path for m, n, k, b in (
@@ -372,10 +385,11 @@ def test_select_config_is_explicit():
     c = select_config(4, 28672, 8192, bits=(3,))
     assert (c.block_m, c.block_n, c.num_warps, c.maxnreg, c.split_k) == (16, 128, 4, 128, 2)
     assert select_config(4, 8192, 28672, bits=(3,)).split_k == 8
+    assert [select_config(4, 28672, 8192, bits=b).l2_ahead for b in ((2,), (3,), (4,), (1, 2, 3))] == [1, 0, 1, 1]
     assert select_config(4, 28672, 8192, bits=(2,), mv=False).path == "wg"
     # gv pairs its own activations on small layers (K split <= 16 then), 3-bit ones only up to 4096 x 4096;
-    # layers of 1- and 2-bit codes only load two tiles ahead
-    cfgs = [select_config(1, n, k, bits=b) for n, k, b in ((4096, 4096, (3,)), (8192, 8192, (3,)),
+    # layers of 1- and 2-bit codes only load two tiles ahead (the rule without mv: 8192 x 8192 takes mv now)
+    cfgs = [select_config(1, n, k, bits=b, mv=False) for n, k, b in ((4096, 4096, (3,)), (8192, 8192, (3,)),
                                                             (8192, 8192, (2,)), (28672, 4096, (2,)),
                                                             (4096, 4096, (1, 2, 3)), (22016, 4096, (4,)))]
     assert [(c.gather, c.depth, c.split_k) for c in cfgs] == \
@@ -409,6 +423,10 @@ def test_config_and_input_errors():
         KernelConfig("gv", block_m=1, maxnreg=100)
     with pytest.raises(ValueError, match="path 'gv' takes block_m == 1"):
         KernelConfig("gv", block_m=2)
+    with pytest.raises(ValueError, match="l2_ahead must be 0, or 1..16 with path 'mv'"):
+        KernelConfig("gv", block_m=1, l2_ahead=1)
+    with pytest.raises(ValueError, match="l2_ahead must be 0, or 1..16 with path 'mv'"):
+        KernelConfig("mv", block_m=1, block_n=128, l2_ahead=17)
     with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv'"):
         KernelConfig("h2", depth=2)
     with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv'"):

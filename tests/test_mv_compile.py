@@ -4,8 +4,9 @@ CI has no GPU, and the Triton interpreter runs ``mv_kernel``'s lane-by-lane emul
 (``mma.sync``, LOP3 with register constants). So a fresh process whose Triton driver reports an sm_90
 target compiles the kernel and reads the SASS: per 128-column tile and lane, 16 ``HMMA.16816.F32`` per
 2-bit plane and one LOP3 per code pair (half a LOP3 per weight: both constants in registers), no local
-memory (spills), and the next tile's loads issued before this tile's MMAs (``maxnreg``; with too few
-registers ptxas sinks them to the end of the loop, where they no longer run ahead).
+memory (spills), the next tile's loads issued before this tile's MMAs (``maxnreg``; with too few
+registers ptxas sinks them to the end of the loop, where they no longer run ahead), and the L2 prefetch
+(``l2_ahead``) as ``CCTL.E.PF2`` in the loop.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ _BODY = """
     hmma = [i for i, op in enumerate(body) if op.startswith("HMMA")]
     ldg128 = [i for i, op in enumerate(body) if op.startswith("LDG.E.128")]
     print(json.dumps({"kernel": lc.kernel, "hmma": len(hmma), "lop3": sum(op.startswith("LOP3") for op in body),
+                      "prefetch": sum(op.startswith("CCTL.E.PF2") for op in body),
                       "loads_before_first_hmma": sum(i < hmma[0] for i in ldg128), "ldg128": len(ldg128),
                       "local": sass.count("STL") + sass.count("LDL")}))
 """
@@ -73,3 +75,14 @@ def test_mv_compiles_3bit_and_token_blocks():
         assert got["kernel"] == "mvt_kernel" and got["hmma"] == hmma and got["local"] == 0, got
     got = _compile({"bits": 3, "m": 8})
     assert got["kernel"] == "mvt_kernel" and got["hmma"] == 32 and got["local"] == 0, got
+
+
+def test_mv_prefetches_into_l2_in_the_loop_without_spills():
+    """``l2_ahead``: per tile and warp one prefetch per word row pair of lanes (2 at 2 bits) and the scale and
+    zero lines, inside the tile loop; under the dispatch's tightest register cap (64) nothing spills."""
+    got = _compile({"bits": 2, "l2_ahead": 1, "maxnreg": 64})
+    assert got["kernel"] == "mv_kernel" and got["local"] == 0 and got["hmma"] == 16, got
+    assert got["prefetch"] == 2 + 2, got
+    got = _compile({"bits": 3, "l2_ahead": 1, "maxnreg": 96})
+    assert got["local"] == 0 and got["prefetch"] == 2 + 1 + 2, got
+    assert _compile({"bits": 2})["prefetch"] == 0

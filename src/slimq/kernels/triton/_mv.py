@@ -25,6 +25,14 @@ ends a tile with the sums of its four rows (the 8 B columns are equal) and keeps
 own output row. The 1-bit plane of 3-bit codes is read in the 2-bit plane's pair order
 (:func:`vwords`), so both planes multiply the same activation pairs.
 
+L2 prefetch (``L2A``, ``KernelConfig.l2_ahead``). ptxas keeps the next tile's loads ahead of this tile's
+MMAs only with registers to spare, and each segment of a band starts on a cold read. With ``L2A > 0`` every
+warp also issues ``prefetch.global.L2`` for the words, scales and zeros of the tile ``L2A`` past the next
+(one instruction per 4 word rows: the 8 lanes of a ``t`` name the same 128-byte line), and at its start
+for the first ``L2A`` tiles of its share of every later segment: bytes in flight without registers.
+H200 (KERNEL_NOTES, session 10): one token, 28672 x 8192, 2-bit 35.1 -> 33.2 us, 3-bit 51.9 -> 47.8 (was
+``gv``), SliM 44.3 -> 38.4 (was ``gv``).
+
 Numerics: products of fp16 values are exact and the tensor cores add them in float32. ``acc`` and
 ``corr`` are each up to ``M sum |x|`` per block (``M <= 2**10`` for 1-, 2-, 4- and 8-bit planes, ``2**12``
 for the 1-bit plane of 3-bit codes, ``2**14`` for the second plane of 5- and 6-bit codes), so their
@@ -124,6 +132,48 @@ def _ld4(p, ASM: tl.constexpr):
                                          dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=False, pack=1)
     else:
         return tl.load(p), tl.load(p + 1), tl.load(p + 2), tl.load(p + 3)
+
+
+@triton.jit
+def _l2_prefetch(p, ASM: tl.constexpr):
+    """``prefetch.global.L2`` of the line at ``p``: the bytes are on their way to L2 without holding a
+    register (the interpreter has no cache: nothing)."""
+    if ASM:
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [p], dtype=tl.int32, is_pure=False,
+                                  pack=1)
+
+
+@triton.jit
+def _prefetch_plane(seg, k0, t, wrow, P: tl.constexpr, BITS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr):
+    """:func:`_prefetch_tile` for plane ``P`` (nothing when it does not exist)."""
+    W: tl.constexpr = plane_width(BITS, P)
+    if W > 0:
+        for i in tl.static_range(W):
+            _l2_prefetch(seg[4 + P] + (k0 // (32 // W) + t * W + i) * NS + wrow, ASM)
+
+
+@triton.jit
+def _prefetch_tile(seg, k0, t, wrow, BITS: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr):
+    """Prefetch into L2 the weight-side bytes of the tile at segment column ``k0`` for the warp's 32 rows from
+    ``wrow``: each lane ``(g, t)`` names the line of word row ``t W + i`` (the 8 lanes of a ``t`` the same
+    one), so a warp instruction covers 4 word rows; then the lines of the rows' scales and zeros."""
+    _prefetch_plane(seg, k0, t, wrow, 0, BITS, NS, ASM)
+    _prefetch_plane(seg, k0, t, wrow, 1, BITS, NS, ASM)
+    _prefetch_plane(seg, k0, t, wrow, 2, BITS, NS, ASM)
+    g = k0 // GS
+    _l2_prefetch(seg[2] + g * NS + wrow, ASM)
+    _l2_prefetch(seg[3] + g * NS + wrow, ASM)
+
+
+@triton.jit
+def _prefetch_start(seg, pid_k, split_k, t, wrow, BITS: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr,
+                    ASM: tl.constexpr, N: tl.constexpr):
+    """Prefetch into L2 the first ``N`` tiles of this program's share of a segment (done for the later
+    segments of a band when the program starts, so that no segment begins on a cold DRAM read)."""
+    t_lo, _ = _tile_range(seg[1], pid_k, _TILE, split_k)
+    last = seg[1] // _TILE - 1
+    for d in tl.static_range(N):
+        _prefetch_tile(seg, tl.minimum(t_lo + d, last) * _TILE, t, wrow, BITS, GS, NS, ASM)
 
 
 @triton.jit
@@ -313,20 +363,26 @@ def _tile(y, wl, al, t, BITS: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _segment(y, seg, t, row4, rows, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS: tl.constexpr,
-             GS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr, WAIT: tl.constexpr, DEPTH: tl.constexpr):
+def _segment(y, seg, t, row4, rows, wrow, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS: tl.constexpr,
+             GS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr, WAIT: tl.constexpr, DEPTH: tl.constexpr,
+             L2A: tl.constexpr):
     """``y`` plus this program's share of one segment. The weight-side loads run ``DEPTH`` (1 or 2)
-    tiles ahead of the one computed, the activation-side ones one tile ahead. WAIT: wait for the
-    gather (PDL) after the first weight loads."""
+    tiles ahead of the one computed, the activation-side ones one tile ahead; with ``L2A``, the
+    weights of the tile ``L2A`` past the next loaded are prefetched into L2 (:func:`_prefetch_tile`).
+    WAIT: wait for the gather (PDL) after the first weight loads."""
     ks = seg[1]
     t_lo, t_hi = _tile_range(ks, pid_k, _TILE, split_k)
     last = ks // _TILE - 1
+    for d in tl.static_range(L2A):
+        _prefetch_tile(seg, tl.minimum(t_lo + DEPTH + d, last) * _TILE, t, wrow, BITS, GS, NS, ASM)
     w_cur = _weight_loads(seg, tl.minimum(t_lo, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
     if DEPTH == 2:
         w_nxt = _weight_loads(seg, tl.minimum(t_lo + 1, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
     pdl_wait(WAIT)
     a_cur = _act_loads(seg, tl.minimum(t_lo, last) * _TILE, t, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS, ASM)
     for tt in range(t_lo, t_hi):
+        if L2A > 0:
+            _prefetch_tile(seg, tl.minimum(tt + DEPTH + L2A, last) * _TILE, t, wrow, BITS, GS, NS, ASM)
         if DEPTH == 2:
             w_new = _weight_loads(seg, tl.minimum(tt + 2, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
         else:
@@ -347,7 +403,7 @@ def mv_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, acc_ptr, rowperm_pt
               segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, NS: tl.constexpr, NT: tl.constexpr,
               GS: tl.constexpr, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr,
               FUSED: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr, DEPTH: tl.constexpr = 1,
-              PDL: tl.constexpr = False):
+              PDL: tl.constexpr = False, L2A: tl.constexpr = 0):
     """Grid ``(cdiv(NS, NT), split_k)`` with ``NT = 32 * num_warps`` rows per program, one token:
     ``out[0, rows] = x W^T`` for the band's rows ``r0 + [0, NS)``. Activation pairs and the block sums
     ``xc`` (``[XC_SLOTS, tokens, nblk]``, slot stride ``stride_cs``; token 0 here) come from ``mv_gather_kernel``. ``zero`` must be 0 (it hides the rows'
@@ -360,10 +416,14 @@ def mv_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, acc_ptr, rowperm_pt
     mask_n = offs_n < NS
     rows = tl.minimum(offs_n, NS - 1) + zero
     row4 = tl.minimum(offs_n - t, NS - 4) + zero
+    wrow = tl.minimum(offs_n - tid % 32, NS - 1)  # the warp's first row (L2 prefetch)
+    if L2A > 0:
+        for i in tl.static_range(1, NSEG):
+            _prefetch_start(segs[i], pid_k, split_k, t, wrow, SEG_BITS[i], GS, NS, ASM, L2A)
     y = tl.zeros([NT], tl.float32)
     for i in tl.static_range(NSEG):
-        y = _segment(y, segs[i], t, row4, rows, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, stride_cs, SEG_BITS[i], GS,
-                     NS, ASM, _first(PDL, i), DEPTH)
+        y = _segment(y, segs[i], t, row4, rows, wrow, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, stride_cs,
+                     SEG_BITS[i], GS, NS, ASM, _first(PDL, i), DEPTH, L2A)
     offs_m = tl.arange(0, 1)
     store_rows((y * XSCALE_INV)[None, :], out_ptr, 0, acc_ptr, 0, rowperm_ptr, bias_ptr, r0, offs_m, offs_m < 1,
                offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)

@@ -17,7 +17,8 @@ import triton.language as tl
 
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._mv import (
-    _TILE, _first, _mma, _shift, _tile_words, a_regs, block_sums, plane_pairs, plane_shifts, virtual1, vwords,
+    _TILE, _first, _mma, _prefetch_start, _prefetch_tile, _shift, _tile_words, a_regs, block_sums, plane_pairs,
+    plane_shifts, virtual1, vwords,
 )
 from slimq.kernels.triton._tiles import pdl_wait, plane_width
 
@@ -127,14 +128,19 @@ def _weights(seg, k0, t, row4, BITS: tl.constexpr, GS: tl.constexpr, NS: tl.cons
 @triton.jit
 def _segment(ys, seg, t, row4, toks2, pid_k, split_k, xw_ptr, stride_wm, stride_wb, xc_ptr, stride_cs, nblk,
              BITS: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr, NB: tl.constexpr, ASM: tl.constexpr,
-             WAIT: tl.constexpr):
-    """``ys`` plus this program's share of one segment; the weight-side loads run one tile ahead."""
+             WAIT: tl.constexpr, wrow, L2A: tl.constexpr):
+    """``ys`` plus this program's share of one segment; the weight-side loads run one tile ahead, and with
+    ``L2A`` the weights ``L2A`` tiles past those are prefetched into L2 (as ``_mv._segment``)."""
     ks = seg[1]
     t_lo, t_hi = _tile_range(ks, pid_k, _TILE, split_k)
     last = ks // _TILE - 1
+    for d in tl.static_range(L2A):
+        _prefetch_tile(seg, tl.minimum(t_lo + 1 + d, last) * _TILE, t, wrow, BITS, GS, NS, ASM)
     cur = _weights(seg, tl.minimum(t_lo, last) * _TILE, t, row4, BITS, GS, NS, ASM)
     pdl_wait(WAIT)
     for tt in range(t_lo, t_hi):
+        if L2A > 0:
+            _prefetch_tile(seg, tl.minimum(tt + 1 + L2A, last) * _TILE, t, wrow, BITS, GS, NS, ASM)
         nxt = _weights(seg, tl.minimum(tt + 1, last) * _TILE, t, row4, BITS, GS, NS, ASM)
         ys = _tile(ys, cur[0], cur[1], cur[2], seg, tt * _TILE, t, toks2, xw_ptr, stride_wm, stride_wb, xc_ptr,
                    stride_cs, nblk, BITS, NB, ASM)
@@ -164,7 +170,7 @@ def mvt_kernel(xw_ptr, stride_wm, stride_wb, xc_ptr, stride_cs, nblk, out_ptr, s
                rowperm_ptr, bias_ptr, r0, M, zero, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr,
                NS: tl.constexpr, NT: tl.constexpr, GS: tl.constexpr, NB: tl.constexpr, ATOMIC: tl.constexpr,
                HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr,
-               DEPTH: tl.constexpr = 1, PDL: tl.constexpr = False):
+               DEPTH: tl.constexpr = 1, PDL: tl.constexpr = False, L2A: tl.constexpr = 0):
     """Grid ``(cdiv(NS, NT), split_k)`` with ``NT = 32 * num_warps`` rows per program and ``M <= 8 NB``
     tokens: ``out[:M, rows] = x W^T`` for the band's rows ``r0 + [0, NS)`` (``mv_gather_kernel``'s pairs and
     sums). ``zero`` must be 0. ``DEPTH`` is accepted for the launch plan's sake (one tile ahead)."""
@@ -179,13 +185,17 @@ def mvt_kernel(xw_ptr, stride_wm, stride_wb, xc_ptr, stride_cs, nblk, out_ptr, s
         toks2 = toks2 + (tl.minimum(8 * n + 2 * t, M - 1), tl.minimum(8 * n + 2 * t + 1, M - 1))
     for n in tl.static_range(NB):
         toks2 = toks2 + (tl.minimum(8 * n + g, M - 1),)
+    wrow = tl.minimum(tl.program_id(0) * NT + tid - tid % 32, NS - 1)  # the warp's first row (L2 prefetch)
+    if L2A > 0:
+        for i in tl.static_range(1, NSEG):
+            _prefetch_start(segs[i], pid_k, split_k, t, wrow, SEG_BITS[i], GS, NS, ASM, L2A)
     zf = tl.zeros([NT], tl.float32)
     ys = ()
     for i in tl.static_range(8 * NB):
         ys = ys + (zf,)
     for i in tl.static_range(NSEG):
         ys = _segment(ys, segs[i], t, row4, toks2, pid_k, split_k, xw_ptr, stride_wm, stride_wb, xc_ptr, stride_cs,
-                      nblk, SEG_BITS[i], GS, NS, NB, ASM, _first(PDL, i))
+                      nblk, SEG_BITS[i], GS, NS, NB, ASM, _first(PDL, i), wrow, L2A)
     base = tl.program_id(0) * NT + tid - t  # the lane's first row, unclamped
     for n in tl.static_range(NB):
         for b in tl.static_range(2):

@@ -343,11 +343,12 @@ def mv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
         if m == 1:
             args = (ws.xpair, ws.pair_stride, ws.xc32, stride_cs, out, o.acc, o.rp, o.b, r0, cfg.split_k, o.cnt, 0,
                     segs_arg)
-            launches.append(Launch("mv_kernel", grid, args, dict(kw, FUSED=o.fused), module="mv"))
+            launches.append(Launch("mv_kernel", grid, args, dict(kw, FUSED=o.fused, L2A=cfg.l2_ahead), module="mv"))
         else:
             args = (ws.xpair, ws.kp // 2, ws.pair_stride, ws.xc32, stride_cs, nblk, out, out.stride(0), o.acc,
                     o.acc_stride, o.rp, o.b, r0, m, 0, segs_arg)
-            launches.append(Launch("mvt_kernel", grid, args, dict(kw, NB=triton.cdiv(m, 8)), module="mvt"))
+            launches.append(Launch("mvt_kernel", grid, args, dict(kw, NB=triton.cdiv(m, 8), L2A=cfg.l2_ahead),
+                                   module="mvt"))
     return launches + o.finish(out, bias is not None)
 
 

@@ -79,6 +79,9 @@ MV_MAX_M = 8  # the dispatch sends 2..MV_MAX_M tokens to mv on big layers (one b
 _MVT_PROGRAMS_PER_SM = 4  # mv with 2-8 tokens: K split up to 16 while the grid holds at most this many per SM
 _MV_PROGRAMS_PER_SM = 8  # mv (M == 1): K split up to 16 while the grid fits in one wave: 8 programs of 4 warps per
 # SM at 2 bits (64 registers), 7 with wider codes (72 registers; 8192 x 28672 at 4 bits: K split 8 48-51 us, 16 57 us)
+_MV_L2_MIN_WEIGHTS = 1 << 26  # mv (M == 1) on layers of this many weights: L2 prefetch and a register cap (run 76)
+_MV_L2_SPLIT_PER_SM = 7  # ... there K is split up to 16 while the grid holds at most this many programs per SM,
+_MV_L2_CAPS = (96, 80, 72)  # ... under the highest of these register caps that still fits it in one wave
 _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pass this many per SM (runs 19, 23)
 # gv pairs its own activations (gather=True, one launch) on layers up to this many weights, and
 # 4-bit-and-wider layers take gv (not h2) up to it (run 27); with 3-bit codes only up to the second
@@ -117,6 +120,8 @@ class KernelConfig:
     scaled: bool = False  # "wg": dequantized weights as operands (else exact codes, scaled per block)
     pdl: bool = True  # "h2"/"tc"/"wg" on sm_90+: the matmul launches during its gather, waits on the device
     producers: int = 0  # "wgs": warps of a separate dequantization partition (4 or 8; 0: every warp does both)
+    l2_ahead: int = 0  # "mv": the weights of the tile this many K tiles past the next are prefetched into L2
+    # (prefetch.global.L2: bytes in flight without registers; 0: none)
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -167,6 +172,8 @@ class KernelConfig:
             if self.block_n < 32 or self.block_n > 256 or self.block_n > 32 * dq_warps:
                 raise ValueError(f"path 'wgs' takes 32 <= block_n <= min(256, 32 * dequantizing warps), got "
                                  f"block_n={self.block_n} with {dq_warps} warps")
+        if self.l2_ahead and (self.path != "mv" or not 0 < self.l2_ahead <= 16):
+            raise ValueError(f"l2_ahead must be 0, or 1..16 with path 'mv'; got {self.l2_ahead} for {self.path!r}")
         if self.producers and self.path != "wgs":
             raise ValueError(f"producers applies to path 'wgs' only, got {self.path!r}")
         if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):
@@ -189,7 +196,10 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
     runs 10-20):
 
     * ``M == 1``: the tensor-core GEMV ``mv`` where it measured faster (:func:`_mv_wins`: 8192+ input
-      columns, codes all 4-bit or wider, or all 2-bit on 2^27+ weights; 128-row programs, K split up to
+      columns, codes all 4-bit or wider, every layer of 2^27+ weights, uniform widths on 2^26+; 128-row
+      programs; on 2^26+ weights the weights of the tile past the loaded one prefetched into L2
+      (``l2_ahead=1``), K split up to 16 at ``_MV_L2_SPLIT_PER_SM`` programs per SM and the highest
+      register cap of ``_MV_L2_CAPS`` that keeps the grid in one wave; below, K split up to
       16 while the grid holds at most ``_MV_PROGRAMS_PER_SM`` programs per SM); elsewhere the half2 CUDA-core GEMV ``gv`` (one output row per thread, 128-row tiles, 2
       warps, K split 32, or less so that the grid holds at most ``_GV_PROGRAMS_PER_SM`` programs per
       SM, and at most one split per 128-column tile). On layers of up to ``_GV_GATHER_MAX_WEIGHTS``
@@ -204,7 +214,9 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       was 1.25-1.9x slower at M = 1.
     * ``2 <= M <= MV_MAX_M`` on layers of 2^26+ weights: ``mv`` with the tokens as MMA columns (one block
       of 8; 128-row programs, 4 warps, ``maxnreg=128`` so that the next tile's loads stay ahead, K split
-      up to 16 while the grid holds at most ``_MVT_PROGRAMS_PER_SM`` programs per SM).
+      up to 16 while the grid holds at most ``_MVT_PROGRAMS_PER_SM`` programs per SM; the tile past the
+      next prefetched into L2, except for uniform 3-bit codes: run 78, 4 tokens, 2-13% faster on the big
+      layers, 3-bit 4% slower on 28672 x 8192).
     * ``2 <= M <= WG_MAX_M`` otherwise: ``wg``, the weight codes as the register operand of the tensor-core
       dot (``wgmma`` on Hopper) with 64-row tiles, 4 warps, 3 stages, one dot per 128-column block
       (``join``), tokens in tiles of 16 (``M <= 16``), 32, 64 or 128; from 64-token tiles on, the
@@ -229,7 +241,7 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
     if mv and m <= MV_MAX_M and _mvt_wins(n, k, bits):  # ~4 programs per SM, K split up to 16
         split = _pow2_at_most(max(1, _MVT_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 128)))
         return KernelConfig("mv", block_m=16, block_n=128, block_k=128, split_k=max(1, min(16, split, k_tiles)),
-                            num_warps=4, num_stages=1, maxnreg=128)
+                            num_warps=4, num_stages=1, maxnreg=128, l2_ahead=0 if set(bits) == {3} else 1)
     if m <= WG_MAX_M:
         bt = 16 if m <= 16 else (32 if m <= 32 else (64 if m <= 64 else 128))
         tiles = triton.cdiv(m, bt) * triton.cdiv(n, 64)
@@ -241,12 +253,18 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
 
 
 def _mv_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
-    """Where ``mv`` beat ``gv``/``h2`` at ``M == 1`` (H200, run 63: KERNEL_NOTES): layers of 8192+ input
-    columns whose codes are all 4-bit or wider (1.05-1.20x), or all 2-bit with 2^27+ weights (1.07-1.09x).
-    3-bit and SliM (1/2/3-bit) layers tied or lost (two planes, 96 registers), smaller layers lost."""
+    """Where ``mv`` beat ``gv``/``h2`` at ``M == 1`` (H200, KERNEL_NOTES): layers of 8192+ input columns
+    whose codes are all 4-bit or wider (run 63: 1.05-1.20x); with the L2 prefetch (run 76) every layer of
+    2^27+ weights (SliM 1/2/3-bit mixes 1.10x, 3-bit 1.07-1.09x, 2-bit 1.05-1.07x) and uniform widths on
+    2^26+ (8192 x 8192: 2-bit 1.04x, 3-bit 1.02x; SliM stayed 3% slower than ``gv``). Smaller layers lost."""
     if not bits or k < 8192 or 7 in bits:
         return False
-    return min(bits) >= 4 or (set(bits) == {2} and n * k >= 1 << 27)
+    return min(bits) >= 4 or n * k >= 1 << 27 or (len(set(bits)) == 1 and n * k >= _MV_L2_MIN_WEIGHTS)
+
+
+def _mv_per_sm(maxnreg: int) -> int:
+    """Resident 4-warp programs per SM at ``maxnreg`` registers per thread (64K registers per SM)."""
+    return 65536 // (maxnreg * 128)
 
 
 def _mvt_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
@@ -259,6 +277,16 @@ def _mvt_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
 def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow_mv: bool = True) -> KernelConfig:
     """The ``M == 1`` rule of :func:`select_config` (``allow_mv=False``: for layers ``mv`` cannot run)."""
     k_tiles = triton.cdiv(k, 128)
+    if allow_mv and _mv_wins(n, k, bits) and n * k >= _MV_L2_MIN_WEIGHTS:
+        # the next tile past the loaded one prefetched into L2, K split up to 16 at <= 7 programs per SM, the
+        # highest register cap that keeps the grid in one wave (96 for 3-bit codes: two waves were faster;
+        # codes of 4+ bits only with 96, else neither cap nor prefetch: 28672 x 8192 4-bit 46.9 against 48.7 us)
+        rows = triton.cdiv(n, 128)
+        split = max(1, min(16, k_tiles, _pow2_at_most(max(1, _MV_L2_SPLIT_PER_SM * num_sms // rows))))
+        caps = _MV_L2_CAPS[:1] if min(bits) >= 4 else _MV_L2_CAPS
+        cap = 96 if set(bits) == {3} else next((r for r in caps if _mv_per_sm(r) * num_sms >= rows * split), 0)
+        return KernelConfig("mv", block_m=1, block_n=128, block_k=128, split_k=split, num_warps=4, num_stages=1,
+                            maxnreg=cap, l2_ahead=1 if cap else 0)
     if allow_mv and _mv_wins(n, k, bits):  # 128-row programs, as many K shares as fit in one wave
         per_sm = _MV_PROGRAMS_PER_SM if max(bits) <= 2 else _MV_PROGRAMS_PER_SM - 1  # 64 / 72 registers
         split = _pow2_at_most(max(1, per_sm * num_sms // triton.cdiv(n, 128)))
