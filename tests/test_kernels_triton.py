@@ -395,7 +395,10 @@ def test_select_config_is_explicit():
     assert [(c.gather, c.depth, c.split_k) for c in cfgs] == \
         [(True, 1, 16), (False, 1, 16), (True, 2, 16), (True, 2, 4), (True, 1, 16), (True, 1, 4)]
     assert select_config(1, 4096, 4096, bits=(2,)).depth == 2 and select_config(1, 4096, 200, bits=(2,)).depth == 1
-    assert not select_config(16, 4096, 4096).pdl and select_config(1, 4096, 4096).pdl
+    # wg launches during its gather (PDL) with <= 32-token tiles on layers under 2^27 weights (runs 14, 80)
+    assert [select_config(m, n, k).pdl for m, n, k in ((16, 4096, 4096), (32, 8192, 8192), (16, 28672, 8192),
+                                                        (64, 4096, 4096))] == [True, True, False, False]
+    assert select_config(1, 4096, 4096).pdl
     assert select_config(1, 4096, 200).split_k == 2 and select_config(4, 64, 200).split_k == 2  # <= K-tiles
     for m in (1, 16, 64, 1024):
         for n, k in ((4096, 4096), (28672, 8192), (8192, 28672), (576, 576)):
