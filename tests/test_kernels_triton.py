@@ -153,11 +153,12 @@ CFGS = {
     "wg_scaled": KernelConfig("wg", block_m=64, block_n=64, split_k=2, join=True, scaled=True),
     "wg_scaled_pieces": KernelConfig("wg", block_m=32, block_n=64, scaled=True),
     "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
+    "wg_wide": KernelConfig("wg", block_m=16, block_n=128, split_k=3, join=True),
 }
 M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_l2": 1, "mv_m5": 5, "mv_m16_split": 16, "mv_m5_l2": 5, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
         "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
-        "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9}
+        "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9, "wg_wide": 4}
 BLOCKED = ("tc", "wg")  # paths that need segments on 64/128-column blocks (ops.tc_supported)
 
 
@@ -192,7 +193,8 @@ def test_paths_match_reference(layer, cfg_name):
                                             ("mix_wide", "tc"), ("mix_wide", "tc_m32"), ("u2_g128_short", "tc"),
                                             ("mix_wide", "wg"), ("mix_wide", "wg_pieces"), ("mix_wide", "wg_scaled"),
                                             ("mix_wide", "wg_scaled_pieces"), ("u2_g128_short", "wg"),
-                                            ("u2_g128_short", "wg_scaled")])
+                                            ("u2_g128_short", "wg_scaled"), ("mix_wide", "wg_wide"),
+                                            ("mix123_full", "wg_wide")])
 def test_bit_widths_and_groupings(layer, cfg_name):
     _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name])
 
@@ -399,6 +401,12 @@ def test_select_config_is_explicit():
     assert [select_config(m, n, k).pdl for m, n, k in ((16, 4096, 4096), (32, 8192, 8192), (16, 28672, 8192),
                                                         (64, 4096, 4096))] == [True, True, False, False]
     assert select_config(1, 4096, 4096).pdl
+    # 9-16 tokens: tiles of 128 rows (K split to ~2 programs per SM) under 2^27 weights where K >= 8192 or the codes
+    # are uniform 1/2/4-bit; 64 rows otherwise and with fewer tokens (runs 82, 83)
+    got = [(c.block_n, c.split_k) for c in (select_config(m, n, k, bits=b) for m, n, k, b in (
+        (16, 4096, 11008, (1, 2, 3)), (16, 8192, 8192, (3,)), (16, 11008, 4096, (2,)), (16, 11008, 4096, (3,)),
+        (16, 11008, 4096, (1, 2, 3)), (4, 4096, 4096, (4,)), (16, 28672, 8192, (2,)), (32, 4096, 11008, (2,))))]
+    assert got == [(128, 8), (128, 4), (128, 4), (64, 2), (64, 2), (64, 8), (64, 1), (64, 8)]
     assert select_config(1, 4096, 200).split_k == 2 and select_config(4, 64, 200).split_k == 2  # <= K-tiles
     for m in (1, 16, 64, 1024):
         for n, k in ((4096, 4096), (28672, 8192), (8192, 28672), (576, 576)):

@@ -74,6 +74,7 @@ WG_MAX_M = 128       # ... weights as the register operand of the tensor-core do
 WGS_SPLIT_MAX_M = 512  # wgs splits K (float32 sums in workspace.acc) only up to this many tokens
 DEQUANT_MIN_M = WG_MAX_M + 1  # ... and wgs (sm_90) or dequantize-then-cuBLAS from here
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
+_WG_WIDE_WAVES = 2  # wg with 128-row tiles (_wg_wide_rows): K split to the power of two nearest this many per SM
 _WG_PDL_MAX_WEIGHTS = 1 << 27  # wg launches during its gather (PDL) on layers under this many weights (<= 32 tokens)
 _H2_MAX_PROGRAMS = 4096  # h2 (M == 1, >= 4 bits): K split 16, fewer when the grid would pass this (run 12)
 MV_MAX_M = 8  # the dispatch sends 2..MV_MAX_M tokens to mv on big layers (one block of 8 token columns)
@@ -219,7 +220,8 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       next prefetched into L2, except for uniform 3-bit codes: run 78, 4 tokens, 2-13% faster on the big
       layers, 3-bit 4% slower on 28672 x 8192).
     * ``2 <= M <= WG_MAX_M`` otherwise: ``wg``, the weight codes as the register operand of the tensor-core
-      dot (``wgmma`` on Hopper) with 64-row tiles, 4 warps, 3 stages, one dot per 128-column block
+      dot (``wgmma`` on Hopper) with 64-row tiles (128 for 9-16 tokens where :func:`_wg_wide_rows`
+      says, K split to about ``_WG_WIDE_WAVES`` programs per SM), 4 warps, 3 stages, one dot per 128-column block
       (``join``), tokens in tiles of 16 (``M <= 16``), 32, 64 or 128; from 64-token tiles on, the
       operands are dequantized weights (``scaled``) instead of codes scaled per block. K is split
       so that the grid holds about ``_WG_WAVES`` programs per SM (rounded down to a power of two),
@@ -247,12 +249,30 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
                             num_warps=4, num_stages=1, maxnreg=128, l2_ahead=0 if set(bits) == {3} else 1)
     if m <= WG_MAX_M:
         bt = 16 if m <= 16 else (32 if m <= 32 else (64 if m <= 64 else 128))
-        tiles = triton.cdiv(m, bt) * triton.cdiv(n, 64)
-        waves = _WG_WAVES[0] if bt <= 32 else _WG_WAVES[1]
-        split = 1 << max(0, int(math.log2(max(1.0, waves * num_sms / tiles))))
-        return KernelConfig("wg", block_m=bt, block_n=64, split_k=max(1, min(16, split, k_tiles)), num_warps=4,
+        if m > MV_MAX_M and bt == 16 and _wg_wide_rows(n, k, bits):  # 128-row tiles, K split to ~2 per SM (run 82)
+            bn = 128
+            split = 1 << max(0, round(math.log2(max(1.0, _WG_WIDE_WAVES * num_sms / triton.cdiv(n, bn)))))
+        else:
+            bn = 64
+            tiles = triton.cdiv(m, bt) * triton.cdiv(n, bn)
+            waves = _WG_WAVES[0] if bt <= 32 else _WG_WAVES[1]
+            split = 1 << max(0, int(math.log2(max(1.0, waves * num_sms / tiles))))
+        return KernelConfig("wg", block_m=bt, block_n=bn, split_k=max(1, min(16, split, k_tiles)), num_warps=4,
                             num_stages=3, join=True, scaled=bt >= 64, pdl=bt <= 32 and n * k < _WG_PDL_MAX_WEIGHTS)
     return wgs_config(m, n, k, num_sms) or _DEQUANT
+
+
+def _wg_wide_rows(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
+    """Where ``wg`` with 16-token tiles ran faster on 128-row tiles than on 64 (H200, run 82, 16 tokens, K split
+    to ~2 programs per SM): layers under 2^27 weights with 8192+ input columns (4096 x 11008 2-bit 20.5 ->
+    19.7 us, 3-bit 25.2 -> 24.6, SliM 25.1 -> 24.1; 8192 x 8192 2-bit 24.9 -> 23.0, SliM 28.5 -> 27.2), and
+    with fewer columns only uniform 1-, 2- or 4-bit codes (11008 x 4096 2-bit 21.5 -> 19.6, 4-bit 23.7 ->
+    22.5, but 3-bit 25.9 -> 27.6 and SliM 25.1 -> 29.7: short K shares of several planes or segments).
+    Only with 9-16 tokens: with 4 (masked tokens, run 83) SliM on 4096 x 11008 took 31.9 us against 24.7 and
+    11008 x 4096 2-bit / 4-bit 24.3 / 28.8 against 21.0 / 24.1."""
+    if n * k >= _WG_PDL_MAX_WEIGHTS:
+        return False
+    return k >= 8192 or (bool(bits) and len(set(bits)) == 1 and max(bits) in (1, 2, 4))
 
 
 def _mv_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
