@@ -44,9 +44,10 @@ def test_mv_row_permuted_layers(cfg_name):
 
 def test_mv_selected_falls_back_where_it_cannot_run(monkeypatch):
     """A dispatched ``mv`` config becomes the rule's choice without ``mv`` on layers it cannot run."""
+    import slimq.kernels.triton._dispatch as dispatch
     import slimq.kernels.triton.ops as ops
-    monkeypatch.setattr(ops, "_mvt_wins", lambda n, k, bits: True)
-    monkeypatch.setattr(ops, "_mv_wins", lambda n, k, bits: True)
+    monkeypatch.setattr(dispatch, "_mvt_wins", lambda n, k, bits: True)
+    monkeypatch.setattr(dispatch, "_mv_wins", lambda n, k, bits: True)
     good, bad = random_layer(32, 256, 128, 2), random_layer(32, 256, 64, 2)
     for m, other in ((1, "gv"), (4, "wg")):
         x = torch.zeros(m, 256, dtype=torch.float16, device=DEV)

@@ -1,0 +1,93 @@
+"""The launch recipe of the Triton backend: :class:`KernelConfig` (path, tiling, options), validated on
+construction. Which config a call gets is :mod:`slimq.kernels.triton._dispatch`'s rule."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["KernelConfig", "PATHS"]
+
+PATHS = ("gv", "mv", "h2", "h2dot", "tc", "wg", "wgs", "fma", "dot", "gemm", "dequant")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One launch recipe. ``block_k`` is reduced automatically to divide the group size."""
+
+    path: str
+    block_m: int = 16
+    block_n: int = 128
+    block_k: int = 128
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    walk: bool = True
+    gather: bool = False  # fuse x[:, col_perm] into the matmul ("gv": each program pairs its own columns; else a pass)
+    group_m: int = 8
+    prefetch: bool = False  # "fma" / "h2" with M == 1: load the next tile before computing this one
+    depth: int = 1  # "gv": K-tiles whose weights are loaded ahead of the one computed (1 or 2); "wgs" with
+    # producers: depth + 1 tiles ahead
+    maxnreg: int = 0  # "gv", "mv": cap on registers per thread (0: the compiler's choice), for more resident warps;
+    # "mv": a higher cap keeps ptxas from sinking the next tile's loads to the end of the loop
+    chunk_n: int = 0  # "dequant": rows dequantized per step (0: the whole layer at once)
+    join: bool = False  # "h2dot"/"wg": join a tile's operand pieces into one tl.dot (else one dot per code pair)
+    scaled: bool = False  # "wg": dequantized weights as operands (else exact codes, scaled per block)
+    pdl: bool = True  # "h2"/"tc"/"wg" on sm_90+: the matmul launches during its gather, waits on the device
+    producers: int = 0  # "wgs": warps of a separate dequantization partition (4 or 8; 0: every warp does both)
+    l2_ahead: int = 0  # "mv": the weights of the tile this many K tiles past the next are prefetched into L2
+    # (prefetch.global.L2: bytes in flight without registers; 0: none)
+
+    def __post_init__(self) -> None:
+        if self.path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+        for name in ("block_m", "block_n", "block_k"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two, got {v}")
+        if self.block_k < 32:
+            raise ValueError(f"block_k must be >= 32 (whole words of every plane), got {self.block_k}")
+        if self.path in ("dot", "gemm", "h2dot", "tc", "wg") and (self.block_m < 16 or self.block_n < 16):
+            raise ValueError(f"tensor-core paths need block_m, block_n >= 16, got {self.block_m}, {self.block_n}")
+        if self.split_k < 1:
+            raise ValueError(f"split_k must be >= 1, got {self.split_k}")
+        if self.depth not in (1, 2) or (self.depth != 1 and self.path not in ("gv", "mv") and not self.producers):
+            raise ValueError(f"depth must be 1, or 2 with path 'gv', 'mv' or 'wgs' with producers; got {self.depth} for "
+                             f"{self.path!r}")
+        if self.maxnreg and (self.path not in ("gv", "mv", "wgs") or not 32 <= self.maxnreg <= 255
+                             or self.maxnreg % 8):
+            raise ValueError(f"maxnreg must be 0, or a multiple of 8 in 32..255 with path 'gv', 'mv' or 'wgs'; got "
+                             f"{self.maxnreg} for {self.path!r}")
+        if self.path == "gv" and self.block_m != 1:
+            raise ValueError(f"path 'gv' takes block_m == 1 (one token), got {self.block_m}")
+        if self.path == "mv" and (self.block_m not in (1, 16) or self.block_k != 128
+                                  or self.block_n != 32 * self.num_warps or self.gather):
+            raise ValueError(f"path 'mv' takes block_m 1 or 16, block_k == 128, block_n == 32 * num_warps and no "
+                             f"gather; got block_m={self.block_m}, block_k={self.block_k}, block_n={self.block_n}, "
+                             f"num_warps={self.num_warps}, gather={self.gather}")
+        if self.path == "h2" and self.block_m > 16:
+            raise ValueError(f"path 'h2' takes block_m <= 16, got {self.block_m}")
+        if self.scaled and self.path != "wg":
+            raise ValueError(f"scaled applies to path 'wg' only, got {self.path!r}")
+        if self.path == "wgs":
+            if self.split_k != 1 and not (self.producers and self.split_k <= 8):
+                raise ValueError(f"path 'wgs' splits K (split_k 2..8) only with producers, got split_k={self.split_k}")
+            if self.num_warps not in (4, 8) or self.block_m < 16 * self.num_warps or self.block_m > 256:
+                raise ValueError(f"path 'wgs' takes num_warps 4 or 8 and 16 * num_warps <= block_m <= 256, got "
+                                 f"block_m={self.block_m}, num_warps={self.num_warps}")
+            if not 1 <= self.num_stages <= 4:
+                raise ValueError(f"path 'wgs' takes num_stages (activation tiles in flight) 1..4, got {self.num_stages}")
+            if self.producers not in (0, 4, 8) or (self.producers and self.num_warps != 8):
+                raise ValueError(f"path 'wgs' takes producers 0, or 4 or 8 with num_warps 8, got producers="
+                                 f"{self.producers} with {self.num_warps} warps")
+            if self.block_n < 16 * self.producers:  # a producer warp dequantizes 32 rows and half a tile or more
+                raise ValueError(f"path 'wgs' takes block_n >= 16 * producers, got block_n={self.block_n} with "
+                                 f"{self.producers} producers")
+            dq_warps = self.producers or self.num_warps  # the warps that dequantize: one row each
+            if self.block_n < 32 or self.block_n > 256 or self.block_n > 32 * dq_warps:
+                raise ValueError(f"path 'wgs' takes 32 <= block_n <= min(256, 32 * dequantizing warps), got "
+                                 f"block_n={self.block_n} with {dq_warps} warps")
+        if self.l2_ahead and (self.path != "mv" or not 0 < self.l2_ahead <= 16):
+            raise ValueError(f"l2_ahead must be 0, or 1..16 with path 'mv'; got {self.l2_ahead} for {self.path!r}")
+        if self.producers and self.path != "wgs":
+            raise ValueError(f"producers applies to path 'wgs' only, got {self.path!r}")
+        if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):
+            raise ValueError(f"chunk_n must be 0, or > 0 with path 'dequant'; got {self.chunk_n} for {self.path!r}")
