@@ -21,7 +21,7 @@ WGS_SPLIT_MAX_M = 512  # wgs splits K (float32 sums in workspace.acc) only up to
 DEQUANT_MIN_M = WG_MAX_M + 1  # ... and wgs (sm_90) or dequantize-then-cuBLAS from here
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
 _WG_WIDE_WAVES = 2  # wg with 128-row tiles (_wg_wide_rows): K split to the power of two nearest this many per SM
-_WG_PDL_MAX_WEIGHTS = 1 << 27  # wg launches during its gather (PDL) on layers under this many weights (<= 32 tokens)
+_WG_BIG_WEIGHTS = 1 << 27  # wg on layers under this many weights: PDL (<= 32 tokens) and 128-row tiles (9-16 tokens)
 _H2_MAX_PROGRAMS = 4096  # h2 (M == 1, >= 4 bits): K split 16, fewer when the grid would pass this (run 12)
 MV_MAX_M = 8  # the dispatch sends 2..MV_MAX_M tokens to mv on big layers (one block of 8 token columns)
 _MVT_PROGRAMS_PER_SM = 4  # mv with 2-8 tokens: K split up to 16 while the grid holds at most this many per SM
@@ -88,7 +88,7 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       operands are dequantized weights (``scaled``) instead of codes scaled per block. K is split
       so that the grid holds about ``_WG_WAVES`` programs per SM (rounded down to a power of two),
       and launched with programmatic dependent launch only for exact-code tiles (<= 32 tokens) on layers under
-      ``_WG_PDL_MAX_WEIGHTS`` weights: there it gained 2-5% in runs 14 and 80 alike; on the big layers it
+      ``_WG_BIG_WEIGHTS`` weights: there it gained 2-5% in runs 14 and 80 alike; on the big layers it
       gained 1-3% but cost 20% once (8192 x 28672, 16 tokens, 3-bit, run 14), and with 64-token tiles it
       was neutral but cost 33% on 28672 x 8192 3-bit (run 14).
       It beat ``h2dot``/``tc`` at ``M = 4`` and 16 by 1.1-1.7x, ``gemm`` at 17-64 tokens by
@@ -120,7 +120,7 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
             waves = _WG_WAVES[0] if bt <= 32 else _WG_WAVES[1]
             split = 1 << max(0, int(math.log2(max(1.0, waves * num_sms / tiles))))
         return KernelConfig("wg", block_m=bt, block_n=bn, split_k=max(1, min(16, split, k_tiles)), num_warps=4,
-                            num_stages=3, join=True, scaled=bt >= 64, pdl=bt <= 32 and n * k < _WG_PDL_MAX_WEIGHTS)
+                            num_stages=3, join=True, scaled=bt >= 64, pdl=bt <= 32 and n * k < _WG_BIG_WEIGHTS)
     return wgs_config(m, n, k, num_sms) or _DEQUANT
 
 
@@ -132,7 +132,7 @@ def _wg_wide_rows(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
     22.5, but 3-bit 25.9 -> 27.6 and SliM 25.1 -> 29.7: short K shares of several planes or segments).
     Only with 9-16 tokens: with 4 (masked tokens, run 83) SliM on 4096 x 11008 took 31.9 us against 24.7 and
     11008 x 4096 2-bit / 4-bit 24.3 / 28.8 against 21.0 / 24.1."""
-    if n * k >= _WG_PDL_MAX_WEIGHTS:
+    if n * k >= _WG_BIG_WEIGHTS:
         return False
     return k >= 8192 or (bool(bits) and len(set(bits)) == 1 and max(bits) in (1, 2, 4))
 

@@ -251,13 +251,17 @@ def vwords(w, ASM: tl.constexpr):
 
 
 @triton.jit
-def plane_shifts(words, W: tl.constexpr):
+def plane_shifts(words, W: tl.constexpr, HP: tl.constexpr = 0):
     """``word >> 8`` of each of the lane's words of one plane (:func:`_pair` reads the pairs past the
-    mantissa from them)."""
-    sh = ()
-    for i in tl.static_range(W):
-        w = words[i]
-        sh = sh + ((w[0] >> 8, w[1] >> 8, w[2] >> 8, w[3] >> 8),)
+    mantissa from them); with ``HP`` (the virtual 1-bit words of 3-bit codes, :func:`vwords`) the words
+    themselves: their pairs ``j < 8`` are never read shifted."""
+    if HP:
+        sh = words
+    else:
+        sh = ()
+        for i in tl.static_range(W):
+            w = words[i]
+            sh = sh + ((w[0] >> 8, w[1] >> 8, w[2] >> 8, w[3] >> 8),)
     return sh
 
 
@@ -275,10 +279,7 @@ def _plane_mma(accs, words, x, W: tl.constexpr, C: tl.constexpr, ASM: tl.constex
     activation pairs (``HP``: pairs per word when not ``16 // W``: 8 for the virtual 1-bit words of
     3-bit codes, :func:`vwords`, which multiply plane 0's pairs)."""
     H: tl.constexpr = HP if HP else 16 // W
-    if HP:
-        sh = words  # pairs j < 8 of virtual words are never read shifted
-    else:
-        sh = plane_shifts(words, W)
+    sh = plane_shifts(words, W, HP)
     for s in tl.static_range(8):
         accs = _kstep(accs, words[(2 * s) // H], sh[(2 * s) // H], x[2 * s], x[2 * s + 1], (2 * s) % H, W, C, ASM)
     return accs

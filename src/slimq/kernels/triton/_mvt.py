@@ -58,10 +58,7 @@ def _plane(accs, words, xs, W: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, 
            HP: tl.constexpr = 0):
     """``accs`` plus one plane's 8 k-steps (``HP`` as in ``_mv._plane_mma``)."""
     H: tl.constexpr = HP if HP else 16 // W
-    if HP:
-        sh = words  # pairs j < 8 of virtual words are never read shifted
-    else:
-        sh = plane_shifts(words, W)
+    sh = plane_shifts(words, W, HP)
     for s in tl.static_range(8):
         accs = _kstep(accs, words[(2 * s) // H], sh[(2 * s) // H], xs, s, H, W, C, NB, ASM)
     return accs
