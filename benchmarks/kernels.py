@@ -74,6 +74,12 @@ def time_graph(fn, rep_ms: int = 40, flush: str = "zero") -> float:
     return timed(fn, rep_ms, flush)
 
 
+def time_graphs(fns: dict, flush: str = "zero", rounds: int = 5) -> dict:
+    """Microseconds of each call in ``fns``, timed in alternating rounds (``timing.time_graphs``)."""
+    from timing import time_graphs as timed
+    return timed(fns, 40, flush, rounds)
+
+
 def copy_bandwidth(device) -> float:
     """Device-to-device copy bandwidth in GB/s (bytes read + bytes written)."""
     import triton
@@ -162,6 +168,9 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
     wgs += [C("wgs", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=2, producers=p, depth=d, split_k=s)
             for bt, p, d, s in ((256, 4, 2, 1), (256, 4, 2, 2), (256, 4, 2, 4), (256, 8, 1, 1), (128, 8, 2, 1))
             if s == 1 or m <= WGS_SPLIT_MAX_M]  # the workspace holds split-K sums up to WGS_SPLIT_MAX_M tokens
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
+    wgs += [C("wgs", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=2, producers=4, depth=2,
+              stream_k=sk) for sk in (0, sms)]  # one program per tile, stream-K over the SMs
     return (wgs + [C("dequant", block_n=64, block_k=128, num_warps=4, chunk_n=c) for c in (0, 512, 1024, 2048, 4096)]
             + h2dot(64, (128,), (1,), joins=(True, False), stages=(2,), warps=(4, 8))
             + h2dot(128, (128,), (1,), joins=(True, False), stages=(2,), warps=(8,))
@@ -191,7 +200,8 @@ def cfg_name(c) -> str:
         return f"dequant/c{c.chunk_n}" if c.chunk_n else "dequant"
     walk = (("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + (f"/d{c.depth}" if c.depth > 1 else "")
             + ("/g" if c.gather else "") + (f"/r{c.maxnreg}" if c.maxnreg else "") + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl")
-            + (f"/p{c.producers}" if c.producers else "") + (f"/l2a{c.l2_ahead}" if c.l2_ahead else ""))
+            + (f"/p{c.producers}" if c.producers else "") + (f"/l2a{c.l2_ahead}" if c.l2_ahead else "")
+            + (f"/sk{c.stream_k}" if c.stream_k else ""))
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 
@@ -210,6 +220,9 @@ def _parse(argv):
                     help="how the L2 is flushed before each timed replay (benchmarks/timing.py): zero = "
                          "do_bench's own, the issue's protocol (leaves dirty lines the timed call writes back); "
                          "clean = a 256 MB read (a cold, clean L2); none")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time FP16 and each variant's dispatch in this many alternating rounds (timing.time_graphs: "
+                         "they then meet the same clock); 1: one 40 ms window each, one after the other")
     ap.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     ap.add_argument("--from-json", metavar="PATH",
@@ -219,7 +232,10 @@ def _parse(argv):
                          "kernel_targets.py)")
     ap.add_argument("--dry-run", action="store_true",
                     help="smoke test on the CPU (Triton interpreter, wall-clock 'times'; needs TRITON_INTERPRET=1)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
+    return args
 
 
 def _prepare(args, dev, shapes, ms, variants):
@@ -247,8 +263,9 @@ def _prepare(args, dev, shapes, ms, variants):
     return cases, cfgs
 
 
-def _measure_variant(case, cfgs, tune: bool, keep_all: bool, flush: str = "zero") -> dict:
-    """Check every config's output against the reference, then time it."""
+def _measure_variant(case, cfgs, tune: bool, keep_all: bool, flush: str = "zero", auto_us: float | None = None) -> dict:
+    """Check every config's output against the reference, then time it (the dispatch's ``cfgs[0]`` not again
+    where ``auto_us`` gives its time, taken in rounds alternating with FP16: ``--rounds``)."""
     from slimq.kernels.reference import packed_matmul_reference
     ref = packed_matmul_reference(case.x, case.p).float()
     results = []
@@ -262,7 +279,10 @@ def _measure_variant(case, cfgs, tune: bool, keep_all: bool, flush: str = "zero"
                             "error": str(e)[:120]})
             continue
         err = float((case.out.float() - ref).norm() / ref.norm())
-        t = time_graph(case.fn(cfg), rep_ms=40 if cfg is cfgs[0] else 15, flush=flush)
+        if cfg is cfgs[0] and auto_us is not None:
+            t = auto_us
+        else:
+            t = time_graph(case.fn(cfg), rep_ms=40 if cfg is cfgs[0] else 15, flush=flush)
         results.append({"cfg": cfg_name(cfg), "us": t, "err": err, "ok": err < TOL[case.x.dtype]})
     auto = results[0]
     ok = [r for r in results if r["ok"]]
@@ -303,8 +323,13 @@ def main(argv=None) -> int:
         for m in ms:
             x16 = torch.randn(m, k, device=dev, dtype=dtype)
             y16 = torch.empty(m, n, device=dev, dtype=dtype)
-            row = {"N": n, "K": k, "M": m, "fp16_us": time_graph(lambda: torch.mm(x16, w16.t(), out=y16),
-                                                                         flush=args.flush)}
+            fp16 = lambda: torch.mm(x16, w16.t(), out=y16)  # noqa: E731
+            autos = {}
+            if args.rounds > 1:  # FP16 and each variant's dispatch, in alternating rounds (timing.time_graphs)
+                fns = {"fp16": fp16} | {v: cases[n, k, m, v].fn(cfgs[n, k, m, v][0]) for v in variants}
+                autos = time_graphs(fns, flush=args.flush, rounds=args.rounds)
+            row = {"N": n, "K": k, "M": m, "fp16_us": autos.pop("fp16", None) or time_graph(fp16, flush=args.flush),
+                   "rounds": args.rounds}
             row["fp16_GBps"] = (n * k + m * k + m * n) * 2 / row["fp16_us"] / 1e3
             if not args.no_peer:
                 try:
@@ -313,7 +338,7 @@ def main(argv=None) -> int:
                     row["int4_us"], row["int4_error"] = None, str(e)[:200]
             for v in variants:
                 row[v] = _measure_variant(cases[n, k, m, v], cfgs[n, k, m, v], args.tune, args.tune or v == "slim",
-                                          args.flush)
+                                          args.flush, autos.get(v))
             rows.append(row)
             print(_fmt_row(row, variants, bw), flush=True)
         del w16
@@ -369,12 +394,15 @@ def _table_from_json(path: Path, write: Path | None = None) -> int:
 
 def _make_dry() -> None:
     """Replace the GPU timers by wall-clock ones (for --dry-run)."""
-    global time_graph, copy_bandwidth, int4_peer
+    global time_graph, time_graphs, copy_bandwidth, int4_peer
 
     def time_graph(fn, rep_ms=0, flush="zero"):  # noqa: F811
         t = time.perf_counter()
         fn()
         return (time.perf_counter() - t) * 1e6
+
+    def time_graphs(fns, flush="zero", rounds=5):  # noqa: F811
+        return {name: min(time_graph(fn) for _ in range(rounds)) for name, fn in fns.items()}
 
     def copy_bandwidth(device):  # noqa: F811
         return 1.0
