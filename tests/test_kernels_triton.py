@@ -87,7 +87,8 @@ def _check(p, m, dtype, cfg, *, bias=False, seed=1):
     ref = packed_matmul_reference(x, p, b)
     out = torch.full((m, p.out_features), float("nan"), dtype=dtype, device=DEV)  # poison: all must be written
     path = slt.resolve_config(x, p, cfg).path
-    ws = Workspace(DEV, m, p.out_features, p.in_features, dtype, dequant=path == "dequant")
+    ws = Workspace(DEV, m, p.out_features, p.in_features, dtype, dequant=path == "dequant",
+                   stream_k_programs=cfg.stream_k if cfg and cfg.stream_k else None)
     y = sbp_matmul(x, p, b, out=out, workspace=ws, config=cfg)
     assert y is out
     assert bool(torch.isfinite(y).all()), "unwritten (NaN) outputs"
@@ -95,6 +96,7 @@ def _check(p, m, dtype, cfg, *, bias=False, seed=1):
     assert err < TOL[dtype], f"relative error {err:.2e} (path {cfg.path if cfg else 'auto'})"
     assert not bool(ws.acc.any()), "the split-K workspace must be left zeroed"
     assert not bool(ws.cnt.any()), "the split-K tile counters must be left zeroed"
+    assert not bool(ws.skf.any()), "the stream-K flags must be left zeroed"
     rc = cfg or slt.resolve_config(x, p)
     if rc.split_k > 1 and rc.path in ("gv", "mv", "h2", "h2dot", "tc", "wg") and not (rc.path == "mv" and m > 1):
         launches = slt.plan_launches(x, p, b, out, ws, cfg or slt.resolve_config(x, p))
@@ -342,17 +344,21 @@ def test_select_config_is_explicit():
     assert slt.fallback_config(1, 4096, 4096).path == "fma" and slt.fallback_config(5, 4096, 4096).path == "dot"
     assert [select_config(m, 4096, 4096).path for m in (129, 256, 1024)] == ["dequant"] * 3
     assert slt.DEQUANT_MIN_M == slt.WG_MAX_M + 1
-    # wgs (warp-specialised, 256 x 128 tiles) on layers of 2^26+ weights up to 1024 tokens, of 2^25+ up to 256;
-    # K split where the tiles fill under 0.75 of the SMs; dequantize-then-cuBLAS elsewhere (runs 51-53)
+    # wgs (warp-specialised, 256 x 128 tiles) on layers of 2^26+ weights up to 1024 tokens, of 2^25+ up to 512;
+    # stream-K over the SMs unless the tiles make one full wave over a short K (run 89); dequantize-then-cuBLAS
+    # elsewhere (runs 51-53, 89)
     assert [select_config(m, 28672, 8192).path for m in (129, 256, 257, 512, 1024, 1025)] == \
         ["wgs"] * 5 + ["dequant"]
-    assert [select_config(m, n, k).split_k for m, n, k in ((256, 8192, 28672), (512, 8192, 28672), (256, 8192, 8192),
-                                                           (256, 4096, 11008), (256, 11008, 4096))] == [2, 1, 2, 4, 1]
-    assert [select_config(m, n, k).path for m, n, k in ((512, 11008, 4096), (512, 4096, 11008), (256, 4096, 4096))] \
+    cases = ((256, 8192, 28672), (512, 8192, 28672), (256, 8192, 8192), (512, 8192, 8192), (1024, 8192, 8192),
+             (256, 4096, 11008), (512, 11008, 4096), (1024, 28672, 8192))
+    assert [select_config(m, n, k).stream_k for m, n, k in cases] == [132, 132, 132, 0, 132, 132, 132, 132]
+    assert all(select_config(m, n, k).split_k == 1 for m, n, k in cases)
+    assert select_config(512, 8192, 8192, num_sms=100).stream_k == 100  # 128 tiles: more than one wave of 100
+    assert [select_config(m, n, k).path for m, n, k in ((1024, 11008, 4096), (1024, 4096, 11008), (256, 4096, 4096))] \
         == ["dequant"] * 3
     c = select_config(200, 28672, 8192)
-    assert (c.block_m, c.block_n, c.num_warps, c.num_stages, c.split_k, c.producers, c.depth) == \
-        (256, 128, 8, 2, 1, 4, 2)
+    assert (c.block_m, c.block_n, c.num_warps, c.num_stages, c.split_k, c.producers, c.depth, c.stream_k) == \
+        (256, 128, 8, 2, 1, 4, 2, 132)
     assert select_config(256, 28672, 8192).chunk_n == 0 and select_config(256, 4096, 4096).chunk_n == 0
     assert [select_config(1, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096), (4096, 11008),
                                                          (11008, 4096))] == [4, 16, 16, 32, 8]
@@ -541,6 +547,13 @@ WGS_CFGS = {
     "wgsw_p4_k2_d2": KernelConfig("wgs", block_m=256, block_n=128, num_warps=8, num_stages=2, producers=4, split_k=2,
                                   depth=2),
     "wgsw_p8_k3": KernelConfig("wgs", block_m=128, block_n=128, num_warps=8, num_stages=2, producers=8, split_k=3),
+    # stream-K: 7 programs (tiles shared by two or three), one program per step (every tile in K-tile pieces),
+    # 128-token tiles with 8 producers over 5 programs
+    "wgsk_p4_7": KernelConfig("wgs", block_m=256, block_n=128, num_warps=8, num_stages=2, producers=4, depth=2,
+                              stream_k=7),
+    "wgsk_p4_all": KernelConfig("wgs", block_m=256, block_n=128, num_warps=8, num_stages=2, producers=4, depth=2,
+                                stream_k=132),
+    "wgsk_p8_t128": KernelConfig("wgs", block_m=128, block_n=128, num_warps=8, num_stages=1, producers=8, stream_k=5),
 }
 
 
@@ -573,28 +586,65 @@ def test_wgs_plan_one_launch_per_band_with_segment_descriptors():
 @inproc
 def test_wgs_producers_plan_one_descriptor_split_k_and_pair_order():
     """The warp-specialised wgs plan (host side, no GPU): one TMA descriptor of the whole gathered ``[M, K]``
-    per band, segments in column order, ``SPLIT`` programs per tile adding into the workspace and one
-    finalize launch; float16 layers with ``K % 16 == 0`` gather in ``_dq16``'s pair order (H2), bfloat16 not."""
+    per band, segments in column order, ``SPLIT`` programs per tile adding into the workspace, finished by the
+    tile's last program (counters in ``ws.cnt``) or, in a workspace without counters, by a finalize launch;
+    float16 layers with ``K % 16 == 0`` gather in ``_dq16``'s pair order (H2), bfloat16 not."""
     pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
     q = random_layer(*LAYERS["mix123_full"])  # one band, three segments
     m, n, k = 150, q.out_features, q.in_features
-    for dtype, split, h2 in ((torch.float16, 3, k % 16 == 0), (torch.bfloat16, 1, False)):
+    for dtype, split, h2, cnt in ((torch.float16, 3, k % 16 == 0, True), (torch.float16, 2, k % 16 == 0, False),
+                                  (torch.bfloat16, 1, False, True)):
         x = torch.zeros(m, k, device=DEV, dtype=dtype)
         out = torch.empty(m, n, device=DEV, dtype=dtype)
-        ws = Workspace(DEV, m, n, k, dtype)
+        ws = Workspace(DEV, m, n, k, dtype, buffers=("acc", "xperm") + ("cnt",) * cnt)
         cfg = KernelConfig("wgs", block_m=128, block_n=64, num_warps=8, producers=4, split_k=split)
         launches = slt.plan_launches(x, q, None, out, ws, cfg)
         names = [lc.kernel for lc in launches]
-        assert names == ["gather_kernel", "wgsw_kernel"] + ["finalize_kernel"] * (split > 1)
+        fused = split > 1 and cnt
+        assert names == ["gather_kernel", "wgsw_kernel"] + ["finalize_kernel"] * (split > 1 and not cnt)
         assert launches[0].kwargs.get("PAIR16", False) == h2
         w = launches[1]
         assert list(w.args[0].shape) == [m, k] and list(w.args[0].block_shape) == [128, 64]
         assert w.kwargs["SPLIT"] == split and w.kwargs["H2"] == h2 and w.kwargs["P"] == 4
+        assert w.kwargs["FUSED"] == fused
         assert w.grid == (triton.cdiv(m, 128) * triton.cdiv(n, 64) * split,)
         assert [c0 for c0, *_ in w.args[-1]] == sorted(c0 for c0, *_ in w.args[-1])
-        assert (w.args[2] is out) == (split == 1)
+        assert w.args[2] is out and (w.args[4] is ws.acc or w.args[4].data_ptr() == ws.acc.data_ptr())
+        assert (w.args[6] is ws.cnt) == fused
         from slimq.kernels.triton._plan import uses_acc
         assert uses_acc(q, cfg) == (split > 1)
+
+
+def test_wgs_stream_k_plan_and_errors():
+    """Stream-K wgs (host side, no GPU): per band one ``wgsk_kernel`` launch of ``min(stream_k, tiles x K tiles)``
+    programs taking the workspace's partial slots and flags, no finalize; a workspace without room for them, and
+    stream_k without producers or with split_k, are refused by name."""
+    pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    q = random_layer(*LAYERS["mix123_full"])  # one band, three segments
+    m, n, k = 300, q.out_features, q.in_features
+    x = torch.zeros(m, k, device=DEV, dtype=torch.float16)
+    out = torch.empty(m, n, device=DEV, dtype=torch.float16)
+    steps = triton.cdiv(m, 256) * triton.cdiv(n, 128) * triton.cdiv(k, 64)
+    for programs in (3, 10_000):
+        cfg = KernelConfig("wgs", block_m=256, block_n=128, num_warps=8, producers=4, depth=2, stream_k=programs)
+        ws = Workspace(DEV, m, n, k, torch.float16, stream_k_programs=min(programs, steps))
+        launches = slt.plan_launches(x, q, None, out, ws, cfg)
+        assert [lc.kernel for lc in launches] == ["gather_kernel", "wgsk_kernel"]
+        w = launches[1]
+        assert w.grid == (min(programs, steps),) and w.args[4] is ws.skp and w.args[5] is ws.skf and w.args[2] is out
+        assert "SPLIT" not in w.kwargs and w.kwargs["P"] == 4
+    small = Workspace(DEV, m, n, k, torch.float16, stream_k_programs=2)
+    with pytest.raises(ValueError, match="needs a workspace with room for 3 partial tiles"):
+        slt.plan_launches(x, q, None, out, small, KernelConfig("wgs", block_m=256, num_warps=8, producers=4,
+                                                                stream_k=3))
+    assert Workspace(DEV, 128, n, k).skf.numel() == 0  # the dispatch takes wgs beyond WG_MAX_M tokens only
+    assert Workspace(DEV, 129, n, k).skf.numel() == slt.ops._num_sms(torch.device(DEV))
+    with pytest.raises(ValueError, match="stream_k must be 0, or > 0 with path 'wgs', producers and split_k 1"):
+        KernelConfig("wgs", block_m=256, num_warps=8, stream_k=4)
+    with pytest.raises(ValueError, match="stream_k must be 0, or > 0 with path 'wgs', producers and split_k 1"):
+        KernelConfig("wgs", block_m=256, num_warps=8, producers=4, split_k=2, stream_k=4)
+    with pytest.raises(ValueError, match="stream_k must be 0"):
+        KernelConfig("wg", stream_k=4)
 
 
 @inproc
@@ -658,21 +708,35 @@ def _replays_match_reference(g, x, p, out, ws):
 
 @inproc
 @gpu
-def test_wgs_producers_split_k_replays_under_cuda_graph():
-    """The warp-specialised wgs with split-K (float32 sums, then finalize) replays under a CUDA graph with
-    new activations and leaves the workspace zeroed."""
+@pytest.mark.parametrize("counters", [True, False])
+@pytest.mark.parametrize("cfg_name", ["wgsw_p4_k2_d2", "wgsw_p8_k3", "wgsk_p4_7"])
+def test_wgs_producers_split_k_replays_under_cuda_graph(cfg_name, counters):
+    """The warp-specialised wgs with split-K (float32 sums, then the tile's last program, or finalize in a
+    workspace without tile counters) or stream-K (partials and flags per program) replays under a CUDA graph with
+    new activations, a bias and a row permutation (three bands: one launch each), and leaves the workspace (sums,
+    counters, flags) zeroed."""
     if slt.wgs_unavailable(DEV, torch.float16):
         pytest.skip(slt.wgs_unavailable(DEV, torch.float16))
-    p = random_layer(512, 640, 64, [1, 2, 3], seed=2)
-    m, cfg = 200, WGS_CFGS["wgsw_p4_k2_d2"]
+    p = random_layer(512, 640, 64, None, seed=2, row_bits=[2, 4, 3])  # three bands, a row permutation
+    m, cfg = 200, WGS_CFGS[cfg_name]
     x = torch.randn(m, p.in_features, device=DEV, dtype=torch.float16)
+    bias = torch.randn(p.out_features, device=DEV, dtype=torch.float16)
     out = torch.empty(m, p.out_features, device=DEV, dtype=torch.float16)
-    ws = Workspace(DEV, m, p.out_features, p.in_features, torch.float16)
-    sbp_matmul(x, p, out=out, workspace=ws, config=cfg)  # compile outside the capture
+    ws = Workspace(DEV, m, p.out_features, p.in_features, torch.float16,
+                   buffers=("acc", "xperm", "skp", "skf") + ("cnt",) * counters, stream_k_programs=cfg.stream_k)
+    launches = slt.plan_launches(x, p, bias, out, ws, cfg)
+    assert ("finalize_kernel" in [lc.kernel for lc in launches]) == (not counters and not cfg.stream_k)
+    sbp_matmul(x, p, bias, out=out, workspace=ws, config=cfg)  # compile outside the capture
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        sbp_matmul(x, p, out=out, workspace=ws, config=cfg)
-    _replays_match_reference(g, x, p, out, ws)
+        sbp_matmul(x, p, bias, out=out, workspace=ws, config=cfg)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        assert _rel_err(out, packed_matmul_reference(x, p, bias)) < TOL[torch.float16]
+    assert not bool(ws.acc.any()) and not bool(ws.cnt.any()) and not bool(ws.skf.any())
 
 
 @inproc

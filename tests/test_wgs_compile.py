@@ -30,7 +30,9 @@ _BODY = """
     print(json.dumps({"segments": lc.kwargs["NSEG"], "hgmma": sass.count("HGMMA"), "kernel": lc.kernel,
                       "wait0": sass.count("DEPBAR.LE gsb0, 0x0"), "wait1": sass.count("DEPBAR.LE gsb0, 0x1"),
                       "hfma2": sass.count("HFMA2"), "setmaxreg": sass.count("USETMAXREG"),
-                      "red": sass.count("REDG.E.ADD.F32")}))
+                      "red": sass.count("REDG.E.ADD.F32"), "fused": lc.kwargs.get("FUSED"),
+                      "atom": sass.count("ATOMG.E.ADD.STRONG.GPU"), "membar_gpu": sass.count("MEMBAR.ALL.GPU"),
+                      "ldg_l2": sass.count("LDG.E.64.STRONG.GPU")}))
 """
 
 
@@ -52,7 +54,9 @@ def test_wgs_compiles_for_sm90_with_async_wgmma():
 def test_wgs_with_producers_compiles_warp_specialised():
     """``_wgsw``: register reallocation between the partitions (setmaxnreg), the MMA loop's wgmma kept
     asynchronous (peeled first tile; one loop for every segment), float16 weights made in half2 (``_dq16``:
-    HFMA2, no float32 FFMA path), and with split-K the float32 sums added by vector reductions."""
+    HFMA2, no float32 FFMA path), and with split-K the float32 sums added by vector reductions, then the
+    tile's counter bumped by one GPU-scope release-acquire atomic (a GPU fence before it) and, in the last
+    program, the sums read back from L2 (strong 64-bit loads: two float32 sums each)."""
     got = _compile({"producers": 4, "split_k": 2, "depth": 2})
     assert got["kernel"] == "wgsw_kernel" and got["segments"] == 3
     assert got["setmaxreg"] >= 2, got
@@ -60,3 +64,4 @@ def test_wgs_with_producers_compiles_warp_specialised():
     # three segments (1, 2 and 3 bits), each pair of weights one HFMA2, in three unrolled tiles per loop trip
     assert got["hfma2"] >= 3 * 3 * 8, got
     assert got["red"] > 0, got
+    assert got["fused"] and got["atom"] == 1 and got["membar_gpu"] >= 1 and got["ldg_l2"] >= 64, got

@@ -35,6 +35,8 @@ class KernelConfig:
     producers: int = 0  # "wgs": warps of a separate dequantization partition (4 or 8; 0: every warp does both)
     l2_ahead: int = 0  # "mv": the weights of the tile this many K tiles past the next are prefetched into L2
     # (prefetch.global.L2: bytes in flight without registers; 0: none)
+    stream_k: int = 0  # "wgs" with producers: this many persistent programs (the SM count, at most) share the
+    # tiles' K tiles evenly (stream-K, ``_wgsk``; 0: one program per tile and K split)
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -87,6 +89,10 @@ class KernelConfig:
                                  f"block_n={self.block_n} with {dq_warps} warps")
         if self.l2_ahead and (self.path != "mv" or not 0 < self.l2_ahead <= 16):
             raise ValueError(f"l2_ahead must be 0, or 1..16 with path 'mv'; got {self.l2_ahead} for {self.path!r}")
+        if self.stream_k < 0 or (self.stream_k and (self.path != "wgs" or not self.producers or self.split_k != 1)):
+            raise ValueError(f"stream_k must be 0, or > 0 with path 'wgs', producers and split_k 1; got "
+                             f"stream_k={self.stream_k} for {self.path!r} with producers={self.producers}, "
+                             f"split_k={self.split_k}")
         if self.producers and self.path != "wgs":
             raise ValueError(f"producers applies to path 'wgs' only, got {self.path!r}")
         if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):

@@ -36,12 +36,17 @@ _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pa
 _GV_GATHER_MAX_WEIGHTS = 1 << 27
 _GV_GATHER_MAX_WEIGHTS_3B = 1 << 24
 # wgs (M > WG_MAX_M), warp-specialised (producers=4, half2 dequantization): where it beat dequantize-then-cuBLAS
-# on the H200 (runs 51-53): layers of 2^26+ weights up to 1024 tokens, layers of 2^25+ weights up to 256 tokens
-# (wgs_config); dequant+cuBLAS stays faster on smaller layers and more tokens
+# on the H200 (runs 51-53; with stream-K, run 89): layers of 2^26+ weights up to 1024 tokens, layers of 2^25+
+# weights up to 512 tokens (wgs_config); dequant+cuBLAS stays faster on smaller layers and more tokens
 _WGS_MAX_M = 1024
 _WGS_MIN_WEIGHTS = 1 << 26
-_WGS_SMALL_MAX_M = 256
+_WGS_SMALL_MAX_M = 512
 _WGS_SMALL_MIN_WEIGHTS = 1 << 25
+# ... one program per 256 x 128 tile where those make one wave this full and K is short (stream-K's partial
+# sums cost more than the last few percent of the wave there: 8192 x 8192 at 512 tokens, run 89), else
+# stream-K over the SM count
+_WGS_FULL_WAVES = 0.95
+_WGS_SHORT_K = 16384
 
 
 def _pow2_at_least(v: int) -> int:
@@ -93,9 +98,10 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       was neutral but cost 33% on 28672 x 8192 3-bit (run 14).
       It beat ``h2dot``/``tc`` at ``M = 4`` and 16 by 1.1-1.7x, ``gemm`` at 17-64 tokens by
       1.2-2.5x and dequantize-then-cuBLAS at 128 tokens (2-, 4-bit; 3-bit merged into one operand).
-    * beyond: ``wgs`` where :func:`wgs_config` gives a tiling (big layers, up to 512 tokens, up to two
-      waves of tiles; where it cannot run, :func:`resolve_config` turns it into ``dequant``), else
-      dequantize into the workspace then cuBLAS in one pass.
+    * beyond: ``wgs`` where :func:`wgs_config` gives a tiling (layers of 2^26+ weights up to 1024 tokens,
+      2^25+ up to 512; stream-K unless the tiles make one full wave; where it cannot run,
+      :func:`resolve_config` turns it into ``dequant``), else dequantize into the workspace then cuBLAS in
+      one pass.
 
     ``bits``: the layer's segment bit-widths (:func:`resolve_config` passes them; without them no
     ``mv``). ``mv=False``: the rule without ``mv`` (for layers it cannot run). Layers ``wg`` or ``wgs`` cannot run get :func:`resolve_config`'s fallback.
@@ -192,16 +198,20 @@ def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow
 
 def wgs_config(m: int, n: int, k: int, num_sms: int = 132) -> KernelConfig | None:
     """The ``wgs`` tiling for ``M > WG_MAX_M``, or None where dequantize-then-cuBLAS was faster (H200,
-    runs 51-53, benchmarks/KERNEL_NOTES.md): layers of ``_WGS_MIN_WEIGHTS`` weights up to ``_WGS_MAX_M``
+    runs 51-53 and 89, benchmarks/KERNEL_NOTES.md): layers of ``_WGS_MIN_WEIGHTS`` weights up to ``_WGS_MAX_M``
     tokens, or of ``_WGS_SMALL_MIN_WEIGHTS`` up to ``_WGS_SMALL_MAX_M``. Always 256-token x 128-row tiles,
-    8 MMA warps and 4 producer warps (weights loaded three tiles ahead); where those tiles fill under
-    0.75 of the SMs, K is split so that about one wave runs (at most 4 ways, ``WGS_SPLIT_MAX_M`` tokens)."""
+    8 MMA warps and 4 producer warps (weights loaded three tiles ahead). One program per tile where the tiles
+    make one wave at least ``_WGS_FULL_WAVES`` full and ``K < _WGS_SHORT_K``; else stream-K (``stream_k``: one
+    persistent program per SM sharing the tiles' K tiles evenly; run 89, against one program per tile and
+    the former split-K: 28672 x 8192 2-bit at 256 tokens 0.83x -> 0.93x of FP16, at 512 0.71x -> 0.80x,
+    8192 x 8192 at 256 0.65x -> 0.72x, 11008 x 4096 at 256 0.62x -> 0.69x)."""
     if m > _WGS_MAX_M or n * k < _WGS_SMALL_MIN_WEIGHTS or (n * k < _WGS_MIN_WEIGHTS and m > _WGS_SMALL_MAX_M):
         return None
     tiles = triton.cdiv(m, 256) * triton.cdiv(n, 128)
-    split = max(1, min(4, num_sms // tiles)) if tiles < 0.75 * num_sms and m <= WGS_SPLIT_MAX_M else 1
+    one_wave = _WGS_FULL_WAVES * num_sms <= tiles <= num_sms
+    stream = 0 if one_wave and k < _WGS_SHORT_K else num_sms
     return KernelConfig("wgs", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=2, producers=4,
-                        depth=2, split_k=split)
+                        depth=2, stream_k=stream)
 
 
 _DEQUANT = KernelConfig("dequant", block_n=64, block_k=128, num_warps=4)

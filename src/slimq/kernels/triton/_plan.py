@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # annotations only: ops imports this module
     from slimq.kernels.triton.ops import KernelConfig, Workspace
 
 __all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "gv_launches", "mv_launches", "h2_launches", "h2dot_launches",
-           "tc_launches", "wg_launches", "wgs_launches", "wgs_block_k", "wgs_tiles_contiguous", "WGS_MAX_SEGMENTS", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
+           "tc_launches", "wg_launches", "wgs_launches", "wgs_block_k", "wgs_tiles_contiguous", "WGS_MAX_SEGMENTS", "WGS_TILE", "check_stream_room", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
 
 H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
 _FINALIZE_BLOCK = 1024
@@ -44,6 +44,9 @@ def kernel_fn(module: str, name: str):
     if module == "wgsw":
         from slimq.kernels.triton import _wgsw
         return getattr(_wgsw, name)
+    if module == "wgsk":
+        from slimq.kernels.triton import _wgsk
+        return getattr(_wgsk, name)
     return getattr({"gv": GV, "mv": MV, "mvt": MVT, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
 
 
@@ -440,6 +443,7 @@ def wg_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
 
 
 WGS_MAX_SEGMENTS = 8  # segments per band: _wgs.wgs_kernel takes one TMA descriptor argument (xd0..xd7) for each
+WGS_TILE = 256 * 128  # float32 sums in a stream-K partial slot (Workspace.skp): the dispatch's 256 x 128 tiles
 WGSW_SLOTS = 4  # weight-ring slots of the warp-specialised wgs (_wgsw): 4 x 16 KB at 128 x 64 half tiles
 # producer warps -> (maxnreg of the launch, registers of each producer warp): 8 MMA warps + P producers share the
 # SM's 64K registers; the MMA warps (a 256x128 float32 accumulator is 128 registers each) get the rest (184 / 160)
@@ -458,7 +462,8 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     ``K`` and ``M``). ``wgs_kernel`` (no producers) takes per segment a descriptor of ``xperm[:, :c1]`` and
     writes ``out``; ``wgsw_kernel`` (``cfg.producers``) takes one descriptor of ``xperm`` (in ``_dq16``'s
     pair order where it dequantizes in half2) and, with ``cfg.split_k > 1``, adds float32 sums into the
-    workspace for a ``finalize_kernel`` launch."""
+    workspace, finished by each tile's last program (tile counters in ``ws.cnt``) or, without room for
+    the counters, by a ``finalize_kernel`` launch."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from slimq.kernels.triton._wgs import smem_layout
@@ -468,8 +473,10 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     h2 = (bool(cfg.producers) and x.dtype == torch.float16 and kdim % 16 == 0
           and all(s.bits != 7 for s in packed.segments))
     gather, xin = gather_launch(x, packed, ws.xperm, pair16=h2)
-    split = cfg.split_k > 1  # float32 sums in the workspace, then finalize_kernel
+    split = cfg.split_k > 1  # float32 sums in the workspace, then the tile's last program or finalize_kernel
+    fused = split and bool(cfg.producers) and _fused_split(ws, m, packed, cfg)
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
+    cnt = ws.cnt if fused else acc
     gs = packed.segments[0].group_size
     bk = wgs_block_k(gs)
     box = [cfg.block_m, bk]
@@ -494,16 +501,34 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
                                    kw, module="wgs"))
             continue
         maxnreg, pregs = WGSW_REGS[cfg.producers]
-        kw.update(P=cfg.producers, PREGS=pregs, WS=WGSW_SLOTS, H2=h2, AHEAD=cfg.depth + 1, SPLIT=cfg.split_k,
+        kw.update(P=cfg.producers, PREGS=pregs, WS=WGSW_SLOTS, H2=h2, AHEAD=cfg.depth + 1,
                   maxnreg=cfg.maxnreg or maxnreg)
-        if split:
+        if cfg.stream_k:  # persistent programs sharing the band's steps (tiles x K tiles) evenly
+            programs = min(cfg.stream_k, grid * triton.cdiv(kdim, bk))
+            check_stream_room(ws, programs, cfg)
+            launches.append(Launch("wgsk_kernel", (programs,),
+                                   (whole, m, out, out.stride(0), ws.skp, ws.skf, rp, b, r0, ns, seg_args), kw,
+                                   module="wgsk"))
+            continue
+        kw.update(SPLIT=cfg.split_k, FUSED=fused)
+        if split and not fused:
             kw.update(HAS_ROWPERM=False, HAS_BIAS=False)  # finalize_kernel applies them
-        dst = acc if split else out
         launches.append(Launch("wgsw_kernel", (grid * cfg.split_k,),
-                               (whole, m, dst, dst.stride(0), rp, b, r0, ns, seg_args), kw, module="wgsw"))
-    if split:
+                               (whole, m, out, out.stride(0), acc, acc.stride(0) if split else 0, cnt, rp, b, r0, ns,
+                                seg_args), kw,
+                               module="wgsw"))
+    if split and not fused:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
+
+
+def check_stream_room(ws: Workspace, programs: int, cfg: KernelConfig) -> None:
+    """A stream-K launch of ``programs`` needs a partial-sum slot (``block_m * block_n`` float32) and a flag each."""
+    need = programs * cfg.block_m * cfg.block_n
+    if ws.skp.numel() < need or ws.skf.numel() < programs:
+        raise ValueError(f"wgs with stream_k={cfg.stream_k} needs a workspace with room for {programs} partial tiles "
+                         f"({need} float32 in 'skp', {programs} flags in 'skf'); this one has {ws.skp.numel()} and "
+                         f"{ws.skf.numel()} (Workspace(..., stream_k_programs=...) sizes them)")
 
 
 def wgs_tiles_contiguous(segs: list[Segment], kdim: int, bk: int) -> str | None:

@@ -71,7 +71,9 @@ from slimq.kernels.triton._dispatch import (
 from slimq.kernels.triton._mv import XC_SLOTS
 from slimq.kernels.triton._plan import (
     H2_XSCALE,
+    WGS_TILE,
     Launch,
+    check_stream_room,
     dequant_mm,
     dequant_steps,
     gather_launch,
@@ -115,7 +117,10 @@ class Workspace:
     ``wg``; ``mv`` takes ``xpair`` and ``xc32``, float32 ``[XC_SLOTS, split_rows, Kp / 128]``: sums per token and
     128-column block). ``cnt``: int32 per output tile, all zeros between calls: split-K arrival counters, so
     the last program of a tile writes the output (no finalize launch; ``gv``, ``h2``, ``h2dot``, ``tc``,
-    ``wg``).
+    ``wg``, ``wgs``). ``skp`` float32 ``[stream_k_programs * WGS_TILE]`` and ``skf`` int32
+    ``[stream_k_programs]`` (zeros between calls): a partial-sum slot and a flag per program of stream-K ``wgs``
+    (``_wgsk``); ``stream_k_programs`` defaults to the device's SM count where ``max_m > WG_MAX_M`` (17 MB on
+    an H200), else 0.
 
     ``split_rows`` (default ``min(max_m, WG_MAX_M)``): the token rows of the buffers only the
     split-K and operand-ordered paths use. The dispatch sends more tokens than ``WG_MAX_M`` to
@@ -126,8 +131,8 @@ class Workspace:
 
     def __init__(self, device: torch.device | str, max_m: int, max_n: int, max_k: int,
                  dtype: torch.dtype = torch.float16, *, dequant: bool = False, dequant_rows: int | None = None,
-                 buffers: tuple[str, ...] = ("acc", "xperm", "xperm32", "xpair", "xs32", "xc32", "cnt"),
-                 split_rows: int | None = None) -> None:
+                 buffers: tuple[str, ...] = ("acc", "xperm", "xperm32", "xpair", "xs32", "xc32", "cnt", "skp", "skf"),
+                 split_rows: int | None = None, stream_k_programs: int | None = None) -> None:
         if min(max_m, max_n, max_k) < 1:
             raise ValueError(f"max_m, max_n, max_k must be >= 1, got {max_m}, {max_n}, {max_k}")
         self.max_m, self.max_n, self.max_k, self.dtype = max_m, max_n, max_k, dtype
@@ -141,19 +146,23 @@ class Workspace:
                  "xpair": (4 * sr * kp // 2, torch.int32), "xs32": (sr * kp // 32, torch.float32),
                  "xc32": (XC_SLOTS * sr * kp // 128, torch.float32),
                  "cnt": (triton.cdiv(sr, 16) * triton.cdiv(max_n, 16), torch.int32)}
+        if stream_k_programs is None:
+            stream_k_programs = _num_sms(torch.device(device)) if max_m > WG_MAX_M else 0
+        sizes["skp"] = (stream_k_programs * WGS_TILE, torch.float32)
+        sizes["skf"] = (stream_k_programs, torch.int32)
         self.kp = kp
         self.pair_stride = sr * kp // 2  # elements between the width slots of xpair
         names = set(buffers) | ({"wbuf"} if dequant else set())
         for name, (numel, dt) in sizes.items():
             size = numel if name in names else 0
-            alloc = torch.zeros if name in ("acc", "cnt") else torch.empty
+            alloc = torch.zeros if name in ("acc", "cnt", "skf") else torch.empty
             setattr(self, name, alloc(size, dtype=dt, device=device))
 
     @classmethod
     def for_call(cls, x: torch.Tensor, n: int, cfg: KernelConfig, atomic: bool) -> "Workspace":
         """Only the buffers one call with ``cfg`` needs (used when the caller passes none)."""
         m, k = x.shape
-        need = {"acc", "cnt"} if atomic else set()
+        need = ({"acc", "cnt"} if atomic else set()) | ({"skp", "skf"} if cfg.stream_k else set())
         if cfg.path in ("gv", "h2", "tc", "wg"):
             need |= {"xpair", "xs32"}
         elif cfg.path == "mv":
@@ -163,7 +172,8 @@ class Workspace:
         elif not cfg.gather or cfg.path in ("dequant", "wgs"):
             need.add("xperm32" if cfg.path == "fma" and m == 1 else "xperm")
         return cls(x.device, m, n, k, x.dtype, dequant=cfg.path == "dequant",
-                   dequant_rows=cfg.chunk_n or None, buffers=tuple(need), split_rows=m)
+                   dequant_rows=cfg.chunk_n or None, buffers=tuple(need), split_rows=m,
+                   stream_k_programs=cfg.stream_k)
 
     def check(self, m: int, n: int, k: int, dtype: torch.dtype, cfg: KernelConfig, atomic: bool) -> None:
         if m > self.max_m or n > self.max_n or k > self.max_k:
@@ -184,6 +194,9 @@ class Workspace:
             if m > self.split_rows:
                 raise ValueError(f"the {cfg.path} path needs a Workspace with split_rows >= {m}, "
                                  f"this one has {self.split_rows}")
+        if cfg.stream_k:  # a partial slot and a flag per program (at most one program per step)
+            steps = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) * triton.cdiv(k, 32)
+            check_stream_room(self, min(cfg.stream_k, steps), cfg)
         if atomic and self.acc.numel() < m * n:
             raise ValueError(f"this config accumulates {m} x {n} float32 sums in workspace.acc, which holds "
                              f"{self.acc.numel()} (split_rows {self.split_rows})")
