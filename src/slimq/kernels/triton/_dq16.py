@@ -18,7 +18,8 @@ into bits 0-7 and byte ``W + b`` into bits 16-23; the ``8 / W`` codes of that by
 (``c``: the plane's bit offset in the code) reads as ``2**(10 - pos + c) + q_plane 2**c`` exactly (the
 code is in the mantissa: ``pos + W <= 8 < 10``); subtracting ``magic`` leaves ``q_plane 2**c``, the planes
 add exactly (integers below 2048), and ``HFMA2`` gives ``q * scale - zero * scale`` with one rounding
-(``-zero * scale`` is rounded to float16 first).
+(``-zero * scale`` is rounded to float16 first). With two planes both magics come off plane 1 in one
+``HSUB2`` (:func:`_pair_asm`).
 """
 from __future__ import annotations
 
@@ -167,19 +168,35 @@ def _arrange(words, P: gl.constexpr, BITS: gl.constexpr, BN: gl.constexpr, BK: g
 
 @triton.constexpr_function
 def _pair_asm(nplanes):
-    """PTX for one pair: per plane ``LOP3`` + ``HSUB2`` (exact), planes added, one ``HFMA2``. Operands:
-    ``$1..$n`` arranged words, then per plane (mask, magic), then scale and ``-zero * scale`` (f16x2)."""
+    """PTX for one pair: per plane ``LOP3`` (code under its magic), the magics subtracted exactly, the planes
+    added, one ``HFMA2``. Operands: ``$1..$n`` arranged words, then per plane (mask, magic), then scale and
+    ``-zero * scale``, then (two or more planes) the f16x2 sum of the first two planes' magics.
+
+    With two or more planes, plane 1's value less *both* magics, ``q1 2**c - M0``, is an integer under 2048 and
+    so exact in float16 (``M0 + M1``, two powers of two at most 2**10 apart, is exact too); adding plane 0's
+    ``M0 + q0`` leaves ``q0 + q1 2**c`` exactly: one ``HSUB2`` fewer per pair than subtracting each magic."""
     n = int(nplanes)
-    lines = ["{", ".reg .b32 q, t;"]
-    for p in range(n):
-        dst = "q" if p == 0 else "t"
-        lines.append(f"lop3.b32 {dst}, ${1 + p}, ${1 + n + 2 * p}, ${2 + n + 2 * p}, 0xEA;")
-        lines.append(f"sub.f16x2 {dst}, {dst}, ${2 + n + 2 * p};")
-        if p:
-            lines.append("add.f16x2 q, q, t;")
+    lines = ["{", ".reg .b32 q, t;", f"lop3.b32 q, $1, ${1 + n}, ${2 + n}, 0xEA;"]
+    if n == 1:
+        lines.append(f"sub.f16x2 q, q, ${2 + n};")
+    for p in range(1, n):
+        lines.append(f"lop3.b32 t, ${1 + p}, ${1 + n + 2 * p}, ${2 + n + 2 * p}, 0xEA;")
+        lines.append(f"sub.f16x2 t, t, ${3 + 3 * n};" if p == 1 else f"sub.f16x2 t, t, ${2 + n + 2 * p};")
+        lines.append("add.f16x2 q, q, t;")
     lines.append(f"fma.rn.f16x2 $0, q, ${1 + 3 * n}, ${2 + 3 * n};")
     lines.append("}")
     return " ".join(lines)
+
+
+@gluon.jit
+def _magic01(BITS: gl.constexpr, L8: gl.constexpr):
+    """int32 ``[1, 1, 8]``: for pair ``j``, the f16x2 sum of plane 0's and plane 1's magics (:func:`_consts`)."""
+    W0: gl.constexpr = plane_width(BITS, 0)
+    W1: gl.constexpr = plane_width(BITS, 1)
+    j = gl.expand_dims(gl.expand_dims(gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(0, L8))), 0), 0)
+    e0 = 10 - (j * W0) % 8
+    e1 = 10 - (j * W1) % 8 + W0
+    return _half2(gl.exp2(e0.to(gl.float32)) + gl.exp2(e1.to(gl.float32)))
 
 
 @gluon.jit
@@ -217,12 +234,14 @@ def dq16_tile(w0, w1, w2, s, z, BITS: gl.constexpr, BN: gl.constexpr, BK: gl.con
         a2 = _arrange(w2, 2, BITS, BN, BK, NW)
         m1, g1 = _consts(1, BITS, L8)
         m2, g2 = _consts(2, BITS, L8)
-        v = gl.inline_asm_elementwise(_pair_asm(3), "=r" + ",r" * 11, [a0, a1, a2, m0, g0, m1, g1, m2, g2, s2, c2],
+        v = gl.inline_asm_elementwise(_pair_asm(3), "=r" + ",r" * 12,
+                                      [a0, a1, a2, m0, g0, m1, g1, m2, g2, s2, c2, _magic01(BITS, L8)],
                                       dtype=gl.int32, is_pure=True, pack=1)
     elif plane_width(BITS, 1) > 0:
         a1 = _arrange(w1, 1, BITS, BN, BK, NW)
         m1, g1 = _consts(1, BITS, L8)
-        v = gl.inline_asm_elementwise(_pair_asm(2), "=r" + ",r" * 8, [a0, a1, m0, g0, m1, g1, s2, c2],
+        v = gl.inline_asm_elementwise(_pair_asm(2), "=r" + ",r" * 9, [a0, a1, m0, g0, m1, g1, s2, c2,
+                                                                      _magic01(BITS, L8)],
                                       dtype=gl.int32, is_pure=True, pack=1)
     else:
         v = gl.inline_asm_elementwise(_pair_asm(1), "=r" + ",r" * 5, [a0, m0, g0, s2, c2], dtype=gl.int32,
