@@ -56,3 +56,23 @@ def test_kernels_dry_run_with_rounds(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     rows = json.loads((tmp_path / "kernels.json").read_text())["rows"]
     assert len(rows) == 1 and rows[0]["rounds"] == 2 and rows[0]["fp16_us"] > 0 and rows[0]["2b"]["us"] > 0
+
+
+def test_clock_drift_reads_nvidia_smi_lines_and_matches_windows():
+    """benchmarks/clock_drift.py: nvidia-smi CSV lines (bad ones skipped) become (time, MHz, W, C) samples, and
+    each timed window gets the clock range, peak power and last temperature logged inside it."""
+    import clock_drift
+    smi = clock_drift.parse_smi(["2026/11/30 09:20:00.100, 1980 MHz, 120.50 W, 40",
+                                 "garbage", "2026/11/30 09:20:00.500, 1515 MHz, 300.00 W, 50",
+                                 "2026/11/30 09:20:01.000, 1605 MHz, 250.00 W, 52"])
+    assert [s[1:] for s in smi] == [(1980, 120.5, 40), (1515, 300.0, 50), (1605, 250.0, 52)]
+    t0 = smi[0][0]
+    rows = clock_drift.summarize([("a", t0 - 0.01, t0 + 0.6, 1.0), ("b", t0 + 5, t0 + 6, 2.0)], smi)
+    assert rows[0] == {"window": "a", "us": 1.0, "clock_mhz": [1515, 1980], "power_w_max": 300.0, "temp_c": 50}
+    assert rows[1] == {"window": "b", "us": 2.0}  # nothing logged inside
+
+
+def test_stream_k_benchmark_refuses_zero_rounds():
+    import stream_k
+    with pytest.raises(SystemExit):
+        stream_k.main(["--rounds", "0"])
