@@ -1,7 +1,8 @@
 """Large-M ``wgs`` with and without stream-K, against cuBLAS FP16 and the dispatch, timed in alternating rounds.
 
-Per (shape, M): FP16 ``torch.mm``; per variant the config the dispatch picks (``resolve_config``) and ``wgs``
-with stream-K over the SM count (256 x 128 tiles, 4 producer warps); each checked against the reference, then
+Per (shape, M): FP16 ``torch.mm``; per variant the config the dispatch picks (``resolve_config``), ``wgs``
+with stream-K over the SM count (256 x 128 tiles, 4 producer warps) and the same without programmatic dependent
+launch (``pdl=False``: it starts after the gather instead of during it); each checked against the reference, then
 all timed together in ``--rounds`` alternating rounds (``timing.time_graphs``: CUDA-graph replays, L2 flushed
 as ``do_bench`` does, one clock for all). Prints one line per (shape, M) and writes ``OUT/stream_k.json``.
 
@@ -10,6 +11,7 @@ as ``do_bench`` does, one clock for all). Prints one line per (shape, M) and wri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
                 case = Case(p, m, dev, Workspace(dev, m, n, k, torch.float16, dequant=True))
                 auto = resolve_config(case.x, p)
                 ref = packed_matmul_reference(case.x, p).float()
-                for name, cfg in (("dispatch", auto), ("stream_k", stream)):
+                for name, cfg in (("dispatch", auto), ("stream_k", stream),
+                                  ("stream_k_nopdl", dataclasses.replace(stream, pdl=False))):
                     case.fn(cfg)()
                     err = float((case.out.float() - ref).norm() / ref.norm())
                     if err >= TOL[torch.float16]:

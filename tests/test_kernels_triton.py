@@ -615,10 +615,11 @@ def test_wgs_producers_plan_one_descriptor_split_k_and_pair_order():
         assert uses_acc(q, cfg) == (split > 1)
 
 
-def test_wgs_stream_k_plan_and_errors():
+def test_wgs_stream_k_plan_and_errors(monkeypatch):
     """Stream-K wgs (host side, no GPU): per band one ``wgsk_kernel`` launch of ``min(stream_k, tiles x K tiles)``
-    programs taking the workspace's partial slots and flags, no finalize; a workspace without room for them, and
-    stream_k without producers or with split_k, are refused by name."""
+    programs taking the workspace's partial slots and flags, no finalize, the first launched during the gather
+    where PDL applies; a workspace without room for them, and stream_k without producers or with split_k, are
+    refused by name."""
     pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
     q = random_layer(*LAYERS["mix123_full"])  # one band, three segments
     m, n, k = 300, q.out_features, q.in_features
@@ -633,6 +634,19 @@ def test_wgs_stream_k_plan_and_errors():
         w = launches[1]
         assert w.grid == (min(programs, steps),) and w.args[4] is ws.skp and w.args[5] is ws.skf and w.args[2] is out
         assert "SPLIT" not in w.kwargs and w.kwargs["P"] == 4
+    # on sm_90 the first stream-K launch starts during the gather (PDL); later bands follow a wgsk launch
+    rb = random_layer(96, 192, 64, None, row_bits=[2, 4, 3])  # three bands
+    xb = torch.zeros(m, 192, device=DEV, dtype=torch.float16)
+    ob = torch.empty(m, 96, device=DEV, dtype=torch.float16)
+    cfg = KernelConfig("wgs", block_m=256, block_n=128, num_warps=8, producers=4, depth=2, stream_k=3)
+    ws = Workspace(DEV, m, 96, 192, torch.float16, stream_k_programs=3)
+    monkeypatch.setattr(slt._plan, "_pdl", lambda x, c: True)
+    launches = slt.plan_launches(xb, rb, None, ob, ws, cfg)
+    assert [lc.kernel for lc in launches] == ["gather_kernel"] + ["wgsk_kernel"] * 3
+    assert launches[0].kwargs.get("PDL") is True
+    assert [lc.kwargs.get("launch_pdl", False) for lc in launches[1:]] == [True, False, False]
+    assert [lc.kwargs.get("PDL", False) for lc in launches[1:]] == [True, False, False]
+    monkeypatch.undo()
     small = Workspace(DEV, m, n, k, torch.float16, stream_k_programs=2)
     with pytest.raises(ValueError, match="needs a workspace with room for 3 partial tiles"):
         slt.plan_launches(x, q, None, out, small, KernelConfig("wgs", block_m=256, num_warps=8, producers=4,

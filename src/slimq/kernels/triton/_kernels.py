@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 from slimq.kernels.triton._tiles import (
-    code_tile, elem_group_params, group_params, plane_coef, plane_rows, plane_width, skinny_program, slot_codes,
-    store_rows, word_tile, x_tile2, x_tile3,
+    code_tile, elem_group_params, group_params, pdl_release, plane_coef, plane_rows, plane_width, skinny_program,
+    slot_codes, store_rows, word_tile, x_tile2, x_tile3,
 )
 
 __all__ = ["skinny_kernel", "gemm_kernel", "dequant_kernel", "gather_kernel", "finalize_kernel"]
@@ -364,10 +364,13 @@ def dequant_kernel(w_ptr, stride_wn, rowperm_ptr, r0, ns, n_lo, n_hi, row0, gs, 
 
 
 @triton.jit
-def gather_kernel(x_ptr, stride_xm, perm_ptr, xp_ptr, stride_pm, K, BLOCK: tl.constexpr, PAIR16: tl.constexpr = False):
+def gather_kernel(x_ptr, stride_xm, perm_ptr, xp_ptr, stride_pm, K, BLOCK: tl.constexpr, PAIR16: tl.constexpr = False,
+                  PDL: tl.constexpr = False):
     """``xp[m, k] = x[m, col_perm[k]]`` (converted to ``xp``'s dtype). Grid ``(cdiv(K, BLOCK), M)``. With
     ``PAIR16`` (``K % 16 == 0``), column ``k`` takes ``col_perm[16 (k // 16) + c // 2 + 8 (c % 2)]``, ``c = k %
-    16``: the pair order of ``_dq16`` (columns ``j`` and ``j + 8`` of each 16-column block adjacent)."""
+    16``: the pair order of ``_dq16`` (columns ``j`` and ``j + 8`` of each 16-column block adjacent). ``PDL``:
+    the next launch (``launch_pdl``) may start at once and waits for this one where it reads ``xp``."""
+    pdl_release(PDL)
     m = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < K

@@ -223,12 +223,13 @@ def h2dot_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | N
 
 
 def gather_launch(x: torch.Tensor, packed: PackedLinear, buf: torch.Tensor,
-                  pair16: bool = False) -> tuple[Launch, torch.Tensor]:
+                  pair16: bool = False, pdl: bool = False) -> tuple[Launch, torch.Tensor]:
     """``x[:, col_perm]`` into ``buf`` (a workspace buffer, viewed ``[M, K]``): the launch and the view.
-    ``pair16``: in ``_dq16``'s pair order within 16-column blocks (``K % 16 == 0``)."""
+    ``pair16``: in ``_dq16``'s pair order within 16-column blocks (``K % 16 == 0``); ``pdl``: the next launch
+    (``launch_pdl``) may start while this one runs."""
     m, kdim = x.shape
     xin = buf[: m * kdim].view(m, kdim)
-    kw = {"BLOCK": _GATHER_BLOCK, **({"PAIR16": True} if pair16 else {})}
+    kw = {"BLOCK": _GATHER_BLOCK, **({"PAIR16": True} if pair16 else {}), **({"PDL": True} if pdl else {})}
     return Launch("gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
                   (x, x.stride(0), packed.col_perm, xin, xin.stride(0), kdim), kw), xin
 
@@ -472,7 +473,10 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     # magic constant would overflow float16)
     h2 = (bool(cfg.producers) and x.dtype == torch.float16 and kdim % 16 == 0
           and all(s.bits != 7 for s in packed.segments))
-    gather, xin = gather_launch(x, packed, ws.xperm, pair16=h2)
+    # stream-K starts during the gather (programmatic dependent launch): its producers dequantize the first
+    # tiles while the MMA warps wait for the gathered activations (griddepcontrol.wait)
+    pdl = bool(cfg.stream_k) and _pdl(x, cfg)
+    gather, xin = gather_launch(x, packed, ws.xperm, pair16=h2, pdl=pdl)
     split = cfg.split_k > 1  # float32 sums in the workspace, then the tile's last program or finalize_kernel
     fused = split and bool(cfg.producers) and _fused_split(ws, m, packed, cfg)
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
@@ -507,8 +511,9 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
             programs = min(cfg.stream_k, grid * triton.cdiv(kdim, bk))
             check_stream_room(ws, programs, cfg)
             launches.append(Launch("wgsk_kernel", (programs,),
-                                   (whole, m, out, out.stride(0), ws.skp, ws.skf, rp, b, r0, ns, seg_args), kw,
-                                   module="wgsk"))
+                                   (whole, m, out, out.stride(0), ws.skp, ws.skf, rp, b, r0, ns, seg_args),
+                                   {**kw, **_pdl_kw(pdl)}, module="wgsk"))
+            pdl = False  # a later band's launch follows a wgsk launch, not the gather
             continue
         kw.update(SPLIT=cfg.split_k, FUSED=fused)
         if split and not fused:

@@ -47,12 +47,22 @@ def _owner(step, NP, S):
 
 
 @gluon.jit
+def _gdc_wait():
+    """``griddepcontrol.wait``: with programmatic dependent launch, wait until the launch before this one (the
+    activation gather) has finished and its writes are visible."""
+    gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
 def _sk_mma_partition(xdesc, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_ptr, bias_ptr, r0, ns, S, KT, n_t,
                       x_bars, w_ready, w_empty, w_smem, x_smem, BT: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
                       XAHEAD: gl.constexpr, WS: gl.constexpr, HAS_ROWPERM: gl.constexpr, HAS_BIAS: gl.constexpr,
-                      num_warps: gl.constexpr):
+                      PDL: gl.constexpr, num_warps: gl.constexpr):
     """The default partition: this program's units, last tile first (module doc), each multiplied, then stored
-    as a partial, or finished (peers' partials added) and written to ``out``."""
+    as a partial, or finished (peers' partials added) and written to ``out``. ``PDL``: the launch may have
+    started during the gather; wait for it before the first activation load (the producers need not)."""
+    if PDL:
+        _gdc_wait()
     c = gl.program_id(0)
     NP = gl.num_programs(0)
     lo, hi = _share(c, NP, S)
@@ -113,12 +123,12 @@ def wgsk_kernel(xd, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_ptr, bias
                 SEG_BITS: gl.constexpr, NSEG: gl.constexpr, GS: gl.constexpr, BT: gl.constexpr, BN: gl.constexpr,
                 BK: gl.constexpr, XAHEAD: gl.constexpr, HAS_ROWPERM: gl.constexpr, HAS_BIAS: gl.constexpr,
                 P: gl.constexpr, PREGS: gl.constexpr, WS: gl.constexpr, H2: gl.constexpr, AHEAD: gl.constexpr,
-                num_warps: gl.constexpr):
+                PDL: gl.constexpr = False, num_warps: gl.constexpr = 8):
     """``out[t, row_perm[r0 + n]] = sum_k x[t, col_perm[k]] W[r0 + n, k] (+ bias)`` for one band, as
     ``_wgsw.wgsw_kernel`` (same arguments but the workspace), by persistent programs sharing the band's
     ``cdiv(ns, BN) * cdiv(M, BT)`` tiles' K tiles evenly (module doc). ``part_ptr``: float32, ``BT * BN`` per
-    program; ``flag_ptr``: int32 per program, zeros (left zeroed). Grid: at most the SM count (every program
-    resident at once) and at most the number of steps."""
+    program; ``flag_ptr``: int32 per program, zeros (left zeroed). Grid: at most the SM count and at most the
+    number of steps. ``PDL``: launched with ``launch_pdl`` after the gather (the MMA warps wait for it)."""
     DT: gl.constexpr = xd.dtype
     n_t = gl.cdiv(M, BT)
     KT = gl.cdiv(segs[NSEG - 1][0] + segs[NSEG - 1][1], BK)  # K tiles of the layer
@@ -136,7 +146,7 @@ def wgsk_kernel(xd, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_ptr, bias
     gl.warp_specialize([
         (_sk_mma_partition, (xd, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_ptr, bias_ptr, r0, ns, S, KT, n_t,
                              x_bars, w_ready, w_empty, w_smem, x_smem, BT, BN, BK, XAHEAD, WS, HAS_ROWPERM, HAS_BIAS,
-                             num_warps)),
+                             PDL, num_warps)),
         (_sk_dq_partition, (segs, ns, S, KT, n_t, w_ready, w_empty, w_smem, SEG_BITS, NSEG, GS, BN, BK, DT, WS, H2,
                             AHEAD, P)),
     ], [P], [PREGS])
