@@ -9,9 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("triton.experimental.gluon")
-from slimq.kernels.triton._dq16 import _pair_asm  # noqa: E402
-from slimq.kernels.triton._tiles import plane_width  # noqa: E402
+# triton is imported inside the tests, not at collection: tests/test_kernels_triton.py runs in this process only
+# while nothing has imported triton before it (else it reruns itself in a fresh interpreter-mode process)
+
+
+def _imports():
+    pytest.importorskip("triton.experimental.gluon")
+    from slimq.kernels.triton._dq16 import _pair_asm
+    from slimq.kernels.triton._tiles import plane_width
+    return _pair_asm, plane_width
 
 
 def _f16(v: float) -> float:
@@ -20,6 +26,7 @@ def _f16(v: float) -> float:
 
 @pytest.mark.parametrize("bits", [3, 5, 6, 7])
 def test_both_magics_off_plane_one_is_exact(bits):
+    _, plane_width = _imports()
     w0, w1 = plane_width(bits, 0), plane_width(bits, 1)
     for j in range(8):
         m0, m1 = 2.0 ** (10 - (j * w0) % 8), 2.0 ** (10 - (j * w1) % 8 + w0)
@@ -34,6 +41,7 @@ def test_both_magics_off_plane_one_is_exact(bits):
 
 def test_pair_asm_subtracts_once_per_plane_after_the_first_two():
     """One ``HSUB2`` for one plane, one for two (both magics at once), two for three; one ``HFMA2`` each."""
+    _pair_asm, _ = _imports()
     for n, subs in ((1, 1), (2, 1), (3, 2)):
         asm = _pair_asm(n)
         assert asm.count("sub.f16x2") == subs and asm.count("fma.rn.f16x2") == 1
