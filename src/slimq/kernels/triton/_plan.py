@@ -461,10 +461,7 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     """``wgs``: ``x[:, col_perm]`` into ``ws.xperm``, then one kernel per band; ``cfg.block_m`` is the token
     tile ``BT``, ``cfg.block_n`` the row tile ``BN``. The kernels read the activations by TMA (zeros past
     ``K`` and ``M``). ``wgs_kernel`` (no producers) takes per segment a descriptor of ``xperm[:, :c1]`` and
-    writes ``out``; ``wgsw_kernel`` (``cfg.producers``) takes one descriptor of ``xperm`` (in ``_dq16``'s
-    pair order where it dequantizes in half2) and, with ``cfg.split_k > 1``, adds float32 sums into the
-    workspace, finished by each tile's last program (tile counters in ``ws.cnt``) or, without room for
-    the counters, by a ``finalize_kernel`` launch."""
+    writes ``out``; with ``cfg.producers`` see :func:`_producer_launches`."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from slimq.kernels.triton._wgs import smem_layout
@@ -477,37 +474,57 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     # tiles while the MMA warps wait for the gathered activations (griddepcontrol.wait)
     pdl = bool(cfg.stream_k) and _pdl(x, cfg)
     gather, xin = gather_launch(x, packed, ws.xperm, pair16=h2, pdl=pdl)
+    bk = wgs_block_k(packed.segments[0].group_size)
+    box, layout = [cfg.block_m, bk], smem_layout(bk, 8 * x.element_size())
+    if cfg.producers:
+        whole = TensorDescriptor(xin, [m, kdim], [kdim, 1], box, layout)
+        return [gather] + _producer_launches(whole, packed, bias, out, ws, cfg, bk, h2, pdl)
+    launches = [gather]
+    _, has_rp, rp, b = _output_args(packed, bias, out, ws, m, False)
+    for r0, ns, segs in bands(packed):
+        descs = [TensorDescriptor(xin, [m, s.c1], [kdim, 1], box, layout) for s in segs]
+        descs += descs[:1] * (WGS_MAX_SEGMENTS - len(descs))
+        grid = triton.cdiv(ns, cfg.block_n) * triton.cdiv(m, cfg.block_m)
+        launches.append(Launch("wgs_kernel", (grid,), (*descs, m, out, out.stride(0), rp, b, r0, ns,
+                                                       tuple(_seg_arg(s) for s in segs)),
+                               _wgs_kwargs(packed, bias, cfg, segs, bk, has_rp), module="wgs"))
+    return launches
+
+
+def _wgs_kwargs(packed: PackedLinear, bias: torch.Tensor | None, cfg: KernelConfig, segs: list[Segment], bk: int,
+                has_rp: bool) -> dict:
+    """The constexprs and launch options every ``wgs`` kernel of one band takes."""
+    return dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=packed.segments[0].group_size,
+                BT=cfg.block_m, BN=cfg.block_n, BK=bk, XAHEAD=cfg.num_stages, HAS_ROWPERM=has_rp,
+                HAS_BIAS=bias is not None, num_warps=cfg.num_warps, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+
+
+def _producer_launches(whole, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor, ws: Workspace,
+                       cfg: KernelConfig, bk: int, h2: bool, pdl: bool) -> list[Launch]:
+    """The warp-specialised ``wgs`` launches after the gather, one per band, all reading ``whole`` (one TMA
+    descriptor of the gathered ``[M, K]``, in ``_dq16``'s pair order with ``h2``): ``wgsk_kernel`` with
+    ``cfg.stream_k`` (persistent programs sharing the band's tiles x K tiles; the first launched during the
+    gather with ``pdl``), else ``wgsw_kernel``, which with ``cfg.split_k > 1`` adds float32 sums into the
+    workspace, finished by each tile's last program (tile counters in ``ws.cnt``) or, without room for the
+    counters, by a ``finalize_kernel`` launch."""
+    m, kdim = whole.shape
     split = cfg.split_k > 1  # float32 sums in the workspace, then the tile's last program or finalize_kernel
-    fused = split and bool(cfg.producers) and _fused_split(ws, m, packed, cfg)
+    fused = split and _fused_split(ws, m, packed, cfg)
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
     cnt = ws.cnt if fused else acc
-    gs = packed.segments[0].group_size
-    bk = wgs_block_k(gs)
-    box = [cfg.block_m, bk]
-    layout = smem_layout(bk, 8 * x.element_size())
-    launches = [gather]
-    whole = TensorDescriptor(xin, [m, kdim], [kdim, 1], box, layout) if cfg.producers else None
+    maxnreg, pregs = WGSW_REGS[cfg.producers]
+    launches = []
     for r0, ns, segs in bands(packed):
-        if cfg.producers:  # K tiles are numbered across the band's segments, in column order
-            segs = sorted(segs, key=lambda t: t.c0)
-            why = wgs_tiles_contiguous(segs, kdim, bk)
-            if why:
-                raise ValueError(f"wgs with producers: {why}")
-        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BT=cfg.block_m, BN=cfg.block_n,
-                  BK=bk, XAHEAD=cfg.num_stages, HAS_ROWPERM=has_rp, HAS_BIAS=bias is not None,
-                  num_warps=cfg.num_warps, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
-        seg_args = tuple(_seg_arg(s) for s in segs)
-        grid = triton.cdiv(ns, cfg.block_n) * triton.cdiv(m, cfg.block_m)
-        if not cfg.producers:
-            descs = [TensorDescriptor(xin, [m, s.c1], [kdim, 1], box, layout) for s in segs]
-            descs += descs[:1] * (WGS_MAX_SEGMENTS - len(descs))
-            launches.append(Launch("wgs_kernel", (grid,), (*descs, m, out, out.stride(0), rp, b, r0, ns, seg_args),
-                                   kw, module="wgs"))
-            continue
-        maxnreg, pregs = WGSW_REGS[cfg.producers]
+        segs = sorted(segs, key=lambda t: t.c0)  # K tiles are numbered across the band's segments, in column order
+        why = wgs_tiles_contiguous(segs, kdim, bk)
+        if why:
+            raise ValueError(f"wgs with producers: {why}")
+        kw = _wgs_kwargs(packed, bias, cfg, segs, bk, has_rp)
         kw.update(P=cfg.producers, PREGS=pregs, WS=WGSW_SLOTS, H2=h2, AHEAD=cfg.depth + 1,
                   maxnreg=cfg.maxnreg or maxnreg)
-        if cfg.stream_k:  # persistent programs sharing the band's steps (tiles x K tiles) evenly
+        seg_args = tuple(_seg_arg(s) for s in segs)
+        grid = triton.cdiv(ns, cfg.block_n) * triton.cdiv(m, cfg.block_m)
+        if cfg.stream_k:
             programs = min(cfg.stream_k, grid * triton.cdiv(kdim, bk))
             check_stream_room(ws, programs, cfg)
             launches.append(Launch("wgsk_kernel", (programs,),
@@ -520,8 +537,7 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
             kw.update(HAS_ROWPERM=False, HAS_BIAS=False)  # finalize_kernel applies them
         launches.append(Launch("wgsw_kernel", (grid * cfg.split_k,),
                                (whole, m, out, out.stride(0), acc, acc.stride(0) if split else 0, cnt, rp, b, r0, ns,
-                                seg_args), kw,
-                               module="wgsw"))
+                                seg_args), kw, module="wgsw"))
     if split and not fused:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
