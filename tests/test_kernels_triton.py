@@ -586,31 +586,26 @@ def test_wgs_plan_one_launch_per_band_with_segment_descriptors():
 @inproc
 def test_wgs_producers_plan_one_descriptor_split_k_and_pair_order():
     """The warp-specialised wgs plan (host side, no GPU): one TMA descriptor of the whole gathered ``[M, K]``
-    per band, segments in column order, ``SPLIT`` programs per tile adding into the workspace, finished by the
-    tile's last program (counters in ``ws.cnt``) or, in a workspace without counters, by a finalize launch;
-    float16 layers with ``K % 16 == 0`` gather in ``_dq16``'s pair order (H2), bfloat16 not."""
+    per band, segments in column order, ``SPLIT`` programs per tile adding into the workspace and one
+    finalize launch; float16 layers with ``K % 16 == 0`` gather in ``_dq16``'s pair order (H2), bfloat16 not."""
     pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
     q = random_layer(*LAYERS["mix123_full"])  # one band, three segments
     m, n, k = 150, q.out_features, q.in_features
-    for dtype, split, h2, cnt in ((torch.float16, 3, k % 16 == 0, True), (torch.float16, 2, k % 16 == 0, False),
-                                  (torch.bfloat16, 1, False, True)):
+    for dtype, split, h2 in ((torch.float16, 3, k % 16 == 0), (torch.bfloat16, 1, False)):
         x = torch.zeros(m, k, device=DEV, dtype=dtype)
         out = torch.empty(m, n, device=DEV, dtype=dtype)
-        ws = Workspace(DEV, m, n, k, dtype, buffers=("acc", "xperm") + ("cnt",) * cnt)
+        ws = Workspace(DEV, m, n, k, dtype)
         cfg = KernelConfig("wgs", block_m=128, block_n=64, num_warps=8, producers=4, split_k=split)
         launches = slt.plan_launches(x, q, None, out, ws, cfg)
         names = [lc.kernel for lc in launches]
-        fused = split > 1 and cnt
-        assert names == ["gather_kernel", "wgsw_kernel"] + ["finalize_kernel"] * (split > 1 and not cnt)
+        assert names == ["gather_kernel", "wgsw_kernel"] + ["finalize_kernel"] * (split > 1)
         assert launches[0].kwargs.get("PAIR16", False) == h2
         w = launches[1]
         assert list(w.args[0].shape) == [m, k] and list(w.args[0].block_shape) == [128, 64]
         assert w.kwargs["SPLIT"] == split and w.kwargs["H2"] == h2 and w.kwargs["P"] == 4
-        assert w.kwargs["FUSED"] == fused
         assert w.grid == (triton.cdiv(m, 128) * triton.cdiv(n, 64) * split,)
         assert [c0 for c0, *_ in w.args[-1]] == sorted(c0 for c0, *_ in w.args[-1])
         assert w.args[2] is out and (w.args[4] is ws.acc or w.args[4].data_ptr() == ws.acc.data_ptr())
-        assert (w.args[6] is ws.cnt) == fused
         from slimq.kernels.triton._plan import uses_acc
         assert uses_acc(q, cfg) == (split > 1)
 
@@ -722,13 +717,11 @@ def _replays_match_reference(g, x, p, out, ws):
 
 @inproc
 @gpu
-@pytest.mark.parametrize("counters", [True, False])
 @pytest.mark.parametrize("cfg_name", ["wgsw_p4_k2_d2", "wgsw_p8_k3", "wgsk_p4_7"])
-def test_wgs_producers_split_k_replays_under_cuda_graph(cfg_name, counters):
-    """The warp-specialised wgs with split-K (float32 sums, then the tile's last program, or finalize in a
-    workspace without tile counters) or stream-K (partials and flags per program) replays under a CUDA graph with
-    new activations, a bias and a row permutation (three bands: one launch each), and leaves the workspace (sums,
-    counters, flags) zeroed."""
+def test_wgs_producers_split_k_replays_under_cuda_graph(cfg_name):
+    """The warp-specialised wgs with split-K (float32 sums, then finalize) or stream-K (partials and flags per
+    program) replays under a CUDA graph with new activations, a bias and a row permutation (three bands: one
+    launch each), and leaves the workspace (sums, flags) zeroed."""
     if slt.wgs_unavailable(DEV, torch.float16):
         pytest.skip(slt.wgs_unavailable(DEV, torch.float16))
     p = random_layer(512, 640, 64, None, seed=2, row_bits=[2, 4, 3])  # three bands, a row permutation
@@ -736,10 +729,9 @@ def test_wgs_producers_split_k_replays_under_cuda_graph(cfg_name, counters):
     x = torch.randn(m, p.in_features, device=DEV, dtype=torch.float16)
     bias = torch.randn(p.out_features, device=DEV, dtype=torch.float16)
     out = torch.empty(m, p.out_features, device=DEV, dtype=torch.float16)
-    ws = Workspace(DEV, m, p.out_features, p.in_features, torch.float16,
-                   buffers=("acc", "xperm", "skp", "skf") + ("cnt",) * counters, stream_k_programs=cfg.stream_k)
+    ws = Workspace(DEV, m, p.out_features, p.in_features, torch.float16, stream_k_programs=cfg.stream_k)
     launches = slt.plan_launches(x, p, bias, out, ws, cfg)
-    assert ("finalize_kernel" in [lc.kernel for lc in launches]) == (not counters and not cfg.stream_k)
+    assert ("finalize_kernel" in [lc.kernel for lc in launches]) == (not cfg.stream_k)
     sbp_matmul(x, p, bias, out=out, workspace=ws, config=cfg)  # compile outside the capture
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):

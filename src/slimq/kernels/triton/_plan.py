@@ -505,13 +505,10 @@ def _producer_launches(whole, packed: PackedLinear, bias: torch.Tensor | None, o
     descriptor of the gathered ``[M, K]``, in ``_dq16``'s pair order with ``h2``): ``wgsk_kernel`` with
     ``cfg.stream_k`` (persistent programs sharing the band's tiles x K tiles; the first launched during the
     gather with ``pdl``), else ``wgsw_kernel``, which with ``cfg.split_k > 1`` adds float32 sums into the
-    workspace, finished by each tile's last program (tile counters in ``ws.cnt``) or, without room for the
-    counters, by a ``finalize_kernel`` launch."""
+    workspace for a ``finalize_kernel`` launch."""
     m, kdim = whole.shape
-    split = cfg.split_k > 1  # float32 sums in the workspace, then the tile's last program or finalize_kernel
-    fused = split and _fused_split(ws, m, packed, cfg)
+    split = cfg.split_k > 1  # float32 sums in the workspace, then finalize_kernel
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
-    cnt = ws.cnt if fused else acc
     maxnreg, pregs = WGSW_REGS[cfg.producers]
     launches = []
     for r0, ns, segs in bands(packed):
@@ -532,13 +529,13 @@ def _producer_launches(whole, packed: PackedLinear, bias: torch.Tensor | None, o
                                    {**kw, **_pdl_kw(pdl)}, module="wgsk"))
             pdl = False  # a later band's launch follows a wgsk launch, not the gather
             continue
-        kw.update(SPLIT=cfg.split_k, FUSED=fused)
-        if split and not fused:
+        kw.update(SPLIT=cfg.split_k)
+        if split:
             kw.update(HAS_ROWPERM=False, HAS_BIAS=False)  # finalize_kernel applies them
         launches.append(Launch("wgsw_kernel", (grid * cfg.split_k,),
-                               (whole, m, out, out.stride(0), acc, acc.stride(0) if split else 0, cnt, rp, b, r0, ns,
+                               (whole, m, out, out.stride(0), acc, acc.stride(0) if split else 0, rp, b, r0, ns,
                                 seg_args), kw, module="wgsw"))
-    if split and not fused:
+    if split:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
 

@@ -117,7 +117,7 @@ class Workspace:
     ``wg``; ``mv`` takes ``xpair`` and ``xc32``, float32 ``[XC_SLOTS, split_rows, Kp / 128]``: sums per token and
     128-column block). ``cnt``: int32 per output tile, all zeros between calls: split-K arrival counters, so
     the last program of a tile writes the output (no finalize launch; ``gv``, ``h2``, ``h2dot``, ``tc``,
-    ``wg``, ``wgs``). ``skp`` float32 ``[stream_k_programs * WGS_TILE]`` and ``skf`` int32
+    ``wg``). ``skp`` float32 ``[stream_k_programs * WGS_TILE]`` and ``skf`` int32
     ``[stream_k_programs]`` (zeros between calls): a partial-sum slot and a flag per program of stream-K ``wgs``
     (``_wgsk``); ``stream_k_programs`` defaults to the device's SM count where ``max_m > WG_MAX_M`` (17 MB on
     an H200), else 0.
