@@ -9,7 +9,9 @@ median of ``triton.testing.do_bench`` (L2 flushed before every run) over CUDA-gr
 one call, on random non-zero data (``--flush clean``: the L2 flushed by a read instead of
 ``do_bench``'s zeroing, whose dirty lines the timed call writes back; see ``timing.py``). Bandwidth counts packed weights + scales/zeros + x + y once,
 against the card's device-to-device copy bandwidth measured in the same run. Every timed
-slimq output is first checked against the pure-torch reference.
+slimq output is first checked against the pure-torch reference. FP16 and each variant's dispatch are
+timed in ``--rounds`` (5) alternating rounds, so their ratio compares calls that met the same clock
+(``timing.time_graphs``; ``--rounds 1``: one 40 ms window each, in turn, as up to session 10).
 
     PYTHONPATH=src python benchmarks/kernels.py [--tune] [--shapes 4096x4096,...] [--ms 1,16] [--out DIR]
 
@@ -220,9 +222,10 @@ def _parse(argv):
                     help="how the L2 is flushed before each timed replay (benchmarks/timing.py): zero = "
                          "do_bench's own, the issue's protocol (leaves dirty lines the timed call writes back); "
                          "clean = a 256 MB read (a cold, clean L2); none")
-    ap.add_argument("--rounds", type=int, default=1,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="time FP16 and each variant's dispatch in this many alternating rounds (timing.time_graphs: "
-                         "they then meet the same clock); 1: one 40 ms window each, one after the other")
+                         "they then meet the same clock; the README's tables); 1: one 40 ms window each, one after "
+                         "the other (sessions 1-10)")
     ap.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     ap.add_argument("--from-json", metavar="PATH",

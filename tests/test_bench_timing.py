@@ -32,9 +32,9 @@ def test_read_floor_refuses_an_unknown_flush():
 
 
 def test_rounds_are_checked_before_any_gpu_work():
-    """``--rounds`` (FP16 and the dispatch timed in alternating rounds) defaults to one window each and refuses
-    fewer than one round; so does ``timing.time_graphs``."""
-    assert kb._parse([]).rounds == 1
+    """``--rounds`` (FP16 and the dispatch timed in alternating rounds) defaults to five rounds (``1``: one
+    window each, in turn) and refuses fewer than one round; so does ``timing.time_graphs``."""
+    assert kb._parse([]).rounds == 5 and kb._parse(["--rounds", "1"]).rounds == 1
     assert kb._parse(["--rounds", "5"]).rounds == 5
     with pytest.raises(SystemExit):
         kb._parse(["--rounds", "0"])
