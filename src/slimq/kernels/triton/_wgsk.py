@@ -26,10 +26,9 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
-from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, smem_layout
-from slimq.kernels.triton._wgsw import _dq_tiles, _mma_range, _store_out
+from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier
+from slimq.kernels.triton._wgsw import _dq_tiles, _mma_range, _store_out, rings
 
 __all__ = ["wgsk_kernel"]
 
@@ -38,6 +37,22 @@ __all__ = ["wgsk_kernel"]
 def _share(c, NP, S):
     """Program ``c``'s steps ``[lo, hi)`` of ``S``, shared among ``NP`` programs."""
     return c * S // NP, (c + 1) * S // NP
+
+
+@gluon.jit
+def _units(S, KT):
+    """This program's share ``[lo, hi)`` of the ``S`` steps and the last tile it touches ``t_hi``; it has ``n``
+    units (one per tile touched), walked from ``t_hi`` down (:func:`_unit`)."""
+    lo, hi = _share(gl.program_id(0), gl.num_programs(0), S)
+    t_hi = (hi - 1) // KT
+    return lo, hi, t_hi, t_hi - lo // KT + 1
+
+
+@gluon.jit
+def _unit(u, lo, hi, t_hi, KT):
+    """Unit ``u`` of the program (from :func:`_units`): tile ``t`` and its K tiles ``[kb, ke)``."""
+    t = t_hi - u
+    return t, gl.maximum(lo, t * KT) - t * KT, gl.minimum(hi, (t + 1) * KT) - t * KT
 
 
 @gluon.jit
@@ -65,18 +80,14 @@ def _sk_mma_partition(xdesc, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_
         _gdc_wait()
     c = gl.program_id(0)
     NP = gl.num_programs(0)
-    lo, hi = _share(c, NP, S)
-    t_lo = lo // KT
-    t_hi = (hi - 1) // KT
+    lo, hi, t_hi, n_units = _units(S, KT)
     LACC: gl.constexpr = _acc_layout(BT, BN, num_warps)
     rows_l = gl.arange(0, BN, layout=gl.SliceLayout(0, LACC))
     toks_l = gl.arange(0, BT, layout=gl.SliceLayout(1, LACC))
     offs = toks_l[:, None] * BN + rows_l[None, :]  # a slot's [BT, BN] float32 sums, in this layout's order
     it = gl.to_tensor(0)
-    for u in range(0, t_hi - t_lo + 1):
-        t = t_hi - u
-        kb = gl.maximum(lo, t * KT) - t * KT
-        ke = gl.minimum(hi, (t + 1) * KT) - t * KT
+    for u in range(0, n_units):
+        t, kb, ke = _unit(u, lo, hi, t_hi, KT)
         pid_t = t % n_t
         acc, it = _mma_range(xdesc, kb, ke, it, pid_t * BT, x_bars, w_ready, w_empty, w_smem, x_smem, BT, BN, BK,
                              XAHEAD, WS, num_warps)
@@ -104,16 +115,10 @@ def _sk_dq_partition(segs, ns, S, KT, n_t, w_ready, w_empty, w_smem, SEG_BITS: g
                      GS: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, DT: gl.constexpr, WS: gl.constexpr,
                      H2: gl.constexpr, AHEAD: gl.constexpr, P: gl.constexpr):
     """The producer partition: the same units in the same order, each one's K range dequantized into the ring."""
-    c = gl.program_id(0)
-    NP = gl.num_programs(0)
-    lo, hi = _share(c, NP, S)
-    t_lo = lo // KT
-    t_hi = (hi - 1) // KT
+    lo, hi, t_hi, n_units = _units(S, KT)
     it = gl.to_tensor(0)
-    for u in range(0, t_hi - t_lo + 1):
-        t = t_hi - u
-        kb = gl.maximum(lo, t * KT) - t * KT
-        ke = gl.minimum(hi, (t + 1) * KT) - t * KT
+    for u in range(0, n_units):
+        t, kb, ke = _unit(u, lo, hi, t_hi, KT)
         it = _dq_tiles(it, segs, kb, ke, t // n_t, ns, w_ready, w_empty, w_smem, SEG_BITS, NSEG, GS, BN, BK, DT, WS,
                        H2, AHEAD, P)
 
@@ -133,16 +138,7 @@ def wgsk_kernel(xd, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_ptr, bias
     n_t = gl.cdiv(M, BT)
     KT = gl.cdiv(segs[NSEG - 1][0] + segs[NSEG - 1][1], BK)  # K tiles of the layer
     S = gl.cdiv(ns, BN) * n_t * KT
-    w_smem = gl.allocate_shared_memory(DT, [WS, BN, BK], smem_layout(BK, DT.primitive_bitwidth))
-    x_smem = gl.allocate_shared_memory(DT, [XAHEAD + 2, BT, BK], xd.layout)
-    x_bars = gl.allocate_shared_memory(gl.int64, [XAHEAD + 2, 1], mbarrier.MBarrierLayout())
-    w_ready = gl.allocate_shared_memory(gl.int64, [WS, 1], mbarrier.MBarrierLayout())
-    w_empty = gl.allocate_shared_memory(gl.int64, [WS, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(XAHEAD + 2):
-        mbarrier.init(x_bars.index(i), count=1)
-    for i in gl.static_range(WS):
-        mbarrier.init(w_ready.index(i), count=1)
-        mbarrier.init(w_empty.index(i), count=1)
+    w_smem, x_smem, x_bars, w_ready, w_empty = rings(xd, BT, BN, BK, XAHEAD, WS)
     gl.warp_specialize([
         (_sk_mma_partition, (xd, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_ptr, bias_ptr, r0, ns, S, KT, n_t,
                              x_bars, w_ready, w_empty, w_smem, x_smem, BT, BN, BK, XAHEAD, WS, HAS_ROWPERM, HAS_BIAS,

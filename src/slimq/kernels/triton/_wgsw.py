@@ -40,7 +40,7 @@ from slimq.kernels.triton._wgs import (
     _acc_layout, _cta_barrier, _dequant, _w_layout, _w_loads, _x_issue, smem_layout,
 )
 
-__all__ = ["wgsw_kernel"]
+__all__ = ["wgsw_kernel", "rings"]
 
 _REINTERPRET_PUBLIC = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))
 
@@ -202,6 +202,25 @@ def _dq_partition(segs, kb, ke, pid_n, ns, w_ready, w_empty, w_smem, SEG_BITS: g
 
 
 @gluon.jit
+def rings(xd, BT: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, XAHEAD: gl.constexpr, WS: gl.constexpr):
+    """Shared memory of a warp-specialised ``wgs`` CTA: the ``WS``-slot ring of dequantized ``[BN, BK]`` weight
+    tiles, the ``XAHEAD + 2``-slot ring of ``[BT, BK]`` activation tiles (TMA through ``xd``), and their
+    mbarriers (one per activation slot; ``w_ready`` / ``w_empty`` per weight slot), initialised."""
+    DT: gl.constexpr = xd.dtype
+    w_smem = gl.allocate_shared_memory(DT, [WS, BN, BK], smem_layout(BK, DT.primitive_bitwidth))
+    x_smem = gl.allocate_shared_memory(DT, [XAHEAD + 2, BT, BK], xd.layout)
+    x_bars = gl.allocate_shared_memory(gl.int64, [XAHEAD + 2, 1], mbarrier.MBarrierLayout())
+    w_ready = gl.allocate_shared_memory(gl.int64, [WS, 1], mbarrier.MBarrierLayout())
+    w_empty = gl.allocate_shared_memory(gl.int64, [WS, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(XAHEAD + 2):
+        mbarrier.init(x_bars.index(i), count=1)
+    for i in gl.static_range(WS):
+        mbarrier.init(w_ready.index(i), count=1)
+        mbarrier.init(w_empty.index(i), count=1)
+    return w_smem, x_smem, x_bars, w_ready, w_empty
+
+
+@gluon.jit
 def wgsw_kernel(xd, M, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, ns, segs,
                 SEG_BITS: gl.constexpr, NSEG: gl.constexpr, GS: gl.constexpr, BT: gl.constexpr, BN: gl.constexpr,
                 BK: gl.constexpr, XAHEAD: gl.constexpr, HAS_ROWPERM: gl.constexpr, HAS_BIAS: gl.constexpr,
@@ -225,16 +244,7 @@ def wgsw_kernel(xd, M, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias
     kt = gl.cdiv(segs[NSEG - 1][0] + segs[NSEG - 1][1], BK)  # K tiles of the layer
     kb = pid_s * kt // SPLIT
     ke = (pid_s + 1) * kt // SPLIT
-    w_smem = gl.allocate_shared_memory(DT, [WS, BN, BK], smem_layout(BK, DT.primitive_bitwidth))
-    x_smem = gl.allocate_shared_memory(DT, [XAHEAD + 2, BT, BK], xd.layout)
-    x_bars = gl.allocate_shared_memory(gl.int64, [XAHEAD + 2, 1], mbarrier.MBarrierLayout())
-    w_ready = gl.allocate_shared_memory(gl.int64, [WS, 1], mbarrier.MBarrierLayout())
-    w_empty = gl.allocate_shared_memory(gl.int64, [WS, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(XAHEAD + 2):
-        mbarrier.init(x_bars.index(i), count=1)
-    for i in gl.static_range(WS):
-        mbarrier.init(w_ready.index(i), count=1)
-        mbarrier.init(w_empty.index(i), count=1)
+    w_smem, x_smem, x_bars, w_ready, w_empty = rings(xd, BT, BN, BK, XAHEAD, WS)
     acc = gl.warp_specialize([
         (_mma_partition, (xd, kb, ke, pid_t * BT, x_bars, w_ready, w_empty, w_smem, x_smem, BT, BN, BK, XAHEAD, WS,
                           num_warps)),
