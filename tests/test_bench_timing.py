@@ -76,3 +76,18 @@ def test_stream_k_benchmark_refuses_zero_rounds():
     import stream_k
     with pytest.raises(SystemExit):
         stream_k.main(["--rounds", "0"])
+
+
+def test_wg_split_benchmark_refuses_bad_arguments_and_lists_balanced_candidates():
+    import wg_split
+    for bad in (["--rounds", "0"], ["--m", "17"], ["--m", "1"]):
+        with pytest.raises(SystemExit):
+            wg_split.main(bad)
+    from slimq.kernels.triton import select_config
+    auto = select_config(16, 28672, 8192)
+    cands = wg_split.candidates(auto, 28672, 8192, 132)
+    got = {(c.block_n, c.split_k) for c in cands}
+    assert (auto.block_n, auto.split_k) not in got  # the dispatch's own config is timed once, as the dispatch
+    assert got == {(64, 1), (64, 2), (128, 1), (128, 2), (128, 3), (128, 4)} - {(auto.block_n, auto.split_k)}
+    assert {(c.block_n, c.split_k) for c in wg_split.candidates(select_config(16, 11008, 4096), 11008, 4096, 132)} \
+        >= {(64, 2), (64, 6), (128, 3), (128, 12)}  # (64, 3) is the dispatch there

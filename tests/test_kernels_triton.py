@@ -329,6 +329,25 @@ def test_gv_gather_is_one_launch():
 
 
 @inproc
+def test_balanced_split_fills_the_last_wave():
+    from slimq.kernels.triton._dispatch import _balanced_split
+    for tiles in range(1, 600, 7):
+        for sms in (66, 114, 132):
+            split = _balanced_split(tiles, 64, 3.9, sms)
+            assert 1 <= split <= 16
+            u = tiles * split / sms
+            if tiles * 16 >= 3.9 * sms:  # enough work for the target: at least 0.95 of it
+                assert u >= 0.95 * 3.9
+            if split > 1 and u >= 0.95 * 3.9:  # no smaller split reaching the target fills its last wave to 95%
+                for s in range(1, split):
+                    us = tiles * s / sms
+                    assert us < 0.95 * 3.9 or us / math.ceil(us) < 0.95
+    assert _balanced_split(448, 64, 3.9, 132) == 2 and _balanced_split(86, 32, 2, 132) == 3
+    assert _balanced_split(8, 4, 3.9, 132) == 4  # too little work for the target: the largest split K allows
+    assert _balanced_split(1050, 64, 3.9, 132) == 1  # 7.95 per SM at split 1: a full last wave
+
+
+@inproc
 def test_select_config_is_explicit():
     assert [select_config(m, 4096, 4096).path for m in (1, 2, 4, 16, 17, 64, 128)] == ["gv"] + ["wg"] * 6
     assert [select_config(m, 4096, 4096, bits=b).path for m in (2, 16) for b in ((2, 4), (3,), (4, 5))] == ["wg"] * 6
@@ -336,9 +355,11 @@ def test_select_config_is_explicit():
         [1, 16, 16, 32, 32, 64, 64, 128, 128]
     assert [select_config(m, 4096, 4096).scaled for m in (16, 32, 33, 128)] == [False, False, True, True]
     assert all(select_config(m, 4096, 4096).join and select_config(m, 4096, 4096).block_n == 64 for m in (2, 100))
-    # K split towards ~4 (token tiles <= 32) or ~3 (larger) programs per SM, as measured on the H200
+    # K split towards ~4 (token tiles <= 32) or ~3 (larger) programs per SM, as measured on the H200; 9-16 tokens
+    # with a full last wave (28672 x 8192: 448 tiles take split 2, 6.8 per SM, not 1: 3.4; run 97)
     assert [select_config(16, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096), (11008, 4096))] \
-        == [1, 4, 8, 2]
+        == [2, 4, 8, 3]
+    assert [select_config(4, n, k).split_k for n, k in ((28672, 8192), (11008, 4096))] == [1, 2]  # masked: as before
     assert [select_config(64, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096))] == [1, 2, 4]
     assert select_config(16, 4096, 4096, num_sms=66).split_k == 4  # half the SMs, half the programs
     assert slt.fallback_config(1, 4096, 4096).path == "fma" and slt.fallback_config(5, 4096, 4096).path == "dot"
@@ -412,7 +433,7 @@ def test_select_config_is_explicit():
     got = [(c.block_n, c.split_k) for c in (select_config(m, n, k, bits=b) for m, n, k, b in (
         (16, 4096, 11008, (1, 2, 3)), (16, 8192, 8192, (3,)), (16, 11008, 4096, (2,)), (16, 11008, 4096, (3,)),
         (16, 11008, 4096, (1, 2, 3)), (4, 4096, 4096, (4,)), (16, 28672, 8192, (2,)), (32, 4096, 11008, (2,))))]
-    assert got == [(128, 8), (128, 4), (128, 4), (64, 2), (64, 2), (64, 8), (64, 1), (64, 8)]
+    assert got == [(128, 8), (128, 4), (128, 3), (64, 3), (64, 3), (64, 8), (64, 2), (64, 8)]  # K splits: run 97
     assert select_config(1, 4096, 200).split_k == 2 and select_config(4, 64, 200).split_k == 2  # <= K-tiles
     for m in (1, 16, 64, 1024):
         for n, k in ((4096, 4096), (28672, 8192), (8192, 28672), (576, 576)):
