@@ -69,6 +69,11 @@ def packed_bytes(p) -> int:
 TOL = {torch.float16: 3e-3, torch.bfloat16: 1.2e-2}  # relative error against the reference that counts as correct
 
 
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative error ``|out - ref| / |ref|`` (Frobenius norms, float32) of a call's output against the reference."""
+    return float((out.float() - ref).norm() / ref.norm())
+
+
 def time_graph(fn, rep_ms: int = 40, flush: str = "zero") -> float:
     """Median microseconds of CUDA-graph replays of ``fn``, the L2 flushed before each replay as ``flush``
     (``timing.FLUSHES``; ``"zero"``, ``do_bench``'s own, is the issue's protocol)."""
@@ -281,7 +286,7 @@ def _measure_variant(case, cfgs, tune: bool, keep_all: bool, flush: str = "zero"
             results.append({"cfg": cfg_name(cfg), "us": float("inf"), "err": float("nan"), "ok": False,
                             "error": str(e)[:120]})
             continue
-        err = float((case.out.float() - ref).norm() / ref.norm())
+        err = rel_err(case.out, ref)
         if cfg is cfgs[0] and auto_us is not None:
             t = auto_us
         else:

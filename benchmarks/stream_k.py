@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import SHAPES, TOL, VARIANTS, Case, build_layer  # noqa: E402
+from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, rel_err  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                 for name, cfg in (("dispatch", auto), ("stream_k", stream),
                                   ("stream_k_nopdl", dataclasses.replace(stream, pdl=False))):
                     case.fn(cfg)()
-                    err = float((case.out.float() - ref).norm() / ref.norm())
+                    err = rel_err(case.out, ref)
                     if err >= TOL[torch.float16]:
                         raise SystemExit(f"{n}x{k} M={m} {v} {name}: relative error {err:.2e}")
                     fns[f"{v}:{name}"] = case.fn(cfg)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, cfg_name
+from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, cfg_name, rel_err
 
 SPLITS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16)
 
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             fns, errs = {"fp16": lambda x=x16, w=w16, y=y16: torch.mm(x, w.t(), out=y)}, {}
             for c in cfgs:
                 case.fn(c)()
-                errs[cfg_name(c)] = err = float((case.out.float() - ref).norm() / ref.norm())
+                errs[cfg_name(c)] = err = rel_err(case.out, ref)
                 if err < TOL[torch.float16]:
                     fns[cfg_name(c)] = case.fn(c)
                 else:
