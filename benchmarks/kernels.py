@@ -202,6 +202,29 @@ class Case:
         return lambda: sbp_matmul(self.x, self.p, out=self.out, workspace=self.ws, config=cfg)
 
 
+def parse_extra(spec: str) -> dict:
+    """``"num_stages=3,pdl=0"`` -> ``{"num_stages": 3, "pdl": False}``: integer or boolean (0/1) fields
+    of ``KernelConfig`` to change in a config (the ``--extra`` option of ``wg_split.py`` and ``stream_k.py``)."""
+    from slimq.kernels.triton import KernelConfig
+    fields = {f.name: f.type for f in dataclasses.fields(KernelConfig)}
+    out = {}
+    for item in spec.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields or fields[name] not in ("int", int, "bool", bool):
+            raise ValueError(f"--extra takes name=integer pairs of KernelConfig's integer or boolean fields, got "
+                             f"{item!r}")
+        if fields[name] in ("bool", bool):
+            if value not in ("0", "1"):
+                raise ValueError(f"--extra: {name} takes 0 or 1, got {value!r}")
+            out[name] = value == "1"
+            continue
+        try:
+            out[name] = int(value)
+        except ValueError:
+            raise ValueError(f"--extra: {name} takes an integer, got {value!r}") from None
+    return out
+
+
 def cfg_name(c) -> str:
     if c.path == "dequant":
         return f"dequant/c{c.chunk_n}" if c.chunk_n else "dequant"

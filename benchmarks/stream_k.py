@@ -2,11 +2,13 @@
 
 Per (shape, M): FP16 ``torch.mm``; per variant the config the dispatch picks (``resolve_config``), ``wgs``
 with stream-K over the SM count (256 x 128 tiles, 4 producer warps) and the same without programmatic dependent
-launch (``pdl=False``: it starts after the gather instead of during it); each checked against the reference, then
+launch (``pdl=False``: it starts after the gather instead of during it) and each ``--extra`` variant of the stream-K
+config (``num_stages=3``: that field changed); each checked against the reference, then
 all timed together in ``--rounds`` alternating rounds (``timing.time_graphs``: CUDA-graph replays, L2 flushed
 as ``do_bench`` does, one clock for all). Prints one line per (shape, M) and writes ``OUT/stream_k.json``.
 
     PYTHONPATH=src python3 benchmarks/stream_k.py [--ms 256,512,1024] [--variants 2b,3b,4b,slim] [--out DIR]
+        [--extra num_stages=3 --extra depth=1] [--no-nopdl]
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, rel_err  # noqa: E402
+from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, parse_extra, rel_err  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -29,20 +31,37 @@ def main(argv=None) -> int:
     ap.add_argument("--ms", default="256,512,1024")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--extra", action="append", default=[], metavar="FIELD=N,...",
+                    help="also time the stream-K config with these fields changed (repeatable)")
+    ap.add_argument("--no-nopdl", action="store_true", help="leave out the stream-K config without PDL")
+    ap.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
+    from slimq.kernels.triton import KernelConfig
+    stream = KernelConfig("wgs", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=2, producers=4,
+                          depth=2, stream_k=132)
+    try:
+        extras = {e: dataclasses.replace(stream, **parse_extra(e)) for e in args.extra}  # KernelConfig checks them
+    except ValueError as e:
+        ap.error(str(e))
     if not torch.cuda.is_available():
         raise SystemExit("stream_k.py needs a CUDA GPU (Hopper: wgs is Gluon for sm_90)")
     from timing import time_graphs
 
     from slimq.kernels.reference import packed_matmul_reference
-    from slimq.kernels.triton import KernelConfig, Workspace, resolve_config
+    from slimq.kernels.triton import Workspace, resolve_config
+    from slimq.kernels.triton.warmup import precompile
+    from triton.runtime.errors import OutOfResources
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
-    stream = KernelConfig("wgs", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=2, producers=4,
-                          depth=2, stream_k=sms)
+    stream = dataclasses.replace(stream, stream_k=sms)
+    extras = {e: dataclasses.replace(c, stream_k=sms) for e, c in extras.items()}
+    named = [("stream_k", stream)]
+    if not args.no_nopdl:
+        named.append(("stream_k_nopdl", dataclasses.replace(stream, pdl=False)))
+    named += [(f"stream_k+{e}", c) for e, c in extras.items()]
     rows = []
     for shape in args.shapes.split(","):
         n, k = (int(v) for v in shape.split("x"))
@@ -56,9 +75,14 @@ def main(argv=None) -> int:
                 case = Case(p, m, dev, Workspace(dev, m, n, k, torch.float16, dequant=True))
                 auto = resolve_config(case.x, p)
                 ref = packed_matmul_reference(case.x, p).float()
-                for name, cfg in (("dispatch", auto), ("stream_k", stream),
-                                  ("stream_k_nopdl", dataclasses.replace(stream, pdl=False))):
-                    case.fn(cfg)()
+                precompile([lc for _, c in [("dispatch", auto)] + named for lc in case.launches(c)],
+                           processes=args.procs)
+                for name, cfg in [("dispatch", auto)] + named:
+                    try:
+                        case.fn(cfg)()
+                    except OutOfResources as e:  # e.g. a deeper ring than shared memory holds
+                        print(f"{n}x{k} M={m} {v} {name}: skipped ({e})", flush=True)
+                        continue
                     err = rel_err(case.out, ref)
                     if err >= TOL[torch.float16]:
                         raise SystemExit(f"{n}x{k} M={m} {v} {name}: relative error {err:.2e}")

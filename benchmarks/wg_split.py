@@ -1,13 +1,15 @@
 """``wg`` with 9-16 tokens: every K split 1-16 (not only powers of two) on 64- and 128-row tiles, against the
 dispatch and cuBLAS FP16, timed in alternating rounds.
 
-Per (shape, variant): the dispatch's config (``resolve_config``) and each ``(block_n, split_k)`` whose grid holds
-0.75-8 programs per SM, every one checked against the reference first, then all timed together with FP16
+Per (shape, variant): the dispatch's config (``resolve_config``), each ``(block_n, split_k)`` whose grid holds
+0.75-8 programs per SM and each ``--extra`` variant of the dispatch's config (``num_stages=4``: that field changed),
+every one checked against the reference first, then all timed together with FP16
 (``timing.time_graphs``: CUDA-graph replays, L2 flushed as ``do_bench`` does, ``--rounds`` alternating rounds).
-Prints the dispatch, the best and every candidate per line (``block_n/k<split>: us``) and writes
+Prints the dispatch, the best and every candidate per line (``block_n/k<split>[/options]: us``) and writes
 ``OUT/wg_split.json``. Run 97 (``kernels_h200_run97_m16_split_tune.json``) set ``_dispatch._balanced_split``.
 
     PYTHONPATH=src python3 benchmarks/wg_split.py [--m 16] [--shapes 28672x8192,...] [--variants 2b,3b,4b,slim]
+        [--extra num_stages=2 --extra num_stages=4,num_warps=8] [--no-splits]
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, cfg_name, rel_err
+from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, cfg_name, parse_extra, rel_err
 
 SPLITS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16)
 
@@ -36,19 +38,38 @@ def candidates(auto, n: int, k: int, sms: int) -> list:
     return [c for c in dict.fromkeys(out) if c != auto]
 
 
+def short(name: str) -> str:
+    """``wg:16x64x128/w4s3/k2/j/nopdl`` -> ``64/k2/nopdl``: rows, split and any options but ``/j`` (then the
+    warps and stages where they differ from ``w4s3``)."""
+    parts = name.split("/")
+    return "/".join([parts[0].split("x")[1], parts[2]] + [p for p in parts[3:] if p != "j"]
+                    + ([parts[1]] if parts[1] != "w4s3" else []))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--m", type=int, default=16, help="tokens (9-16: the rule this sweep tunes)")
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES))
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--extra", action="append", default=[], metavar="FIELD=N,...",
+                    help="also time the dispatch's config with these fields changed (repeatable)")
+    ap.add_argument("--no-splits", action="store_true",
+                    help="time only the dispatch's config and its --extra variants, no other splits or tiles")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
     if not 2 <= args.m <= 16:
         ap.error(f"--m must be 2-16 (the 16-token tiles of wg), got {args.m}")
+    from slimq.kernels.triton import KernelConfig
     if args.rounds < 1:
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
+    try:
+        extras = [parse_extra(e) for e in args.extra]
+        for e in extras:  # KernelConfig's own checks, before any GPU work
+            dataclasses.replace(KernelConfig("wg"), **e)
+    except ValueError as e:
+        ap.error(str(e))
     if not torch.cuda.is_available():
         raise SystemExit("wg_split.py needs a CUDA GPU")
     from timing import time_graphs
@@ -72,7 +93,8 @@ def main(argv=None) -> int:
             if auto.path != "wg":  # e.g. mv for 2-8 tokens on the big layers
                 print(f"{n}x{k} {v}: the dispatch runs {auto.path!r}, not wg; skipped", flush=True)
                 continue
-            cfgs = [auto] + candidates(auto, n, k, sms)
+            cfgs = [auto] + ([] if args.no_splits else candidates(auto, n, k, sms))
+            cfgs += [c for c in (dataclasses.replace(auto, **e) for e in extras) if c not in cfgs]
             precompile([lc for c in cfgs for lc in case.launches(c)], processes=args.procs)
             ref = packed_matmul_reference(case.x, p).float()
             fns, errs = {"fp16": lambda x=x16, w=w16, y=y16: torch.mm(x, w.t(), out=y)}, {}
@@ -89,7 +111,7 @@ def main(argv=None) -> int:
             print(f"{n}x{k} {v} fp16 {t['fp16']:.1f} dispatch {an} {t.get(an, float('nan')):.1f} "
                   f"({t['fp16'] / t.get(an, float('nan')):.2f}x) best {best} {t[best]:.1f} "
                   f"({t['fp16'] / t[best]:.2f}x)", flush=True)
-            print("   " + "  ".join(f"{name.split('/')[0].split('x', 1)[1].split('x')[0]}/{name.split('/')[2]}:{us:.1f}"
+            print("   " + "  ".join(f"{short(name)}:{us:.1f}"
                                     for name, us in sorted(t.items(), key=lambda a: a[1]) if name != "fp16"), flush=True)
             rows.append({"N": n, "K": k, "M": args.m, "variant": v, "auto": an, "us": t, "err": errs})
             del case, p

@@ -72,10 +72,11 @@ def test_clock_drift_reads_nvidia_smi_lines_and_matches_windows():
     assert rows[1] == {"window": "b", "us": 2.0}  # nothing logged inside
 
 
-def test_stream_k_benchmark_refuses_zero_rounds():
+def test_stream_k_benchmark_refuses_zero_rounds_and_bad_extras():
     import stream_k
-    with pytest.raises(SystemExit):
-        stream_k.main(["--rounds", "0"])
+    for bad in (["--rounds", "0"], ["--extra", "num_stages=5"], ["--extra", "split_k=0"], ["--extra", "depth"]):
+        with pytest.raises(SystemExit):
+            stream_k.main(bad)
 
 
 def test_wg_split_benchmark_refuses_bad_arguments_and_lists_balanced_candidates():
@@ -91,3 +92,18 @@ def test_wg_split_benchmark_refuses_bad_arguments_and_lists_balanced_candidates(
     assert got == {(64, 1), (64, 2), (128, 1), (128, 2), (128, 3), (128, 4)} - {(auto.block_n, auto.split_k)}
     assert {(c.block_n, c.split_k) for c in wg_split.candidates(select_config(16, 11008, 4096), 11008, 4096, 132)} \
         >= {(64, 2), (64, 6), (128, 3), (128, 12)}  # (64, 3) is the dispatch there
+
+
+def test_wg_split_extra_variants_parse_and_refuse_bad_fields():
+    import wg_split
+    from kernels import parse_extra
+    assert parse_extra("num_warps=8,num_stages=4") == {"num_warps": 8, "num_stages": 4}
+    assert parse_extra("pdl=0,join=1") == {"pdl": False, "join": True}
+    for bad in ("num_stages", "num_stages=x", "path=2", "nosuch=1", "join=2", "join=True"):
+        with pytest.raises(ValueError):
+            parse_extra(bad)
+    for bad in (["--extra", "split_k=0"], ["--extra", "num_stages"]):  # KernelConfig's range check, then syntax
+        with pytest.raises(SystemExit):
+            wg_split.main(bad)
+    assert wg_split.short("wg:16x64x128/w4s3/k2/j/nopdl") == "64/k2/nopdl"
+    assert wg_split.short("wg:16x128x128/w8s4/k12/j") == "128/k12/w8s4"
