@@ -1,0 +1,120 @@
+"""Probe of the experimental large-M ``wgr`` kernel (weights as ``wgmma``'s register operand, ``_wgr.py``): checks
+it against the pure-torch reference and times it against cuBLAS FP16 and the dispatch in alternating rounds
+(CUDA-graph replays, L2 flushed as ``do_bench`` does). Uniform 2- and 4-bit layers only; the operand-order
+gather runs as a torch index (``x[:, idx]``) inside the timed call.
+
+    PYTHONPATH=src python3 benchmarks/wgr_probe.py [--shapes 28672x8192,...] [--ms 256,1024] [--variants 2b,4b]
+        [--bt 128,256] [--stages 3] [--rounds 3] [--out DIR]     # writes DIR/wgr_probe.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import SHAPES, TOL, Case, build_layer, rel_err
+
+
+def operand_index(k: int, w: int, device) -> torch.Tensor:
+    """Column of ``x`` (after ``col_perm``) at each operand position of the ``wgr`` gather, ``[K]`` int64."""
+    from slimq.kernels.triton._wgr import WGR_BK, wgr_src
+    bk = int(WGR_BK)
+    tile = torch.tensor([wgr_src(i, w) for i in range(bk)], dtype=torch.int64)
+    return (torch.arange(0, k, bk)[:, None] + tile[None, :]).reshape(-1).to(device)
+
+
+def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int):
+    """A closure running the gather and ``wgr_kernel`` for layer ``p`` on ``x`` into ``out``."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from slimq.kernels.triton._wgr import WGR_BK, wgr_kernel
+    from slimq.kernels.triton._wgs import smem_layout
+    (seg,) = p.segments
+    bk = int(WGR_BK)
+    if p.row_perm is not None or seg.bits not in (2, 4) or x.shape[1] % bk or seg.group_size % bk:
+        raise ValueError("wgr takes one segment of 2- or 4-bit codes, K and the group size multiples of 64, no row_perm")
+    m, k = x.shape
+    w = seg.bits  # one plane of that width
+    idx = p.col_perm.long()[operand_index(k, w, x.device)]
+    xg = torch.empty(m, k, device=x.device, dtype=torch.float16)
+    xd = TensorDescriptor(xg, [m, k], [k, 1], [bt, bk], smem_layout(bk, 16))
+    n = p.out_features
+    grid = (triton_cdiv(n, 128) * triton_cdiv(m, bt),)
+
+    def run():
+        torch.index_select(x, 1, idx, out=xg)
+        wgr_kernel[grid](xd, m, out, out.stride(0), seg.planes[0], seg.scales, seg.zeros, n, k, W=w,
+                         GS=seg.group_size, BN=128, BT=bt, STAGES=stages, num_warps=8)
+    return run
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES))
+    ap.add_argument("--ms", default="256,1024")
+    ap.add_argument("--variants", default="2b,4b")
+    ap.add_argument("--bt", default="128,256")
+    ap.add_argument("--stages", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
+    args = ap.parse_args(argv)
+    if args.rounds < 1 or not 2 <= args.stages <= 6:
+        ap.error(f"--rounds must be >= 1 and --stages 2-6, got {args.rounds} and {args.stages}")
+    if any(v not in ("2b", "4b") for v in args.variants.split(",")):
+        ap.error(f"wgr takes uniform 2- or 4-bit layers only, got {args.variants!r}")
+    if not torch.cuda.is_available():
+        raise SystemExit("wgr_probe.py needs a CUDA GPU (Hopper)")
+    from timing import time_graphs
+
+    from slimq.kernels.reference import packed_matmul_reference
+    from slimq.kernels.triton import Workspace, resolve_config
+    dev = torch.device("cuda")
+    rows, bad = [], []
+    for shape in args.shapes.split(","):
+        n, k = (int(v) for v in shape.split("x"))
+        w16 = torch.randn(n, k, device=dev, dtype=torch.float16) * 0.02
+        for m in (int(v) for v in args.ms.split(",")):
+            x16 = torch.randn(m, k, device=dev, dtype=torch.float16)
+            y16 = torch.empty(m, n, device=dev, dtype=torch.float16)
+            fns, keep = {"fp16": lambda x=x16, w=w16, y=y16: torch.mm(x, w.t(), out=y)}, []
+            for v in args.variants.split(","):
+                p = build_layer(n, k, v, dev, seed=n + k)
+                case = Case(p, m, dev, Workspace(dev, m, n, k, torch.float16, dequant=True))
+                ref = packed_matmul_reference(case.x, p).float()
+                fns[f"{v}:dispatch"] = case.fn(resolve_config(case.x, p))
+                for bt in (int(b) for b in args.bt.split(",")):
+                    out = torch.empty(m, n, device=dev, dtype=torch.float16)
+                    run = wgr_call(case.x, p, out, bt, args.stages)
+                    run()
+                    err = rel_err(out, ref)
+                    print(f"{n}x{k} M={m} {v} wgr bt={bt}: relative error {err:.2e}", flush=True)
+                    if err < TOL[torch.float16]:
+                        fns[f"{v}:wgr{bt}"] = run
+                    else:
+                        bad.append((n, k, m, v, bt, err))
+                    keep.append(out)
+                keep.append(case)
+            t = time_graphs(fns, flush="zero", rounds=args.rounds)
+            rows.append({"N": n, "K": k, "M": m, "us": t})
+            print(f"{n}x{k} M={m}: " + "  ".join(f"{a} {u:.1f} ({t['fp16'] / u:.3f}x)" for a, u in t.items()),
+                  flush=True)
+            del keep, fns
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "wgr_probe.json").write_text(json.dumps({"rows": rows, "bad": bad}, indent=1))
+    for b in bad:
+        print("ERROR: wgr differs from the reference:", b)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""The experimental large-M ``wgr`` kernel (``_wgr.py``: weights as ``wgmma``'s register operand).
+
+Gluon kernels do not run in the Triton interpreter, so CI checks what it can without a GPU: the operand order
+(``wgr_src``) is a permutation, the kernel's reshape/permute of each tile's code pairs (``fragment_order``),
+replayed in torch, puts every code where the activation gather (``wgr_src``) puts its activation, the probe's
+gather index, and (``_sm90``) that the kernel compiles for sm_90 with the weights as the register operand of
+asynchronous ``wgmma``. On a GPU the last test checks it against the pure-torch reference.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _sm90 import compile_sm90
+
+pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+@pytest.mark.parametrize("w", [2, 4])
+def test_operand_order_is_a_permutation_matching_the_fragment(w):
+    from slimq.kernels.triton._wgr import fragment_order, wgr_src
+    src = [wgr_src(k, w) for k in range(64)]
+    assert sorted(src) == list(range(64))
+    # the kernel's tile of pairs [rows / 16, 2, 8, KP, H, 2]: word row r, pair j (codes j and j + H), half h
+    e, kp = 32 // w, 64 * w // 32
+    h2 = e // 2
+    r = torch.arange(kp).view(1, 1, 1, kp, 1, 1)
+    j = torch.arange(h2).view(1, 1, 1, 1, h2, 1)
+    h = torch.arange(2).view(1, 1, 1, 1, 1, 2)
+    col = (r * e + j + h * h2).expand(1, 2, 8, kp, h2, 2)  # the storage column each pair half holds
+    got = col.reshape(1, 2, 8, 2, 2, 2, 2, 2, 2).permute(fragment_order(w)).reshape(16, 64)
+    assert torch.equal(got, torch.tensor(src).expand(16, 64))
+
+
+def test_operand_order_refuses_other_widths_and_positions():
+    from slimq.kernels.triton._wgr import fragment_order, wgr_src
+    for bad in ((0, 1), (0, 3), (0, 8), (64, 2), (-1, 4)):
+        with pytest.raises(ValueError):
+            wgr_src(*bad)
+    with pytest.raises(ValueError):
+        fragment_order(8)
+
+
+def test_probe_gather_index_and_arguments():
+    import wgr_probe
+    from slimq.kernels.triton._wgr import wgr_src
+    idx = wgr_probe.operand_index(192, 4, "cpu")
+    assert idx.tolist() == [t * 64 + wgr_src(k, 4) for t in range(3) for k in range(64)]
+    for bad in (["--variants", "3b"], ["--stages", "1"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit):
+            wgr_probe.main(bad)
+
+
+_BODY = """
+    sys.path.insert(0, os.path.join(TESTS, "..", "benchmarks"))
+    from test_kernels_triton import random_layer
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from slimq.kernels.triton._wgr import wgr_kernel
+    from slimq.kernels.triton._wgs import smem_layout
+    f = json.loads(sys.argv[1])
+    n, k, m, bt, w = 256, 1024, 256, f["bt"], f["w"]
+    (seg,) = random_layer(n, k, 128, w).segments
+    xg = torch.zeros(m, k, dtype=torch.float16)
+    out = torch.empty(m, n, dtype=torch.float16)
+    xd = TensorDescriptor(xg, [m, k], [k, 1], [bt, 64], smem_layout(64, 16))
+    kern = wgr_kernel.warmup(xd, m, out, out.stride(0), seg.planes[0], seg.scales, seg.zeros, n, k, W=w, GS=128,
+                             BN=128, BT=bt, STAGES=3, num_warps=8, grid=(1,))
+    sass = sass_of(kern)
+    ops = re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+(?:@!?U?P\\w+\\s+)?([A-Z][A-Z0-9_.]*)", sass)
+    back = [(int(t, 16), int(a, 16)) for a, t in
+            re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+@!?U?P\\w+\\s+BRA\\s+(?:`\\(\\.L_x_\\d+\\)|0x([0-9a-f]+))", sass) if t]
+    loops = [[op for a, op in ops if lo <= int(a, 16) <= hi] for lo, hi in back if lo < hi]
+    loop = max(loops, key=len) if loops else []
+    print(json.dumps({"rs_hgmma": len(re.findall(r"HGMMA\\.64x%dx16\\.F32 R\\d+, R\\d+, gdesc" % bt, sass)),
+                      "wait0": sass.count("DEPBAR.LE gsb0, 0x0"), "wait1": sass.count("DEPBAR.LE gsb0, 0x1"),
+                      "spills": sass.count("STL") + sass.count("LDL"),
+                      "loop_hgmma": sum(op.startswith("HGMMA") for op in loop),
+                      "loop_shared": sum(op.startswith(("STS", "LDS")) for op in loop),
+                      "loop_hfma2": sum(op.startswith("HFMA2") for op in loop), "loop": len(loop)}))
+"""
+
+
+@pytest.mark.parametrize("w,bt", [(2, 256), (4, 128)])
+def test_wgr_compiles_for_sm90_with_register_operand(w, bt):
+    """Every ``HGMMA`` takes its A operand from registers; in the K loop the four of one tile, one wait that
+    leaves a group in flight, no shared-memory traffic (the fragment is built in registers: the layout change
+    is checked trivial when compiling), one HFMA2 per code pair of the thread's 32 weights; no spills."""
+    got = compile_sm90(_BODY, {"w": w, "bt": bt})
+    assert got["rs_hgmma"] == 8 and got["loop_hgmma"] == 4, got  # the peeled first tile and the loop's
+    assert got["wait0"] == 1 and got["wait1"] == 2, got
+    assert got["loop_shared"] == 0 and got["spills"] == 0 and got["loop_hfma2"] == 16, got
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                    reason="wgr is Gluon for sm_90 (Hopper)")
+@pytest.mark.parametrize("variant,m,bt", [("2b", 300, 256), ("4b", 130, 128)])
+def test_wgr_matches_reference_on_gpu(variant, m, bt):
+    import wgr_probe
+    from kernels import TOL, build_layer, rel_err
+
+    from slimq.kernels.reference import packed_matmul_reference
+    dev = torch.device("cuda")
+    p = build_layer(200, 512, variant, dev, seed=3)  # a partial row tile and a partial token tile
+    x = torch.randn(m, 512, device=dev, dtype=torch.float16)
+    out = torch.empty(m, 200, device=dev, dtype=torch.float16)
+    wgr_probe.wgr_call(x, p, out, bt, 3)()
+    assert rel_err(out, packed_matmul_reference(x, p).float()) < TOL[torch.float16]
