@@ -4,7 +4,7 @@ it against the pure-torch reference and times it against cuBLAS FP16 and the dis
 gather runs as a torch index (``x[:, idx]``) inside the timed call.
 
     PYTHONPATH=src python3 benchmarks/wgr_probe.py [--shapes 28672x8192,...] [--ms 256,1024] [--variants 2b,4b]
-        [--bt 128,256] [--stages 3] [--rounds 3] [--out DIR]     # writes DIR/wgr_probe.json
+        [--bt 128,256] [--stages 3] [--wahead 1,2] [--rounds 3] [--out DIR]     # writes DIR/wgr_probe.json
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def operand_index(k: int, w: int, device) -> torch.Tensor:
     return (torch.arange(0, k, bk)[:, None] + tile[None, :]).reshape(-1).to(device)
 
 
-def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int):
+def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int, wahead: int = 1):
     """A closure running the gather and ``wgr_kernel`` for layer ``p`` on ``x`` into ``out``."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -49,7 +49,7 @@ def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int):
     def run():
         torch.index_select(x, 1, idx, out=xg)
         wgr_kernel[grid](xd, m, out, out.stride(0), seg.planes[0], seg.scales, seg.zeros, n, k, W=w,
-                         GS=seg.group_size, BN=128, BT=bt, STAGES=stages, num_warps=8)
+                         GS=seg.group_size, BN=128, BT=bt, STAGES=stages, num_warps=8, WAHEAD=wahead)
     return run
 
 
@@ -64,11 +64,14 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="2b,4b")
     ap.add_argument("--bt", default="128,256")
     ap.add_argument("--stages", type=int, default=3)
+    ap.add_argument("--wahead", default="1", help="loop trips between loading a tile's words and using them (1, 2)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
     if args.rounds < 1 or not 2 <= args.stages <= 6:
         ap.error(f"--rounds must be >= 1 and --stages 2-6, got {args.rounds} and {args.stages}")
+    if any(a not in ("1", "2") for a in args.wahead.split(",")):
+        ap.error(f"--wahead takes 1 and/or 2, got {args.wahead!r}")
     if any(v not in ("2b", "4b") for v in args.variants.split(",")):
         ap.error(f"wgr takes uniform 2- or 4-bit layers only, got {args.variants!r}")
     if not torch.cuda.is_available():
@@ -92,16 +95,18 @@ def main(argv=None) -> int:
                 ref = packed_matmul_reference(case.x, p).float()
                 fns[f"{v}:dispatch"] = case.fn(resolve_config(case.x, p))
                 for bt in (int(b) for b in args.bt.split(",")):
-                    out = torch.empty(m, n, device=dev, dtype=torch.float16)
-                    run = wgr_call(case.x, p, out, bt, args.stages)
-                    run()
-                    err = rel_err(out, ref)
-                    print(f"{n}x{k} M={m} {v} wgr bt={bt}: relative error {err:.2e}", flush=True)
-                    if err < TOL[torch.float16]:
-                        fns[f"{v}:wgr{bt}"] = run
-                    else:
-                        bad.append((n, k, m, v, bt, err))
-                    keep.append(out)
+                    for wa in (int(a) for a in args.wahead.split(",")):
+                        out = torch.empty(m, n, device=dev, dtype=torch.float16)
+                        run = wgr_call(case.x, p, out, bt, args.stages, wa)
+                        run()
+                        err = rel_err(out, ref)
+                        name = f"{v}:wgr{bt}" + (f"/a{wa}" if wa != 1 else "")
+                        print(f"{n}x{k} M={m} {name}: relative error {err:.2e}", flush=True)
+                        if err < TOL[torch.float16]:
+                            fns[name] = run
+                        else:
+                            bad.append((n, k, m, v, bt, wa, err))
+                        keep.append(out)
                 keep.append(case)
             t = time_graphs(fns, flush="zero", rounds=args.rounds)
             rows.append({"N": n, "K": k, "M": m, "us": t})

@@ -49,7 +49,7 @@ def test_probe_gather_index_and_arguments():
     from slimq.kernels.triton._wgr import wgr_src
     idx = wgr_probe.operand_index(192, 4, "cpu")
     assert idx.tolist() == [t * 64 + wgr_src(k, 4) for t in range(3) for k in range(64)]
-    for bad in (["--variants", "3b"], ["--stages", "1"], ["--rounds", "0"]):
+    for bad in (["--variants", "3b"], ["--stages", "1"], ["--rounds", "0"], ["--wahead", "3"]):
         with pytest.raises(SystemExit):
             wgr_probe.main(bad)
 
@@ -67,7 +67,7 @@ _BODY = """
     out = torch.empty(m, n, dtype=torch.float16)
     xd = TensorDescriptor(xg, [m, k], [k, 1], [bt, 64], smem_layout(64, 16))
     kern = wgr_kernel.warmup(xd, m, out, out.stride(0), seg.planes[0], seg.scales, seg.zeros, n, k, W=w, GS=128,
-                             BN=128, BT=bt, STAGES=3, num_warps=8, grid=(1,))
+                             BN=128, BT=bt, STAGES=3, num_warps=8, WAHEAD=f["wa"], grid=(1,))
     sass = sass_of(kern)
     ops = re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+(?:@!?U?P\\w+\\s+)?([A-Z][A-Z0-9_.]*)", sass)
     back = [(int(t, 16), int(a, 16)) for a, t in
@@ -83,12 +83,12 @@ _BODY = """
 """
 
 
-@pytest.mark.parametrize("w,bt", [(2, 256), (4, 128)])
-def test_wgr_compiles_for_sm90_with_register_operand(w, bt):
+@pytest.mark.parametrize("w,bt,wa", [(2, 256, 1), (4, 128, 1), (2, 256, 2)])
+def test_wgr_compiles_for_sm90_with_register_operand(w, bt, wa):
     """Every ``HGMMA`` takes its A operand from registers; in the K loop the four of one tile, one wait that
     leaves a group in flight, no shared-memory traffic (the fragment is built in registers: the layout change
     is checked trivial when compiling), one HFMA2 per code pair of the thread's 32 weights; no spills."""
-    got = compile_sm90(_BODY, {"w": w, "bt": bt})
+    got = compile_sm90(_BODY, {"w": w, "bt": bt, "wa": wa})
     assert got["rs_hgmma"] == 8 and got["loop_hgmma"] == 4, got  # the peeled first tile and the loop's
     assert got["wait0"] == 1 and got["wait1"] == 2, got
     assert got["loop_shared"] == 0 and got["spills"] == 0 and got["loop_hfma2"] == 16, got
@@ -96,8 +96,8 @@ def test_wgr_compiles_for_sm90_with_register_operand(w, bt):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                     reason="wgr is Gluon for sm_90 (Hopper)")
-@pytest.mark.parametrize("variant,m,bt", [("2b", 300, 256), ("4b", 130, 128)])
-def test_wgr_matches_reference_on_gpu(variant, m, bt):
+@pytest.mark.parametrize("variant,m,bt,wa", [("2b", 300, 256, 1), ("4b", 130, 128, 1), ("2b", 300, 256, 2)])
+def test_wgr_matches_reference_on_gpu(variant, m, bt, wa):
     import wgr_probe
     from kernels import TOL, build_layer, rel_err
 
@@ -106,5 +106,5 @@ def test_wgr_matches_reference_on_gpu(variant, m, bt):
     p = build_layer(200, 512, variant, dev, seed=3)  # a partial row tile and a partial token tile
     x = torch.randn(m, 512, device=dev, dtype=torch.float16)
     out = torch.empty(m, 200, device=dev, dtype=torch.float16)
-    wgr_probe.wgr_call(x, p, out, bt, 3)()
+    wgr_probe.wgr_call(x, p, out, bt, 3, wa)()
     assert rel_err(out, packed_matmul_reference(x, p).float()) < TOL[torch.float16]

@@ -163,10 +163,12 @@ def _x_issue(xd, t0, t, bars, x_smem, pred, BT: gl.constexpr, STAGES: gl.constex
 
 @gluon.jit
 def wgr_kernel(xd, M, out_ptr, stride_om, plane, scale, zero, ns, K, W: gl.constexpr, GS: gl.constexpr,
-               BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+               BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
+               WAHEAD: gl.constexpr = 1):
     """``out[t, n] = sum_k x[t, k] W[n, k]`` for a one-segment layer of ``W``-bit codes; ``xd``: TMA descriptor of the
     activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes). Grid ``cdiv(ns, BN) * cdiv(M, BT)``,
-    token tiles fastest; ``K >= 128``."""
+    token tiles fastest. ``WAHEAD`` (1 or 2): loop trips between loading a tile's words and building its fragment
+    (1 was measured, run 111; 2 is untimed)."""
     pid = gl.program_id(0)
     n_t = gl.cdiv(M, BT)
     t0 = (pid % n_t) * BT
@@ -181,6 +183,7 @@ def wgr_kernel(xd, M, out_ptr, stride_om, plane, scale, zero, ns, K, W: gl.const
     LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
     w0, s0, z0 = _loads(plane, scale, zero, 0, kt, n0, ns, GS, W, BN, num_warps)
     w1, s1, z1 = _loads(plane, scale, zero, 1, kt, n0, ns, GS, W, BN, num_warps)
+    w2, s2, z2 = _loads(plane, scale, zero, 2, kt, n0, ns, GS, W, BN, num_warps)
     a_cur = _fragment(w0, s0, z0, W, BN, BT, num_warps)
     # tile 0, peeled: the accumulator starts from a wgmma (ptxas serializes wgmma whose accumulator may come from
     # plain moves, info C7515; see _wgs)
@@ -188,19 +191,25 @@ def wgr_kernel(xd, M, out_ptr, stride_om, plane, scale, zero, ns, K, W: gl.const
     acc = warpgroup_mma(a_cur, x_smem.index(0).permute((1, 0)),
                         gl.zeros([BN, BT], gl.float32, layout=LACC), use_acc=False, is_async=True)
     acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))  # returns at once (one group in flight)
-    w2, s2, z2 = _loads(plane, scale, zero, 2, kt, n0, ns, GS, W, BN, num_warps)
     a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
-    for t in range(1, kt):
-        a_prev = a_cur
-        a_cur = a_next
-        mbarrier.wait(bars.index(t % STAGES), (t // STAGES) & 1)
-        acc = warpgroup_mma(a_cur, x_smem.index(t % STAGES).permute((1, 0)), acc, is_async=True)
-        acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))  # tile t - 1's wgmma is done
-        _cta_barrier()  # ... in both warpgroups: its activation slot may be refilled
-        _x_issue(xd, t0, t + STAGES - 1, bars, x_smem, t + STAGES - 1 < kt, BT, STAGES)
-        w1, s1, z1 = w2, s2, z2
-        w2, s2, z2 = _loads(plane, scale, zero, t + 2, kt, n0, ns, GS, W, BN, num_warps)
-        a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
+    if WAHEAD == 1:
+        for t in range(1, kt):  # carries tile t's fragment (a_next) and tile t + 1's words (w2)
+            a_prev = a_cur
+            a_cur = a_next
+            acc, a_prev = _mma_tile(xd, t0, t, kt, a_cur, a_prev, acc, bars, x_smem, BT, STAGES)
+            w1, s1, z1 = w2, s2, z2
+            w2, s2, z2 = _loads(plane, scale, zero, t + 2, kt, n0, ns, GS, W, BN, num_warps)
+            a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
+    else:
+        w3, s3, z3 = _loads(plane, scale, zero, 3, kt, n0, ns, GS, W, BN, num_warps)
+        for t in range(1, kt):  # carries tile t's fragment and tiles t + 1 and t + 2's words
+            a_prev = a_cur
+            a_cur = a_next
+            acc, a_prev = _mma_tile(xd, t0, t, kt, a_cur, a_prev, acc, bars, x_smem, BT, STAGES)
+            w1, s1, z1 = w2, s2, z2
+            w2, s2, z2 = w3, s3, z3
+            w3, s3, z3 = _loads(plane, scale, zero, t + 3, kt, n0, ns, GS, W, BN, num_warps)
+            a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
     acc, a_cur = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_cur))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(i))
@@ -210,3 +219,16 @@ def wgr_kernel(xd, M, out_ptr, stride_om, plane, scale, zero, ns, K, W: gl.const
     toks = t0 + gl.arange(0, BT, layout=gl.SliceLayout(0, LO))
     mask = (rows < ns)[:, None] & (toks < M)[None, :]
     gl.store(out_ptr + toks[None, :] * stride_om + rows[:, None], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@gluon.jit
+def _mma_tile(xd, t0, t, kt, a_cur, a_prev, acc, bars, x_smem, BT: gl.constexpr, STAGES: gl.constexpr):
+    """Tile ``t`` (``t >= 1``): wait for its activations, start its ``wgmma`` on fragment ``a_cur``, wait for tile
+    ``t - 1``'s (fragment ``a_prev``) in both warpgroups, and refill that tile's activation slot with tile
+    ``t + STAGES - 1``."""
+    mbarrier.wait(bars.index(t % STAGES), (t // STAGES) & 1)
+    acc = warpgroup_mma(a_cur, x_smem.index(t % STAGES).permute((1, 0)), acc, is_async=True)
+    acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))  # tile t - 1's wgmma is done
+    _cta_barrier()  # ... in both warpgroups: its activation slot may be refilled
+    _x_issue(xd, t0, t + STAGES - 1, bars, x_smem, t + STAGES - 1 < kt, BT, STAGES)
+    return acc, a_prev
