@@ -1,10 +1,12 @@
-"""Probe of the experimental large-M ``wgr`` kernel (weights as ``wgmma``'s register operand, ``_wgr.py``): checks
+"""Probe of the experimental large-M ``wgr`` path (weights as ``wgmma``'s register operand, ``_wgr.py``): checks
 it against the pure-torch reference and times it against cuBLAS FP16 and the dispatch in alternating rounds
-(CUDA-graph replays, L2 flushed as ``do_bench`` does). Uniform 2- and 4-bit layers only; the operand-order
-gather runs as a torch index (``x[:, idx]``) inside the timed call.
+(CUDA-graph replays, L2 flushed as ``do_bench`` does). Uniform 2- and 4-bit layers only. Each ``wgr`` config
+(``--bt`` x ``--wahead`` x ``--split``) runs as an explicit ``KernelConfig("wgr", ...)`` through ``sbp_matmul``
+(the operand-order gather kernel, ``wgr_kernel``, a finalize when K is split); ``wgr_call`` runs the kernel
+alone after a torch gather (runs 108-112 timed that form).
 
     PYTHONPATH=src python3 benchmarks/wgr_probe.py [--shapes 28672x8192,...] [--ms 256,1024] [--variants 2b,4b]
-        [--bt 128,256] [--stages 3] [--wahead 1,2] [--rounds 3] [--out DIR]     # writes DIR/wgr_probe.json
+        [--bt 128,256] [--stages 3] [--wahead 1,2] [--split 1,2] [--rounds 3] [--out DIR]  # writes DIR/wgr_probe.json
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int, wahead
     (seg,) = p.segments
     bk = int(WGR_BK)
     if p.row_perm is not None or seg.bits not in (2, 4) or x.shape[1] % bk or seg.group_size % bk:
-        raise ValueError("wgr takes one segment of 2- or 4-bit codes, K and the group size multiples of 64, no row_perm")
+        raise ValueError("wgr takes one segment of 2- or 4-bit codes, K and the group size multiples of 64, "
+                         "no row_perm")
     m, k = x.shape
     w = seg.bits  # one plane of that width
     idx = p.col_perm.long()[operand_index(k, w, x.device)]
@@ -48,7 +51,7 @@ def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int, wahead
 
     def run():
         torch.index_select(x, 1, idx, out=xg)
-        wgr_kernel[grid](xd, m, out, out.stride(0), seg.planes[0], seg.scales, seg.zeros, n, k, W=w,
+        wgr_kernel[grid](xd, m, out, out.stride(0), out, 0, out, seg.planes[0], seg.scales, seg.zeros, n, k, W=w,
                          GS=seg.group_size, BN=128, BT=bt, STAGES=stages, num_warps=8, WAHEAD=wahead)
     return run
 
@@ -65,6 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bt", default="128,256")
     ap.add_argument("--stages", type=int, default=3)
     ap.add_argument("--wahead", default="1", help="loop trips between loading a tile's words and using them (1, 2)")
+    ap.add_argument("--split", default="1", help="K splits (1-8)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
@@ -72,6 +76,8 @@ def main(argv=None) -> int:
         ap.error(f"--rounds must be >= 1 and --stages 2-6, got {args.rounds} and {args.stages}")
     if any(a not in ("1", "2") for a in args.wahead.split(",")):
         ap.error(f"--wahead takes 1 and/or 2, got {args.wahead!r}")
+    if any(a not in "12345678" or len(a) != 1 for a in args.split.split(",")):
+        ap.error(f"--split takes 1-8, got {args.split!r}")
     if any(v not in ("2b", "4b") for v in args.variants.split(",")):
         ap.error(f"wgr takes uniform 2- or 4-bit layers only, got {args.variants!r}")
     if not torch.cuda.is_available():
@@ -79,7 +85,7 @@ def main(argv=None) -> int:
     from timing import time_graphs
 
     from slimq.kernels.reference import packed_matmul_reference
-    from slimq.kernels.triton import Workspace, resolve_config
+    from slimq.kernels.triton import KernelConfig, Workspace, resolve_config
     dev = torch.device("cuda")
     rows, bad = [], []
     for shape in args.shapes.split(","):
@@ -94,19 +100,19 @@ def main(argv=None) -> int:
                 case = Case(p, m, dev, Workspace(dev, m, n, k, torch.float16, dequant=True))
                 ref = packed_matmul_reference(case.x, p).float()
                 fns[f"{v}:dispatch"] = case.fn(resolve_config(case.x, p))
-                for bt in (int(b) for b in args.bt.split(",")):
-                    for wa in (int(a) for a in args.wahead.split(",")):
-                        out = torch.empty(m, n, device=dev, dtype=torch.float16)
-                        run = wgr_call(case.x, p, out, bt, args.stages, wa)
-                        run()
-                        err = rel_err(out, ref)
-                        name = f"{v}:wgr{bt}" + (f"/a{wa}" if wa != 1 else "")
-                        print(f"{n}x{k} M={m} {name}: relative error {err:.2e}", flush=True)
-                        if err < TOL[torch.float16]:
-                            fns[name] = run
-                        else:
-                            bad.append((n, k, m, v, bt, wa, err))
-                        keep.append(out)
+                for bt, wa, sp in ((int(b), int(a), int(c)) for b in args.bt.split(",")
+                                   for a in args.wahead.split(",") for c in args.split.split(",")):
+                    cfg = KernelConfig("wgr", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=args.stages,
+                                       depth=wa, split_k=sp)
+                    run = case.fn(cfg)
+                    run()
+                    err = rel_err(case.out, ref)
+                    name = f"{v}:wgr{bt}" + (f"/a{wa}" if wa != 1 else "") + (f"/k{sp}" if sp != 1 else "")
+                    print(f"{n}x{k} M={m} {name}: relative error {err:.2e}", flush=True)
+                    if err < TOL[torch.float16]:
+                        fns[name] = run
+                    else:
+                        bad.append((n, k, m, v, bt, wa, sp, err))
                 keep.append(case)
             t = time_graphs(fns, flush="zero", rounds=args.rounds)
             rows.append({"N": n, "K": k, "M": m, "us": t})

@@ -489,7 +489,7 @@ def test_config_and_input_errors():
         KernelConfig("wgs", block_m=64, num_warps=4, producers=4)
     with pytest.raises(ValueError, match="producers applies to path 'wgs' only"):
         KernelConfig("wg", block_m=64, producers=4)
-    with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv', 'mv' or 'wgs' with producers"):
+    with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv', 'mv', 'wgr' or 'wgs' with producers"):
         KernelConfig("wgs", block_m=128, num_warps=8, depth=2)
     assert KernelConfig("wgs", block_m=128, num_warps=8, producers=8, split_k=4, depth=2).split_k == 4
     with pytest.raises(ValueError, match="block_n >= 16 \\* producers"):
@@ -799,3 +799,81 @@ def test_cuda_graph_capture(m):
         expected = capture_delta(lambda: torch.mm(x, w16.t(), out=out))
     assert capture_delta(lambda: sbp_matmul(x, p, out=out, workspace=ws, config=cfg)) <= expected
     _replays_match_reference(graphs[-1], x, p, out, ws)
+
+
+# --- wgr (experimental: weights as wgmma's register operand; only as an explicit config) ---------------------
+
+WGR_CFGS = {
+    "wgr_t256": KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=3),
+    "wgr_t128_split3": KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3, split_k=3),
+    "wgr_t64_4w_d2": KernelConfig("wgr", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=4, depth=2),
+}
+
+
+@inproc
+@pytest.mark.parametrize("bits", [2, 4])
+def test_gather_in_wgr_operand_order(bits):
+    """``gather_kernel(WGR=w)`` writes ``x[:, col_perm]`` in ``_wgr``'s operand order (``_wgr.wgr_src`` per
+    64-column tile)."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from slimq.kernels.triton._plan import Launch
+    from slimq.kernels.triton._wgr import wgr_src
+    k, m = 192, 3
+    perm = torch.randperm(k, generator=torch.Generator().manual_seed(bits)).to(torch.int32).to(DEV)
+    x = torch.randn(m, k, device=DEV, dtype=torch.float16)
+    xp = torch.empty(m, k, device=DEV, dtype=torch.float16)
+    Launch("gather_kernel", (triton.cdiv(k, 128), m), (x, x.stride(0), perm, xp, xp.stride(0), k),
+           {"BLOCK": 128, "WGR": bits})()
+    src = torch.tensor([t + wgr_src(i, bits) for t in range(0, k, 64) for i in range(64)], device=DEV)
+    assert torch.equal(xp, x[:, perm.long()[src]])
+
+
+@inproc
+def test_wgr_plan_config_and_support():
+    """The ``wgr`` plan (host side, no GPU): the operand-order gather into ``xperm``, one ``wgr_kernel`` (grid
+    row tiles x split x token tiles), a finalize launch when K is split; which configs and layers it takes."""
+    pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    from slimq.kernels.triton._support import wgr_layer_unsupported
+    p = random_layer(200, 512, 128, 4)
+    m = 300
+    x = torch.zeros(m, 512, device=DEV, dtype=torch.float16)
+    out = torch.empty(m, 200, device=DEV, dtype=torch.float16)
+    ws = Workspace(DEV, m, 200, 512, torch.float16)
+    for name, cfg in WGR_CFGS.items():
+        launches = slt.plan_launches(x, p, torch.zeros(200, device=DEV), out, ws, cfg)
+        want = ["gather_kernel", "wgr_kernel"] + (["finalize_kernel"] if cfg.split_k > 1 else [])
+        assert [lc.kernel for lc in launches] == want, name
+        g, k = launches[0], launches[1]
+        assert g.kwargs["WGR"] == 4 and k.kwargs["W"] == 4 and k.kwargs["SPLIT"] == cfg.split_k, name
+        assert k.kwargs["HAS_BIAS"] == (cfg.split_k == 1) and k.kwargs["WAHEAD"] == cfg.depth, name
+        assert k.grid == (triton.cdiv(200, cfg.block_n) * cfg.split_k * triton.cdiv(m, cfg.block_m),), name
+    with pytest.raises(ValueError, match="exceeds the K tiles"):
+        slt.plan_launches(x[:, :128], random_layer(200, 128, 64, 2), None, out, ws,
+                          KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, split_k=3))
+    assert wgr_layer_unsupported(p) is None and wgr_layer_unsupported(random_layer(200, 512, 64, 2)) is None
+    assert "2- or 4-bit" in wgr_layer_unsupported(random_layer(200, 512, 128, 3))
+    assert "one segment" in wgr_layer_unsupported(random_layer(40, 384, 64, [1, 2, 3]))
+    assert "one segment" in wgr_layer_unsupported(random_layer(40, 192, 64, 2, row_bits=[2, 4]))
+    assert "multiples of 64" in wgr_layer_unsupported(random_layer(40, 96, 32, 2))
+    if not GPU:  # Gluon has no interpreter: an explicit wgr config says why it cannot run here
+        with pytest.raises(ValueError, match="path 'wgr' cannot run this layer: needs a CUDA device"):
+            slt.resolve_config(x, p, WGR_CFGS["wgr_t256"])
+    assert select_config(1024, 28672, 8192).path != "wgr"  # never dispatched
+    for bad in (dict(block_n=64), dict(block_k=128), dict(block_m=512), dict(num_stages=1), dict(split_k=9)):
+        with pytest.raises(ValueError, match="path 'wgr' takes"):
+            KernelConfig("wgr", **{**dict(block_m=128, block_n=128, block_k=64, num_warps=8), **bad})
+    with pytest.raises(ValueError, match="depth must be 1, or 2"):
+        KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, depth=3)
+
+
+@inproc
+@gpu
+@pytest.mark.parametrize("cfg_name", list(WGR_CFGS))
+@pytest.mark.parametrize("bits,gs", [(2, 128), (4, 64)])
+def test_wgr_matches_reference(bits, gs, cfg_name):
+    """The experimental ``wgr`` path on sm_90: partial row and token tiles, bias, split-K through the workspace."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("wgr is Gluon for sm_90")
+    p = random_layer(200, 512, gs, bits)
+    for m in (70, 300):
+        _check(p, m, torch.float16, WGR_CFGS[cfg_name], bias=m == 70)

@@ -4,7 +4,8 @@ Gluon kernels do not run in the Triton interpreter, so CI checks what it can wit
 (``wgr_src``) is a permutation, the kernel's reshape/permute of each tile's code pairs (``fragment_order``),
 replayed in torch, puts every code where the activation gather (``wgr_src``) puts its activation, the probe's
 gather index, and (``_sm90``) that the kernel compiles for sm_90 with the weights as the register operand of
-asynchronous ``wgmma``. On a GPU the last test checks it against the pure-torch reference.
+asynchronous ``wgmma``. On a GPU the last test checks the probe's call against the pure-torch reference (the
+path's own plan, gather kernel and split-K: ``test_kernels_triton.py``).
 """
 from __future__ import annotations
 
@@ -15,12 +16,17 @@ import pytest
 import torch
 from _sm90 import compile_sm90
 
-pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def _gluon():
+    """Skip where this Triton has no Gluon Hopper ops (imported here, not when the module is collected)."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
 
 
 @pytest.mark.parametrize("w", [2, 4])
 def test_operand_order_is_a_permutation_matching_the_fragment(w):
+    _gluon()
     from slimq.kernels.triton._wgr import fragment_order, wgr_src
     src = [wgr_src(k, w) for k in range(64)]
     assert sorted(src) == list(range(64))
@@ -36,6 +42,7 @@ def test_operand_order_is_a_permutation_matching_the_fragment(w):
 
 
 def test_operand_order_refuses_other_widths_and_positions():
+    _gluon()
     from slimq.kernels.triton._wgr import fragment_order, wgr_src
     for bad in ((0, 1), (0, 3), (0, 8), (64, 2), (-1, 4)):
         with pytest.raises(ValueError):
@@ -45,11 +52,12 @@ def test_operand_order_refuses_other_widths_and_positions():
 
 
 def test_probe_gather_index_and_arguments():
+    _gluon()
     import wgr_probe
     from slimq.kernels.triton._wgr import wgr_src
     idx = wgr_probe.operand_index(192, 4, "cpu")
     assert idx.tolist() == [t * 64 + wgr_src(k, 4) for t in range(3) for k in range(64)]
-    for bad in (["--variants", "3b"], ["--stages", "1"], ["--rounds", "0"], ["--wahead", "3"]):
+    for bad in (["--variants", "3b"], ["--stages", "1"], ["--rounds", "0"], ["--wahead", "3"], ["--split", "9"]):
         with pytest.raises(SystemExit):
             wgr_probe.main(bad)
 
@@ -66,12 +74,14 @@ _BODY = """
     xg = torch.zeros(m, k, dtype=torch.float16)
     out = torch.empty(m, n, dtype=torch.float16)
     xd = TensorDescriptor(xg, [m, k], [k, 1], [bt, 64], smem_layout(64, 16))
-    kern = wgr_kernel.warmup(xd, m, out, out.stride(0), seg.planes[0], seg.scales, seg.zeros, n, k, W=w, GS=128,
-                             BN=128, BT=bt, STAGES=3, num_warps=8, WAHEAD=f["wa"], grid=(1,))
+    acc = torch.zeros(m, n, dtype=torch.float32)  # split-K sums
+    kern = wgr_kernel.warmup(xd, m, out, out.stride(0), acc, acc.stride(0), out, seg.planes[0], seg.scales,
+                             seg.zeros, n, k, W=w, GS=128, BN=128, BT=bt, STAGES=3, num_warps=8, WAHEAD=f["wa"],
+                             SPLIT=f["split"], HAS_BIAS=f["bias"], grid=(1,))
     sass = sass_of(kern)
     ops = re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+(?:@!?U?P\\w+\\s+)?([A-Z][A-Z0-9_.]*)", sass)
-    back = [(int(t, 16), int(a, 16)) for a, t in
-            re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+@!?U?P\\w+\\s+BRA\\s+(?:`\\(\\.L_x_\\d+\\)|0x([0-9a-f]+))", sass) if t]
+    bra = r"/\\*([0-9a-f]{4,})\\*/\\s+@!?U?P\\w+\\s+BRA\\s+(?:`\\(\\.L_x_\\d+\\)|0x([0-9a-f]+))"
+    back = [(int(t, 16), int(a, 16)) for a, t in re.findall(bra, sass) if t]
     loops = [[op for a, op in ops if lo <= int(a, 16) <= hi] for lo, hi in back if lo < hi]
     loop = max(loops, key=len) if loops else []
     print(json.dumps({"rs_hgmma": len(re.findall(r"HGMMA\\.64x%dx16\\.F32 R\\d+, R\\d+, gdesc" % bt, sass)),
@@ -79,25 +89,29 @@ _BODY = """
                       "spills": sass.count("STL") + sass.count("LDL"),
                       "loop_hgmma": sum(op.startswith("HGMMA") for op in loop),
                       "loop_shared": sum(op.startswith(("STS", "LDS")) for op in loop),
-                      "loop_hfma2": sum(op.startswith("HFMA2") for op in loop), "loop": len(loop)}))
+                      "loop_hfma2": sum(op.startswith("HFMA2") for op in loop), "loop": len(loop),
+                      "red": len(re.findall(r"REDG\\.E\\.ADD\\.F32", sass))}))
 """
 
 
-@pytest.mark.parametrize("w,bt,wa", [(2, 256, 1), (4, 128, 1), (2, 256, 2)])
-def test_wgr_compiles_for_sm90_with_register_operand(w, bt, wa):
+@pytest.mark.parametrize("w,bt,wa,split,bias", [(2, 256, 1, 1, False), (4, 128, 1, 1, True), (2, 256, 2, 3, False)])
+def test_wgr_compiles_for_sm90_with_register_operand(w, bt, wa, split, bias):
     """Every ``HGMMA`` takes its A operand from registers; in the K loop the four of one tile, one wait that
     leaves a group in flight, no shared-memory traffic (the fragment is built in registers: the layout change
     is checked trivial when compiling), one HFMA2 per code pair of the thread's 32 weights; no spills."""
-    got = compile_sm90(_BODY, {"w": w, "bt": bt, "wa": wa})
+    _gluon()
+    got = compile_sm90(_BODY, {"w": w, "bt": bt, "wa": wa, "split": split, "bias": bias})
     assert got["rs_hgmma"] == 8 and got["loop_hgmma"] == 4, got  # the peeled first tile and the loop's
     assert got["wait0"] == 1 and got["wait1"] == 2, got
     assert got["loop_shared"] == 0 and got["spills"] == 0 and got["loop_hfma2"] == 16, got
+    assert (got["red"] > 0) == (split > 1), got  # split K: float32 sums added into the workspace
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                     reason="wgr is Gluon for sm_90 (Hopper)")
 @pytest.mark.parametrize("variant,m,bt,wa", [("2b", 300, 256, 1), ("4b", 130, 128, 1), ("2b", 300, 256, 2)])
 def test_wgr_matches_reference_on_gpu(variant, m, bt, wa):
+    _gluon()
     import wgr_probe
     from kernels import TOL, build_layer, rel_err
 

@@ -365,11 +365,13 @@ def dequant_kernel(w_ptr, stride_wn, rowperm_ptr, r0, ns, n_lo, n_hi, row0, gs, 
 
 @triton.jit
 def gather_kernel(x_ptr, stride_xm, perm_ptr, xp_ptr, stride_pm, K, BLOCK: tl.constexpr, PAIR16: tl.constexpr = False,
-                  PDL: tl.constexpr = False):
-    """``xp[m, k] = x[m, col_perm[k]]`` (converted to ``xp``'s dtype). Grid ``(cdiv(K, BLOCK), M)``. With
+                  PDL: tl.constexpr = False, WGR: tl.constexpr = 0):
+    """``xp[m, k] = x[m, col_perm[k]]`` (in ``xp``'s dtype). Grid ``(cdiv(K, BLOCK), M)``. With
     ``PAIR16`` (``K % 16 == 0``), column ``k`` takes ``col_perm[16 (k // 16) + c // 2 + 8 (c % 2)]``, ``c = k %
-    16``: the pair order of ``_dq16`` (columns ``j`` and ``j + 8`` of each 16-column block adjacent). ``PDL``:
-    the next launch (``launch_pdl``) may start at once and waits for this one where it reads ``xp``."""
+    16``: the pair order of ``_dq16`` (columns ``j`` and ``j + 8`` of each 16-column block adjacent). With
+    ``WGR`` (2 or 4, ``K % 64 == 0``) the operand order of ``_wgr`` for codes of that width within each
+    64-column tile (``_wgr.wgr_src``). ``PDL``: the next launch (``launch_pdl``) may start at once and waits for
+    this one where it reads ``xp``."""
     pdl_release(PDL)
     m = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -377,6 +379,11 @@ def gather_kernel(x_ptr, stride_xm, perm_ptr, xp_ptr, stride_pm, K, BLOCK: tl.co
     src = offs
     if PAIR16:
         src = (offs & ~15) | ((offs & 15) >> 1) | ((offs & 1) << 3)
+    if WGR == 2:  # position bits (b0..b5) = (i3, r0, r1, i0, i1, i2): column 16 r + i
+        src = (offs & ~63) | (((offs >> 1) & 3) << 4) | ((offs >> 3) & 7) | ((offs & 1) << 3)
+    if WGR == 4:  # (i2, r0, r1, i0, i1, r2): column 8 r + i, r = b1 + 2 b2 + 4 b5, i = b3 + 2 b4 + 4 b0
+        src = ((offs & ~63) | (((offs >> 1) & 3) << 3) | (((offs >> 5) & 1) << 5) | ((offs >> 3) & 3)
+               | ((offs & 1) << 2))
     idx = tl.load(perm_ptr + src, mask=mask, other=0)
     v = tl.load(x_ptr + m * stride_xm + idx, mask=mask, other=0.0)
     tl.store(xp_ptr + m * stride_pm + offs, v.to(xp_ptr.dtype.element_ty), mask=mask)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # annotations only: ops imports this module
     from slimq.kernels.triton.ops import KernelConfig, Workspace
 
 __all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "gv_launches", "mv_launches", "h2_launches", "h2dot_launches",
-           "tc_launches", "wg_launches", "wgs_launches", "wgs_block_k", "wgs_tiles_contiguous", "WGS_MAX_SEGMENTS", "WGS_TILE", "check_stream_room", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
+           "tc_launches", "wg_launches", "wgs_launches", "wgr_launches", "wgs_block_k", "wgs_tiles_contiguous", "WGS_MAX_SEGMENTS", "WGS_TILE", "check_stream_room", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
 
 H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
 _FINALIZE_BLOCK = 1024
@@ -37,7 +37,11 @@ _GATHER_BLOCK = 1024
 
 def kernel_fn(module: str, name: str):
     """The ``@triton.jit`` function ``name`` of kernel module ``module`` ("kernels", "gv", "h2", "h2dot", "tc",
-    "wg", or "wgs": Gluon, imported on first use since it needs ``triton.experimental.gluon``)."""
+    "wg", or "wgs", "wgsw", "wgsk", "wgr": Gluon, imported on first use since it needs
+    ``triton.experimental.gluon``)."""
+    if module == "wgr":
+        from slimq.kernels.triton import _wgr
+        return getattr(_wgr, name)
     if module == "wgs":
         from slimq.kernels.triton import _wgs
         return getattr(_wgs, name)
@@ -92,7 +96,7 @@ def _block_k(cfg_bk: int, gs: int) -> tuple[int, bool]:
 
 def uses_acc(packed: PackedLinear, cfg: KernelConfig) -> bool:
     """Whether ``cfg`` accumulates in the float32 workspace (split-K or one launch per segment)."""
-    if cfg.path == "wgs":
+    if cfg.path in ("wgs", "wgr"):
         return cfg.split_k > 1
     if cfg.path == "dequant":
         return False
@@ -488,6 +492,37 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
         launches.append(Launch("wgs_kernel", (grid,), (*descs, m, out, out.stride(0), rp, b, r0, ns,
                                                        tuple(_seg_arg(s) for s in segs)),
                                _wgs_kwargs(packed, bias, cfg, segs, bk, has_rp), module="wgs"))
+    return launches
+
+
+def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
+    """``wgr`` (experimental, ``_wgr``): ``x[:, col_perm]`` in ``_wgr``'s operand order into ``ws.xperm``, one
+    ``wgr_kernel`` reading it by TMA (``cfg.block_m`` tokens x ``cfg.block_n`` rows per tile, ``cfg.num_stages``
+    activation tiles in flight, words ``cfg.depth`` loop trips ahead), and with ``cfg.split_k > 1`` a
+    ``finalize_kernel`` (the programs add float32 sums into ``ws.acc``). Layers: ``_support.wgr_supported``."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from slimq.kernels.triton._wgs import smem_layout
+    m, kdim = x.shape
+    n = packed.out_features
+    (seg,) = packed.segments
+    if cfg.split_k > kdim // 64:
+        raise ValueError(f"wgr: split_k={cfg.split_k} exceeds the K tiles of the layer ({kdim // 64})")
+    xin = ws.xperm[: m * kdim].view(m, kdim)
+    gather = Launch("gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
+                    (x, x.stride(0), packed.col_perm, xin, xin.stride(0), kdim),
+                    {"BLOCK": _GATHER_BLOCK, "WGR": seg.bits})
+    desc = TensorDescriptor(xin, [m, kdim], [kdim, 1], [cfg.block_m, 64], smem_layout(64, 16))
+    split = cfg.split_k > 1
+    acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
+    kw = dict(W=seg.bits, GS=seg.group_size, BN=cfg.block_n, BT=cfg.block_m, STAGES=cfg.num_stages,
+              num_warps=cfg.num_warps, WAHEAD=cfg.depth, SPLIT=cfg.split_k, HAS_BIAS=bias is not None and not split)
+    grid = (triton.cdiv(n, cfg.block_n) * cfg.split_k * triton.cdiv(m, cfg.block_m),)
+    launches = [gather, Launch("wgr_kernel", grid, (desc, m, out, out.stride(0), acc, acc.stride(0), b,
+                                                     seg.planes[0], seg.scales, seg.zeros, n, kdim), kw, module="wgr")]
+    if split:
+        launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
 
 

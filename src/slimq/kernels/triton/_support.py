@@ -7,7 +7,7 @@ import torch
 from slimq.format.layout import PackedLinear
 from slimq.kernels.triton._plan import WGS_MAX_SEGMENTS, bands, tc_block, wgs_block_k, wgs_tiles_contiguous
 
-__all__ = ["wgs_unavailable", "wgs_supported", "h2_supported", "mv_supported", "tc_supported"]
+__all__ = ["wgs_unavailable", "wgs_supported", "wgr_supported", "h2_supported", "mv_supported", "tc_supported"]
 
 
 def wgs_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -42,6 +42,28 @@ def wgs_supported(x: torch.Tensor, packed: PackedLinear) -> str | None:
         why = next(filter(None, (wgs_tiles_contiguous(segs, packed.in_features, bk) for _, _, segs in bands(packed))),
                    None)
     return why
+
+
+def wgr_supported(x: torch.Tensor, packed: PackedLinear) -> str | None:
+    """None if the experimental ``wgr`` path can run ``packed`` on ``x``, else why not: Hopper and Gluon
+    (:func:`wgs_unavailable`), float16 activations, one segment of 2- or 4-bit codes without ``row_perm``, ``K``
+    and the group size multiples of 64."""
+    why = wgs_unavailable(x.device, x.dtype)
+    if why is None and x.dtype != torch.float16:
+        why = f"needs float16 activations, got {x.dtype}"
+    return why or wgr_layer_unsupported(packed)
+
+
+def wgr_layer_unsupported(packed: PackedLinear) -> str | None:
+    """The layer-side conditions of :func:`wgr_supported` (no device needed)."""
+    if len(packed.segments) != 1 or packed.row_perm is not None:
+        return f"needs one segment and no row_perm, got {len(packed.segments)} segments"
+    seg = packed.segments[0]
+    if seg.bits not in (2, 4):
+        return f"needs 2- or 4-bit codes, got {seg.bits}-bit"
+    if packed.in_features % 64 or seg.group_size % 64:
+        return f"needs K and the group size multiples of 64, got {packed.in_features} and {seg.group_size}"
+    return None
 
 
 def h2_supported(packed: PackedLinear, *, join: bool = True) -> str | None:

@@ -155,35 +155,42 @@ def _half2(v):
 
 
 @gluon.jit
-def _x_issue(xd, t0, t, bars, x_smem, pred, BT: gl.constexpr, STAGES: gl.constexpr):
+def _x_issue(xd, t0, kb, t, bars, x_smem, pred, BT: gl.constexpr, STAGES: gl.constexpr):
+    """TMA of the program's ``t``-th activation tile (global K tile ``kb + t``) into ring slot ``t % STAGES``."""
     slot = t % STAGES
     mbarrier.expect(bars.index(slot), BT * WGR_BK * 2, pred=pred)
-    _tma_load(xd, [t0, t * WGR_BK], bars.index(slot), x_smem.index(slot), pred=pred)
+    _tma_load(xd, [t0, (kb + t) * WGR_BK], bars.index(slot), x_smem.index(slot), pred=pred)
 
 
 @gluon.jit
-def wgr_kernel(xd, M, out_ptr, stride_om, plane, scale, zero, ns, K, W: gl.constexpr, GS: gl.constexpr,
-               BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
-               WAHEAD: gl.constexpr = 1):
-    """``out[t, n] = sum_k x[t, k] W[n, k]`` for a one-segment layer of ``W``-bit codes; ``xd``: TMA descriptor of the
-    activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes). Grid ``cdiv(ns, BN) * cdiv(M, BT)``,
-    token tiles fastest. ``WAHEAD`` (1 or 2): loop trips between loading a tile's words and building its fragment
-    (1 was measured, run 111; 2 is untimed)."""
+def wgr_kernel(xd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, plane, scale, zero, ns, K,
+               W: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr,
+               num_warps: gl.constexpr, WAHEAD: gl.constexpr = 1, SPLIT: gl.constexpr = 1,
+               HAS_BIAS: gl.constexpr = False):
+    """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a one-segment layer of ``W``-bit codes; ``xd``: TMA
+    descriptor of the activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes). Grid ``cdiv(ns, BN) *
+    SPLIT * cdiv(M, BT)``, token tiles fastest: with ``SPLIT > 1`` each program takes ``1 / SPLIT`` of the K tiles
+    and adds its float32 sums into ``acc_ptr`` (``[M, N]``; a ``finalize_kernel`` launch writes ``out`` and the
+    bias). ``WAHEAD`` (1 or 2): loop trips between loading a tile's words and building its fragment (1 was
+    measured, run 111; 2 is untimed)."""
     pid = gl.program_id(0)
     n_t = gl.cdiv(M, BT)
     t0 = (pid % n_t) * BT
-    n0 = (pid // n_t) * BN
-    kt = K // WGR_BK
+    pid_s = (pid // n_t) % SPLIT
+    n0 = (pid // (n_t * SPLIT)) * BN
+    kt_all = K // WGR_BK
+    kb = pid_s * kt_all // SPLIT
+    kt = (pid_s + 1) * kt_all // SPLIT - kb  # this program's K tiles: [kb, kb + kt) (kt >= 1: SPLIT <= K / 64)
     x_smem = gl.allocate_shared_memory(gl.float16, [STAGES, BT, WGR_BK], xd.layout)
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(bars.index(i), count=1)
     for i in gl.static_range(STAGES):
-        _x_issue(xd, t0, i, bars, x_smem, i < kt, BT, STAGES)
+        _x_issue(xd, t0, kb, i, bars, x_smem, i < kt, BT, STAGES)
     LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
-    w0, s0, z0 = _loads(plane, scale, zero, 0, kt, n0, ns, GS, W, BN, num_warps)
-    w1, s1, z1 = _loads(plane, scale, zero, 1, kt, n0, ns, GS, W, BN, num_warps)
-    w2, s2, z2 = _loads(plane, scale, zero, 2, kt, n0, ns, GS, W, BN, num_warps)
+    w0, s0, z0 = _loads(plane, scale, zero, kb + 0, kb + kt, n0, ns, GS, W, BN, num_warps)
+    w1, s1, z1 = _loads(plane, scale, zero, kb + 1, kb + kt, n0, ns, GS, W, BN, num_warps)
+    w2, s2, z2 = _loads(plane, scale, zero, kb + 2, kb + kt, n0, ns, GS, W, BN, num_warps)
     a_cur = _fragment(w0, s0, z0, W, BN, BT, num_warps)
     # tile 0, peeled: the accumulator starts from a wgmma (ptxas serializes wgmma whose accumulator may come from
     # plain moves, info C7515; see _wgs)
@@ -196,19 +203,19 @@ def wgr_kernel(xd, M, out_ptr, stride_om, plane, scale, zero, ns, K, W: gl.const
         for t in range(1, kt):  # carries tile t's fragment (a_next) and tile t + 1's words (w2)
             a_prev = a_cur
             a_cur = a_next
-            acc, a_prev = _mma_tile(xd, t0, t, kt, a_cur, a_prev, acc, bars, x_smem, BT, STAGES)
+            acc, a_prev = _mma_tile(xd, t0, kb, t, kt, a_cur, a_prev, acc, bars, x_smem, BT, STAGES)
             w1, s1, z1 = w2, s2, z2
-            w2, s2, z2 = _loads(plane, scale, zero, t + 2, kt, n0, ns, GS, W, BN, num_warps)
+            w2, s2, z2 = _loads(plane, scale, zero, kb + t + 2, kb + kt, n0, ns, GS, W, BN, num_warps)
             a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
     else:
-        w3, s3, z3 = _loads(plane, scale, zero, 3, kt, n0, ns, GS, W, BN, num_warps)
+        w3, s3, z3 = _loads(plane, scale, zero, kb + 3, kb + kt, n0, ns, GS, W, BN, num_warps)
         for t in range(1, kt):  # carries tile t's fragment and tiles t + 1 and t + 2's words
             a_prev = a_cur
             a_cur = a_next
-            acc, a_prev = _mma_tile(xd, t0, t, kt, a_cur, a_prev, acc, bars, x_smem, BT, STAGES)
+            acc, a_prev = _mma_tile(xd, t0, kb, t, kt, a_cur, a_prev, acc, bars, x_smem, BT, STAGES)
             w1, s1, z1 = w2, s2, z2
             w2, s2, z2 = w3, s3, z3
-            w3, s3, z3 = _loads(plane, scale, zero, t + 3, kt, n0, ns, GS, W, BN, num_warps)
+            w3, s3, z3 = _loads(plane, scale, zero, kb + t + 3, kb + kt, n0, ns, GS, W, BN, num_warps)
             a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
     acc, a_cur = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_cur))
     for i in gl.static_range(STAGES):
@@ -218,11 +225,16 @@ def wgr_kernel(xd, M, out_ptr, stride_om, plane, scale, zero, ns, K, W: gl.const
     rows = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, LO))
     toks = t0 + gl.arange(0, BT, layout=gl.SliceLayout(0, LO))
     mask = (rows < ns)[:, None] & (toks < M)[None, :]
-    gl.store(out_ptr + toks[None, :] * stride_om + rows[:, None], y.to(out_ptr.dtype.element_ty), mask=mask)
+    if SPLIT > 1:
+        gl.atomic_add(acc_ptr + toks[None, :] * stride_am + rows[:, None], y, mask=mask, sem="relaxed")
+    else:
+        if HAS_BIAS:
+            y = y + gl.load(bias_ptr + rows, mask=rows < ns, other=0.0).to(gl.float32)[:, None]
+        gl.store(out_ptr + toks[None, :] * stride_om + rows[:, None], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @gluon.jit
-def _mma_tile(xd, t0, t, kt, a_cur, a_prev, acc, bars, x_smem, BT: gl.constexpr, STAGES: gl.constexpr):
+def _mma_tile(xd, t0, kb, t, kt, a_cur, a_prev, acc, bars, x_smem, BT: gl.constexpr, STAGES: gl.constexpr):
     """Tile ``t`` (``t >= 1``): wait for its activations, start its ``wgmma`` on fragment ``a_cur``, wait for tile
     ``t - 1``'s (fragment ``a_prev``) in both warpgroups, and refill that tile's activation slot with tile
     ``t + STAGES - 1``."""
@@ -230,5 +242,5 @@ def _mma_tile(xd, t0, t, kt, a_cur, a_prev, acc, bars, x_smem, BT: gl.constexpr,
     acc = warpgroup_mma(a_cur, x_smem.index(t % STAGES).permute((1, 0)), acc, is_async=True)
     acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))  # tile t - 1's wgmma is done
     _cta_barrier()  # ... in both warpgroups: its activation slot may be refilled
-    _x_issue(xd, t0, t + STAGES - 1, bars, x_smem, t + STAGES - 1 < kt, BT, STAGES)
+    _x_issue(xd, t0, kb, t + STAGES - 1, bars, x_smem, t + STAGES - 1 < kt, BT, STAGES)
     return acc, a_prev

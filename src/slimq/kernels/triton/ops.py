@@ -25,6 +25,8 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
   choice) warp-specialised: producer warps dequantize (half2 for float16), MMA warps only feed the tensor
   cores (``slimq.kernels.triton._wgsw``, ``_dq16``), K split where tiles are few; without, every warp
   does both (``_wgs``). Needs no copy of the weights; :func:`wgs_unavailable` says where it cannot run.
+* ``"wgr"`` (experimental, only as an explicit config; sm_90): the weights as ``wgmma``'s register operand,
+  built by the MMA warps from their own words (``_wgr``); uniform 2-/4-bit layers (:func:`wgr_supported`).
 * ``"dequant"`` (``M > WG_MAX_M`` where ``wgs`` is not chosen or cannot run): dequantize into
   ``workspace.wbuf`` then cuBLAS (``torch.mm``);
   faster than ``"gemm"`` and ``"wg"`` there on the shapes measured (benchmarks/KERNEL_NOTES.md). With
@@ -87,18 +89,20 @@ from slimq.kernels.triton._plan import (
     tc_launches,
     uses_acc,
     wg_launches,
+    wgr_launches,
     wgs_launches,
 )
 from slimq.kernels.triton._support import (
     h2_supported,
     mv_supported,
     tc_supported,
+    wgr_supported,
     wgs_supported,
     wgs_unavailable,
 )
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "fallback_config", "resolve_config", "sbp_matmul",
-           "plan_launches", "h2_supported", "mv_supported", "tc_supported", "wgs_supported", "wgs_unavailable", "tc_block", "workspace_fits",
+           "plan_launches", "h2_supported", "mv_supported", "tc_supported", "wgs_supported", "wgr_supported", "wgs_unavailable", "tc_block", "workspace_fits",
            "kernel_fn",
            "PATHS", "FMA_MAX_M", "H2_MAX_M", "MV_MAX_M", "SKINNY_MAX_M", "WG_MAX_M", "DEQUANT_MIN_M", "WGS_SPLIT_MAX_M",
            "H2_XSCALE", "wgs_config"]
@@ -184,7 +188,7 @@ class Workspace:
         if cfg.path == "dequant" and self.wbuf.numel() < min(cfg.chunk_n or n, n) * k:
             raise ValueError("the dequant path needs a Workspace(..., dequant=True) with room for "
                              f"{min(cfg.chunk_n or n, n)} x {k} weights")
-        if cfg.path in ("dequant", "wgs") and self.xperm.numel() < m * k:
+        if cfg.path in ("dequant", "wgs", "wgr") and self.xperm.numel() < m * k:
             raise ValueError(f"the {cfg.path} path needs a Workspace with buffer 'xperm' for {m} x {k} activations")
         if cfg.path == "mv" and self.xc32.numel() < XC_SLOTS * self.split_rows * self.kp // 128:
             raise ValueError("the mv path needs a Workspace with buffer 'xc32'")
@@ -269,6 +273,11 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
             if config is not None:
                 raise ValueError(f"path 'wgs' cannot run this layer: {why}")
             return _DEQUANT
+    if cfg.path == "wgr":  # experimental: only when asked for (select_config never picks it)
+        why = wgr_supported(x, packed)
+        if why is not None:
+            raise ValueError(f"path 'wgr' cannot run this layer: {why}")
+        return cfg
     if cfg.path == "mv":
         why = mv_supported(packed)
         if why is None:
@@ -313,6 +322,8 @@ def plan_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
         return [lc for lc, _ in dequant_steps(x, packed, out, ws, cfg)]
     if cfg.path == "wgs":
         return wgs_launches(x, packed, bias, out, ws, cfg)
+    if cfg.path == "wgr":
+        return wgr_launches(x, packed, bias, out, ws, cfg)
     if cfg.path == "gv":
         return gv_launches(x, packed, bias, out, ws, cfg)
     if cfg.path == "mv":
