@@ -1,6 +1,6 @@
 """Large-``M`` prototype ``wgr``: the weights as the *register* operand of an asynchronous ``wgmma``, in Gluon
-(layout ``slimq.segmented-bitplane.v1``; Hopper, sm_90). Experimental: not dispatched, run by
-``benchmarks/wgr_probe.py`` only.
+(layout ``slimq.segmented-bitplane.v1``; Hopper, sm_90). Experimental: never dispatched, it runs only as an explicit
+``KernelConfig("wgr", ...)`` (``_plan.wgr_launches``; ``benchmarks/wgr_probe.py`` times it).
 
 Why: ``wgs`` dequantizes the weights into shared memory for ``wgmma``'s shared operand, which costs its producer
 warps a partition barrier, a generic-to-async proxy fence and a second barrier per tile; on the H200 they set the
@@ -24,8 +24,8 @@ a thread loads its words one tile ahead, the activations come ``STAGES - 1`` til
 tile ``t`` runs while the warps build tile ``t + 1``'s fragment (one group left in flight).
 
 Prototype limits: one segment of 2- or 4-bit codes (one plane), float16 activations, ``K`` and the group size
-multiples of 64, no ``row_perm`` or bias, one program per ``[BN, BT]`` output tile over the whole ``K`` (no
-stream-K). Measured on the H200 (benchmarks/KERNEL_NOTES.md, session 13; ``benchmarks/wgr_probe.py``): correct
+multiples of 64, no ``row_perm``; one program per ``[BN, BT]`` output tile and K share (split-K through the
+float32 workspace, no stream-K). Measured on the H200 (benchmarks/KERNEL_NOTES.md, session 13; ``benchmarks/wgr_probe.py``): correct
 on every layer tried; 28672 x 8192 at 1024 tokens 0.75x of cuBLAS FP16 at 2 bits, as the dispatched ``wgs``
 (0.75-0.80x), 0.66x at 4 bits; slower where its tiles make few waves (8192 x 28672 at 256 tokens 0.43x).
 """
