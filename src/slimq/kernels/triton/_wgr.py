@@ -25,10 +25,10 @@ tile ``t`` runs while the warps build tile ``t + 1``'s fragment (one group left 
 
 Prototype limits: one segment of 2- or 4-bit codes (one plane), float16 activations, ``K`` and the group size
 multiples of 64, no ``row_perm``; one program per ``[BN, BT]`` output tile and K share (split-K through the
-float32 workspace, no stream-K). Measured on the H200 (benchmarks/KERNEL_NOTES.md, session 13; ``benchmarks/wgr_probe.py``): correct
-on every layer tried; 28672 x 8192 at 1024 tokens 0.75x of cuBLAS FP16 at 2 bits, as the dispatched ``wgs``
-(0.75-0.80x), 0.66x at 4 bits; slower where its tiles make few waves (8192 x 28672 at 256 tokens 0.43x).
-"""
+float32 workspace, no stream-K). Measured on the H200 (benchmarks/KERNEL_NOTES.md, session 13, the kernel after
+a torch gather, without bias or split-K): correct on every layer tried; 28672 x 8192 at 1024 tokens 0.75x of
+cuBLAS FP16 at 2 bits, within the dispatched ``wgs``'s spread (0.75-0.80x), 0.66x at 4 bits; slower where its
+tiles make few waves (8192 x 28672 at 256 tokens 0.43x)."""
 from __future__ import annotations
 
 import triton
