@@ -6,7 +6,7 @@ it against the pure-torch reference and times it against cuBLAS FP16 and the dis
 alone after a torch gather (runs 108-112 timed that form).
 
     PYTHONPATH=src python3 benchmarks/wgr_probe.py [--shapes 28672x8192,...] [--ms 256,1024] [--variants 2b,4b]
-        [--bt 128,256] [--stages 3] [--wahead 1,2] [--split 1,2] [--rounds 3] [--out DIR]  # writes DIR/wgr_probe.json
+        [--bt 128,256] [--stages 3] [--wahead 1,2,3] [--split 1,2] [--rounds 3] [--out DIR]  # DIR/wgr_probe.json
 """
 from __future__ import annotations
 
@@ -67,15 +67,15 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="2b,4b")
     ap.add_argument("--bt", default="128,256")
     ap.add_argument("--stages", type=int, default=3)
-    ap.add_argument("--wahead", default="1", help="loop trips between loading a tile's words and using them (1, 2)")
+    ap.add_argument("--wahead", default="1", help="loop trips between loading a tile's words and using them (1-3)")
     ap.add_argument("--split", default="1", help="K splits (1-8)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
     if args.rounds < 1 or not 2 <= args.stages <= 6:
         ap.error(f"--rounds must be >= 1 and --stages 2-6, got {args.rounds} and {args.stages}")
-    if any(a not in ("1", "2") for a in args.wahead.split(",")):
-        ap.error(f"--wahead takes 1 and/or 2, got {args.wahead!r}")
+    if any(a not in ("1", "2", "3") for a in args.wahead.split(",")):
+        ap.error(f"--wahead takes 1-3, got {args.wahead!r}")
     if any(a not in "12345678" or len(a) != 1 for a in args.split.split(",")):
         ap.error(f"--split takes 1-8, got {args.split!r}")
     if any(v not in ("2b", "4b") for v in args.variants.split(",")):

@@ -807,6 +807,7 @@ WGR_CFGS = {
     "wgr_t256": KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=3),
     "wgr_t128_split3": KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3, split_k=3),
     "wgr_t64_4w_d2": KernelConfig("wgr", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=4, depth=2),
+    "wgr_t256_d3": KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=3, depth=3),
 }
 
 
@@ -863,7 +864,9 @@ def test_wgr_plan_config_and_support():
         with pytest.raises(ValueError, match="path 'wgr' takes"):
             KernelConfig("wgr", **{**dict(block_m=128, block_n=128, block_k=64, num_warps=8), **bad})
     with pytest.raises(ValueError, match="depth must be 1, or 2"):
-        KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, depth=3)
+        KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, depth=4)
+    with pytest.raises(ValueError, match="or 3 with 'wgr'"):
+        KernelConfig("gv", block_m=1, depth=3)
 
 
 @inproc

@@ -57,7 +57,7 @@ def test_probe_gather_index_and_arguments():
     from slimq.kernels.triton._wgr import wgr_src
     idx = wgr_probe.operand_index(192, 4, "cpu")
     assert idx.tolist() == [t * 64 + wgr_src(k, 4) for t in range(3) for k in range(64)]
-    for bad in (["--variants", "3b"], ["--stages", "1"], ["--rounds", "0"], ["--wahead", "3"], ["--split", "9"]):
+    for bad in (["--variants", "3b"], ["--stages", "1"], ["--rounds", "0"], ["--wahead", "4"], ["--split", "9"]):
         with pytest.raises(SystemExit):
             wgr_probe.main(bad)
 
@@ -94,7 +94,8 @@ _BODY = """
 """
 
 
-@pytest.mark.parametrize("w,bt,wa,split,bias", [(2, 256, 1, 1, False), (4, 128, 1, 1, True), (2, 256, 2, 3, False)])
+@pytest.mark.parametrize("w,bt,wa,split,bias", [(2, 256, 1, 1, False), (4, 128, 1, 1, True), (2, 256, 2, 3, False),
+                                                (4, 256, 3, 1, False)])
 def test_wgr_compiles_for_sm90_with_register_operand(w, bt, wa, split, bias):
     """Every ``HGMMA`` takes its A operand from registers; in the K loop the four of one tile, one wait that
     leaves a group in flight, no shared-memory traffic (the fragment is built in registers: the layout change
@@ -109,7 +110,8 @@ def test_wgr_compiles_for_sm90_with_register_operand(w, bt, wa, split, bias):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                     reason="wgr is Gluon for sm_90 (Hopper)")
-@pytest.mark.parametrize("variant,m,bt,wa", [("2b", 300, 256, 1), ("4b", 130, 128, 1), ("2b", 300, 256, 2)])
+@pytest.mark.parametrize("variant,m,bt,wa", [("2b", 300, 256, 1), ("4b", 130, 128, 1), ("2b", 300, 256, 2),
+                                             ("4b", 300, 256, 3)])
 def test_wgr_matches_reference_on_gpu(variant, m, bt, wa):
     _gluon()
     import wgr_probe

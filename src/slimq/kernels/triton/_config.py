@@ -25,7 +25,7 @@ class KernelConfig:
     group_m: int = 8
     prefetch: bool = False  # "fma" / "h2" with M == 1: load the next tile before computing this one
     depth: int = 1  # "gv": K-tiles whose weights are loaded ahead of the one computed (1 or 2); "wgs" with
-    # producers: depth + 1 tiles ahead; "wgr": loop trips between loading a tile's words and using them
+    # producers: depth + 1 tiles ahead; "wgr": loop trips between loading a tile's words and using them (1-3)
     maxnreg: int = 0  # "gv", "mv": cap on registers per thread (0: the compiler's choice), for more resident warps;
     # "mv": a higher cap keeps ptxas from sinking the next tile's loads to the end of the loop
     chunk_n: int = 0  # "dequant": rows dequantized per step (0: the whole layer at once)
@@ -51,10 +51,10 @@ class KernelConfig:
             raise ValueError(f"tensor-core paths need block_m, block_n >= 16, got {self.block_m}, {self.block_n}")
         if self.split_k < 1:
             raise ValueError(f"split_k must be >= 1, got {self.split_k}")
-        if self.depth not in (1, 2) or (self.depth != 1 and self.path not in ("gv", "mv", "wgr")
-                                        and not self.producers):
-            raise ValueError(f"depth must be 1, or 2 with path 'gv', 'mv', 'wgr' or 'wgs' with producers; got "
-                             f"{self.depth} for {self.path!r}")
+        if self.depth not in (1, 2, 3) or (self.depth == 3 and self.path != "wgr") or (
+                self.depth == 2 and self.path not in ("gv", "mv", "wgr") and not self.producers):
+            raise ValueError(f"depth must be 1, or 2 with path 'gv', 'mv', 'wgr' or 'wgs' with producers, or 3 with "
+                             f"'wgr'; got {self.depth} for {self.path!r}")
         if self.maxnreg and (self.path not in ("gv", "mv", "wgs") or not 32 <= self.maxnreg <= 255
                              or self.maxnreg % 8):
             raise ValueError(f"maxnreg must be 0, or a multiple of 8 in 32..255 with path 'gv', 'mv' or 'wgs'; got "

@@ -171,8 +171,8 @@ def wgr_kernel(xd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, plane, s
     descriptor of the activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes). Grid ``cdiv(ns, BN) *
     SPLIT * cdiv(M, BT)``, token tiles fastest: with ``SPLIT > 1`` each program takes ``1 / SPLIT`` of the K tiles
     and adds its float32 sums into ``acc_ptr`` (``[M, N]``; a ``finalize_kernel`` launch writes ``out`` and the
-    bias). ``WAHEAD`` (1 or 2): loop trips between loading a tile's words and building its fragment (1 was
-    measured, run 111; 2 is untimed)."""
+    bias). ``WAHEAD`` (1-3): loop trips between loading a tile's words and building its fragment (1 was
+    measured, run 111; 2 and 3 are untimed)."""
     pid = gl.program_id(0)
     n_t = gl.cdiv(M, BT)
     t0 = (pid % n_t) * BT
@@ -207,7 +207,7 @@ def wgr_kernel(xd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, plane, s
             w1, s1, z1 = w2, s2, z2
             w2, s2, z2 = _loads(plane, scale, zero, kb + t + 2, kb + kt, n0, ns, GS, W, BN, num_warps)
             a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
-    else:
+    elif WAHEAD == 2:
         w3, s3, z3 = _loads(plane, scale, zero, kb + 3, kb + kt, n0, ns, GS, W, BN, num_warps)
         for t in range(1, kt):  # carries tile t's fragment and tiles t + 1 and t + 2's words
             a_prev = a_cur
@@ -216,6 +216,18 @@ def wgr_kernel(xd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, plane, s
             w1, s1, z1 = w2, s2, z2
             w2, s2, z2 = w3, s3, z3
             w3, s3, z3 = _loads(plane, scale, zero, kb + t + 3, kb + kt, n0, ns, GS, W, BN, num_warps)
+            a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
+    else:
+        w3, s3, z3 = _loads(plane, scale, zero, kb + 3, kb + kt, n0, ns, GS, W, BN, num_warps)
+        w4, s4, z4 = _loads(plane, scale, zero, kb + 4, kb + kt, n0, ns, GS, W, BN, num_warps)
+        for t in range(1, kt):  # carries tile t's fragment and tiles t + 1 .. t + 3's words
+            a_prev = a_cur
+            a_cur = a_next
+            acc, a_prev = _mma_tile(xd, t0, kb, t, kt, a_cur, a_prev, acc, bars, x_smem, BT, STAGES)
+            w1, s1, z1 = w2, s2, z2
+            w2, s2, z2 = w3, s3, z3
+            w3, s3, z3 = w4, s4, z4
+            w4, s4, z4 = _loads(plane, scale, zero, kb + t + 4, kb + kt, n0, ns, GS, W, BN, num_warps)
             a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
     acc, a_cur = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_cur))
     for i in gl.static_range(STAGES):
