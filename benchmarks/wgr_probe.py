@@ -31,33 +31,25 @@ def operand_index(k: int, w: int, device) -> torch.Tensor:
 
 
 def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int, wahead: int = 1):
-    """A closure running the gather and ``wgr_kernel`` for layer ``p`` on ``x`` into ``out``."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    from slimq.kernels.triton._wgr import WGR_BK, wgr_kernel
-    from slimq.kernels.triton._wgs import smem_layout
-    (seg,) = p.segments
-    bk = int(WGR_BK)
-    if p.row_perm is not None or seg.bits not in (2, 4) or x.shape[1] % bk or seg.group_size % bk:
-        raise ValueError("wgr takes one segment of 2- or 4-bit codes, K and the group size multiples of 64, "
-                         "no row_perm")
+    """A closure running ``wgr_kernel`` for layer ``p`` on ``x`` into ``out`` after a torch gather (``x[:, idx]``)
+    in place of the path's gather kernel: the kernel launch of ``_plan.wgr_launches``, as runs 108-112 timed it."""
+    from slimq.kernels.triton import KernelConfig, Workspace
+    from slimq.kernels.triton._plan import wgr_launches
+    from slimq.kernels.triton._support import wgr_layer_unsupported
+    why = wgr_layer_unsupported(p)
+    if why is not None:
+        raise ValueError(f"wgr: {why}")
     m, k = x.shape
-    w = seg.bits  # one plane of that width
-    idx = p.col_perm.long()[operand_index(k, w, x.device)]
-    xg = torch.empty(m, k, device=x.device, dtype=torch.float16)
-    xd = TensorDescriptor(xg, [m, k], [k, 1], [bt, bk], smem_layout(bk, 16))
-    n = p.out_features
-    grid = (triton_cdiv(n, 128) * triton_cdiv(m, bt),)
+    cfg = KernelConfig("wgr", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=stages, depth=wahead)
+    ws = Workspace(x.device, m, p.out_features, k, torch.float16)
+    _, kernel = wgr_launches(x, p, None, out, ws, cfg)
+    xg = ws.xperm[: m * k].view(m, k)  # what the kernel's TMA descriptor reads
+    idx = p.col_perm.long()[operand_index(k, p.segments[0].bits, x.device)]
 
     def run():
         torch.index_select(x, 1, idx, out=xg)
-        wgr_kernel[grid](xd, m, out, out.stride(0), out, 0, out, seg.planes[0], seg.scales, seg.zeros, n, k, W=w,
-                         GS=seg.group_size, BN=128, BT=bt, STAGES=stages, num_warps=8, WAHEAD=wahead)
+        kernel()
     return run
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def main(argv=None) -> int:

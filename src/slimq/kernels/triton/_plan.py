@@ -227,13 +227,15 @@ def h2dot_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | N
 
 
 def gather_launch(x: torch.Tensor, packed: PackedLinear, buf: torch.Tensor,
-                  pair16: bool = False, pdl: bool = False) -> tuple[Launch, torch.Tensor]:
+                  pair16: bool = False, pdl: bool = False, wgr: int = 0) -> tuple[Launch, torch.Tensor]:
     """``x[:, col_perm]`` into ``buf`` (a workspace buffer, viewed ``[M, K]``): the launch and the view.
-    ``pair16``: in ``_dq16``'s pair order within 16-column blocks (``K % 16 == 0``); ``pdl``: the next launch
+    ``pair16``: in ``_dq16``'s pair order within 16-column blocks (``K % 16 == 0``); ``wgr`` (2 or 4): in
+    ``_wgr``'s operand order for codes of that width (``K % 64 == 0``); ``pdl``: the next launch
     (``launch_pdl``) may start while this one runs."""
     m, kdim = x.shape
     xin = buf[: m * kdim].view(m, kdim)
-    kw = {"BLOCK": _GATHER_BLOCK, **({"PAIR16": True} if pair16 else {}), **({"PDL": True} if pdl else {})}
+    kw = {"BLOCK": _GATHER_BLOCK, **({"PAIR16": True} if pair16 else {}), **({"PDL": True} if pdl else {}),
+          **({"WGR": wgr} if wgr else {})}
     return Launch("gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
                   (x, x.stride(0), packed.col_perm, xin, xin.stride(0), kdim), kw), xin
 
@@ -509,10 +511,7 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     (seg,) = packed.segments
     if cfg.split_k > kdim // 64:
         raise ValueError(f"wgr: split_k={cfg.split_k} exceeds the K tiles of the layer ({kdim // 64})")
-    xin = ws.xperm[: m * kdim].view(m, kdim)
-    gather = Launch("gather_kernel", (triton.cdiv(kdim, _GATHER_BLOCK), m),
-                    (x, x.stride(0), packed.col_perm, xin, xin.stride(0), kdim),
-                    {"BLOCK": _GATHER_BLOCK, "WGR": seg.bits})
+    gather, xin = gather_launch(x, packed, ws.xperm, wgr=seg.bits)
     desc = TensorDescriptor(xin, [m, kdim], [kdim, 1], [cfg.block_m, 64], smem_layout(64, 16))
     split = cfg.split_k > 1
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)

@@ -34,10 +34,10 @@ from __future__ import annotations
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-_cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+from slimq.kernels.triton._dq16 import _half2
+from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _tma_load
 
 __all__ = ["wgr_kernel", "wgr_src", "fragment_order", "WGR_BK"]
 
@@ -72,11 +72,6 @@ def fragment_order(w):
     if int(w) == 4:
         return [0, 1, 2, 3, 6, 7, 4, 5, 8]
     raise ValueError(f"wgr: plane width {w} is not supported (2 or 4)")
-
-
-@triton.constexpr_function
-def _acc_layout(bn, bt, num_warps):
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, bt, 16])
 
 
 @triton.constexpr_function
@@ -145,13 +140,6 @@ def _fragment(w, s, z, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_
     v = gl.reshape(gl.permute(v, ORDER.value), [BN, WGR_BK])
     LA: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=_acc_layout(BN, BT, num_warps), k_width=2)
     return gl.convert_layout(v, LA, assert_trivial=True)
-
-
-@gluon.jit
-def _half2(v):
-    """float32 -> the float16 bits repeated in both halves of an int32."""
-    b = v.to(gl.float16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-    return b | (b << 16)
 
 
 @gluon.jit
