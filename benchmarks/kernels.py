@@ -225,6 +225,15 @@ def parse_extra(spec: str) -> dict:
     return out
 
 
+def parse_extras(specs: list[str], base) -> list[dict]:
+    """Every ``--extra`` spec parsed (:func:`parse_extra`) and checked by ``KernelConfig`` on ``base`` with those
+    fields changed, before any GPU work; raises ValueError."""
+    out = [parse_extra(e) for e in specs]
+    for fields in out:
+        dataclasses.replace(base, **fields)
+    return out
+
+
 def cfg_name(c) -> str:
     if c.path == "dequant":
         return f"dequant/c{c.chunk_n}" if c.chunk_n else "dequant"

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, parse_extra, rel_err  # noqa: E402
+from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, parse_extras, rel_err  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     stream = KernelConfig("wgs", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=2, producers=4,
                           depth=2, stream_k=132)
     try:
-        extras = {e: dataclasses.replace(stream, **parse_extra(e)) for e in args.extra}  # KernelConfig checks them
+        extras = {e: dataclasses.replace(stream, **f) for e, f in zip(args.extra, parse_extras(args.extra, stream))}
     except ValueError as e:
         ap.error(str(e))
     if not torch.cuda.is_available():

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, cfg_name, parse_extra, rel_err
+from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, cfg_name, parse_extras, rel_err
 
 SPLITS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16)
 
@@ -65,9 +65,7 @@ def main(argv=None) -> int:
     if args.rounds < 1:
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
     try:
-        extras = [parse_extra(e) for e in args.extra]
-        for e in extras:  # KernelConfig's own checks, before any GPU work
-            dataclasses.replace(KernelConfig("wg"), **e)
+        extras = parse_extras(args.extra, KernelConfig("wg"))
     except ValueError as e:
         ap.error(str(e))
     if not torch.cuda.is_available():
