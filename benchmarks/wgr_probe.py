@@ -1,12 +1,12 @@
 """Probe of the experimental large-M ``wgr`` path (weights as ``wgmma``'s register operand, ``_wgr.py``): checks
 it against the pure-torch reference and times it against cuBLAS FP16 and the dispatch in alternating rounds
 (CUDA-graph replays, L2 flushed as ``do_bench`` does). Uniform 2- and 4-bit layers only. Each ``wgr`` config
-(``--bt`` x ``--wahead`` x ``--split``) runs as an explicit ``KernelConfig("wgr", ...)`` through ``sbp_matmul``
+(``--bt`` x ``--stages`` x ``--split``) runs as an explicit ``KernelConfig("wgr", ...)`` through ``sbp_matmul``
 (the operand-order gather kernel, ``wgr_kernel``, a finalize when K is split); ``wgr_call`` runs the kernel
 alone after a torch gather (runs 108-112 timed that form).
 
     PYTHONPATH=src python3 benchmarks/wgr_probe.py [--shapes 28672x8192,...] [--ms 256,1024] [--variants 2b,4b]
-        [--bt 128,256] [--stages 3] [--wahead 1,2,3] [--split 1,2] [--rounds 3] [--out DIR]  # DIR/wgr_probe.json
+        [--bt 128,256] [--stages 3,4] [--split 1,2] [--rounds 3] [--out DIR]  # DIR/wgr_probe.json
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def operand_index(k: int, w: int, device) -> torch.Tensor:
     return (torch.arange(0, k, bk)[:, None] + tile[None, :]).reshape(-1).to(device)
 
 
-def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int, wahead: int = 1):
+def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int):
     """A closure running ``wgr_kernel`` for layer ``p`` on ``x`` into ``out`` after a torch gather (``x[:, idx]``)
     in place of the path's gather kernel: the kernel launch of ``_plan.wgr_launches``, as runs 108-112 timed it."""
     from slimq.kernels.triton import KernelConfig, Workspace
@@ -40,7 +40,7 @@ def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int, wahead
     if why is not None:
         raise ValueError(f"wgr: {why}")
     m, k = x.shape
-    cfg = KernelConfig("wgr", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=stages, depth=wahead)
+    cfg = KernelConfig("wgr", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=stages)
     ws = Workspace(x.device, m, p.out_features, k, torch.float16)
     _, kernel = wgr_launches(x, p, None, out, ws, cfg)
     xg = ws.xperm[: m * k].view(m, k)  # what the kernel's TMA descriptor reads
@@ -58,16 +58,15 @@ def main(argv=None) -> int:
     ap.add_argument("--ms", default="256,1024")
     ap.add_argument("--variants", default="2b,4b")
     ap.add_argument("--bt", default="128,256")
-    ap.add_argument("--stages", type=int, default=3)
-    ap.add_argument("--wahead", default="1", help="loop trips between loading a tile's words and using them (1-3)")
+    ap.add_argument("--stages", default="4", help="K tiles in flight (2-5)")
     ap.add_argument("--split", default="1", help="K splits (1-8)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
-    if args.rounds < 1 or not 2 <= args.stages <= 6:
-        ap.error(f"--rounds must be >= 1 and --stages 2-6, got {args.rounds} and {args.stages}")
-    if any(a not in ("1", "2", "3") for a in args.wahead.split(",")):
-        ap.error(f"--wahead takes 1-3, got {args.wahead!r}")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
+    if any(a not in ("2", "3", "4", "5") for a in args.stages.split(",")):
+        ap.error(f"--stages takes 2-5, got {args.stages!r}")
     if any(a not in "12345678" or len(a) != 1 for a in args.split.split(",")):
         ap.error(f"--split takes 1-8, got {args.split!r}")
     if any(v not in ("2b", "4b") for v in args.variants.split(",")):
@@ -89,22 +88,23 @@ def main(argv=None) -> int:
             fns, keep = {"fp16": lambda x=x16, w=w16, y=y16: torch.mm(x, w.t(), out=y)}, []
             for v in args.variants.split(","):
                 p = build_layer(n, k, v, dev, seed=n + k)
-                case = Case(p, m, dev, Workspace(dev, m, n, k, torch.float16, dequant=True))
+                split_rows = m if args.split != "1" else None  # wgr splits K at any token count
+                case = Case(p, m, dev, Workspace(dev, m, n, k, torch.float16, dequant=True, split_rows=split_rows))
                 ref = packed_matmul_reference(case.x, p).float()
                 fns[f"{v}:dispatch"] = case.fn(resolve_config(case.x, p))
-                for bt, wa, sp in ((int(b), int(a), int(c)) for b in args.bt.split(",")
-                                   for a in args.wahead.split(",") for c in args.split.split(",")):
-                    cfg = KernelConfig("wgr", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=args.stages,
-                                       depth=wa, split_k=sp)
+                for bt, st, sp in ((int(b), int(a), int(c)) for b in args.bt.split(",")
+                                   for a in args.stages.split(",") for c in args.split.split(",")):
+                    cfg = KernelConfig("wgr", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=st,
+                                       split_k=sp)
                     run = case.fn(cfg)
                     run()
                     err = rel_err(case.out, ref)
-                    name = f"{v}:wgr{bt}" + (f"/a{wa}" if wa != 1 else "") + (f"/k{sp}" if sp != 1 else "")
+                    name = f"{v}:wgr{bt}/s{st}" + (f"/k{sp}" if sp != 1 else "")
                     print(f"{n}x{k} M={m} {name}: relative error {err:.2e}", flush=True)
                     if err < TOL[torch.float16]:
                         fns[name] = run
                     else:
-                        bad.append((n, k, m, v, bt, wa, sp, err))
+                        bad.append((n, k, m, v, bt, st, sp, err))
                 keep.append(case)
             t = time_graphs(fns, flush="zero", rounds=args.rounds)
             rows.append({"N": n, "K": k, "M": m, "us": t})

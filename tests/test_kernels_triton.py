@@ -489,7 +489,7 @@ def test_config_and_input_errors():
         KernelConfig("wgs", block_m=64, num_warps=4, producers=4)
     with pytest.raises(ValueError, match="producers applies to path 'wgs' only"):
         KernelConfig("wg", block_m=64, producers=4)
-    with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv', 'mv', 'wgr' or 'wgs' with producers"):
+    with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv', 'mv' or 'wgs' with producers"):
         KernelConfig("wgs", block_m=128, num_warps=8, depth=2)
     assert KernelConfig("wgs", block_m=128, num_warps=8, producers=8, split_k=4, depth=2).split_k == 4
     with pytest.raises(ValueError, match="block_n >= 16 \\* producers"):
@@ -806,8 +806,8 @@ def test_cuda_graph_capture(m):
 WGR_CFGS = {
     "wgr_t256": KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=3),
     "wgr_t128_split3": KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3, split_k=3),
-    "wgr_t64_4w_d2": KernelConfig("wgr", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=4, depth=2),
-    "wgr_t256_d3": KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=3, depth=3),
+    "wgr_t64_4w_s4": KernelConfig("wgr", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=4),
+    "wgr_t256_s5": KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=5),
 }
 
 
@@ -846,7 +846,9 @@ def test_wgr_plan_config_and_support():
         assert [lc.kernel for lc in launches] == want, name
         g, k = launches[0], launches[1]
         assert g.kwargs["WGR"] == 4 and k.kwargs["W"] == 4 and k.kwargs["SPLIT"] == cfg.split_k, name
-        assert k.kwargs["HAS_BIAS"] == (cfg.split_k == 1) and k.kwargs["WAHEAD"] == cfg.depth, name
+        assert k.kwargs["HAS_BIAS"] == (cfg.split_k == 1) and k.kwargs["STAGES"] == cfg.num_stages, name
+        kp = 64 * 4 // 32  # TMA boxes: the words [KP, BN] of a K tile, the scales and zeros [1, BN]
+        assert [list(d.block_shape) for d in k.args[1:4]] == [[kp, cfg.block_n], [1, cfg.block_n], [1, cfg.block_n]]
         assert k.grid == (triton.cdiv(200, cfg.block_n) * cfg.split_k * triton.cdiv(m, cfg.block_m),), name
     with pytest.raises(ValueError, match="exceeds the K tiles"):
         slt.plan_launches(x[:, :128], random_layer(200, 128, 64, 2), None, out, ws,
@@ -864,9 +866,11 @@ def test_wgr_plan_config_and_support():
         with pytest.raises(ValueError, match="path 'wgr' takes"):
             KernelConfig("wgr", **{**dict(block_m=128, block_n=128, block_k=64, num_warps=8), **bad})
     with pytest.raises(ValueError, match="depth must be 1, or 2"):
-        KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, depth=4)
-    with pytest.raises(ValueError, match="or 3 with 'wgr'"):
-        KernelConfig("gv", block_m=1, depth=3)
+        KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, depth=2)
+    assert "multiple of 8" in wgr_layer_unsupported(random_layer(44, 128, 64, 2))
+    q = random_layer(40, 128, 64, 2)
+    q.segments[0].scales = q.segments[0].scales.float()
+    assert "16-bit elements" in wgr_layer_unsupported(q)
 
 
 @inproc

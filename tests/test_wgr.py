@@ -57,27 +57,27 @@ def test_probe_gather_index_and_arguments():
     from slimq.kernels.triton._wgr import wgr_src
     idx = wgr_probe.operand_index(192, 4, "cpu")
     assert idx.tolist() == [t * 64 + wgr_src(k, 4) for t in range(3) for k in range(64)]
-    for bad in (["--variants", "3b"], ["--stages", "1"], ["--rounds", "0"], ["--wahead", "4"], ["--split", "9"]):
+    for bad in (["--variants", "3b"], ["--stages", "1"], ["--rounds", "0"], ["--stages", "6"], ["--split", "9"]):
         with pytest.raises(SystemExit):
             wgr_probe.main(bad)
 
 
 _BODY = """
-    sys.path.insert(0, os.path.join(TESTS, "..", "benchmarks"))
     from test_kernels_triton import random_layer
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from slimq.kernels.triton import KernelConfig, Workspace
+    from slimq.kernels.triton._plan import wgr_launches
     from slimq.kernels.triton._wgr import wgr_kernel
-    from slimq.kernels.triton._wgs import smem_layout
+    from _sass import wgmma_register_hazards
     f = json.loads(sys.argv[1])
     n, k, m, bt, w = 256, 1024, 256, f["bt"], f["w"]
-    (seg,) = random_layer(n, k, 128, w).segments
-    xg = torch.zeros(m, k, dtype=torch.float16)
+    p = random_layer(n, k, 128, w)
+    x = torch.zeros(m, k, dtype=torch.float16)
     out = torch.empty(m, n, dtype=torch.float16)
-    xd = TensorDescriptor(xg, [m, k], [k, 1], [bt, 64], smem_layout(64, 16))
-    acc = torch.zeros(m, n, dtype=torch.float32)  # split-K sums
-    kern = wgr_kernel.warmup(xd, m, out, out.stride(0), acc, acc.stride(0), out, seg.planes[0], seg.scales,
-                             seg.zeros, n, k, W=w, GS=128, BN=128, BT=bt, STAGES=3, num_warps=8, WAHEAD=f["wa"],
-                             SPLIT=f["split"], HAS_BIAS=f["bias"], grid=(1,))
+    ws = Workspace("cpu", m, n, k, torch.float16, split_rows=m, stream_k_programs=0)
+    cfg = KernelConfig("wgr", block_m=bt, block_n=16 * f["warps"], block_k=64, num_warps=f["warps"],
+                       num_stages=f["stages"], split_k=f["split"])
+    lc = wgr_launches(x, p, torch.zeros(n, dtype=torch.float16) if f["bias"] else None, out, ws, cfg)[1]
+    kern = wgr_kernel.warmup(*lc.args, **lc.kwargs, grid=(1,))
     sass = sass_of(kern)
     ops = re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+(?:@!?U?P\\w+\\s+)?([A-Z][A-Z0-9_.]*)", sass)
     bra = r"/\\*([0-9a-f]{4,})\\*/\\s+@!?U?P\\w+\\s+BRA\\s+(?:`\\(\\.L_x_\\d+\\)|0x([0-9a-f]+))"
@@ -88,31 +88,39 @@ _BODY = """
                       "wait0": sass.count("DEPBAR.LE gsb0, 0x0"), "wait1": sass.count("DEPBAR.LE gsb0, 0x1"),
                       "spills": sass.count("STL") + sass.count("LDL"),
                       "loop_hgmma": sum(op.startswith("HGMMA") for op in loop),
-                      "loop_shared": sum(op.startswith(("STS", "LDS")) for op in loop),
+                      "loop_sts": sum(op.startswith("STS") for op in loop),
+                      "loop_lds": sum(op.startswith(("LDS", "LDSM")) for op in loop),
+                      "loop_ldg": sum(op.startswith("LDG") for op in loop),
+                      "loop_tma": sum(op.startswith("UTMALDG") for op in loop),
                       "loop_hfma2": sum(op.startswith("HFMA2") for op in loop), "loop": len(loop),
-                      "red": len(re.findall(r"REDG\\.E\\.ADD\\.F32", sass))}))
+                      "red": len(re.findall(r"REDG\\.E\\.ADD\\.F32", sass)),
+                      "hazards": wgmma_register_hazards(sass)}))
 """
 
 
-@pytest.mark.parametrize("w,bt,wa,split,bias", [(2, 256, 1, 1, False), (4, 128, 1, 1, True), (2, 256, 2, 3, False),
-                                                (4, 256, 3, 1, False)])
-def test_wgr_compiles_for_sm90_with_register_operand(w, bt, wa, split, bias):
-    """Every ``HGMMA`` takes its A operand from registers; in the K loop the four of one tile, one wait that
-    leaves a group in flight, no shared-memory traffic (the fragment is built in registers: the layout change
-    is checked trivial when compiling), one HFMA2 per code pair of the thread's 32 weights; no spills."""
+@pytest.mark.parametrize("w,bt,warps,stages,split,bias", [(2, 256, 8, 4, 1, False), (4, 128, 8, 3, 1, True),
+                                                         (2, 256, 8, 5, 3, False), (4, 64, 4, 4, 1, False)])
+def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split, bias):
+    """Every ``HGMMA`` takes its A operand from registers, and none of those registers is written while its
+    ``wgmma`` may still run (``_sass.wgmma_register_hazards``); in the K loop (two tiles) the four of each tile,
+    one wait per tile that leaves a group in flight, each tile's four TMA loads (activations, words, scales,
+    zeros) and no global loads, no shared-memory stores (the fragment is built in registers: the layout changes
+    are checked trivial when compiling), one HFMA2 per code pair of the thread's 32 weights; no spills."""
     _gluon()
-    got = compile_sm90(_BODY, {"w": w, "bt": bt, "wa": wa, "split": split, "bias": bias})
-    assert got["rs_hgmma"] == 8 and got["loop_hgmma"] == 4, got  # the peeled first tile and the loop's
-    assert got["wait0"] == 1 and got["wait1"] == 2, got
-    assert got["loop_shared"] == 0 and got["spills"] == 0 and got["loop_hfma2"] == 16, got
+    got = compile_sm90(_BODY, {"w": w, "bt": bt, "warps": warps, "stages": stages, "split": split, "bias": bias})
+    assert got["hazards"] == [], got["hazards"]  # no A register rewritten while its wgmma may still read it
+    assert got["rs_hgmma"] == 16 and got["loop_hgmma"] == 8, got  # peeled first and last tiles, the loop's two
+    assert got["wait0"] == 2 and got["wait1"] == 4, got
+    assert got["loop_tma"] == 8 and got["loop_ldg"] == 0 and got["loop_lds"] > 0, got
+    assert got["loop_sts"] == 0 and got["spills"] == 0 and got["loop_hfma2"] == 32, got
     assert (got["red"] > 0) == (split > 1), got  # split K: float32 sums added into the workspace
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                     reason="wgr is Gluon for sm_90 (Hopper)")
-@pytest.mark.parametrize("variant,m,bt,wa", [("2b", 300, 256, 1), ("4b", 130, 128, 1), ("2b", 300, 256, 2),
-                                             ("4b", 300, 256, 3)])
-def test_wgr_matches_reference_on_gpu(variant, m, bt, wa):
+@pytest.mark.parametrize("variant,m,bt,stages", [("2b", 300, 256, 4), ("4b", 130, 128, 3), ("2b", 300, 128, 5),
+                                                 ("4b", 300, 256, 2)])
+def test_wgr_matches_reference_on_gpu(variant, m, bt, stages):
     _gluon()
     import wgr_probe
     from kernels import TOL, build_layer, rel_err
@@ -122,5 +130,5 @@ def test_wgr_matches_reference_on_gpu(variant, m, bt, wa):
     p = build_layer(200, 512, variant, dev, seed=3)  # a partial row tile and a partial token tile
     x = torch.randn(m, 512, device=dev, dtype=torch.float16)
     out = torch.empty(m, 200, device=dev, dtype=torch.float16)
-    wgr_probe.wgr_call(x, p, out, bt, 3, wa)()
+    wgr_probe.wgr_call(x, p, out, bt, stages)()
     assert rel_err(out, packed_matmul_reference(x, p).float()) < TOL[torch.float16]

@@ -25,7 +25,7 @@ class KernelConfig:
     group_m: int = 8
     prefetch: bool = False  # "fma" / "h2" with M == 1: load the next tile before computing this one
     depth: int = 1  # "gv": K-tiles whose weights are loaded ahead of the one computed (1 or 2); "wgs" with
-    # producers: depth + 1 tiles ahead; "wgr": loop trips between loading a tile's words and using them (1-3)
+    # producers: depth + 1 tiles ahead
     maxnreg: int = 0  # "gv", "mv": cap on registers per thread (0: the compiler's choice), for more resident warps;
     # "mv": a higher cap keeps ptxas from sinking the next tile's loads to the end of the loop
     chunk_n: int = 0  # "dequant": rows dequantized per step (0: the whole layer at once)
@@ -51,10 +51,9 @@ class KernelConfig:
             raise ValueError(f"tensor-core paths need block_m, block_n >= 16, got {self.block_m}, {self.block_n}")
         if self.split_k < 1:
             raise ValueError(f"split_k must be >= 1, got {self.split_k}")
-        if self.depth not in (1, 2, 3) or (self.depth == 3 and self.path != "wgr") or (
-                self.depth == 2 and self.path not in ("gv", "mv", "wgr") and not self.producers):
-            raise ValueError(f"depth must be 1, or 2 with path 'gv', 'mv', 'wgr' or 'wgs' with producers, or 3 with "
-                             f"'wgr'; got {self.depth} for {self.path!r}")
+        if self.depth not in (1, 2) or (self.depth == 2 and self.path not in ("gv", "mv") and not self.producers):
+            raise ValueError(f"depth must be 1, or 2 with path 'gv', 'mv' or 'wgs' with producers; got {self.depth} "
+                             f"for {self.path!r}")
         if self.maxnreg and (self.path not in ("gv", "mv", "wgs") or not 32 <= self.maxnreg <= 255
                              or self.maxnreg % 8):
             raise ValueError(f"maxnreg must be 0, or a multiple of 8 in 32..255 with path 'gv', 'mv' or 'wgs'; got "
@@ -93,7 +92,7 @@ class KernelConfig:
                 raise ValueError(f"path 'wgr' takes num_warps 4 or 8, block_n == 16 * num_warps and block_k == 64; "
                                  f"got num_warps={self.num_warps}, block_n={self.block_n}, block_k={self.block_k}")
             if not 64 <= self.block_m <= 256 or not 2 <= self.num_stages <= 5 or self.split_k > 8:
-                raise ValueError(f"path 'wgr' takes 64 <= block_m <= 256, num_stages (activation tiles in flight) 2..5 "
+                raise ValueError(f"path 'wgr' takes 64 <= block_m <= 256, num_stages (K tiles in flight) 2..5 "
                                  f"and split_k <= 8; got {self.block_m}, {self.num_stages}, {self.split_k}")
         if self.l2_ahead and (self.path != "mv" or not 0 < self.l2_ahead <= 16):
             raise ValueError(f"l2_ahead must be 0, or 1..16 with path 'mv'; got {self.l2_ahead} for {self.path!r}")

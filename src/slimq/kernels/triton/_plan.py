@@ -500,9 +500,10 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
 def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                  ws: Workspace, cfg: KernelConfig) -> list[Launch]:
     """``wgr`` (experimental, ``_wgr``): ``x[:, col_perm]`` in ``_wgr``'s operand order into ``ws.xperm``, one
-    ``wgr_kernel`` reading it by TMA (``cfg.block_m`` tokens x ``cfg.block_n`` rows per tile, ``cfg.num_stages``
-    activation tiles in flight, words ``cfg.depth`` loop trips ahead), and with ``cfg.split_k > 1`` a
-    ``finalize_kernel`` (the programs add float32 sums into ``ws.acc``). Layers: ``_support.wgr_supported``."""
+    ``wgr_kernel`` reading it, the code plane, scales and zeros by TMA (``cfg.block_m`` tokens x ``cfg.block_n``
+    rows per tile, ``cfg.num_stages`` K tiles in flight), and with ``cfg.split_k > 1`` a ``finalize_kernel`` (the
+    programs add float32 sums into ``ws.acc``). Layers: ``_support.wgr_supported``."""
+    from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from slimq.kernels.triton._wgs import smem_layout
@@ -513,13 +514,19 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
         raise ValueError(f"wgr: split_k={cfg.split_k} exceeds the K tiles of the layer ({kdim // 64})")
     gather, xin = gather_launch(x, packed, ws.xperm, wgr=seg.bits)
     desc = TensorDescriptor(xin, [m, kdim], [kdim, 1], [cfg.block_m, 64], smem_layout(64, 16))
+
+    def rows_desc(t: torch.Tensor, box_rows: int) -> TensorDescriptor:  # [R, ns] -> [box_rows, BN] boxes, unswizzled
+        lay = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8 * t.element_size(), rank=2)
+        return TensorDescriptor(t, list(t.shape), [t.shape[1], 1], [box_rows, cfg.block_n], lay)
+    plane = rows_desc(seg.planes[0], 64 * seg.bits // 32)
+    scales, zeros = rows_desc(seg.scales, 1), rows_desc(seg.zeros, 1)
     split = cfg.split_k > 1
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
     kw = dict(W=seg.bits, GS=seg.group_size, BN=cfg.block_n, BT=cfg.block_m, STAGES=cfg.num_stages,
-              num_warps=cfg.num_warps, WAHEAD=cfg.depth, SPLIT=cfg.split_k, HAS_BIAS=bias is not None and not split)
+              num_warps=cfg.num_warps, SPLIT=cfg.split_k, HAS_BIAS=bias is not None and not split)
     grid = (triton.cdiv(n, cfg.block_n) * cfg.split_k * triton.cdiv(m, cfg.block_m),)
-    launches = [gather, Launch("wgr_kernel", grid, (desc, m, out, out.stride(0), acc, acc.stride(0), b,
-                                                     seg.planes[0], seg.scales, seg.zeros, n, kdim), kw, module="wgr")]
+    launches = [gather, Launch("wgr_kernel", grid, (desc, plane, scales, zeros, m, out, out.stride(0), acc,
+                                                     acc.stride(0), b, n, kdim), kw, module="wgr")]
     if split:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches

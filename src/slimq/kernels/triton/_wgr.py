@@ -15,20 +15,19 @@ buffer gathered in *operand order* (:func:`wgr_src`): in the ``wgmma`` A fragmen
 positions ``2 (l % 4) + {0, 1}`` and ``+ 8`` of each 16-wide step, so within a tile position ``k`` (bits
 ``b0..b5``) is given the code that lane ``b1 b2`` can take from its *own* words: word row ``r = (b1 b2) + 4 *
 (higher row bits)``, code pair ``j``, half ``h`` (codes ``j`` and ``j + H`` of a word) as listed in
-:func:`wgr_src`. Each thread then loads only its own words (one per row and tile at 2 bits, two at 4) and turns
+:func:`wgr_src`. Each thread then reads only its own words (one per row and tile at 2 bits, two at 4) and turns
 them into its fragment with a reshape and permute that Gluon checks to be register renaming
 (``convert_layout(assert_trivial=True)``).
 
-Each code pair becomes a register of the fragment in one LOP3, HSUB2 and HFMA2 (:func:`_fragment`). Per K tile
-a thread loads its words one tile ahead, the activations come ``STAGES - 1`` tiles ahead, and the ``wgmma`` of
-tile ``t`` runs while the warps build tile ``t + 1``'s fragment (one group left in flight).
+Each code pair becomes a register of the fragment in one LOP3, HSUB2 and HFMA2 (:func:`_fragment`). Every
+operand of a K tile (activations, code words, the rows' scales and zeros) comes by TMA into one slot of a
+``STAGES``-deep ring, ``STAGES - 1`` tiles ahead; the threads read their words from the slot, and tile ``t``'s
+fragment is built while tile ``t - 1``'s ``wgmma`` runs (one group left in flight).
 
 Prototype limits: one segment of 2- or 4-bit codes (one plane), float16 activations, ``K`` and the group size
-multiples of 64, no ``row_perm``; one program per ``[BN, BT]`` output tile and K share (split-K through the
-float32 workspace, no stream-K). Measured on the H200 (benchmarks/KERNEL_NOTES.md, session 13, the kernel after
-a torch gather, without bias or split-K): correct on every layer tried; 28672 x 8192 at 1024 tokens 0.75x of
-cuBLAS FP16 at 2 bits, within the dispatched ``wgs``'s spread (0.75-0.80x), 0.66x at 4 bits; slower where its
-tiles make few waves (8192 x 28672 at 256 tokens 0.43x)."""
+multiples of 64, ``out_features`` a multiple of 8, no ``row_perm``; one program per ``[BN, BT]`` output tile and
+K share (split-K through the float32 workspace, no stream-K). Measured on the H200: benchmarks/KERNEL_NOTES.md,
+sessions 13 and 14."""
 from __future__ import annotations
 
 import triton
@@ -88,24 +87,37 @@ def _ar_last(n: gl.constexpr, L: gl.constexpr):
     return a[None, None, None, None, :]
 
 
+@triton.constexpr_function
+def _words_smem_layout(kp, bn, num_warps):
+    """How the MMA threads read a tile's words ``[KP, BN]`` (word row ``r``, weight row ``n``) from shared memory:
+    the 2-D form of :func:`_word_layout`'s slice (lane bits 0-1: ``r % 4``, 2-4: ``n % 8``; registers: ``n``'s bit
+    3, and ``r``'s bit 2 at 4 bits; warps: ``n // 16``), so that reshaping and permuting the loaded tensor to
+    ``[BN / 16, 2, 8, KP]`` is register renaming."""
+    regs = [[0, 8]] + ([[4, 0]] if kp == 8 else [])
+    warps = [[0, 16 << i] for i in range((num_warps - 1).bit_length())]
+    return gl.DistributedLinearLayout(regs, [[1, 0], [2, 0], [0, 1], [0, 2], [0, 4]], warps, [], [kp, bn])
+
+
+@triton.constexpr_function
+def _rows_smem_layout(bn, num_warps):
+    """How the MMA threads read a tile's per-row scales or zeros ``[1, BN]`` from shared memory (the rows of
+    :func:`_words_smem_layout`; the four lanes of a row read the same value)."""
+    warps = [[0, 16 << i] for i in range((num_warps - 1).bit_length())]
+    return gl.DistributedLinearLayout([[0, 8]], [[0, 0], [0, 0], [0, 1], [0, 2], [0, 4]], warps, [], [1, bn])
+
+
 @gluon.jit
-def _loads(plane, scale, zero, t, kt, n0, ns, GS: gl.constexpr, W: gl.constexpr, BN: gl.constexpr,
-           num_warps: gl.constexpr):
-    """Tile ``t``'s words ``[BN / 16, 2, 8, KP]`` and its rows' scale and zero (float32 ``[BN / 16, 2, 8]``), in
-    slices of :func:`_word_layout`; nothing past the last tile ``kt - 1`` or the last row."""
+def _smem_operands(w_s, s_s, z_s, W: gl.constexpr, BN: gl.constexpr, num_warps: gl.constexpr):
+    """A tile's words ``[BN / 16, 2, 8, KP]`` and its rows' float32 scale and zero ``[BN / 16, 2, 8]`` from their
+    shared-memory slots, in slices of :func:`_word_layout` (each thread reads its own words)."""
     KP: gl.constexpr = WGR_BK * W // 32
     L4: gl.constexpr = gl.SliceLayout(4, _word_layout(KP, 16 // W, num_warps))
     L3: gl.constexpr = gl.SliceLayout(3, L4)
-    a0 = gl.arange(0, BN // 16, layout=gl.SliceLayout(1, gl.SliceLayout(2, L3)))
-    a1 = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(2, L3)))
-    a2 = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, L3)))
-    n = n0 + 16 * a0[:, None, None] + 8 * a1[None, :, None] + a2[None, None, :]
-    ok = (n < ns) & (t < kt)
-    r = gl.arange(0, KP, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, L4))))[None, None, None, :]
-    w = gl.load(plane + (t * KP + r) * ns + n[:, :, :, None], mask=ok[:, :, :, None] & (r < KP), other=0)
-    g = t * WGR_BK // GS
-    s = gl.load(scale + g * ns + n, mask=ok, other=0.0).to(gl.float32)
-    z = gl.load(zero + g * ns + n, mask=ok, other=0.0).to(gl.float32)
+    w = w_s.load(_words_smem_layout(KP, BN, num_warps))
+    w = gl.convert_layout(gl.permute(gl.reshape(w, [KP, BN // 16, 2, 8]), [1, 2, 3, 0]), L4, assert_trivial=True)
+    LR: gl.constexpr = _rows_smem_layout(BN, num_warps)
+    s = gl.convert_layout(gl.reshape(s_s.load(LR), [BN // 16, 2, 8]), L3, assert_trivial=True).to(gl.float32)
+    z = gl.convert_layout(gl.reshape(z_s.load(LR), [BN // 16, 2, 8]), L3, assert_trivial=True).to(gl.float32)
     return w, s, z
 
 
@@ -143,24 +155,59 @@ def _fragment(w, s, z, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_
 
 
 @gluon.jit
-def _x_issue(xd, t0, kb, t, bars, x_smem, pred, BT: gl.constexpr, STAGES: gl.constexpr):
-    """TMA of the program's ``t``-th activation tile (global K tile ``kb + t``) into ring slot ``t % STAGES``."""
+def _issue(xd, pd, sd, zd, t0, n0, kb, t, bars, x_smem, w_smem, s_smem, z_smem, pred, W: gl.constexpr,
+           GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
+    """TMA of the program's ``t``-th tile (global K tile ``k = kb + t``) into ring slot ``t % STAGES``, on one
+    barrier: the activations ``[BT, 64]``, the words ``[KP, BN]`` and the rows' scales and zeros of ``k``'s group."""
+    KP: gl.constexpr = WGR_BK * W // 32
     slot = t % STAGES
-    mbarrier.expect(bars.index(slot), BT * WGR_BK * 2, pred=pred)
-    _tma_load(xd, [t0, (kb + t) * WGR_BK], bars.index(slot), x_smem.index(slot), pred=pred)
+    k = kb + t
+    bar = bars.index(slot)
+    mbarrier.expect(bar, BT * WGR_BK * 2 + KP * BN * 4 + 2 * BN * 2, pred=pred)
+    _tma_load(xd, [t0, k * WGR_BK], bar, x_smem.index(slot), pred=pred)
+    _tma_load(pd, [k * KP, n0], bar, w_smem.index(slot), pred=pred)
+    _tma_load(sd, [k * WGR_BK // GS, n0], bar, s_smem.index(slot), pred=pred)
+    _tma_load(zd, [k * WGR_BK // GS, n0], bar, z_smem.index(slot), pred=pred)
 
 
 @gluon.jit
-def wgr_kernel(xd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, plane, scale, zero, ns, K,
+def _slot_fragment(t, bars, w_smem, s_smem, z_smem, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr,
+                   STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """Wait for tile ``t``'s slot and build its ``wgmma`` A fragment from the slot's words, scales and zeros."""
+    slot = t % STAGES
+    mbarrier.wait(bars.index(slot), (t // STAGES) & 1)
+    w, s, z = _smem_operands(w_smem.index(slot), s_smem.index(slot), z_smem.index(slot), W, BN, num_warps)
+    return _fragment(w, s, z, W, BN, BT, num_warps)
+
+
+@gluon.jit
+def _mma_retire(xd, pd, sd, zd, t0, n0, kb, t, kt, a, a_prev, acc, bars, x_smem, w_smem, s_smem, z_smem,
+                W: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
+    """Start tile ``t``'s wgmma on fragment ``a``, wait for tile ``t - 1``'s (fragment ``a_prev``) in both
+    warpgroups, and refill that tile's slot with tile ``t - 1 + STAGES``."""
+    acc = warpgroup_mma(a, x_smem.index(t % STAGES).permute((1, 0)), acc, is_async=True)
+    acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
+    _cta_barrier()
+    _issue(xd, pd, sd, zd, t0, n0, kb, t - 1 + STAGES, bars, x_smem, w_smem, s_smem, z_smem, t - 1 + STAGES < kt,
+           W, GS, BN, BT, STAGES)
+    return acc, a_prev
+
+
+@gluon.jit
+def wgr_kernel(xd, pd, sd, zd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, ns, K,
                W: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr,
-               num_warps: gl.constexpr, WAHEAD: gl.constexpr = 1, SPLIT: gl.constexpr = 1,
-               HAS_BIAS: gl.constexpr = False):
-    """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a one-segment layer of ``W``-bit codes; ``xd``: TMA
-    descriptor of the activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes). Grid ``cdiv(ns, BN) *
-    SPLIT * cdiv(M, BT)``, token tiles fastest: with ``SPLIT > 1`` each program takes ``1 / SPLIT`` of the K tiles
-    and adds its float32 sums into ``acc_ptr`` (``[M, N]``; a ``finalize_kernel`` launch writes ``out`` and the
-    bias). ``WAHEAD`` (1-3): loop trips between loading a tile's words and building its fragment (1 was
-    measured, run 111; 2 and 3 are untimed)."""
+               num_warps: gl.constexpr, SPLIT: gl.constexpr = 1, HAS_BIAS: gl.constexpr = False):
+    """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a one-segment layer of ``W``-bit codes. TMA
+    descriptors: ``xd`` the activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes), ``pd`` the
+    code plane (``[K W / 32, ns]`` int32, ``[KP, BN]`` boxes), ``sd``/``zd`` the scales and zeros (``[G, ns]``,
+    ``[1, BN]`` boxes). Grid ``cdiv(ns, BN) * SPLIT * cdiv(M, BT)``, token tiles fastest: with ``SPLIT > 1`` each
+    program takes ``1 / SPLIT`` of the K tiles and adds its float32 sums into ``acc_ptr`` (``[M, N]``; a
+    ``finalize_kernel`` launch writes ``out`` and the bias).
+
+    Every operand of a K tile comes by TMA into one ring slot (``STAGES`` slots, one barrier each), issued
+    ``STAGES - 1`` tiles ahead: run 114 (benchmarks/KERNEL_NOTES.md, session 14) found the words loaded into
+    registers one or two tiles ahead set the pace (0.77x of cuBLAS FP16 against 1.02x with the loads left out)."""
+    KP: gl.constexpr = WGR_BK * W // 32
     pid = gl.program_id(0)
     n_t = gl.cdiv(M, BT)
     t0 = (pid % n_t) * BT
@@ -170,54 +217,41 @@ def wgr_kernel(xd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, plane, s
     kb = pid_s * kt_all // SPLIT
     kt = (pid_s + 1) * kt_all // SPLIT - kb  # this program's K tiles: [kb, kb + kt) (kt >= 1: SPLIT <= K / 64)
     x_smem = gl.allocate_shared_memory(gl.float16, [STAGES, BT, WGR_BK], xd.layout)
+    w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, KP, BN], pd.layout)
+    s_smem = gl.allocate_shared_memory(sd.dtype, [STAGES, 1, BN], sd.layout)
+    z_smem = gl.allocate_shared_memory(zd.dtype, [STAGES, 1, BN], zd.layout)
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(bars.index(i), count=1)
     for i in gl.static_range(STAGES):
-        _x_issue(xd, t0, kb, i, bars, x_smem, i < kt, BT, STAGES)
+        _issue(xd, pd, sd, zd, t0, n0, kb, i, bars, x_smem, w_smem, s_smem, z_smem, i < kt, W, GS, BN, BT, STAGES)
     LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
-    w0, s0, z0 = _loads(plane, scale, zero, kb + 0, kb + kt, n0, ns, GS, W, BN, num_warps)
-    w1, s1, z1 = _loads(plane, scale, zero, kb + 1, kb + kt, n0, ns, GS, W, BN, num_warps)
-    w2, s2, z2 = _loads(plane, scale, zero, kb + 2, kb + kt, n0, ns, GS, W, BN, num_warps)
-    a_cur = _fragment(w0, s0, z0, W, BN, BT, num_warps)
+    # Tile t's fragment is built while tile t - 1's wgmma runs, so two fragments alternate: ``fa`` for the odd
+    # tiles, ``fb`` for the even ones. ptxas does not keep the registers an in-flight wgmma reads from being
+    # reused (``deps`` keeps the fragment's 16-bit halves alive, not the packed registers wgmma takes), and a
+    # fragment carried round the loop (t - 1 -> t) was rebuilt into the registers of the wgmma still running
+    # (run 115: wrong sums at 256 tokens); unrolled by two, neither fragment is rebuilt before the wait that
+    # retires its wgmma (tests/test_wgr.py checks the SASS).
+    fb = _slot_fragment(0, bars, w_smem, s_smem, z_smem, W, BN, BT, STAGES, num_warps)
     # tile 0, peeled: the accumulator starts from a wgmma (ptxas serializes wgmma whose accumulator may come from
     # plain moves, info C7515; see _wgs)
-    mbarrier.wait(bars.index(0), 0)
-    acc = warpgroup_mma(a_cur, x_smem.index(0).permute((1, 0)),
+    acc = warpgroup_mma(fb, x_smem.index(0).permute((1, 0)),
                         gl.zeros([BN, BT], gl.float32, layout=LACC), use_acc=False, is_async=True)
-    acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))  # returns at once (one group in flight)
-    a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
-    if WAHEAD == 1:
-        for t in range(1, kt):  # carries tile t's fragment (a_next) and tile t + 1's words (w2)
-            a_prev = a_cur
-            a_cur = a_next
-            acc, a_prev = _mma_tile(xd, t0, kb, t, kt, a_cur, a_prev, acc, bars, x_smem, BT, STAGES)
-            w1, s1, z1 = w2, s2, z2
-            w2, s2, z2 = _loads(plane, scale, zero, kb + t + 2, kb + kt, n0, ns, GS, W, BN, num_warps)
-            a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
-    elif WAHEAD == 2:
-        w3, s3, z3 = _loads(plane, scale, zero, kb + 3, kb + kt, n0, ns, GS, W, BN, num_warps)
-        for t in range(1, kt):  # carries tile t's fragment and tiles t + 1 and t + 2's words
-            a_prev = a_cur
-            a_cur = a_next
-            acc, a_prev = _mma_tile(xd, t0, kb, t, kt, a_cur, a_prev, acc, bars, x_smem, BT, STAGES)
-            w1, s1, z1 = w2, s2, z2
-            w2, s2, z2 = w3, s3, z3
-            w3, s3, z3 = _loads(plane, scale, zero, kb + t + 3, kb + kt, n0, ns, GS, W, BN, num_warps)
-            a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
+    acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))  # returns at once (one group in flight)
+    for t in range(1, kt - 1, 2):  # tiles t (odd) and t + 1
+        fa = _slot_fragment(t, bars, w_smem, s_smem, z_smem, W, BN, BT, STAGES, num_warps)
+        acc, fb = _mma_retire(xd, pd, sd, zd, t0, n0, kb, t, kt, fa, fb, acc, bars, x_smem, w_smem, s_smem, z_smem,
+                              W, GS, BN, BT, STAGES)
+        fb = _slot_fragment(t + 1, bars, w_smem, s_smem, z_smem, W, BN, BT, STAGES, num_warps)
+        acc, fa = _mma_retire(xd, pd, sd, zd, t0, n0, kb, t + 1, kt, fb, fa, acc, bars, x_smem, w_smem, s_smem,
+                              z_smem, W, GS, BN, BT, STAGES)
+    if kt % 2 == 0:  # the last tile, kt - 1, is odd
+        fa = _slot_fragment(kt - 1, bars, w_smem, s_smem, z_smem, W, BN, BT, STAGES, num_warps)
+        acc = warpgroup_mma(fa, x_smem.index((kt - 1) % STAGES).permute((1, 0)), acc, is_async=True)
+        acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))
+        acc, fa = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fa))
     else:
-        w3, s3, z3 = _loads(plane, scale, zero, kb + 3, kb + kt, n0, ns, GS, W, BN, num_warps)
-        w4, s4, z4 = _loads(plane, scale, zero, kb + 4, kb + kt, n0, ns, GS, W, BN, num_warps)
-        for t in range(1, kt):  # carries tile t's fragment and tiles t + 1 .. t + 3's words
-            a_prev = a_cur
-            a_cur = a_next
-            acc, a_prev = _mma_tile(xd, t0, kb, t, kt, a_cur, a_prev, acc, bars, x_smem, BT, STAGES)
-            w1, s1, z1 = w2, s2, z2
-            w2, s2, z2 = w3, s3, z3
-            w3, s3, z3 = w4, s4, z4
-            w4, s4, z4 = _loads(plane, scale, zero, kb + t + 4, kb + kt, n0, ns, GS, W, BN, num_warps)
-            a_next = _fragment(w1, s1, z1, W, BN, BT, num_warps)
-    acc, a_cur = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_cur))
+        acc, fb = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fb))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(i))
     LO: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, num_warps], [0, 1])  # rows (n) fastest: coalesced
@@ -231,16 +265,3 @@ def wgr_kernel(xd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, plane, s
         if HAS_BIAS:
             y = y + gl.load(bias_ptr + rows, mask=rows < ns, other=0.0).to(gl.float32)[:, None]
         gl.store(out_ptr + toks[None, :] * stride_om + rows[:, None], y.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@gluon.jit
-def _mma_tile(xd, t0, kb, t, kt, a_cur, a_prev, acc, bars, x_smem, BT: gl.constexpr, STAGES: gl.constexpr):
-    """Tile ``t`` (``t >= 1``): wait for its activations, start its ``wgmma`` on fragment ``a_cur``, wait for tile
-    ``t - 1``'s (fragment ``a_prev``) in both warpgroups, and refill that tile's activation slot with tile
-    ``t + STAGES - 1``."""
-    mbarrier.wait(bars.index(t % STAGES), (t // STAGES) & 1)
-    acc = warpgroup_mma(a_cur, x_smem.index(t % STAGES).permute((1, 0)), acc, is_async=True)
-    acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))  # tile t - 1's wgmma is done
-    _cta_barrier()  # ... in both warpgroups: its activation slot may be refilled
-    _x_issue(xd, t0, kb, t + STAGES - 1, bars, x_smem, t + STAGES - 1 < kt, BT, STAGES)
-    return acc, a_prev
