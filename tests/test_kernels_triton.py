@@ -861,7 +861,7 @@ def test_wgr_plan_config_and_support():
     if not GPU:  # Gluon has no interpreter: an explicit wgr config says why it cannot run here
         with pytest.raises(ValueError, match="path 'wgr' cannot run this layer: needs a CUDA device"):
             slt.resolve_config(x, p, WGR_CFGS["wgr_t256"])
-    assert select_config(1024, 28672, 8192).path != "wgr"  # never dispatched
+    assert select_config(1024, 28672, 8192).path != "wgr"  # bits unknown
     for bad in (dict(block_n=64), dict(block_k=128), dict(block_m=512), dict(num_stages=1), dict(split_k=9)):
         with pytest.raises(ValueError, match="path 'wgr' takes"):
             KernelConfig("wgr", **{**dict(block_m=128, block_n=128, block_k=64, num_warps=8), **bad})
@@ -871,6 +871,30 @@ def test_wgr_plan_config_and_support():
     q = random_layer(40, 128, 64, 2)
     q.segments[0].scales = q.segments[0].scales.float()
     assert "16-bit elements" in wgr_layer_unsupported(q)
+
+
+def test_wgr_dispatch_rule():
+    """Where the dispatch picks ``wgr`` (run 118's layers, 132 SMs) and its K split; the rest stay on ``wgs``."""
+    from slimq.kernels.triton._dispatch import wgr_config
+    want = {(256, 28672, 8192): 1, (512, 28672, 8192): 1, (1024, 28672, 8192): 1, (256, 8192, 28672): 2,
+            (512, 8192, 28672): 1, (256, 8192, 8192): 2, (1024, 8192, 8192): 1, (256, 4096, 4096): 4,
+            (512, 4096, 4096): None, (1024, 4096, 4096): 1, (256, 4096, 11008 // 64 * 64): 4,
+            (512, 4096, 11008 // 64 * 64): 2, (256, 11008, 4096): None, (512, 11008, 4096): None,
+            (1024, 11008, 4096): 1}
+    for (m, n, k), split in want.items():
+        cfg = wgr_config(m, n, k, (2,))
+        assert (cfg.split_k if cfg else None) == split, (m, n, k, cfg)
+        assert (select_config(m, n, k, bits=(4,)).path == "wgr") == (split is not None), (m, n, k)
+        assert select_config(m, n, k, bits=(4,), wgr=False).path != "wgr"
+    for bits in ((3,), (1, 2, 3), (2, 4), (8,)):  # other widths and mixed layers stay on wgs
+        assert wgr_config(1024, 28672, 8192, bits) is None and select_config(1024, 28672, 8192, bits=bits).path != "wgr"
+    assert wgr_config(128, 28672, 8192, (2,)) is None and wgr_config(2048, 28672, 8192, (2,)) is None
+    assert wgr_config(1024, 28672, 8200, (2,)) is None  # K not a multiple of 64
+    cfg = wgr_config(256, 8192, 28672, (2,))
+    assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages) == (256, 128, 64, 8, 4)
+    if not GPU:  # resolve_config falls back where wgr cannot run (here: no CUDA device), as for wgs
+        p = random_layer(256, 512, 128, 2)
+        assert slt.resolve_config(torch.zeros(256, 512, dtype=torch.float16), p).path == "dequant"
 
 
 @inproc

@@ -87,7 +87,7 @@ class KernelConfig:
             if self.block_n < 32 or self.block_n > 256 or self.block_n > 32 * dq_warps:
                 raise ValueError(f"path 'wgs' takes 32 <= block_n <= min(256, 32 * dequantizing warps), got "
                                  f"block_n={self.block_n} with {dq_warps} warps")
-        if self.path == "wgr":  # experimental (_wgr): BN = 16 rows per warp, BT tokens = wgmma's N, BK = 64
+        if self.path == "wgr":  # _wgr: BN = 16 rows per warp, BT tokens = wgmma's N, BK = 64
             if self.num_warps not in (4, 8) or self.block_n != 16 * self.num_warps or self.block_k != 64:
                 raise ValueError(f"path 'wgr' takes num_warps 4 or 8, block_n == 16 * num_warps and block_k == 64; "
                                  f"got num_warps={self.num_warps}, block_n={self.block_n}, block_k={self.block_k}")

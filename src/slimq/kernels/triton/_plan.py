@@ -499,7 +499,7 @@ def wgs_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
 
 def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                  ws: Workspace, cfg: KernelConfig) -> list[Launch]:
-    """``wgr`` (experimental, ``_wgr``): ``x[:, col_perm]`` in ``_wgr``'s operand order into ``ws.xperm``, one
+    """``wgr`` (``_wgr``): ``x[:, col_perm]`` in ``_wgr``'s operand order into ``ws.xperm``, one
     ``wgr_kernel`` reading it, the code plane, scales and zeros by TMA (``cfg.block_m`` tokens x ``cfg.block_n``
     rows per tile, ``cfg.num_stages`` K tiles in flight), and with ``cfg.split_k > 1`` a ``finalize_kernel`` (the
     programs add float32 sums into ``ws.acc``). Layers: ``_support.wgr_supported``."""

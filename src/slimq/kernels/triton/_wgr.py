@@ -1,6 +1,7 @@
-"""Large-``M`` prototype ``wgr``: the weights as the *register* operand of an asynchronous ``wgmma``, in Gluon
-(layout ``slimq.segmented-bitplane.v1``; Hopper, sm_90). Experimental: never dispatched, it runs only as an explicit
-``KernelConfig("wgr", ...)`` (``_plan.wgr_launches``; ``benchmarks/wgr_probe.py`` times it).
+"""Large-``M`` path ``wgr``: the weights as the *register* operand of an asynchronous ``wgmma``, in Gluon
+(layout ``slimq.segmented-bitplane.v1``; Hopper, sm_90). The dispatch picks it for uniform 2- and 4-bit layers at
+256-1024 tokens where its tiles fill their waves (``_dispatch.wgr_config``); launches: ``_plan.wgr_launches``;
+``benchmarks/wgr_probe.py`` times its configs.
 
 Why: ``wgs`` dequantizes the weights into shared memory for ``wgmma``'s shared operand, which costs its producer
 warps a partition barrier, a generic-to-async proxy fence and a second barrier per tile; on the H200 they set the
@@ -24,7 +25,7 @@ operand of a K tile (activations, code words, the rows' scales and zeros) comes 
 ``STAGES``-deep ring, ``STAGES - 1`` tiles ahead; the threads read their words from the slot, and tile ``t``'s
 fragment is built while tile ``t - 1``'s ``wgmma`` runs (one group left in flight).
 
-Prototype limits: one segment of 2- or 4-bit codes (one plane), float16 activations, ``K`` and the group size
+Limits: one segment of 2- or 4-bit codes (one plane), float16 activations, ``K`` and the group size
 multiples of 64, ``out_features`` a multiple of 8, no ``row_perm``; one program per ``[BN, BT]`` output tile and
 K share (split-K through the float32 workspace, no stream-K). Measured on the H200: benchmarks/KERNEL_NOTES.md,
 sessions 13 and 14."""
@@ -155,41 +156,60 @@ def _fragment(w, s, z, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_
 
 
 @gluon.jit
-def _issue(xd, pd, sd, zd, t0, n0, kb, t, bars, x_smem, w_smem, s_smem, z_smem, pred, W: gl.constexpr,
-           GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
-    """TMA of the program's ``t``-th tile (global K tile ``k = kb + t``) into ring slot ``t % STAGES``, on one
-    barrier: the activations ``[BT, 64]``, the words ``[KP, BN]`` and the rows' scales and zeros of ``k``'s group."""
+def _issue(xd, pd, sd, zd, t0, n0, kb, t, bars, smem, pred, W: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
+           BT: gl.constexpr, STAGES: gl.constexpr):
+    """TMA of the program's ``t``-th tile (global K tile ``k = kb + t``) into ring slot ``t % STAGES``: the
+    activations ``[BT, 64]``, the words ``[KP, BN]`` and the rows' scales and zeros of ``k``'s group, each on its
+    own barrier (``bars``, ``smem``: the four operands' barrier and buffer rings). Separate barriers let the four
+    copies go out after one CTA barrier: on one shared barrier, Gluon's shared-memory hazard analysis put a CTA
+    barrier between every two of them."""
     KP: gl.constexpr = WGR_BK * W // 32
+    xb, wb, sb, zb = bars
+    xs, ws, ss, zs = smem
     slot = t % STAGES
     k = kb + t
-    bar = bars.index(slot)
-    mbarrier.expect(bar, BT * WGR_BK * 2 + KP * BN * 4 + 2 * BN * 2, pred=pred)
-    _tma_load(xd, [t0, k * WGR_BK], bar, x_smem.index(slot), pred=pred)
-    _tma_load(pd, [k * KP, n0], bar, w_smem.index(slot), pred=pred)
-    _tma_load(sd, [k * WGR_BK // GS, n0], bar, s_smem.index(slot), pred=pred)
-    _tma_load(zd, [k * WGR_BK // GS, n0], bar, z_smem.index(slot), pred=pred)
+    mbarrier.expect(xb.index(slot), BT * WGR_BK * 2, pred=pred)
+    mbarrier.expect(wb.index(slot), KP * BN * 4, pred=pred)
+    mbarrier.expect(sb.index(slot), BN * 2, pred=pred)
+    mbarrier.expect(zb.index(slot), BN * 2, pred=pred)
+    _tma_load(xd, [t0, k * WGR_BK], xb.index(slot), xs.index(slot), pred=pred)
+    _tma_load(pd, [k * KP, n0], wb.index(slot), ws.index(slot), pred=pred)
+    _tma_load(sd, [k * WGR_BK // GS, n0], sb.index(slot), ss.index(slot), pred=pred)
+    _tma_load(zd, [k * WGR_BK // GS, n0], zb.index(slot), zs.index(slot), pred=pred)
 
 
 @gluon.jit
-def _slot_fragment(t, bars, w_smem, s_smem, z_smem, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr,
-                   STAGES: gl.constexpr, num_warps: gl.constexpr):
-    """Wait for tile ``t``'s slot and build its ``wgmma`` A fragment from the slot's words, scales and zeros."""
+def _slot_fragment(t, bars, smem, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr,
+                   num_warps: gl.constexpr):
+    """Wait for tile ``t``'s words, scales and zeros and build its ``wgmma`` A fragment from them."""
+    _, wb, sb, zb = bars
+    _, ws, ss, zs = smem
     slot = t % STAGES
-    mbarrier.wait(bars.index(slot), (t // STAGES) & 1)
-    w, s, z = _smem_operands(w_smem.index(slot), s_smem.index(slot), z_smem.index(slot), W, BN, num_warps)
+    phase = (t // STAGES) & 1
+    mbarrier.wait(wb.index(slot), phase)
+    mbarrier.wait(sb.index(slot), phase)
+    mbarrier.wait(zb.index(slot), phase)
+    w, s, z = _smem_operands(ws.index(slot), ss.index(slot), zs.index(slot), W, BN, num_warps)
     return _fragment(w, s, z, W, BN, BT, num_warps)
 
 
 @gluon.jit
-def _mma_retire(xd, pd, sd, zd, t0, n0, kb, t, kt, a, a_prev, acc, bars, x_smem, w_smem, s_smem, z_smem,
-                W: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
+def _mma(t, a, acc, bars, smem, STAGES: gl.constexpr, FIRST: gl.constexpr = False):
+    """Wait for tile ``t``'s activations and start its ``wgmma`` on fragment ``a`` (``FIRST``: ignoring ``acc``)."""
+    slot = t % STAGES
+    mbarrier.wait(bars[0].index(slot), (t // STAGES) & 1)
+    return warpgroup_mma(a, smem[0].index(slot).permute((1, 0)), acc, use_acc=not FIRST, is_async=True)
+
+
+@gluon.jit
+def _mma_retire(xd, pd, sd, zd, t0, n0, kb, t, kt, a, a_prev, acc, bars, smem, W: gl.constexpr, GS: gl.constexpr,
+                BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
     """Start tile ``t``'s wgmma on fragment ``a``, wait for tile ``t - 1``'s (fragment ``a_prev``) in both
     warpgroups, and refill that tile's slot with tile ``t - 1 + STAGES``."""
-    acc = warpgroup_mma(a, x_smem.index(t % STAGES).permute((1, 0)), acc, is_async=True)
+    acc = _mma(t, a, acc, bars, smem, STAGES)
     acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
     _cta_barrier()
-    _issue(xd, pd, sd, zd, t0, n0, kb, t - 1 + STAGES, bars, x_smem, w_smem, s_smem, z_smem, t - 1 + STAGES < kt,
-           W, GS, BN, BT, STAGES)
+    _issue(xd, pd, sd, zd, t0, n0, kb, t - 1 + STAGES, bars, smem, t - 1 + STAGES < kt, W, GS, BN, BT, STAGES)
     return acc, a_prev
 
 
@@ -216,15 +236,19 @@ def wgr_kernel(xd, pd, sd, zd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_p
     kt_all = K // WGR_BK
     kb = pid_s * kt_all // SPLIT
     kt = (pid_s + 1) * kt_all // SPLIT - kb  # this program's K tiles: [kb, kb + kt) (kt >= 1: SPLIT <= K / 64)
-    x_smem = gl.allocate_shared_memory(gl.float16, [STAGES, BT, WGR_BK], xd.layout)
-    w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, KP, BN], pd.layout)
-    s_smem = gl.allocate_shared_memory(sd.dtype, [STAGES, 1, BN], sd.layout)
-    z_smem = gl.allocate_shared_memory(zd.dtype, [STAGES, 1, BN], zd.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    smem = (gl.allocate_shared_memory(gl.float16, [STAGES, BT, WGR_BK], xd.layout),
+            gl.allocate_shared_memory(gl.int32, [STAGES, KP, BN], pd.layout),
+            gl.allocate_shared_memory(sd.dtype, [STAGES, 1, BN], sd.layout),
+            gl.allocate_shared_memory(zd.dtype, [STAGES, 1, BN], zd.layout))
+    bars = (gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
+            gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
+            gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
+            gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()))
     for i in gl.static_range(STAGES):
-        mbarrier.init(bars.index(i), count=1)
+        for j in gl.static_range(4):
+            mbarrier.init(bars[j].index(i), count=1)
     for i in gl.static_range(STAGES):
-        _issue(xd, pd, sd, zd, t0, n0, kb, i, bars, x_smem, w_smem, s_smem, z_smem, i < kt, W, GS, BN, BT, STAGES)
+        _issue(xd, pd, sd, zd, t0, n0, kb, i, bars, smem, i < kt, W, GS, BN, BT, STAGES)
     LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
     # Tile t's fragment is built while tile t - 1's wgmma runs, so two fragments alternate: ``fa`` for the odd
     # tiles, ``fb`` for the even ones. ptxas does not keep the registers an in-flight wgmma reads from being
@@ -232,28 +256,26 @@ def wgr_kernel(xd, pd, sd, zd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_p
     # fragment carried round the loop (t - 1 -> t) was rebuilt into the registers of the wgmma still running
     # (run 115: wrong sums at 256 tokens); unrolled by two, neither fragment is rebuilt before the wait that
     # retires its wgmma (tests/test_wgr.py checks the SASS).
-    fb = _slot_fragment(0, bars, w_smem, s_smem, z_smem, W, BN, BT, STAGES, num_warps)
+    fb = _slot_fragment(0, bars, smem, W, BN, BT, STAGES, num_warps)
     # tile 0, peeled: the accumulator starts from a wgmma (ptxas serializes wgmma whose accumulator may come from
     # plain moves, info C7515; see _wgs)
-    acc = warpgroup_mma(fb, x_smem.index(0).permute((1, 0)),
-                        gl.zeros([BN, BT], gl.float32, layout=LACC), use_acc=False, is_async=True)
+    acc = _mma(0, fb, gl.zeros([BN, BT], gl.float32, layout=LACC), bars, smem, STAGES, True)
     acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))  # returns at once (one group in flight)
     for t in range(1, kt - 1, 2):  # tiles t (odd) and t + 1
-        fa = _slot_fragment(t, bars, w_smem, s_smem, z_smem, W, BN, BT, STAGES, num_warps)
-        acc, fb = _mma_retire(xd, pd, sd, zd, t0, n0, kb, t, kt, fa, fb, acc, bars, x_smem, w_smem, s_smem, z_smem,
-                              W, GS, BN, BT, STAGES)
-        fb = _slot_fragment(t + 1, bars, w_smem, s_smem, z_smem, W, BN, BT, STAGES, num_warps)
-        acc, fa = _mma_retire(xd, pd, sd, zd, t0, n0, kb, t + 1, kt, fb, fa, acc, bars, x_smem, w_smem, s_smem,
-                              z_smem, W, GS, BN, BT, STAGES)
+        fa = _slot_fragment(t, bars, smem, W, BN, BT, STAGES, num_warps)
+        acc, fb = _mma_retire(xd, pd, sd, zd, t0, n0, kb, t, kt, fa, fb, acc, bars, smem, W, GS, BN, BT, STAGES)
+        fb = _slot_fragment(t + 1, bars, smem, W, BN, BT, STAGES, num_warps)
+        acc, fa = _mma_retire(xd, pd, sd, zd, t0, n0, kb, t + 1, kt, fb, fa, acc, bars, smem, W, GS, BN, BT, STAGES)
     if kt % 2 == 0:  # the last tile, kt - 1, is odd
-        fa = _slot_fragment(kt - 1, bars, w_smem, s_smem, z_smem, W, BN, BT, STAGES, num_warps)
-        acc = warpgroup_mma(fa, x_smem.index((kt - 1) % STAGES).permute((1, 0)), acc, is_async=True)
+        fa = _slot_fragment(kt - 1, bars, smem, W, BN, BT, STAGES, num_warps)
+        acc = _mma(kt - 1, fa, acc, bars, smem, STAGES)
         acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))
         acc, fa = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fa))
     else:
         acc, fb = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fb))
     for i in gl.static_range(STAGES):
-        mbarrier.invalidate(bars.index(i))
+        for j in gl.static_range(4):
+            mbarrier.invalidate(bars[j].index(i))
     LO: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, num_warps], [0, 1])  # rows (n) fastest: coalesced
     y = gl.convert_layout(acc, LO)
     rows = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, LO))

@@ -25,8 +25,9 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
   choice) warp-specialised: producer warps dequantize (half2 for float16), MMA warps only feed the tensor
   cores (``slimq.kernels.triton._wgsw``, ``_dq16``), K split where tiles are few; without, every warp
   does both (``_wgs``). Needs no copy of the weights; :func:`wgs_unavailable` says where it cannot run.
-* ``"wgr"`` (experimental, only as an explicit config; sm_90): the weights as ``wgmma``'s register operand,
-  built by the MMA warps from their own words (``_wgr``); uniform 2-/4-bit layers (:func:`wgr_supported`).
+* ``"wgr"`` (``WGR_M`` tokens on uniform 2-/4-bit layers, sm_90, float16; :func:`wgr_supported`): the
+  weights as ``wgmma``'s register operand, built by the MMA warps from words that come with the activations by
+  TMA (``_wgr``); chosen where its tiles fill their waves (``_dispatch.wgr_config``).
 * ``"dequant"`` (``M > WG_MAX_M`` where ``wgs`` is not chosen or cannot run): dequantize into
   ``workspace.wbuf`` then cuBLAS (``torch.mm``);
   faster than ``"gemm"`` and ``"wg"`` there on the shapes measured (benchmarks/KERNEL_NOTES.md). With
@@ -273,11 +274,16 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
             if config is not None:
                 raise ValueError(f"path 'wgs' cannot run this layer: {why}")
             return _DEQUANT
-    if cfg.path == "wgr":  # experimental: only when asked for (select_config never picks it)
+    if cfg.path == "wgr":
         why = wgr_supported(x, packed)
-        if why is not None:
+        if why is None:
+            return cfg
+        if config is not None:
             raise ValueError(f"path 'wgr' cannot run this layer: {why}")
-        return cfg
+        cfg = select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=tuple(s.bits for s in packed.segments),
+                            wgr=False)
+        if cfg.path == "wgs" and wgs_supported(x, packed) is not None:
+            return _DEQUANT
     if cfg.path == "mv":
         why = mv_supported(packed)
         if why is None:
