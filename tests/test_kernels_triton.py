@@ -854,7 +854,8 @@ def test_wgr_plan_config_and_support():
         slt.plan_launches(x[:, :128], random_layer(200, 128, 64, 2), None, out, ws,
                           KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, split_k=3))
     assert wgr_layer_unsupported(p) is None and wgr_layer_unsupported(random_layer(200, 512, 64, 2)) is None
-    assert "2- or 4-bit" in wgr_layer_unsupported(random_layer(200, 512, 128, 3))
+    assert "2-, 3- or 4-bit" in wgr_layer_unsupported(random_layer(200, 512, 128, 5))
+    assert wgr_layer_unsupported(random_layer(200, 512, 128, 3)) is None
     assert "one segment" in wgr_layer_unsupported(random_layer(40, 384, 64, [1, 2, 3]))
     assert "one segment" in wgr_layer_unsupported(random_layer(40, 192, 64, 2, row_bits=[2, 4]))
     assert "multiples of 64" in wgr_layer_unsupported(random_layer(40, 96, 32, 2))
@@ -886,8 +887,10 @@ def test_wgr_dispatch_rule():
         assert (cfg.split_k if cfg else None) == split, (m, n, k, cfg)
         assert (select_config(m, n, k, bits=(4,)).path == "wgr") == (split is not None), (m, n, k)
         assert select_config(m, n, k, bits=(4,), wgr=False).path != "wgr"
-    for bits in ((3,), (1, 2, 3), (2, 4), (8,)):  # other widths and mixed layers stay on wgs
+    for bits in ((3,), (1, 2, 3), (2, 4), (8,)):  # other widths, mixed layers and unsplit 3-bit stay on wgs
         assert wgr_config(1024, 28672, 8192, bits) is None and select_config(1024, 28672, 8192, bits=bits).path != "wgr"
+    assert wgr_config(256, 8192, 28672, (3,)).split_k == 2 and wgr_config(256, 4096, 4096, (3,)).split_k == 4
+    assert wgr_config(256, 28672, 8192, (3,)) is None and wgr_config(1024, 8192, 8192, (3,)) is None
     assert wgr_config(128, 28672, 8192, (2,)) is None and wgr_config(2048, 28672, 8192, (2,)) is None
     assert wgr_config(1024, 28672, 8200, (2,)) is None  # K not a multiple of 64
     cfg = wgr_config(256, 8192, 28672, (2,))
@@ -900,9 +903,9 @@ def test_wgr_dispatch_rule():
 @inproc
 @gpu
 @pytest.mark.parametrize("cfg_name", list(WGR_CFGS))
-@pytest.mark.parametrize("bits,gs", [(2, 128), (4, 64)])
+@pytest.mark.parametrize("bits,gs", [(2, 128), (3, 128), (4, 64)])
 def test_wgr_matches_reference(bits, gs, cfg_name):
-    """The experimental ``wgr`` path on sm_90: partial row and token tiles, bias, split-K through the workspace."""
+    """The ``wgr`` path on sm_90: partial row and token tiles, bias, split-K through the workspace."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("wgr is Gluon for sm_90")
     p = random_layer(200, 512, gs, bits)

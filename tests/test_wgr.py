@@ -41,6 +41,45 @@ def test_operand_order_is_a_permutation_matching_the_fragment(w):
     assert torch.equal(got, torch.tensor(src).expand(16, 64))
 
 
+def _f16(bits: torch.Tensor) -> torch.Tensor:
+    """float values of 16-bit patterns (int64 tensor)."""
+    return bits.to(torch.int16).view(torch.float16).float()
+
+
+def test_three_bit_pair_math_gives_exact_codes():
+    """``_fragment3``'s per-pair arithmetic, replayed on integers: the 2-bit plane's pair ``(j, j + 8)`` at bit
+    ``p``, the 1-bit partner (``_smem_partner``'s respread: slot ``i`` at bit ``i``, ``i + 8`` at ``16 + i``)
+    shifted to ``p + 2``, merged into the magic ``(25 - p) << 10`` per half and less it: every 3-bit code
+    ``q2 + 4 q1`` of a word, exactly, for either half of the 1-bit word."""
+    _gluon()
+    from slimq.kernels.triton._wgr import plane_width
+    assert [plane_width(w) for w in (2, 3, 4)] == [2, 2, 4]
+    g = torch.Generator().manual_seed(0)
+    q2 = torch.randint(0, 4, (64, 16), generator=g)  # 64 words of 16 2-bit codes
+    q1 = torch.randint(0, 2, (64, 32), generator=g)  # their 1-bit words (32 slots)
+    w = (q2 << (2 * torch.arange(16))).sum(1)
+    u = (q1 << torch.arange(32)).sum(1)
+    for h in (0, 1):
+        half = (u >> (16 * h)) & 0xFFFF
+        v = (half & 0xFF) | ((half >> 8) << 16)  # prmt 0x4140 / 0x4342
+        for j in range(8):
+            hi8 = j >= 4
+            p = 2 * j - (8 if hi8 else 0)
+            sh = p + 2 - j
+            src = w >> 8 if hi8 else w
+            sv = v << sh if sh >= 0 else v >> -sh
+            m2 = (3 << p) | (3 << (p + 16))
+            m1 = (1 << (p + 2)) | (1 << (p + 18))
+            e = 25 - p
+            t = (src & m2) | ((e << 10) | (e << 26))
+            t = (sv & m1) | t
+            lo = _f16(t & 0xFFFF) - _f16(torch.tensor(e << 10))
+            hi = _f16((t >> 16) & 0xFFFF) - _f16(torch.tensor(e << 10))
+            want_lo = q2[:, j] + 4 * q1[:, 16 * h + j]
+            want_hi = q2[:, j + 8] + 4 * q1[:, 16 * h + j + 8]
+            assert torch.equal(lo, want_lo.float()) and torch.equal(hi, want_hi.float()), (h, j)
+
+
 def test_operand_order_refuses_other_widths_and_positions():
     _gluon()
     from slimq.kernels.triton._wgr import fragment_order, wgr_src
@@ -57,7 +96,7 @@ def test_probe_gather_index_and_arguments():
     from slimq.kernels.triton._wgr import wgr_src
     idx = wgr_probe.operand_index(192, 4, "cpu")
     assert idx.tolist() == [t * 64 + wgr_src(k, 4) for t in range(3) for k in range(64)]
-    for bad in (["--variants", "3b"], ["--stages", "1"], ["--rounds", "0"], ["--stages", "6"], ["--split", "9"]):
+    for bad in (["--variants", "slim"], ["--stages", "1"], ["--rounds", "0"], ["--stages", "6"], ["--split", "9"]):
         with pytest.raises(SystemExit):
             wgr_probe.main(bad)
 
@@ -99,7 +138,8 @@ _BODY = """
 
 
 @pytest.mark.parametrize("w,bt,warps,stages,split,bias", [(2, 256, 8, 4, 1, False), (4, 128, 8, 3, 1, True),
-                                                         (2, 256, 8, 5, 3, False), (4, 64, 4, 4, 1, False)])
+                                                         (2, 256, 8, 5, 3, False), (4, 64, 4, 4, 1, False),
+                                                         (3, 256, 8, 4, 1, False), (3, 64, 4, 3, 2, True)])
 def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split, bias):
     """Every ``HGMMA`` takes its A operand from registers, and none of those registers is written while its
     ``wgmma`` may still run (``_sass.wgmma_register_hazards``); in the K loop (two tiles) the four of each tile,
@@ -111,7 +151,7 @@ def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split
     assert got["hazards"] == [], got["hazards"]  # no A register rewritten while its wgmma may still read it
     assert got["rs_hgmma"] == 16 and got["loop_hgmma"] == 8, got  # peeled first and last tiles, the loop's two
     assert got["wait0"] == 2 and got["wait1"] == 4, got
-    assert got["loop_tma"] == 8 and got["loop_ldg"] == 0 and got["loop_lds"] > 0, got
+    assert got["loop_tma"] == (10 if w == 3 else 8) and got["loop_ldg"] == 0 and got["loop_lds"] > 0, got
     assert got["loop_sts"] == 0 and got["spills"] == 0 and got["loop_hfma2"] == 32, got
     assert (got["red"] > 0) == (split > 1), got  # split K: float32 sums added into the workspace
 
@@ -119,7 +159,7 @@ def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                     reason="wgr is Gluon for sm_90 (Hopper)")
 @pytest.mark.parametrize("variant,m,bt,stages", [("2b", 300, 256, 4), ("4b", 130, 128, 3), ("2b", 300, 128, 5),
-                                                 ("4b", 300, 256, 2)])
+                                                 ("4b", 300, 256, 2), ("3b", 300, 256, 4), ("3b", 130, 64, 3)])
 def test_wgr_matches_reference_on_gpu(variant, m, bt, stages):
     _gluon()
     import wgr_probe

@@ -512,20 +512,22 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     (seg,) = packed.segments
     if cfg.split_k > kdim // 64:
         raise ValueError(f"wgr: split_k={cfg.split_k} exceeds the K tiles of the layer ({kdim // 64})")
-    gather, xin = gather_launch(x, packed, ws.xperm, wgr=seg.bits)
+    from slimq.kernels.triton._wgr import plane_width
+    gather, xin = gather_launch(x, packed, ws.xperm, wgr=plane_width(seg.bits))
     desc = TensorDescriptor(xin, [m, kdim], [kdim, 1], [cfg.block_m, 64], smem_layout(64, 16))
 
     def rows_desc(t: torch.Tensor, box_rows: int) -> TensorDescriptor:  # [R, ns] -> [box_rows, BN] boxes, unswizzled
         lay = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8 * t.element_size(), rank=2)
         return TensorDescriptor(t, list(t.shape), [t.shape[1], 1], [box_rows, cfg.block_n], lay)
-    plane = rows_desc(seg.planes[0], 64 * seg.bits // 32)
+    plane = rows_desc(seg.planes[0], 64 * plane_width(seg.bits) // 32)
     scales, zeros = rows_desc(seg.scales, 1), rows_desc(seg.zeros, 1)
+    partner = rows_desc(seg.planes[1] if seg.bits == 3 else seg.planes[0], 2)  # 3-bit: the 1-bit plane
     split = cfg.split_k > 1
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
     kw = dict(W=seg.bits, GS=seg.group_size, BN=cfg.block_n, BT=cfg.block_m, STAGES=cfg.num_stages,
               num_warps=cfg.num_warps, SPLIT=cfg.split_k, HAS_BIAS=bias is not None and not split)
     grid = (triton.cdiv(n, cfg.block_n) * cfg.split_k * triton.cdiv(m, cfg.block_m),)
-    launches = [gather, Launch("wgr_kernel", grid, (desc, plane, scales, zeros, m, out, out.stride(0), acc,
+    launches = [gather, Launch("wgr_kernel", grid, (desc, plane, scales, zeros, partner, m, out, out.stride(0), acc,
                                                      acc.stride(0), b, n, kdim), kw, module="wgr")]
     if split:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))

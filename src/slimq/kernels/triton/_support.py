@@ -46,7 +46,7 @@ def wgs_supported(x: torch.Tensor, packed: PackedLinear) -> str | None:
 
 def wgr_supported(x: torch.Tensor, packed: PackedLinear) -> str | None:
     """None if the experimental ``wgr`` path can run ``packed`` on ``x``, else why not: Hopper and Gluon
-    (:func:`wgs_unavailable`), float16 activations, one segment of 2- or 4-bit codes without ``row_perm``, ``K``
+    (:func:`wgs_unavailable`), float16 activations, one segment of 2-, 3- or 4-bit codes without ``row_perm``, ``K``
     and the group size multiples of 64, and a code plane, scales and zeros that TMA can read (contiguous, 16-byte
     aligned rows: ``out_features`` a multiple of 8)."""
     why = wgs_unavailable(x.device, x.dtype)
@@ -60,13 +60,13 @@ def wgr_layer_unsupported(packed: PackedLinear) -> str | None:
     if len(packed.segments) != 1 or packed.row_perm is not None:
         return f"needs one segment and no row_perm, got {len(packed.segments)} segments"
     seg = packed.segments[0]
-    if seg.bits not in (2, 4):
-        return f"needs 2- or 4-bit codes, got {seg.bits}-bit"
+    if seg.bits not in (2, 3, 4):
+        return f"needs 2-, 3- or 4-bit codes, got {seg.bits}-bit"
     if packed.in_features % 64 or seg.group_size % 64:
         return f"needs K and the group size multiples of 64, got {packed.in_features} and {seg.group_size}"
     if packed.out_features % 8:
         return f"needs out_features a multiple of 8 (16-byte rows of scales for TMA), got {packed.out_features}"
-    for name, t, size in (("code plane", seg.planes[0], 4), ("scales", seg.scales, 2), ("zeros", seg.zeros, 2)):
+    for name, t, size in [("code plane", p, 4) for p in seg.planes] + [("scales", seg.scales, 2), ("zeros", seg.zeros, 2)]:
         if not t.is_contiguous() or t.data_ptr() % 16 or t.element_size() != size:
             return f"needs a contiguous, 16-byte aligned {name} of {8 * size}-bit elements for TMA"
     return None

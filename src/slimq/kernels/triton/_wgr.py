@@ -1,6 +1,6 @@
 """Large-``M`` path ``wgr``: the weights as the *register* operand of an asynchronous ``wgmma``, in Gluon
 (layout ``slimq.segmented-bitplane.v1``; Hopper, sm_90). The dispatch picks it for uniform 2- and 4-bit layers at
-256-1024 tokens where its tiles fill their waves (``_dispatch.wgr_config``); launches: ``_plan.wgr_launches``;
+256-1024 tokens where its tiles fill their waves, and 3-bit ones where K is split (``_dispatch.wgr_config``); launches: ``_plan.wgr_launches``;
 ``benchmarks/wgr_probe.py`` times its configs.
 
 Why: ``wgs`` dequantizes the weights into shared memory for ``wgmma``'s shared operand, which costs its producer
@@ -25,7 +25,10 @@ operand of a K tile (activations, code words, the rows' scales and zeros) comes 
 ``STAGES``-deep ring, ``STAGES - 1`` tiles ahead; the threads read their words from the slot, and tile ``t``'s
 fragment is built while tile ``t - 1``'s ``wgmma`` runs (one group left in flight).
 
-Limits: one segment of 2- or 4-bit codes (one plane), float16 activations, ``K`` and the group size
+3-bit codes (a 2-bit plane and a 1-bit one) use the 2-bit operand order: the 1-bit plane comes by TMA too, each
+thread reads the 1-bit word of its 2-bit word row (:func:`_smem_partner`) and :func:`_fragment3` merges both.
+
+Limits: one segment of 2-, 3- or 4-bit codes, float16 activations, ``K`` and the group size
 multiples of 64, ``out_features`` a multiple of 8, no ``row_perm``; one program per ``[BN, BT]`` output tile and
 K share (split-K through the float32 workspace, no stream-K). Measured on the H200: benchmarks/KERNEL_NOTES.md,
 sessions 13 and 14."""
@@ -39,7 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 from slimq.kernels.triton._dq16 import _half2
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _tma_load
 
-__all__ = ["wgr_kernel", "wgr_src", "fragment_order", "WGR_BK"]
+__all__ = ["wgr_kernel", "wgr_src", "fragment_order", "plane_width", "WGR_BK"]
 
 WGR_BK = gl.constexpr(64)  # K columns per tile
 
@@ -107,6 +110,47 @@ def _rows_smem_layout(bn, num_warps):
     return gl.DistributedLinearLayout([[0, 8]], [[0, 0], [0, 0], [0, 1], [0, 2], [0, 4]], warps, [], [1, bn])
 
 
+@triton.constexpr_function
+def plane_width(w):
+    """Width of the code plane whose words set the operand order: 2 for 2- and 3-bit codes (3-bit codes are a
+    2-bit plane and its 1-bit partner, read by the same threads: :func:`_smem_partner`), 4 for 4-bit."""
+    if int(w) in (2, 3):
+        return 2
+    if int(w) == 4:
+        return 4
+    raise ValueError(f"wgr: {w}-bit codes are not supported (2, 3 or 4)")
+
+
+@triton.constexpr_function
+def _partner_layouts(bn, num_warps):
+    """Reading a tile's two 1-bit partner words ``[2, BN]`` (3-bit codes): ``[2, 2, BN]`` (1-bit word row ``r1``,
+    half ``h``, row ``n``) with lane bit 0 as ``h`` and lane bit 1 as ``r1``, so that ``r = 2 r1 + h`` sits on the
+    lanes of 2-bit word row ``r`` (:func:`_words_smem_layout`); the load is its slice along ``h`` (the two lanes
+    of one 1-bit word read it alike)."""
+    warps = [[0, 0, 16 << i] for i in range((num_warps - 1).bit_length())]
+    full = gl.DistributedLinearLayout([[0, 0, 8]], [[0, 1, 0], [1, 0, 0], [0, 0, 1], [0, 0, 2], [0, 0, 4]], warps,
+                                      [], [2, 2, bn])
+    return full, gl.SliceLayout(1, full)
+
+
+@gluon.jit
+def _smem_partner(v_s, BN: gl.constexpr, num_warps: gl.constexpr):
+    """A 3-bit tile's 1-bit partner of each 2-bit word ``[BN / 16, 2, 8, 4]`` (slice of :func:`_word_layout`),
+    respread for :func:`_fragment3`: for 2-bit word row ``r``, the 16 bits ``(r % 2) 16 ..`` of 1-bit word ``r //
+    2`` with slot ``i < 8`` at bit ``i`` and slot ``i + 8`` at bit ``16 + i`` (one PRMT, as
+    ``_wg._virtual_words``)."""
+    LF: gl.constexpr = _partner_layouts(BN, num_warps)[0]
+    LS: gl.constexpr = _partner_layouts(BN, num_warps)[1]
+    v = gl.expand_dims(v_s.load(LS), 1).broadcast_to([2, 2, BN])  # [r1, h, n]: word r1 for both halves
+    v = gl.convert_layout(gl.reshape(v, [4, BN]), _words_smem_layout(4, BN, num_warps), assert_trivial=True)
+    h = gl.arange(0, 4, layout=gl.SliceLayout(1, _words_smem_layout(4, BN, num_warps)))[:, None] % 2
+    sel = (0x4140 + 0x0202 * h).broadcast_to([4, BN])  # bytes (2h, 0, 2h + 1, 0) of the word
+    v = gl.inline_asm_elementwise("prmt.b32 $0, $1, 0, $2;", "=r,r,r", [v, sel], dtype=gl.int32, is_pure=True,
+                                  pack=1)
+    L4: gl.constexpr = gl.SliceLayout(4, _word_layout(4, 8, num_warps))
+    return gl.convert_layout(gl.permute(gl.reshape(v, [4, BN // 16, 2, 8]), [1, 2, 3, 0]), L4, assert_trivial=True)
+
+
 @gluon.jit
 def _smem_operands(w_s, s_s, z_s, W: gl.constexpr, BN: gl.constexpr, num_warps: gl.constexpr):
     """A tile's words ``[BN / 16, 2, 8, KP]`` and its rows' float32 scale and zero ``[BN / 16, 2, 8]`` from their
@@ -156,41 +200,85 @@ def _fragment(w, s, z, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_
 
 
 @gluon.jit
-def _issue(xd, pd, sd, zd, t0, n0, kb, t, bars, smem, pred, W: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
+def _fragment3(w, v, s, z, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr):
+    """:func:`_fragment` for 3-bit codes ``q = q2 + 4 q1``: ``w`` the 2-bit plane's words, ``v`` their 1-bit
+    partners (:func:`_smem_partner`). Per pair ``(j, j + 8)``: the 2-bit codes at bit ``p`` of each half (``p =
+    2 j``, or ``2 j - 8`` from ``w >> 8`` for ``j >= 4``, so that the 3-bit code stays below bit 10), the 1-bit
+    ones shifted from bit ``j`` to ``p + 2``; two LOP3 merge both into the magic, then HSUB2 and HFMA2 as at 2
+    bits (the pair math ``_h2.pair3_halves`` does)."""
+    H: gl.constexpr = 8
+    L: gl.constexpr = _word_layout(4, H, num_warps)
+    j = _ar_last(H, L)
+    hi8 = j >= 4
+    p = 2 * j - gl.where(hi8, 8, 0)
+    sh = p + 2 - j  # 1-bit slot j (bit j of v) -> bit p + 2
+    m2 = (3 << p) | (3 << (p + 16))
+    m1 = (1 << (p + 2)) | (1 << (p + 18))
+    e = 25 - p
+    shape: gl.constexpr = [BN // 16, 2, 8, 4, H]
+    src = gl.where(hi8, w[:, :, :, :, None] >> 8, w[:, :, :, :, None])
+    vv = v[:, :, :, :, None]
+    sv = gl.where(sh >= 0, vv << gl.maximum(sh, 0), vv >> gl.maximum(-sh, 0))
+    magic = ((e << 10) | (e << 26)).broadcast_to(shape)
+    s2 = _half2(s)[:, :, :, None, None].broadcast_to(shape)
+    c2 = _half2(-z * s)[:, :, :, None, None].broadcast_to(shape)
+    lo, hi = gl.inline_asm_elementwise(
+        "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; lop3.b32 t, $5, $6, t, 0xEA; sub.f16x2 t, t, $4; "
+        "fma.rn.f16x2 t, t, $7, $8; mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r,r,r",
+        [src, m2.broadcast_to(shape), magic, sv, m1.broadcast_to(shape), s2, c2], dtype=(gl.float16, gl.float16),
+        is_pure=True, pack=1)
+    v = gl.reshape(gl.join(lo, hi), [BN // 16, 2, 8, 2, 2, 2, 2, 2, 2])
+    ORDER: gl.constexpr = fragment_order(2)
+    v = gl.reshape(gl.permute(v, ORDER.value), [BN, WGR_BK])
+    LA: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=_acc_layout(BN, BT, num_warps), k_width=2)
+    return gl.convert_layout(v, LA, assert_trivial=True)
+
+
+@gluon.jit
+def _issue(descs, t0, n0, kb, t, bars, smem, pred, W: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
            BT: gl.constexpr, STAGES: gl.constexpr):
     """TMA of the program's ``t``-th tile (global K tile ``k = kb + t``) into ring slot ``t % STAGES``: the
-    activations ``[BT, 64]``, the words ``[KP, BN]`` and the rows' scales and zeros of ``k``'s group, each on its
-    own barrier (``bars``, ``smem``: the four operands' barrier and buffer rings). Separate barriers let the four
-    copies go out after one CTA barrier: on one shared barrier, Gluon's shared-memory hazard analysis put a CTA
-    barrier between every two of them."""
-    KP: gl.constexpr = WGR_BK * W // 32
-    xb, wb, sb, zb = bars
-    xs, ws, ss, zs = smem
+    activations ``[BT, 64]``, the words ``[KP, BN]``, the rows' scales and zeros of ``k``'s group and, for 3-bit
+    codes, the 1-bit partner words ``[2, BN]``, each on its own barrier (``descs``, ``bars``, ``smem``: the
+    operands' descriptors, barrier and buffer rings). Separate barriers let the copies go out after one CTA
+    barrier: on one shared barrier, Gluon's shared-memory hazard analysis put a CTA barrier between every two."""
+    KP: gl.constexpr = WGR_BK * plane_width(W) // 32
+    xd, pd, sd, zd, vd = descs
+    xb, wb, sb, zb, vb = bars
+    xs, ws, ss, zs, vs = smem
     slot = t % STAGES
     k = kb + t
     mbarrier.expect(xb.index(slot), BT * WGR_BK * 2, pred=pred)
     mbarrier.expect(wb.index(slot), KP * BN * 4, pred=pred)
     mbarrier.expect(sb.index(slot), BN * 2, pred=pred)
     mbarrier.expect(zb.index(slot), BN * 2, pred=pred)
+    if W == 3:
+        mbarrier.expect(vb.index(slot), 2 * BN * 4, pred=pred)
     _tma_load(xd, [t0, k * WGR_BK], xb.index(slot), xs.index(slot), pred=pred)
     _tma_load(pd, [k * KP, n0], wb.index(slot), ws.index(slot), pred=pred)
     _tma_load(sd, [k * WGR_BK // GS, n0], sb.index(slot), ss.index(slot), pred=pred)
     _tma_load(zd, [k * WGR_BK // GS, n0], zb.index(slot), zs.index(slot), pred=pred)
+    if W == 3:
+        _tma_load(vd, [k * 2, n0], vb.index(slot), vs.index(slot), pred=pred)
 
 
 @gluon.jit
 def _slot_fragment(t, bars, smem, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr,
                    num_warps: gl.constexpr):
-    """Wait for tile ``t``'s words, scales and zeros and build its ``wgmma`` A fragment from them."""
-    _, wb, sb, zb = bars
-    _, ws, ss, zs = smem
+    """Wait for tile ``t``'s words, scales and zeros (and 1-bit partners) and build its ``wgmma`` A fragment."""
+    _, wb, sb, zb, vb = bars
+    _, ws, ss, zs, vs = smem
     slot = t % STAGES
     phase = (t // STAGES) & 1
     mbarrier.wait(wb.index(slot), phase)
     mbarrier.wait(sb.index(slot), phase)
     mbarrier.wait(zb.index(slot), phase)
-    w, s, z = _smem_operands(ws.index(slot), ss.index(slot), zs.index(slot), W, BN, num_warps)
-    return _fragment(w, s, z, W, BN, BT, num_warps)
+    w, s, z = _smem_operands(ws.index(slot), ss.index(slot), zs.index(slot), plane_width(W), BN, num_warps)
+    if W == 3:
+        mbarrier.wait(vb.index(slot), phase)
+        return _fragment3(w, _smem_partner(vs.index(slot), BN, num_warps), s, z, BN, BT, num_warps)
+    else:
+        return _fragment(w, s, z, W, BN, BT, num_warps)
 
 
 @gluon.jit
@@ -202,32 +290,35 @@ def _mma(t, a, acc, bars, smem, STAGES: gl.constexpr, FIRST: gl.constexpr = Fals
 
 
 @gluon.jit
-def _mma_retire(xd, pd, sd, zd, t0, n0, kb, t, kt, a, a_prev, acc, bars, smem, W: gl.constexpr, GS: gl.constexpr,
+def _mma_retire(descs, t0, n0, kb, t, kt, a, a_prev, acc, bars, smem, W: gl.constexpr, GS: gl.constexpr,
                 BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
     """Start tile ``t``'s wgmma on fragment ``a``, wait for tile ``t - 1``'s (fragment ``a_prev``) in both
     warpgroups, and refill that tile's slot with tile ``t - 1 + STAGES``."""
     acc = _mma(t, a, acc, bars, smem, STAGES)
     acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
     _cta_barrier()
-    _issue(xd, pd, sd, zd, t0, n0, kb, t - 1 + STAGES, bars, smem, t - 1 + STAGES < kt, W, GS, BN, BT, STAGES)
+    _issue(descs, t0, n0, kb, t - 1 + STAGES, bars, smem, t - 1 + STAGES < kt, W, GS, BN, BT, STAGES)
     return acc, a_prev
 
 
 @gluon.jit
-def wgr_kernel(xd, pd, sd, zd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, ns, K,
+def wgr_kernel(xd, pd, sd, zd, vd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, ns, K,
                W: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr,
                num_warps: gl.constexpr, SPLIT: gl.constexpr = 1, HAS_BIAS: gl.constexpr = False):
-    """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a one-segment layer of ``W``-bit codes. TMA
-    descriptors: ``xd`` the activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes), ``pd`` the
-    code plane (``[K W / 32, ns]`` int32, ``[KP, BN]`` boxes), ``sd``/``zd`` the scales and zeros (``[G, ns]``,
-    ``[1, BN]`` boxes). Grid ``cdiv(ns, BN) * SPLIT * cdiv(M, BT)``, token tiles fastest: with ``SPLIT > 1`` each
+    """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a one-segment layer of ``W``-bit codes (2, 3 or 4).
+    TMA descriptors: ``xd`` the activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes), ``pd`` the
+    (first) code plane (``[K PW / 32, ns]`` int32, ``PW = plane_width(W)``, ``[KP, BN]`` boxes), ``sd``/``zd`` the
+    scales and zeros (``[G, ns]``, ``[1, BN]`` boxes), ``vd`` the 1-bit plane of 3-bit codes (``[K / 32, ns]``,
+    ``[2, BN]`` boxes; any int32 descriptor with ``[2, BN]`` boxes otherwise, unread). Grid ``cdiv(ns, BN) * SPLIT * cdiv(M, BT)``, token tiles fastest: with ``SPLIT > 1`` each
     program takes ``1 / SPLIT`` of the K tiles and adds its float32 sums into ``acc_ptr`` (``[M, N]``; a
     ``finalize_kernel`` launch writes ``out`` and the bias).
 
     Every operand of a K tile comes by TMA into one ring slot (``STAGES`` slots, one barrier each), issued
     ``STAGES - 1`` tiles ahead: run 114 (benchmarks/KERNEL_NOTES.md, session 14) found the words loaded into
     registers one or two tiles ahead set the pace (0.77x of cuBLAS FP16 against 1.02x with the loads left out)."""
-    KP: gl.constexpr = WGR_BK * W // 32
+    KP: gl.constexpr = WGR_BK * plane_width(W) // 32
+    NB: gl.constexpr = 5 if W == 3 else 4  # operands per K tile
+    descs = (xd, pd, sd, zd, vd)
     pid = gl.program_id(0)
     n_t = gl.cdiv(M, BT)
     t0 = (pid % n_t) * BT
@@ -239,16 +330,18 @@ def wgr_kernel(xd, pd, sd, zd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_p
     smem = (gl.allocate_shared_memory(gl.float16, [STAGES, BT, WGR_BK], xd.layout),
             gl.allocate_shared_memory(gl.int32, [STAGES, KP, BN], pd.layout),
             gl.allocate_shared_memory(sd.dtype, [STAGES, 1, BN], sd.layout),
-            gl.allocate_shared_memory(zd.dtype, [STAGES, 1, BN], zd.layout))
+            gl.allocate_shared_memory(zd.dtype, [STAGES, 1, BN], zd.layout),
+            gl.allocate_shared_memory(gl.int32, [STAGES if W == 3 else 1, 2, BN], vd.layout))
     bars = (gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
+            gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
             gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
             gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
             gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()))
     for i in gl.static_range(STAGES):
-        for j in gl.static_range(4):
+        for j in gl.static_range(NB):
             mbarrier.init(bars[j].index(i), count=1)
     for i in gl.static_range(STAGES):
-        _issue(xd, pd, sd, zd, t0, n0, kb, i, bars, smem, i < kt, W, GS, BN, BT, STAGES)
+        _issue(descs, t0, n0, kb, i, bars, smem, i < kt, W, GS, BN, BT, STAGES)
     LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
     # Tile t's fragment is built while tile t - 1's wgmma runs, so two fragments alternate: ``fa`` for the odd
     # tiles, ``fb`` for the even ones. ptxas does not keep the registers an in-flight wgmma reads from being
@@ -263,9 +356,9 @@ def wgr_kernel(xd, pd, sd, zd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_p
     acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))  # returns at once (one group in flight)
     for t in range(1, kt - 1, 2):  # tiles t (odd) and t + 1
         fa = _slot_fragment(t, bars, smem, W, BN, BT, STAGES, num_warps)
-        acc, fb = _mma_retire(xd, pd, sd, zd, t0, n0, kb, t, kt, fa, fb, acc, bars, smem, W, GS, BN, BT, STAGES)
+        acc, fb = _mma_retire(descs, t0, n0, kb, t, kt, fa, fb, acc, bars, smem, W, GS, BN, BT, STAGES)
         fb = _slot_fragment(t + 1, bars, smem, W, BN, BT, STAGES, num_warps)
-        acc, fa = _mma_retire(xd, pd, sd, zd, t0, n0, kb, t + 1, kt, fb, fa, acc, bars, smem, W, GS, BN, BT, STAGES)
+        acc, fa = _mma_retire(descs, t0, n0, kb, t + 1, kt, fb, fa, acc, bars, smem, W, GS, BN, BT, STAGES)
     if kt % 2 == 0:  # the last tile, kt - 1, is odd
         fa = _slot_fragment(kt - 1, bars, smem, W, BN, BT, STAGES, num_warps)
         acc = _mma(kt - 1, fa, acc, bars, smem, STAGES)
@@ -274,7 +367,7 @@ def wgr_kernel(xd, pd, sd, zd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_p
     else:
         acc, fb = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fb))
     for i in gl.static_range(STAGES):
-        for j in gl.static_range(4):
+        for j in gl.static_range(NB):
             mbarrier.invalidate(bars[j].index(i))
     LO: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, num_warps], [0, 1])  # rows (n) fastest: coalesced
     y = gl.convert_layout(acc, LO)
