@@ -1,0 +1,36 @@
+"""The dispatched ``wg`` kernel (Triton, weights as ``wgmma``'s register operand) compiled for sm_90 without a
+GPU: no register an in-flight ``wgmma`` reads as its A operand is written before the wait that retires it
+(``_sass.wgmma_register_hazards``). ptxas does not guard those registers; Triton 3.6 (the GPU runs') left such a
+window at 128 tokens on 3-bit and at 64-128 tokens on SliM layers (up to seven groups pending, benchmarks/
+KERNEL_NOTES.md, session 14); the Triton CI installs did not, and this keeps it that way.
+"""
+from __future__ import annotations
+
+import pytest
+from _sm90 import compile_sm90
+
+pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")  # the sm_90 stand-in needs a recent Triton
+
+_BODY = """
+    from test_kernels_triton import random_layer
+    from _sass import wgmma_register_hazards
+    from slimq.kernels.triton import Workspace, plan_launches, select_config
+    f = json.loads(sys.argv[1])
+    m, n, k = f["m"], 256, 1024
+    p = random_layer(n, k, 128, f["bits"])
+    x = torch.zeros(m, k, dtype=torch.float16)
+    out = torch.empty(m, n, dtype=torch.float16)
+    ws = Workspace("cpu", m, n, k, torch.float16, stream_k_programs=0)
+    cfg = select_config(m, 28672, 8192, bits=tuple(sorted({s.bits for s in p.segments})))
+    (lc,) = [lc for lc in plan_launches(x, p, None, out, ws, cfg) if lc.kernel == "wg_kernel"]
+    sass = sass_of(lc.fn.warmup(*lc.args, **lc.kwargs, grid=(1,)))
+    print(json.dumps({"path": cfg.path, "rs_hgmma": len(re.findall(r"HGMMA\\.\\S+ R\\d+, R\\d+, gdesc", sass)),
+                      "hazards": wgmma_register_hazards(sass)}))
+"""
+
+
+@pytest.mark.parametrize("m,bits", [(16, 2), (128, 2), (128, 3), (64, [1, 2, 3, 2]), (128, [1, 2, 3, 2])])
+def test_wg_register_operand_is_not_rewritten_while_read(m, bits):
+    got = compile_sm90(_BODY, {"m": m, "bits": bits})
+    assert got["path"] == "wg" and got["rs_hgmma"] > 0, got
+    assert got["hazards"] == [], got["hazards"]
