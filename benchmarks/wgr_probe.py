@@ -1,11 +1,11 @@
 """Probe of the experimental large-M ``wgr`` path (weights as ``wgmma``'s register operand, ``_wgr.py``): checks
 it against the pure-torch reference and times it against cuBLAS FP16 and the dispatch in alternating rounds
-(CUDA-graph replays, L2 flushed as ``do_bench`` does). Uniform 2-, 3- and 4-bit layers only. Each ``wgr`` config
+(CUDA-graph replays, L2 flushed as ``do_bench`` does). Uniform 2-, 3-, 4-bit and SliM (1/2/3-bit) layers. Each ``wgr`` config
 (``--bt`` x ``--stages`` x ``--split``) runs as an explicit ``KernelConfig("wgr", ...)`` through ``sbp_matmul``
 (the operand-order gather kernel, ``wgr_kernel``, a finalize when K is split); ``wgr_call`` runs the kernel
 alone after a torch gather (runs 108-112 timed that form).
 
-    PYTHONPATH=src python3 benchmarks/wgr_probe.py [--shapes 28672x8192,...] [--ms 256,1024] [--variants 2b,3b,4b]
+    PYTHONPATH=src python3 benchmarks/wgr_probe.py [--shapes 28672x8192,...] [--ms 256,1024] [--variants 2b,3b,4b,slim]
         [--bt 128,256] [--stages 3,4] [--split 1,2] [--rounds 3] [--out DIR]  # DIR/wgr_probe.json
 """
 from __future__ import annotations
@@ -44,8 +44,8 @@ def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int):
     ws = Workspace(x.device, m, p.out_features, k, torch.float16)
     _, kernel = wgr_launches(x, p, None, out, ws, cfg)
     xg = ws.xperm[: m * k].view(m, k)  # what the kernel's TMA descriptor reads
-    from slimq.kernels.triton._wgr import plane_width
-    idx = p.col_perm.long()[operand_index(k, plane_width(p.segments[0].bits), x.device)]
+    from slimq.kernels.triton._wgr import seg_planes
+    idx = p.col_perm.long()[operand_index(k, seg_planes(tuple(s.bits for s in p.segments))[2], x.device)]
 
     def run():
         torch.index_select(x, 1, idx, out=xg)
@@ -70,8 +70,8 @@ def main(argv=None) -> int:
         ap.error(f"--stages takes 2-5, got {args.stages!r}")
     if any(a not in "12345678" or len(a) != 1 for a in args.split.split(",")):
         ap.error(f"--split takes 1-8, got {args.split!r}")
-    if any(v not in ("2b", "3b", "4b") for v in args.variants.split(",")):
-        ap.error(f"wgr takes uniform 2-, 3- or 4-bit layers only, got {args.variants!r}")
+    if any(v not in ("2b", "3b", "4b", "slim") for v in args.variants.split(",")):
+        ap.error(f"wgr_probe takes the variants 2b, 3b, 4b and slim, got {args.variants!r}")
     if not torch.cuda.is_available():
         raise SystemExit("wgr_probe.py needs a CUDA GPU (Hopper)")
     from timing import time_graphs

@@ -845,19 +845,26 @@ def test_wgr_plan_config_and_support():
         want = ["gather_kernel", "wgr_kernel"] + (["finalize_kernel"] if cfg.split_k > 1 else [])
         assert [lc.kernel for lc in launches] == want, name
         g, k = launches[0], launches[1]
-        assert g.kwargs["WGR"] == 4 and k.kwargs["W"] == 4 and k.kwargs["SPLIT"] == cfg.split_k, name
+        assert g.kwargs["WGR"] == 4 and k.kwargs["SEG_BITS"] == (4,) and k.kwargs["SPLIT"] == cfg.split_k, name
         assert k.kwargs["HAS_BIAS"] == (cfg.split_k == 1) and k.kwargs["STAGES"] == cfg.num_stages, name
-        kp = 64 * 4 // 32  # TMA boxes: the words [KP, BN] of a K tile, the scales and zeros [1, BN]
-        assert [list(d.block_shape) for d in k.args[1:4]] == [[kp, cfg.block_n], [1, cfg.block_n], [1, cfg.block_n]]
+        kp = 64 * 4 // 32  # TMA boxes: the words [KP, BN] of a K tile, partners [2, BN], scales and zeros [1, BN]
+        assert [list(d.block_shape) for d in k.args[1:5]] == [[kp, cfg.block_n], [2, cfg.block_n], [1, cfg.block_n],
+                                                              [1, cfg.block_n]]
         assert k.grid == (triton.cdiv(200, cfg.block_n) * cfg.split_k * triton.cdiv(m, cfg.block_m),), name
     with pytest.raises(ValueError, match="exceeds the K tiles"):
         slt.plan_launches(x[:, :128], random_layer(200, 128, 64, 2), None, out, ws,
                           KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, split_k=3))
     assert wgr_layer_unsupported(p) is None and wgr_layer_unsupported(random_layer(200, 512, 64, 2)) is None
-    assert "2-, 3- or 4-bit" in wgr_layer_unsupported(random_layer(200, 512, 128, 5))
+    assert "one segment of 1-4 bits" in wgr_layer_unsupported(random_layer(200, 512, 128, 5))
     assert wgr_layer_unsupported(random_layer(200, 512, 128, 3)) is None
-    assert "one segment" in wgr_layer_unsupported(random_layer(40, 384, 64, [1, 2, 3]))
-    assert "one segment" in wgr_layer_unsupported(random_layer(40, 192, 64, 2, row_bits=[2, 4]))
+    assert wgr_layer_unsupported(random_layer(40, 384, 64, [1, 2, 3])) is None  # SliM: three segments
+    assert "up to three of 1-3 bits" in wgr_layer_unsupported(random_layer(40, 384, 64, [2, 4]))
+    assert "spanning every row" in wgr_layer_unsupported(random_layer(40, 192, 64, 2, row_bits=[2, 4]))
+    assert "segment bounds multiples of 64" in wgr_layer_unsupported(random_layer(40, 384, 32, [1, 2, 3]))
+    q = random_layer(200, 512, 128, [3, 1, 2, 1])  # SliM: segments of 2, 1 and 1 groups in 1-, 2-, 3-bit order
+    k = slt.plan_launches(x, q, None, out, ws, WGR_CFGS["wgr_t256"])[1]
+    assert k.kwargs["SEG_BITS"] == (1, 2, 3) and k.args[13:15] == (4, 6), k.args[13:15]  # K tiles where 2, 3 start
+    assert [list(d.block_shape) for d in k.args[1:5]] == [[4, 128], [2, 128], [1, 128], [1, 128]]
     assert "multiples of 64" in wgr_layer_unsupported(random_layer(40, 96, 32, 2))
     if not GPU:  # Gluon has no interpreter: an explicit wgr config says why it cannot run here
         with pytest.raises(ValueError, match="path 'wgr' cannot run this layer: needs a CUDA device"):
@@ -903,9 +910,10 @@ def test_wgr_dispatch_rule():
 @inproc
 @gpu
 @pytest.mark.parametrize("cfg_name", list(WGR_CFGS))
-@pytest.mark.parametrize("bits,gs", [(2, 128), (3, 128), (4, 64)])
+@pytest.mark.parametrize("bits,gs", [(2, 128), (3, 128), (4, 64), (1, 64), ([1, 2, 3], 128)])
 def test_wgr_matches_reference(bits, gs, cfg_name):
-    """The ``wgr`` path on sm_90: partial row and token tiles, bias, split-K through the workspace."""
+    """The ``wgr`` path on sm_90: partial row and token tiles, bias, split-K through the workspace; uniform 1-4
+    bits and SliM's segments."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("wgr is Gluon for sm_90")
     p = random_layer(200, 512, gs, bits)

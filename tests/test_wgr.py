@@ -47,13 +47,17 @@ def _f16(bits: torch.Tensor) -> torch.Tensor:
 
 
 def test_three_bit_pair_math_gives_exact_codes():
-    """``_fragment3``'s per-pair arithmetic, replayed on integers: the 2-bit plane's pair ``(j, j + 8)`` at bit
+    """``_fragment3``'s (and ``_fragment1``'s) per-pair arithmetic, replayed on integers: the 2-bit plane's pair ``(j, j + 8)`` at bit
     ``p``, the 1-bit partner (``_smem_partner``'s respread: slot ``i`` at bit ``i``, ``i + 8`` at ``16 + i``)
     shifted to ``p + 2``, merged into the magic ``(25 - p) << 10`` per half and less it: every 3-bit code
     ``q2 + 4 q1`` of a word, exactly, for either half of the 1-bit word."""
     _gluon()
-    from slimq.kernels.triton._wgr import plane_width
-    assert [plane_width(w) for w in (2, 3, 4)] == [2, 2, 4]
+    from slimq.kernels.triton._wgr import seg_planes
+    assert [seg_planes(b) for b in ((2,), (3,), (4,), (1,), (1, 2, 3))] == [
+        (True, False, 2), (True, True, 2), (True, False, 4), (False, True, 2), (True, True, 2)]
+    for bad in ((2, 4), (5,), (1, 2, 3, 2)):
+        with pytest.raises(ValueError):
+            seg_planes(bad)
     g = torch.Generator().manual_seed(0)
     q2 = torch.randint(0, 4, (64, 16), generator=g)  # 64 words of 16 2-bit codes
     q1 = torch.randint(0, 2, (64, 32), generator=g)  # their 1-bit words (32 slots)
@@ -78,6 +82,10 @@ def test_three_bit_pair_math_gives_exact_codes():
             want_lo = q2[:, j] + 4 * q1[:, 16 * h + j]
             want_hi = q2[:, j + 8] + 4 * q1[:, 16 * h + j + 8]
             assert torch.equal(lo, want_lo.float()) and torch.equal(hi, want_hi.float()), (h, j)
+            sv1 = v << (p - j) if p >= j else v >> (j - p)  # _fragment1: the 1-bit code alone, at bit p
+            t1 = (sv1 & ((1 << p) | (1 << (p + 16)))) | ((e << 10) | (e << 26))
+            assert torch.equal(_f16(t1 & 0xFFFF) - _f16(torch.tensor(e << 10)), q1[:, 16 * h + j].float())
+            assert torch.equal(_f16((t1 >> 16) & 0xFFFF) - _f16(torch.tensor(e << 10)), q1[:, 16 * h + j + 8].float())
 
 
 def test_operand_order_refuses_other_widths_and_positions():
@@ -96,7 +104,7 @@ def test_probe_gather_index_and_arguments():
     from slimq.kernels.triton._wgr import wgr_src
     idx = wgr_probe.operand_index(192, 4, "cpu")
     assert idx.tolist() == [t * 64 + wgr_src(k, 4) for t in range(3) for k in range(64)]
-    for bad in (["--variants", "slim"], ["--stages", "1"], ["--rounds", "0"], ["--stages", "6"], ["--split", "9"]):
+    for bad in (["--variants", "8b"], ["--stages", "1"], ["--rounds", "0"], ["--stages", "6"], ["--split", "9"]):
         with pytest.raises(SystemExit):
             wgr_probe.main(bad)
 
@@ -139,7 +147,9 @@ _BODY = """
 
 @pytest.mark.parametrize("w,bt,warps,stages,split,bias", [(2, 256, 8, 4, 1, False), (4, 128, 8, 3, 1, True),
                                                          (2, 256, 8, 5, 3, False), (4, 64, 4, 4, 1, False),
-                                                         (3, 256, 8, 4, 1, False), (3, 64, 4, 3, 2, True)])
+                                                         (3, 256, 8, 4, 1, False), (3, 64, 4, 3, 2, True),
+                                                         (1, 256, 8, 4, 1, False), ([1, 2, 3, 2], 256, 8, 4, 1, False),
+                                                         ([3, 1, 2], 128, 4, 3, 2, True)])
 def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split, bias):
     """Every ``HGMMA`` takes its A operand from registers, and none of those registers is written while its
     ``wgmma`` may still run (``_sass.wgmma_register_hazards``); in the K loop (two tiles) the four of each tile,
@@ -151,15 +161,18 @@ def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split
     assert got["hazards"] == [], got["hazards"]  # no A register rewritten while its wgmma may still read it
     assert got["rs_hgmma"] == 16 and got["loop_hgmma"] == 8, got  # peeled first and last tiles, the loop's two
     assert got["wait0"] == 2 and got["wait1"] == 4, got
-    assert got["loop_tma"] == (10 if w == 3 else 8) and got["loop_ldg"] == 0 and got["loop_lds"] > 0, got
-    assert got["loop_sts"] == 0 and got["spills"] == 0 and got["loop_hfma2"] == 32, got
+    widths = sorted(set(w if isinstance(w, list) else [w]))  # SliM: a branch per segment in each of the two tiles
+    copies = 1 + sum(2 + (b != 1) + (b in (1, 3)) for b in widths)  # activations; scales, zeros, words, partners
+    assert got["loop_tma"] == 2 * copies and got["loop_ldg"] == 0 and got["loop_lds"] > 0, got
+    assert got["loop_sts"] == 0 and got["spills"] == 0 and got["loop_hfma2"] == 32 * len(widths), got
     assert (got["red"] > 0) == (split > 1), got  # split K: float32 sums added into the workspace
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                     reason="wgr is Gluon for sm_90 (Hopper)")
 @pytest.mark.parametrize("variant,m,bt,stages", [("2b", 300, 256, 4), ("4b", 130, 128, 3), ("2b", 300, 128, 5),
-                                                 ("4b", 300, 256, 2), ("3b", 300, 256, 4), ("3b", 130, 64, 3)])
+                                                 ("4b", 300, 256, 2), ("3b", 300, 256, 4), ("3b", 130, 64, 3),
+                                                 ("1b", 300, 256, 4), ("slim", 300, 256, 4), ("slim", 130, 64, 3)])
 def test_wgr_matches_reference_on_gpu(variant, m, bt, stages):
     _gluon()
     import wgr_probe

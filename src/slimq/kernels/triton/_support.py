@@ -45,10 +45,8 @@ def wgs_supported(x: torch.Tensor, packed: PackedLinear) -> str | None:
 
 
 def wgr_supported(x: torch.Tensor, packed: PackedLinear) -> str | None:
-    """None if the experimental ``wgr`` path can run ``packed`` on ``x``, else why not: Hopper and Gluon
-    (:func:`wgs_unavailable`), float16 activations, one segment of 2-, 3- or 4-bit codes without ``row_perm``, ``K``
-    and the group size multiples of 64, and a code plane, scales and zeros that TMA can read (contiguous, 16-byte
-    aligned rows: ``out_features`` a multiple of 8)."""
+    """None if the ``wgr`` path can run ``packed`` on ``x``, else why not: Hopper and Gluon
+    (:func:`wgs_unavailable`), float16 activations, and the layer conditions of :func:`wgr_layer_unsupported`."""
     why = wgs_unavailable(x.device, x.dtype)
     if why is None and x.dtype != torch.float16:
         why = f"needs float16 activations, got {x.dtype}"
@@ -56,19 +54,25 @@ def wgr_supported(x: torch.Tensor, packed: PackedLinear) -> str | None:
 
 
 def wgr_layer_unsupported(packed: PackedLinear) -> str | None:
-    """The layer-side conditions of :func:`wgr_supported` (no device needed)."""
-    if len(packed.segments) != 1 or packed.row_perm is not None:
-        return f"needs one segment and no row_perm, got {len(packed.segments)} segments"
-    seg = packed.segments[0]
-    if seg.bits not in (2, 3, 4):
-        return f"needs 2-, 3- or 4-bit codes, got {seg.bits}-bit"
-    if packed.in_features % 64 or seg.group_size % 64:
-        return f"needs K and the group size multiples of 64, got {packed.in_features} and {seg.group_size}"
+    """The layer-side conditions of :func:`wgr_supported` (no device needed): no ``row_perm``; one segment of 1-
+    to 4-bit codes or up to three of 1-3 bits (SliM), each on whole 64-column tiles; ``K`` and the group size
+    multiples of 64; code planes, scales and zeros that TMA can read (contiguous, 16-byte aligned rows:
+    ``out_features`` a multiple of 8)."""
+    segs = packed.segments
+    if packed.row_perm is not None or any((s.r0, s.r1) != (0, packed.out_features) for s in segs):
+        return "needs segments spanning every row (no row_perm)"
+    bits = [s.bits for s in sorted(segs, key=lambda s: s.c0)]
+    if not (bits in ([1], [2], [3], [4]) or (1 < len(bits) <= 3 and set(bits) <= {1, 2, 3})):
+        return f"needs one segment of 1-4 bits or up to three of 1-3 bits, got segments of {bits} bits"
+    gs = segs[0].group_size
+    if packed.in_features % 64 or gs % 64 or any(s.c0 % 64 or s.c1 % 64 for s in segs):
+        return f"needs K, the group size and segment bounds multiples of 64, got K={packed.in_features}, group {gs}"
     if packed.out_features % 8:
         return f"needs out_features a multiple of 8 (16-byte rows of scales for TMA), got {packed.out_features}"
-    for name, t, size in [("code plane", p, 4) for p in seg.planes] + [("scales", seg.scales, 2), ("zeros", seg.zeros, 2)]:
-        if not t.is_contiguous() or t.data_ptr() % 16 or t.element_size() != size:
-            return f"needs a contiguous, 16-byte aligned {name} of {8 * size}-bit elements for TMA"
+    for s in segs:
+        for name, t, size in [("code plane", p, 4) for p in s.planes] + [("scales", s.scales, 2), ("zeros", s.zeros, 2)]:
+            if not t.is_contiguous() or t.data_ptr() % 16 or t.element_size() != size:
+                return f"needs a contiguous, 16-byte aligned {name} of {8 * size}-bit elements for TMA"
     return None
 
 

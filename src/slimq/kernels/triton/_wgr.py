@@ -27,11 +27,16 @@ fragment is built while tile ``t - 1``'s ``wgmma`` runs (one group left in fligh
 
 3-bit codes (a 2-bit plane and a 1-bit one) use the 2-bit operand order: the 1-bit plane comes by TMA too, each
 thread reads the 1-bit word of its 2-bit word row (:func:`_smem_partner`) and :func:`_fragment3` merges both.
+1-bit codes are read the same way (:func:`_fragment1`), so a SliM layer's 1-, 2- and 3-bit segments share the
+2-bit operand order: each K tile's copies and fragment come from the segment holding it (a branch per tile;
+barriers an operand does not use are armed for 0 bytes so that every phase stays ``(t // STAGES) & 1``).
+Multi-segment (SliM) and 1-bit layers run only as an explicit config; compiled and SASS-checked for sm_90 in
+CI, not yet run on a GPU (session 14 ended without device time).
 
-Limits: one segment of 2-, 3- or 4-bit codes, float16 activations, ``K`` and the group size
-multiples of 64, ``out_features`` a multiple of 8, no ``row_perm``; one program per ``[BN, BT]`` output tile and
-K share (split-K through the float32 workspace, no stream-K). Measured on the H200: benchmarks/KERNEL_NOTES.md,
-sessions 13 and 14."""
+Limits: one segment of 1- to 4-bit codes or up to three of 1-3 bits, float16 activations, ``K``, the group size
+and segment bounds multiples of 64, ``out_features`` a multiple of 8, no ``row_perm``; one program per ``[BN,
+BT]`` output tile and K share (split-K through the float32 workspace, no stream-K). Measured on the H200:
+benchmarks/KERNEL_NOTES.md, sessions 13 and 14."""
 from __future__ import annotations
 
 import triton
@@ -42,7 +47,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 from slimq.kernels.triton._dq16 import _half2
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _tma_load
 
-__all__ = ["wgr_kernel", "wgr_src", "fragment_order", "plane_width", "WGR_BK"]
+__all__ = ["wgr_kernel", "wgr_src", "fragment_order", "seg_planes", "WGR_BK"]
 
 WGR_BK = gl.constexpr(64)  # K columns per tile
 
@@ -111,17 +116,6 @@ def _rows_smem_layout(bn, num_warps):
 
 
 @triton.constexpr_function
-def plane_width(w):
-    """Width of the code plane whose words set the operand order: 2 for 2- and 3-bit codes (3-bit codes are a
-    2-bit plane and its 1-bit partner, read by the same threads: :func:`_smem_partner`), 4 for 4-bit."""
-    if int(w) in (2, 3):
-        return 2
-    if int(w) == 4:
-        return 4
-    raise ValueError(f"wgr: {w}-bit codes are not supported (2, 3 or 4)")
-
-
-@triton.constexpr_function
 def _partner_layouts(bn, num_warps):
     """Reading a tile's two 1-bit partner words ``[2, BN]`` (3-bit codes): ``[2, 2, BN]`` (1-bit word row ``r1``,
     half ``h``, row ``n``) with lane bit 0 as ``h`` and lane bit 1 as ``r1``, so that ``r = 2 r1 + h`` sits on the
@@ -151,29 +145,72 @@ def _smem_partner(v_s, BN: gl.constexpr, num_warps: gl.constexpr):
     return gl.convert_layout(gl.permute(gl.reshape(v, [4, BN // 16, 2, 8]), [1, 2, 3, 0]), L4, assert_trivial=True)
 
 
+@triton.constexpr_function
+def seg_planes(seg_bits):
+    """``(USE_W, USE_V, PW)`` for a layer whose segments (in column order) have ``seg_bits``: whether any has a
+    2- or 4-bit plane (``w``), any a 1-bit plane (``v``: 1-bit codes, the partner plane of 3-bit ones), and the
+    plane width of the operand order. One segment of 1-4 bits, or up to three of 1-3 bits (SliM); 4-bit codes
+    use the 4-bit operand order, so only alone."""
+    bits = [int(b) for b in seg_bits]
+    if bits == [4]:
+        return True, False, 4
+    if not 1 <= len(bits) <= 3 or any(b not in (1, 2, 3) for b in bits):
+        raise ValueError(f"wgr: segments of {bits} bits are not supported (one of 1-4 bits, or up to three of 1-3)")
+    return any(b in (2, 3) for b in bits), any(b in (1, 3) for b in bits), 2
+
+
 @gluon.jit
-def _smem_operands(w_s, s_s, z_s, W: gl.constexpr, BN: gl.constexpr, num_warps: gl.constexpr):
-    """A tile's words ``[BN / 16, 2, 8, KP]`` and its rows' float32 scale and zero ``[BN / 16, 2, 8]`` from their
-    shared-memory slots, in slices of :func:`_word_layout` (each thread reads its own words)."""
-    KP: gl.constexpr = WGR_BK * W // 32
-    L4: gl.constexpr = gl.SliceLayout(4, _word_layout(KP, 16 // W, num_warps))
-    L3: gl.constexpr = gl.SliceLayout(3, L4)
+def _smem_words(w_s, PW: gl.constexpr, BN: gl.constexpr, num_warps: gl.constexpr):
+    """A tile's words ``[BN / 16, 2, 8, KP]`` from their shared-memory slot, in a slice of :func:`_word_layout`
+    (each thread reads its own words)."""
+    KP: gl.constexpr = WGR_BK * PW // 32
+    L4: gl.constexpr = gl.SliceLayout(4, _word_layout(KP, 16 // PW, num_warps))
     w = w_s.load(_words_smem_layout(KP, BN, num_warps))
-    w = gl.convert_layout(gl.permute(gl.reshape(w, [KP, BN // 16, 2, 8]), [1, 2, 3, 0]), L4, assert_trivial=True)
+    return gl.convert_layout(gl.permute(gl.reshape(w, [KP, BN // 16, 2, 8]), [1, 2, 3, 0]), L4, assert_trivial=True)
+
+
+@gluon.jit
+def _smem_rows(s_s, z_s, PW: gl.constexpr, BN: gl.constexpr, num_warps: gl.constexpr):
+    """A tile's rows' float32 scale and zero ``[BN / 16, 2, 8]`` from their shared-memory slots."""
+    KP: gl.constexpr = WGR_BK * PW // 32
+    L3: gl.constexpr = gl.SliceLayout(3, gl.SliceLayout(4, _word_layout(KP, 16 // PW, num_warps)))
     LR: gl.constexpr = _rows_smem_layout(BN, num_warps)
     s = gl.convert_layout(gl.reshape(s_s.load(LR), [BN // 16, 2, 8]), L3, assert_trivial=True).to(gl.float32)
     z = gl.convert_layout(gl.reshape(z_s.load(LR), [BN // 16, 2, 8]), L3, assert_trivial=True).to(gl.float32)
-    return w, s, z
+    return s, z
+
+
+@gluon.jit
+def _pairs(src, mask, magic, s, z, shape: gl.constexpr):
+    """Each element's code pair ``(src & mask) | magic`` (both halves at the magic's bit ``p``) as float16 ``(lo,
+    hi)`` of ``q s + (-z s)``: one LOP3, HSUB2 and HFMA2 (as ``_h2.pair_halves``)."""
+    s2 = _half2(s)[:, :, :, None, None].broadcast_to(shape)
+    c2 = _half2(-z * s)[:, :, :, None, None].broadcast_to(shape)
+    return gl.inline_asm_elementwise(
+        "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 t, t, $5, $6; "
+        "mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r", [src, mask.broadcast_to(shape), magic.broadcast_to(shape), s2, c2],
+        dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+
+
+@gluon.jit
+def _operand(lo, hi, PW: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr):
+    """The pairs ``[BN / 16, 2, 8, KP, H]`` of one tile, permuted into operand order (:func:`fragment_order`), as
+    ``wgmma``'s register A operand ``[BN, 64]`` (a layout change Gluon checks to be register renaming)."""
+    v = gl.reshape(gl.join(lo, hi), [BN // 16, 2, 8, 2, 2, 2, 2, 2, 2])
+    ORDER: gl.constexpr = fragment_order(PW)
+    v = gl.reshape(gl.permute(v, ORDER.value), [BN, WGR_BK])
+    LA: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=_acc_layout(BN, BT, num_warps), k_width=2)
+    return gl.convert_layout(v, LA, assert_trivial=True)
 
 
 @gluon.jit
 def _fragment(w, s, z, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr):
-    """The float16 weights ``(q - z) s`` of one tile as ``wgmma``'s register A operand ``[BN, 64]``, positions in
-    operand order (:func:`wgr_src`). Per code pair ``(j, j + H)`` of a word (one LOP3, HSUB2 and HFMA2, as
-    ``_h2.pair_halves``): ``(src & mask) | magic`` is the half2 ``(2^(10-p) + q_j, 2^(10-p) + q_(j+H))`` for the
-    codes at bit ``p`` of each half (``src``: the word, or ``word >> 8`` where the codes would reach the
-    exponent), less the magic the exact codes, then ``q s + (-z s)``. The pair is then a K position pair
-    ``(k, k + 1)`` of the fragment: one 32-bit register of it."""
+    """The float16 weights ``(q - z) s`` of one tile of ``W``-bit codes (2 or 4) as ``wgmma``'s register A operand
+    ``[BN, 64]``, positions in operand order (:func:`wgr_src`). Per code pair ``(j, j + H)`` of a word
+    (:func:`_pairs`): ``(src & mask) | magic`` is the half2 ``(2^(10-p) + q_j, 2^(10-p) + q_(j+H))`` for the codes
+    at bit ``p`` of each half (``src``: the word, or ``word >> 8`` where the codes would reach the exponent), less
+    the magic the exact codes, then ``q s + (-z s)``. The pair is then a K position pair ``(k, k + 1)`` of the
+    fragment: one 32-bit register of it."""
     KP: gl.constexpr = WGR_BK * W // 32
     H: gl.constexpr = 16 // W
     L: gl.constexpr = _word_layout(KP, H, num_warps)
@@ -184,41 +221,36 @@ def _fragment(w, s, z, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_
     e = 25 - p
     shape: gl.constexpr = [BN // 16, 2, 8, KP, H]
     src = gl.where(hi8, w[:, :, :, :, None] >> 8, w[:, :, :, :, None])
-    mask = (m | (m << 16)).broadcast_to(shape)
-    magic = ((e << 10) | (e << 26)).broadcast_to(shape)
-    s2 = _half2(s)[:, :, :, None, None].broadcast_to(shape)
-    c2 = _half2(-z * s)[:, :, :, None, None].broadcast_to(shape)
-    lo, hi = gl.inline_asm_elementwise(
-        "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 t, t, $5, $6; "
-        "mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r", [src, mask, magic, s2, c2], dtype=(gl.float16, gl.float16),
-        is_pure=True, pack=1)
-    v = gl.reshape(gl.join(lo, hi), [BN // 16, 2, 8, 2, 2, 2, 2, 2, 2])
-    ORDER: gl.constexpr = fragment_order(W)
-    v = gl.reshape(gl.permute(v, ORDER.value), [BN, WGR_BK])
-    LA: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=_acc_layout(BN, BT, num_warps), k_width=2)
-    return gl.convert_layout(v, LA, assert_trivial=True)
+    lo, hi = _pairs(src, m | (m << 16), (e << 10) | (e << 26), s, z, shape)
+    return _operand(lo, hi, W, BN, BT, num_warps)
+
+
+@gluon.jit
+def _partner_bits(v, BITS: gl.constexpr, num_warps: gl.constexpr):
+    """The 1-bit partners ``v`` (:func:`_smem_partner`) of pair ``j`` shifted from bit ``j`` to ``p + BITS - 1``
+    (above a 2-bit code at ``p`` for 3-bit codes, at ``p`` for 1-bit ones), with ``p = 2 j``, or ``2 j - 8`` for
+    ``j >= 4`` (the 2-bit codes then come from ``w >> 8``, so that a 3-bit code stays below bit 10): ``(j, hi8, p,
+    shifted [BN / 16, 2, 8, 4, 8])``."""
+    L: gl.constexpr = _word_layout(4, 8, num_warps)
+    j = _ar_last(8, L)
+    hi8 = j >= 4
+    p = 2 * j - gl.where(hi8, 8, 0)
+    sh = p + BITS - 1 - j
+    vv = v[:, :, :, :, None]
+    return hi8, p, gl.where(sh >= 0, vv << gl.maximum(sh, 0), vv >> gl.maximum(-sh, 0))
 
 
 @gluon.jit
 def _fragment3(w, v, s, z, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr):
     """:func:`_fragment` for 3-bit codes ``q = q2 + 4 q1``: ``w`` the 2-bit plane's words, ``v`` their 1-bit
-    partners (:func:`_smem_partner`). Per pair ``(j, j + 8)``: the 2-bit codes at bit ``p`` of each half (``p =
-    2 j``, or ``2 j - 8`` from ``w >> 8`` for ``j >= 4``, so that the 3-bit code stays below bit 10), the 1-bit
-    ones shifted from bit ``j`` to ``p + 2``; two LOP3 merge both into the magic, then HSUB2 and HFMA2 as at 2
-    bits (the pair math ``_h2.pair3_halves`` does)."""
-    H: gl.constexpr = 8
-    L: gl.constexpr = _word_layout(4, H, num_warps)
-    j = _ar_last(H, L)
-    hi8 = j >= 4
-    p = 2 * j - gl.where(hi8, 8, 0)
-    sh = p + 2 - j  # 1-bit slot j (bit j of v) -> bit p + 2
+    partners, shifted to ``p + 2`` (:func:`_partner_bits`); two LOP3 merge both into the magic, then HSUB2 and
+    HFMA2 as at 2 bits (the pair math ``_h2.pair3_halves`` does)."""
+    hi8, p, sv = _partner_bits(v, 3, num_warps)
     m2 = (3 << p) | (3 << (p + 16))
     m1 = (1 << (p + 2)) | (1 << (p + 18))
     e = 25 - p
-    shape: gl.constexpr = [BN // 16, 2, 8, 4, H]
+    shape: gl.constexpr = [BN // 16, 2, 8, 4, 8]
     src = gl.where(hi8, w[:, :, :, :, None] >> 8, w[:, :, :, :, None])
-    vv = v[:, :, :, :, None]
-    sv = gl.where(sh >= 0, vv << gl.maximum(sh, 0), vv >> gl.maximum(-sh, 0))
     magic = ((e << 10) | (e << 26)).broadcast_to(shape)
     s2 = _half2(s)[:, :, :, None, None].broadcast_to(shape)
     c2 = _half2(-z * s)[:, :, :, None, None].broadcast_to(shape)
@@ -227,58 +259,127 @@ def _fragment3(w, v, s, z, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.con
         "fma.rn.f16x2 t, t, $7, $8; mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r,r,r",
         [src, m2.broadcast_to(shape), magic, sv, m1.broadcast_to(shape), s2, c2], dtype=(gl.float16, gl.float16),
         is_pure=True, pack=1)
-    v = gl.reshape(gl.join(lo, hi), [BN // 16, 2, 8, 2, 2, 2, 2, 2, 2])
-    ORDER: gl.constexpr = fragment_order(2)
-    v = gl.reshape(gl.permute(v, ORDER.value), [BN, WGR_BK])
-    LA: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=_acc_layout(BN, BT, num_warps), k_width=2)
-    return gl.convert_layout(v, LA, assert_trivial=True)
+    return _operand(lo, hi, 2, BN, BT, num_warps)
 
 
 @gluon.jit
-def _issue(descs, t0, n0, kb, t, bars, smem, pred, W: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
-           BT: gl.constexpr, STAGES: gl.constexpr):
+def _fragment1(v, s, z, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr):
+    """:func:`_fragment` for 1-bit codes (SliM's 1-bit segments) in the 2-bit operand order: the 1-bit plane read
+    as 3-bit codes' partners (:func:`_smem_partner`), each shifted to bit ``p`` (:func:`_partner_bits`)."""
+    _, p, sv = _partner_bits(v, 1, num_warps)
+    m = (1 << p) | (1 << (p + 16))
+    e = 25 - p
+    lo, hi = _pairs(sv, m, (e << 10) | (e << 26), s, z, [BN // 16, 2, 8, 4, 8])
+    return _operand(lo, hi, 2, BN, BT, num_warps)
+
+
+@gluon.jit
+def _seg_fragment(w, v, s, z, BITS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr):
+    """The A fragment of a tile of ``BITS``-bit codes from its words ``w`` (2-, 3-, 4-bit) and partners ``v`` (1-,
+    3-bit); the one not needed may be anything."""
+    if BITS == 3:
+        return _fragment3(w, v, s, z, BN, BT, num_warps)
+    elif BITS == 1:
+        return _fragment1(v, s, z, BN, BT, num_warps)
+    else:
+        return _fragment(w, s, z, BITS, BN, BT, num_warps)
+
+
+@gluon.jit
+def _seg_expect(slot, bars, pred, BITS: gl.constexpr, SEG_BITS: gl.constexpr, BN: gl.constexpr):
+    """Arm a slot's word, scale, zero and partner barriers for a tile of a ``BITS``-bit segment. A barrier the
+    layer uses but this segment does not is armed for 0 bytes (it completes its phase at once), so that every
+    barrier's phase stays ``(t // STAGES) & 1`` across segments."""
+    USE_W: gl.constexpr = seg_planes(SEG_BITS)[0]
+    USE_V: gl.constexpr = seg_planes(SEG_BITS)[1]
+    KP: gl.constexpr = WGR_BK * seg_planes(SEG_BITS)[2] // 32
+    if USE_W:
+        mbarrier.expect(bars[1].index(slot), KP * BN * 4 if BITS != 1 else 0, pred=pred)
+    mbarrier.expect(bars[2].index(slot), BN * 2, pred=pred)
+    mbarrier.expect(bars[3].index(slot), BN * 2, pred=pred)
+    if USE_V:
+        mbarrier.expect(bars[4].index(slot), 2 * BN * 4 if BITS == 1 or BITS == 3 else 0, pred=pred)
+
+
+@gluon.jit
+def _seg_copy(seg, kk, n0, slot, bars, smem, pred, BITS: gl.constexpr, SEG_BITS: gl.constexpr, GS: gl.constexpr):
+    """TMA of a ``BITS``-bit segment's K tile ``kk`` (counted from the segment's first column; ``seg``: its
+    descriptors ``(pd, vd, sd, zd)``): words, the rows' scales and zeros, 1-bit partners."""
+    KP: gl.constexpr = WGR_BK * seg_planes(SEG_BITS)[2] // 32
+    pd, vd, sd, zd = seg
+    if BITS != 1:
+        _tma_load(pd, [kk * KP, n0], bars[1].index(slot), smem[1].index(slot), pred=pred)
+    _tma_load(sd, [kk * WGR_BK // GS, n0], bars[2].index(slot), smem[2].index(slot), pred=pred)
+    _tma_load(zd, [kk * WGR_BK // GS, n0], bars[3].index(slot), smem[3].index(slot), pred=pred)
+    if BITS == 1 or BITS == 3:
+        _tma_load(vd, [kk * 2, n0], bars[4].index(slot), smem[4].index(slot), pred=pred)
+
+
+@gluon.jit
+def _seg_issue(seg, kk, n0, slot, bars, smem, pred, BITS: gl.constexpr, SEG_BITS: gl.constexpr, GS: gl.constexpr,
+               BN: gl.constexpr):
+    _seg_expect(slot, bars, pred, BITS, SEG_BITS, BN)
+    _seg_copy(seg, kk, n0, slot, bars, smem, pred, BITS, SEG_BITS, GS)
+
+
+@gluon.jit
+def _issue(xd, segs, tb, t0, n0, kb, t, bars, smem, pred, SEG_BITS: gl.constexpr, GS: gl.constexpr,
+           BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
     """TMA of the program's ``t``-th tile (global K tile ``k = kb + t``) into ring slot ``t % STAGES``: the
-    activations ``[BT, 64]``, the words ``[KP, BN]``, the rows' scales and zeros of ``k``'s group and, for 3-bit
-    codes, the 1-bit partner words ``[2, BN]``, each on its own barrier (``descs``, ``bars``, ``smem``: the
-    operands' descriptors, barrier and buffer rings). Separate barriers let the copies go out after one CTA
-    barrier: on one shared barrier, Gluon's shared-memory hazard analysis put a CTA barrier between every two."""
-    KP: gl.constexpr = WGR_BK * plane_width(W) // 32
-    xd, pd, sd, zd, vd = descs
-    xb, wb, sb, zb, vb = bars
-    xs, ws, ss, zs, vs = smem
+    activations ``[BT, 64]``, and from the segment holding ``k`` (``tb``: the K tiles where segments 1 and 2
+    start) its words ``[KP, BN]``, the rows' scales and zeros of ``k``'s group and 1-bit partner words ``[2, BN]``,
+    each on its own barrier (``bars``, ``smem``: the operands' barrier and buffer rings). Separate barriers let
+    the copies go out after one CTA barrier: on one shared barrier, Gluon's shared-memory hazard analysis put a
+    CTA barrier between every two."""
+    NSEG: gl.constexpr = len(SEG_BITS)
     slot = t % STAGES
     k = kb + t
-    mbarrier.expect(xb.index(slot), BT * WGR_BK * 2, pred=pred)
-    mbarrier.expect(wb.index(slot), KP * BN * 4, pred=pred)
-    mbarrier.expect(sb.index(slot), BN * 2, pred=pred)
-    mbarrier.expect(zb.index(slot), BN * 2, pred=pred)
-    if W == 3:
-        mbarrier.expect(vb.index(slot), 2 * BN * 4, pred=pred)
-    _tma_load(xd, [t0, k * WGR_BK], xb.index(slot), xs.index(slot), pred=pred)
-    _tma_load(pd, [k * KP, n0], wb.index(slot), ws.index(slot), pred=pred)
-    _tma_load(sd, [k * WGR_BK // GS, n0], sb.index(slot), ss.index(slot), pred=pred)
-    _tma_load(zd, [k * WGR_BK // GS, n0], zb.index(slot), zs.index(slot), pred=pred)
-    if W == 3:
-        _tma_load(vd, [k * 2, n0], vb.index(slot), vs.index(slot), pred=pred)
+    mbarrier.expect(bars[0].index(slot), BT * WGR_BK * 2, pred=pred)
+    if NSEG == 1:  # all expects first, then the copies
+        _seg_expect(slot, bars, pred, SEG_BITS[0], SEG_BITS, BN)
+        _tma_load(xd, [t0, k * WGR_BK], bars[0].index(slot), smem[0].index(slot), pred=pred)
+        _seg_copy(segs[0], k, n0, slot, bars, smem, pred, SEG_BITS[0], SEG_BITS, GS)
+    else:
+        _tma_load(xd, [t0, k * WGR_BK], bars[0].index(slot), smem[0].index(slot), pred=pred)
+        if k < tb[0]:
+            _seg_issue(segs[0], k, n0, slot, bars, smem, pred, SEG_BITS[0], SEG_BITS, GS, BN)
+        elif NSEG == 2 or k < tb[1]:
+            _seg_issue(segs[1], k - tb[0], n0, slot, bars, smem, pred, SEG_BITS[1], SEG_BITS, GS, BN)
+        else:
+            _seg_issue(segs[NSEG - 1], k - tb[1], n0, slot, bars, smem, pred, SEG_BITS[NSEG - 1], SEG_BITS, GS, BN)
 
 
 @gluon.jit
-def _slot_fragment(t, bars, smem, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr,
-                   num_warps: gl.constexpr):
-    """Wait for tile ``t``'s words, scales and zeros (and 1-bit partners) and build its ``wgmma`` A fragment."""
-    _, wb, sb, zb, vb = bars
-    _, ws, ss, zs, vs = smem
+def _slot_fragment(t, kb, tb, bars, smem, SEG_BITS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr,
+                   STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """Wait for tile ``t``'s words, scales, zeros and partners and build its ``wgmma`` A fragment (as the segment
+    holding K tile ``kb + t`` codes it)."""
+    NSEG: gl.constexpr = len(SEG_BITS)
+    USE_W: gl.constexpr = seg_planes(SEG_BITS)[0]
+    USE_V: gl.constexpr = seg_planes(SEG_BITS)[1]
+    PW: gl.constexpr = seg_planes(SEG_BITS)[2]
     slot = t % STAGES
     phase = (t // STAGES) & 1
-    mbarrier.wait(wb.index(slot), phase)
-    mbarrier.wait(sb.index(slot), phase)
-    mbarrier.wait(zb.index(slot), phase)
-    w, s, z = _smem_operands(ws.index(slot), ss.index(slot), zs.index(slot), plane_width(W), BN, num_warps)
-    if W == 3:
-        mbarrier.wait(vb.index(slot), phase)
-        return _fragment3(w, _smem_partner(vs.index(slot), BN, num_warps), s, z, BN, BT, num_warps)
+    if USE_W:
+        mbarrier.wait(bars[1].index(slot), phase)
+    mbarrier.wait(bars[2].index(slot), phase)
+    mbarrier.wait(bars[3].index(slot), phase)
+    s, z = _smem_rows(smem[2].index(slot), smem[3].index(slot), PW, BN, num_warps)
+    w = _smem_words(smem[1].index(slot), PW, BN, num_warps) if USE_W else 0
+    if USE_V:
+        mbarrier.wait(bars[4].index(slot), phase)
+    v = _smem_partner(smem[4].index(slot), BN, num_warps) if USE_V else 0
+    if NSEG == 1:
+        return _seg_fragment(w, v, s, z, SEG_BITS[0], BN, BT, num_warps)
     else:
-        return _fragment(w, s, z, W, BN, BT, num_warps)
+        k = kb + t
+        if k < tb[0]:
+            a = _seg_fragment(w, v, s, z, SEG_BITS[0], BN, BT, num_warps)
+        elif NSEG == 2 or k < tb[1]:
+            a = _seg_fragment(w, v, s, z, SEG_BITS[1], BN, BT, num_warps)
+        else:
+            a = _seg_fragment(w, v, s, z, SEG_BITS[NSEG - 1], BN, BT, num_warps)
+        return a
 
 
 @gluon.jit
@@ -290,35 +391,40 @@ def _mma(t, a, acc, bars, smem, STAGES: gl.constexpr, FIRST: gl.constexpr = Fals
 
 
 @gluon.jit
-def _mma_retire(descs, t0, n0, kb, t, kt, a, a_prev, acc, bars, smem, W: gl.constexpr, GS: gl.constexpr,
-                BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
+def _mma_retire(xd, segs, tb, t0, n0, kb, t, kt, a, a_prev, acc, bars, smem, SEG_BITS: gl.constexpr,
+                GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
     """Start tile ``t``'s wgmma on fragment ``a``, wait for tile ``t - 1``'s (fragment ``a_prev``) in both
     warpgroups, and refill that tile's slot with tile ``t - 1 + STAGES``."""
     acc = _mma(t, a, acc, bars, smem, STAGES)
     acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
     _cta_barrier()
-    _issue(descs, t0, n0, kb, t - 1 + STAGES, bars, smem, t - 1 + STAGES < kt, W, GS, BN, BT, STAGES)
+    _issue(xd, segs, tb, t0, n0, kb, t - 1 + STAGES, bars, smem, t - 1 + STAGES < kt, SEG_BITS, GS, BN, BT, STAGES)
     return acc, a_prev
 
 
 @gluon.jit
-def wgr_kernel(xd, pd, sd, zd, vd, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, ns, K,
-               W: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr,
-               num_warps: gl.constexpr, SPLIT: gl.constexpr = 1, HAS_BIAS: gl.constexpr = False):
-    """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a one-segment layer of ``W``-bit codes (2, 3 or 4).
-    TMA descriptors: ``xd`` the activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes), ``pd`` the
-    (first) code plane (``[K PW / 32, ns]`` int32, ``PW = plane_width(W)``, ``[KP, BN]`` boxes), ``sd``/``zd`` the
-    scales and zeros (``[G, ns]``, ``[1, BN]`` boxes), ``vd`` the 1-bit plane of 3-bit codes (``[K / 32, ns]``,
-    ``[2, BN]`` boxes; any int32 descriptor with ``[2, BN]`` boxes otherwise, unread). Grid ``cdiv(ns, BN) * SPLIT * cdiv(M, BT)``, token tiles fastest: with ``SPLIT > 1`` each
-    program takes ``1 / SPLIT`` of the K tiles and adds its float32 sums into ``acc_ptr`` (``[M, N]``; a
+def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T1, T2, M, out_ptr, stride_om,
+               acc_ptr, stride_am, bias_ptr, ns, K, SEG_BITS: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
+               BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, SPLIT: gl.constexpr = 1,
+               HAS_BIAS: gl.constexpr = False):
+    """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a layer of one segment of 1- to 4-bit codes, or of up
+    to three segments of 1-3 bits in column order (SliM; ``SEG_BITS``, their widths). TMA descriptors: ``xd`` the
+    activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes); per segment ``i`` (unused ones: any
+    copies): ``pd_i`` its 2- or 4-bit plane (``[c PW / 32, ns]`` int32, ``[KP, BN]`` boxes; ``PW`` from
+    :func:`seg_planes`), ``vd_i`` its 1-bit plane (1- and 3-bit codes; ``[c / 32, ns]``, ``[2, BN]`` boxes),
+    ``sd_i``/``zd_i`` its scales and zeros (``[G, ns]``, ``[1, BN]`` boxes); ``T1``, ``T2`` the K tiles where
+    segments 1 and 2 start. Grid ``cdiv(ns, BN) * SPLIT * cdiv(M, BT)``, token tiles fastest: with ``SPLIT > 1``
+    each program takes ``1 / SPLIT`` of the K tiles and adds its float32 sums into ``acc_ptr`` (``[M, N]``; a
     ``finalize_kernel`` launch writes ``out`` and the bias).
 
-    Every operand of a K tile comes by TMA into one ring slot (``STAGES`` slots, one barrier each), issued
+    Every operand of a K tile comes by TMA into one ring slot (``STAGES`` slots, one barrier per operand), issued
     ``STAGES - 1`` tiles ahead: run 114 (benchmarks/KERNEL_NOTES.md, session 14) found the words loaded into
     registers one or two tiles ahead set the pace (0.77x of cuBLAS FP16 against 1.02x with the loads left out)."""
-    KP: gl.constexpr = WGR_BK * plane_width(W) // 32
-    NB: gl.constexpr = 5 if W == 3 else 4  # operands per K tile
-    descs = (xd, pd, sd, zd, vd)
+    USE_W: gl.constexpr = seg_planes(SEG_BITS)[0]
+    USE_V: gl.constexpr = seg_planes(SEG_BITS)[1]
+    KP: gl.constexpr = WGR_BK * seg_planes(SEG_BITS)[2] // 32
+    segs = ((pd0, vd0, sd0, zd0), (pd1, vd1, sd1, zd1), (pd2, vd2, sd2, zd2))
+    tb = (T1, T2)
     pid = gl.program_id(0)
     n_t = gl.cdiv(M, BT)
     t0 = (pid % n_t) * BT
@@ -328,20 +434,21 @@ def wgr_kernel(xd, pd, sd, zd, vd, M, out_ptr, stride_om, acc_ptr, stride_am, bi
     kb = pid_s * kt_all // SPLIT
     kt = (pid_s + 1) * kt_all // SPLIT - kb  # this program's K tiles: [kb, kb + kt) (kt >= 1: SPLIT <= K / 64)
     smem = (gl.allocate_shared_memory(gl.float16, [STAGES, BT, WGR_BK], xd.layout),
-            gl.allocate_shared_memory(gl.int32, [STAGES, KP, BN], pd.layout),
-            gl.allocate_shared_memory(sd.dtype, [STAGES, 1, BN], sd.layout),
-            gl.allocate_shared_memory(zd.dtype, [STAGES, 1, BN], zd.layout),
-            gl.allocate_shared_memory(gl.int32, [STAGES if W == 3 else 1, 2, BN], vd.layout))
+            gl.allocate_shared_memory(gl.int32, [STAGES if USE_W else 1, KP, BN], pd0.layout),
+            gl.allocate_shared_memory(sd0.dtype, [STAGES, 1, BN], sd0.layout),
+            gl.allocate_shared_memory(zd0.dtype, [STAGES, 1, BN], zd0.layout),
+            gl.allocate_shared_memory(gl.int32, [STAGES if USE_V else 1, 2, BN], vd0.layout))
     bars = (gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
             gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
             gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
             gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
             gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()))
     for i in gl.static_range(STAGES):
-        for j in gl.static_range(NB):
-            mbarrier.init(bars[j].index(i), count=1)
+        for j in gl.static_range(5):
+            if (j != 1 or USE_W) and (j != 4 or USE_V):
+                mbarrier.init(bars[j].index(i), count=1)
     for i in gl.static_range(STAGES):
-        _issue(descs, t0, n0, kb, i, bars, smem, i < kt, W, GS, BN, BT, STAGES)
+        _issue(xd, segs, tb, t0, n0, kb, i, bars, smem, i < kt, SEG_BITS, GS, BN, BT, STAGES)
     LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
     # Tile t's fragment is built while tile t - 1's wgmma runs, so two fragments alternate: ``fa`` for the odd
     # tiles, ``fb`` for the even ones. ptxas does not keep the registers an in-flight wgmma reads from being
@@ -349,26 +456,28 @@ def wgr_kernel(xd, pd, sd, zd, vd, M, out_ptr, stride_om, acc_ptr, stride_am, bi
     # fragment carried round the loop (t - 1 -> t) was rebuilt into the registers of the wgmma still running
     # (run 115: wrong sums at 256 tokens); unrolled by two, neither fragment is rebuilt before the wait that
     # retires its wgmma (tests/test_wgr.py checks the SASS).
-    fb = _slot_fragment(0, bars, smem, W, BN, BT, STAGES, num_warps)
+    fb = _slot_fragment(0, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
     # tile 0, peeled: the accumulator starts from a wgmma (ptxas serializes wgmma whose accumulator may come from
     # plain moves, info C7515; see _wgs)
     acc = _mma(0, fb, gl.zeros([BN, BT], gl.float32, layout=LACC), bars, smem, STAGES, True)
     acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))  # returns at once (one group in flight)
     for t in range(1, kt - 1, 2):  # tiles t (odd) and t + 1
-        fa = _slot_fragment(t, bars, smem, W, BN, BT, STAGES, num_warps)
-        acc, fb = _mma_retire(descs, t0, n0, kb, t, kt, fa, fb, acc, bars, smem, W, GS, BN, BT, STAGES)
-        fb = _slot_fragment(t + 1, bars, smem, W, BN, BT, STAGES, num_warps)
-        acc, fa = _mma_retire(descs, t0, n0, kb, t + 1, kt, fb, fa, acc, bars, smem, W, GS, BN, BT, STAGES)
+        fa = _slot_fragment(t, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+        acc, fb = _mma_retire(xd, segs, tb, t0, n0, kb, t, kt, fa, fb, acc, bars, smem, SEG_BITS, GS, BN, BT, STAGES)
+        fb = _slot_fragment(t + 1, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+        acc, fa = _mma_retire(xd, segs, tb, t0, n0, kb, t + 1, kt, fb, fa, acc, bars, smem, SEG_BITS, GS, BN, BT,
+                              STAGES)
     if kt % 2 == 0:  # the last tile, kt - 1, is odd
-        fa = _slot_fragment(kt - 1, bars, smem, W, BN, BT, STAGES, num_warps)
+        fa = _slot_fragment(kt - 1, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
         acc = _mma(kt - 1, fa, acc, bars, smem, STAGES)
         acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))
         acc, fa = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fa))
     else:
         acc, fb = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fb))
     for i in gl.static_range(STAGES):
-        for j in gl.static_range(NB):
-            mbarrier.invalidate(bars[j].index(i))
+        for j in gl.static_range(5):
+            if (j != 1 or USE_W) and (j != 4 or USE_V):
+                mbarrier.invalidate(bars[j].index(i))
     LO: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, num_warps], [0, 1])  # rows (n) fastest: coalesced
     y = gl.convert_layout(acc, LO)
     rows = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, LO))
