@@ -865,6 +865,9 @@ def test_wgr_plan_config_and_support():
     k = slt.plan_launches(x, q, None, out, ws, WGR_CFGS["wgr_t256"])[1]
     assert k.kwargs["SEG_BITS"] == (1, 2, 3) and k.args[13:15] == (4, 6), k.args[13:15]  # K tiles where 2, 3 start
     assert [list(d.block_shape) for d in k.args[1:5]] == [[4, 128], [2, 128], [1, 128], [1, 128]]
+    segs = sorted(q.segments, key=lambda t: t.c0)  # per segment: its wide plane, 1-bit plane, scales, zeros
+    want = [t for sg in segs for t in (sg.planes[0], sg.planes[-1], sg.scales, sg.zeros)]
+    assert all(d.base is t for d, t in zip(k.args[1:13], want))
     assert "multiples of 64" in wgr_layer_unsupported(random_layer(40, 96, 32, 2))
     if not GPU:  # Gluon has no interpreter: an explicit wgr config says why it cannot run here
         with pytest.raises(ValueError, match="path 'wgr' cannot run this layer: needs a CUDA device"):
