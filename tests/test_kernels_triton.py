@@ -913,7 +913,7 @@ def test_wgr_dispatch_rule():
 @inproc
 @gpu
 @pytest.mark.parametrize("cfg_name", list(WGR_CFGS))
-@pytest.mark.parametrize("bits,gs", [(2, 128), (3, 128), (4, 64), (1, 64), ([1, 2, 3], 128)])
+@pytest.mark.parametrize("bits,gs", [(2, 128), (3, 128), (4, 64), (1, 64), ([1, 2, 3], 128), ([3, 2], 64)])
 def test_wgr_matches_reference(bits, gs, cfg_name):
     """The ``wgr`` path on sm_90: partial row and token tiles, bias, split-K through the workspace; uniform 1-4
     bits and SliM's segments."""

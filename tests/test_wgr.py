@@ -149,7 +149,7 @@ _BODY = """
                                                          (2, 256, 8, 5, 3, False), (4, 64, 4, 4, 1, False),
                                                          (3, 256, 8, 4, 1, False), (3, 64, 4, 3, 2, True),
                                                          (1, 256, 8, 4, 1, False), ([1, 2, 3, 2], 256, 8, 4, 1, False),
-                                                         ([3, 1, 2], 128, 4, 3, 2, True)])
+                                                         ([3, 1, 2], 128, 4, 3, 2, True), ([2, 3], 256, 8, 4, 1, False)])
 def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split, bias):
     """Every ``HGMMA`` takes its A operand from registers, and none of those registers is written while its
     ``wgmma`` may still run (``_sass.wgmma_register_hazards``); in the K loop (two tiles) the four of each tile,
