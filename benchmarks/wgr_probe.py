@@ -1,9 +1,9 @@
-"""Probe of the experimental large-M ``wgr`` path (weights as ``wgmma``'s register operand, ``_wgr.py``): checks
-it against the pure-torch reference and times it against cuBLAS FP16 and the dispatch in alternating rounds
-(CUDA-graph replays, L2 flushed as ``do_bench`` does). Uniform 2-, 3-, 4-bit and SliM (1/2/3-bit) layers. Each ``wgr`` config
-(``--bt`` x ``--stages`` x ``--split``) runs as an explicit ``KernelConfig("wgr", ...)`` through ``sbp_matmul``
-(the operand-order gather kernel, ``wgr_kernel``, a finalize when K is split); ``wgr_call`` runs the kernel
-alone after a torch gather (runs 108-112 timed that form).
+"""Probe of the large-M ``wgr`` path (weights as ``wgmma``'s register operand, ``_wgr.py``): checks it against the
+pure-torch reference and times it against cuBLAS FP16 and the dispatch in alternating rounds (CUDA-graph replays,
+L2 flushed as ``do_bench`` does). Uniform 2-, 3-, 4-bit and SliM (1/2/3-bit) layers. Each ``wgr`` config (``--bt``
+x ``--stages`` x ``--split``) runs as an explicit ``KernelConfig("wgr", ...)`` through ``sbp_matmul`` (the
+operand-order gather kernel, ``wgr_kernel``, a finalize when K is split); ``wgr_call`` runs the kernel alone
+after a torch gather (runs 108-112 timed that form).
 
     PYTHONPATH=src python3 benchmarks/wgr_probe.py [--shapes 28672x8192,...] [--ms 256,1024] [--variants 2b,3b,4b,slim]
         [--bt 128,256] [--stages 3,4] [--split 1,2] [--rounds 3] [--out DIR]  # DIR/wgr_probe.json
@@ -32,9 +32,9 @@ def operand_index(k: int, w: int, device) -> torch.Tensor:
 
 def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int):
     """A closure running ``wgr_kernel`` for layer ``p`` on ``x`` into ``out`` after a torch gather (``x[:, idx]``)
-    in place of the path's gather kernel: the kernel launch of ``_plan.wgr_launches``, as runs 108-112 timed it."""
+    in place of the path's gather kernel: the kernel launch of ``_wgr_plan.wgr_launches``, as runs 108-112 timed it."""
     from slimq.kernels.triton import KernelConfig, Workspace
-    from slimq.kernels.triton._plan import wgr_launches
+    from slimq.kernels.triton._wgr_plan import wgr_launches
     from slimq.kernels.triton._support import wgr_layer_unsupported
     why = wgr_layer_unsupported(p)
     if why is not None:

@@ -47,7 +47,8 @@ def _f16(bits: torch.Tensor) -> torch.Tensor:
 
 
 def test_three_bit_pair_math_gives_exact_codes():
-    """``_fragment3``'s (and ``_fragment1``'s) per-pair arithmetic, replayed on integers: the 2-bit plane's pair ``(j, j + 8)`` at bit
+    """``_fragment3``'s (and ``_fragment1``'s) per-pair arithmetic, replayed on integers: the 2-bit plane's pair
+    ``(j, j + 8)`` at bit
     ``p``, the 1-bit partner (``_smem_partner``'s respread: slot ``i`` at bit ``i``, ``i + 8`` at ``16 + i``)
     shifted to ``p + 2``, merged into the magic ``(25 - p) << 10`` per half and less it: every 3-bit code
     ``q2 + 4 q1`` of a word, exactly, for either half of the 1-bit word."""
@@ -112,7 +113,7 @@ def test_probe_gather_index_and_arguments():
 _BODY = """
     from test_kernels_triton import random_layer
     from slimq.kernels.triton import KernelConfig, Workspace
-    from slimq.kernels.triton._plan import wgr_launches
+    from slimq.kernels.triton._wgr_plan import wgr_launches
     from slimq.kernels.triton._wgr import wgr_kernel
     from _sass import wgmma_register_hazards
     f = json.loads(sys.argv[1])
@@ -145,11 +146,10 @@ _BODY = """
 """
 
 
-@pytest.mark.parametrize("w,bt,warps,stages,split,bias", [(2, 256, 8, 4, 1, False), (4, 128, 8, 3, 1, True),
-                                                         (2, 256, 8, 5, 3, False), (4, 64, 4, 4, 1, False),
-                                                         (3, 256, 8, 4, 1, False), (3, 64, 4, 3, 2, True),
-                                                         (1, 256, 8, 4, 1, False), ([1, 2, 3, 2], 256, 8, 4, 1, False),
-                                                         ([3, 1, 2], 128, 4, 3, 2, True), ([2, 3], 256, 8, 4, 1, False)])
+@pytest.mark.parametrize("w,bt,warps,stages,split,bias", [
+    (2, 256, 8, 4, 1, False), (4, 128, 8, 3, 1, True), (2, 256, 8, 5, 3, False), (4, 64, 4, 4, 1, False),
+    (3, 256, 8, 4, 1, False), (3, 64, 4, 3, 2, True), (1, 256, 8, 4, 1, False), ([1, 2, 3, 2], 256, 8, 4, 1, False),
+    ([3, 1, 2], 128, 4, 3, 2, True), ([2, 3], 256, 8, 4, 1, False)])
 def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split, bias):
     """Every ``HGMMA`` takes its A operand from registers, and none of those registers is written while its
     ``wgmma`` may still run (``_sass.wgmma_register_hazards``); in the K loop (two tiles) the four of each tile,

@@ -10,7 +10,8 @@ import triton
 
 from slimq.kernels.triton._config import KernelConfig
 
-__all__ = ["select_config", "wgs_config", "wgr_config", "WGR_M", "fallback_config", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M", "WG_MAX_M",
+__all__ = ["select_config", "wgs_config", "wgr_config", "WGR_M", "fallback_config", "FMA_MAX_M", "H2_MAX_M",
+           "SKINNY_MAX_M", "WG_MAX_M",
            "WGS_SPLIT_MAX_M", "DEQUANT_MIN_M", "MV_MAX_M"]
 
 FMA_MAX_M = 1        # float32 CUDA-core fallback for M == 1 (layers h2 cannot run)
@@ -138,7 +139,8 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
 
 def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: int = 132) -> KernelConfig | None:
     """``wgr`` for a uniform 2- or 4-bit layer at ``WGR_M`` tokens (``[128 rows, 256 tokens]`` tiles, 8 warps, 4
-    K tiles in flight), or None where its grid would leave SMs idle; for a 3-bit layer only where K is split. K is split (float32 sums, a finalize launch;
+    K tiles in flight), or None where its grid would leave SMs idle; for a 3-bit layer only where K is split.
+    K is split (float32 sums, a finalize launch;
     up to ``WGS_SPLIT_MAX_M`` tokens) 4 or 2 ways where the tiles then still make one wave and each program keeps
     more than 32 K tiles, or the tiles fill a quarter of the SMs or less; then the last wave must be 75%+ full.
 

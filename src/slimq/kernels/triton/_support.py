@@ -70,7 +70,8 @@ def wgr_layer_unsupported(packed: PackedLinear) -> str | None:
     if packed.out_features % 8:
         return f"needs out_features a multiple of 8 (16-byte rows of scales for TMA), got {packed.out_features}"
     for s in segs:
-        for name, t, size in [("code plane", p, 4) for p in s.planes] + [("scales", s.scales, 2), ("zeros", s.zeros, 2)]:
+        parts = [("code plane", p, 4) for p in s.planes] + [("scales", s.scales, 2), ("zeros", s.zeros, 2)]
+        for name, t, size in parts:
             if not t.is_contiguous() or t.data_ptr() % 16 or t.element_size() != size:
                 return f"needs a contiguous, 16-byte aligned {name} of {8 * size}-bit elements for TMA"
     return None

@@ -1,6 +1,7 @@
 """Large-``M`` path ``wgr``: the weights as the *register* operand of an asynchronous ``wgmma``, in Gluon
 (layout ``slimq.segmented-bitplane.v1``; Hopper, sm_90). The dispatch picks it for uniform 2- and 4-bit layers at
-256-1024 tokens where its tiles fill their waves, and 3-bit ones where K is split (``_dispatch.wgr_config``); launches: ``_plan.wgr_launches``;
+256-1024 tokens where its tiles fill their waves, and 3-bit ones where K is split (``_dispatch.wgr_config``);
+launches: ``_wgr_plan.wgr_launches``;
 ``benchmarks/wgr_probe.py`` times its configs.
 
 Why: ``wgs`` dequantizes the weights into shared memory for ``wgmma``'s shared operand, which costs its producer
@@ -133,7 +134,6 @@ def _smem_partner(v_s, BN: gl.constexpr, num_warps: gl.constexpr):
     respread for :func:`_fragment3`: for 2-bit word row ``r``, the 16 bits ``(r % 2) 16 ..`` of 1-bit word ``r //
     2`` with slot ``i < 8`` at bit ``i`` and slot ``i + 8`` at bit ``16 + i`` (one PRMT, as
     ``_wg._virtual_words``)."""
-    LF: gl.constexpr = _partner_layouts(BN, num_warps)[0]
     LS: gl.constexpr = _partner_layouts(BN, num_warps)[1]
     v = gl.expand_dims(v_s.load(LS), 1).broadcast_to([2, 2, BN])  # [r1, h, n]: word r1 for both halves
     v = gl.convert_layout(gl.reshape(v, [4, BN]), _words_smem_layout(4, BN, num_warps), assert_trivial=True)
@@ -420,9 +420,6 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
     Every operand of a K tile comes by TMA into one ring slot (``STAGES`` slots, one barrier per operand), issued
     ``STAGES - 1`` tiles ahead: run 114 (benchmarks/KERNEL_NOTES.md, session 14) found the words loaded into
     registers one or two tiles ahead set the pace (0.77x of cuBLAS FP16 against 1.02x with the loads left out)."""
-    USE_W: gl.constexpr = seg_planes(SEG_BITS)[0]
-    USE_V: gl.constexpr = seg_planes(SEG_BITS)[1]
-    KP: gl.constexpr = WGR_BK * seg_planes(SEG_BITS)[2] // 32
     segs = ((pd0, vd0, sd0, zd0), (pd1, vd1, sd1, zd1), (pd2, vd2, sd2, zd2))
     tb = (T1, T2)
     pid = gl.program_id(0)
@@ -433,20 +430,7 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
     kt_all = K // WGR_BK
     kb = pid_s * kt_all // SPLIT
     kt = (pid_s + 1) * kt_all // SPLIT - kb  # this program's K tiles: [kb, kb + kt) (kt >= 1: SPLIT <= K / 64)
-    smem = (gl.allocate_shared_memory(gl.float16, [STAGES, BT, WGR_BK], xd.layout),
-            gl.allocate_shared_memory(gl.int32, [STAGES if USE_W else 1, KP, BN], pd0.layout),
-            gl.allocate_shared_memory(sd0.dtype, [STAGES, 1, BN], sd0.layout),
-            gl.allocate_shared_memory(zd0.dtype, [STAGES, 1, BN], zd0.layout),
-            gl.allocate_shared_memory(gl.int32, [STAGES if USE_V else 1, 2, BN], vd0.layout))
-    bars = (gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
-            gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
-            gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
-            gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
-            gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()))
-    for i in gl.static_range(STAGES):
-        for j in gl.static_range(5):
-            if (j != 1 or USE_W) and (j != 4 or USE_V):
-                mbarrier.init(bars[j].index(i), count=1)
+    smem, bars = _ring(xd, pd0, vd0, sd0, zd0, SEG_BITS, BN, BT, STAGES)
     for i in gl.static_range(STAGES):
         _issue(xd, segs, tb, t0, n0, kb, i, bars, smem, i < kt, SEG_BITS, GS, BN, BT, STAGES)
     LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
@@ -474,10 +458,50 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
         acc, fa = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fa))
     else:
         acc, fb = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fb))
+    _ring_done(bars, SEG_BITS, STAGES)
+    _store(acc, n0, t0, ns, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, BN, BT, SPLIT, HAS_BIAS, num_warps)
+
+
+@gluon.jit
+def _ring(xd, pd, vd, sd, zd, SEG_BITS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
+    """The ``STAGES``-slot rings of a K tile's operands in shared memory (activations, words, scales, zeros, 1-bit
+    partners; a ring the layer does not use holds one slot) and their barriers, initialised: ``(smem, bars)``."""
+    USE_W: gl.constexpr = seg_planes(SEG_BITS)[0]
+    USE_V: gl.constexpr = seg_planes(SEG_BITS)[1]
+    KP: gl.constexpr = WGR_BK * seg_planes(SEG_BITS)[2] // 32
+    smem = (gl.allocate_shared_memory(gl.float16, [STAGES, BT, WGR_BK], xd.layout),
+            gl.allocate_shared_memory(gl.int32, [STAGES if USE_W else 1, KP, BN], pd.layout),
+            gl.allocate_shared_memory(sd.dtype, [STAGES, 1, BN], sd.layout),
+            gl.allocate_shared_memory(zd.dtype, [STAGES, 1, BN], zd.layout),
+            gl.allocate_shared_memory(gl.int32, [STAGES if USE_V else 1, 2, BN], vd.layout))
+    bars = (gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
+            gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
+            gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
+            gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()),
+            gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout()))
+    for i in gl.static_range(STAGES):
+        for j in gl.static_range(5):
+            if (j != 1 or USE_W) and (j != 4 or USE_V):
+                mbarrier.init(bars[j].index(i), count=1)
+    return smem, bars
+
+
+@gluon.jit
+def _ring_done(bars, SEG_BITS: gl.constexpr, STAGES: gl.constexpr):
+    """Invalidate the barriers :func:`_ring` initialised."""
+    USE_W: gl.constexpr = seg_planes(SEG_BITS)[0]
+    USE_V: gl.constexpr = seg_planes(SEG_BITS)[1]
     for i in gl.static_range(STAGES):
         for j in gl.static_range(5):
             if (j != 1 or USE_W) and (j != 4 or USE_V):
                 mbarrier.invalidate(bars[j].index(i))
+
+
+@gluon.jit
+def _store(acc, n0, t0, ns, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, BN: gl.constexpr, BT: gl.constexpr,
+           SPLIT: gl.constexpr, HAS_BIAS: gl.constexpr, num_warps: gl.constexpr):
+    """Write the ``[BN, BT]`` tile ``y^T`` to ``out[t0 + j, n0 + i]`` (with the bias), or with ``SPLIT > 1`` add it
+    into the float32 ``acc_ptr``."""
     LO: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, num_warps], [0, 1])  # rows (n) fastest: coalesced
     y = gl.convert_layout(acc, LO)
     rows = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, LO))

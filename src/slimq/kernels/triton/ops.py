@@ -26,8 +26,8 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
   cores (``slimq.kernels.triton._wgsw``, ``_dq16``), K split where tiles are few; without, every warp
   does both (``_wgs``). Needs no copy of the weights; :func:`wgs_unavailable` says where it cannot run.
 * ``"wgr"`` (``WGR_M`` tokens on uniform 2-/4-bit layers, 3-bit where K is split; sm_90, float16;
-  :func:`wgr_supported`): the weights as ``wgmma``'s register operand, built by the MMA warps from words that come with the activations by
-  TMA (``_wgr``); chosen where its tiles fill their waves (``_dispatch.wgr_config``).
+  :func:`wgr_supported`): the weights as ``wgmma``'s register operand, built by the MMA warps from words that
+  come with the activations by TMA (``_wgr``); chosen where its tiles fill their waves (``_dispatch.wgr_config``).
 * ``"dequant"`` (``M > WG_MAX_M`` where ``wgs`` is not chosen or cannot run): dequantize into
   ``workspace.wbuf`` then cuBLAS (``torch.mm``);
   faster than ``"gemm"`` and ``"wg"`` there on the shapes measured (benchmarks/KERNEL_NOTES.md). With
@@ -90,9 +90,9 @@ from slimq.kernels.triton._plan import (
     tc_launches,
     uses_acc,
     wg_launches,
-    wgr_launches,
     wgs_launches,
 )
+from slimq.kernels.triton._wgr_plan import wgr_launches
 from slimq.kernels.triton._support import (
     h2_supported,
     mv_supported,
