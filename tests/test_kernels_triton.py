@@ -724,15 +724,15 @@ def test_wgs_row_permuted_layers_and_fallback():
         sbp_matmul(x, q, config=WGS_CFGS["wgs"])
 
 
-def _replays_match_reference(g, x, p, out, ws):
-    """Replay ``g`` (a captured call ``out = x @ p``) on fresh activations twice: each result matches the
-    reference and the split-K workspace is left zeroed."""
-    for _ in range(2):
+def _replays_match_reference(g, x, p, out, ws, bias=None, replays=2):
+    """Replay ``g`` (a captured call ``out = x @ p (+ bias)``) on fresh activations ``replays`` times: each result
+    matches the reference and the split-K workspace is left zeroed."""
+    for _ in range(replays):
         x.copy_(torch.randn_like(x))
         out.fill_(float("nan"))
         g.replay()
         torch.cuda.synchronize()
-        assert _rel_err(out, packed_matmul_reference(x, p)) < TOL[torch.float16]
+        assert _rel_err(out, packed_matmul_reference(x, p, bias)) < TOL[torch.float16]
     assert not bool(ws.acc.any())
 
 
@@ -757,13 +757,8 @@ def test_wgs_producers_split_k_replays_under_cuda_graph(cfg_name):
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         sbp_matmul(x, p, bias, out=out, workspace=ws, config=cfg)
-    for _ in range(3):
-        x.copy_(torch.randn_like(x))
-        out.fill_(float("nan"))
-        g.replay()
-        torch.cuda.synchronize()
-        assert _rel_err(out, packed_matmul_reference(x, p, bias)) < TOL[torch.float16]
-    assert not bool(ws.acc.any()) and not bool(ws.cnt.any()) and not bool(ws.skf.any())
+    _replays_match_reference(g, x, p, out, ws, bias, replays=3)
+    assert not bool(ws.cnt.any()) and not bool(ws.skf.any())
 
 
 @inproc
@@ -850,13 +845,7 @@ def test_wgr_replays_under_cuda_graph(cfg_name, bits):
     with torch.cuda.graph(g):
         sbp_matmul(x, p, bias, out=out, workspace=ws, config=cfg)
     assert torch.cuda.memory_allocated() - before <= 1024  # torch's own capture bookkeeping (see above)
-    for _ in range(3):
-        x.copy_(torch.randn_like(x))
-        out.fill_(float("nan"))
-        g.replay()
-        torch.cuda.synchronize()
-        assert _rel_err(out, packed_matmul_reference(x, p, bias)) < TOL[torch.float16]
-    assert not bool(ws.acc.any())
+    _replays_match_reference(g, x, p, out, ws, bias, replays=3)
 
 
 @inproc

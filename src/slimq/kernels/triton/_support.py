@@ -61,9 +61,11 @@ def wgr_layer_unsupported(packed: PackedLinear) -> str | None:
     segs = packed.segments
     if packed.row_perm is not None or any((s.r0, s.r1) != (0, packed.out_features) for s in segs):
         return "needs segments spanning every row (no row_perm)"
-    bits = [s.bits for s in sorted(segs, key=lambda s: s.c0)]
-    if not (bits in ([1], [2], [3], [4]) or (1 < len(bits) <= 3 and set(bits) <= {1, 2, 3})):
-        return f"needs one segment of 1-4 bits or up to three of 1-3 bits, got segments of {bits} bits"
+    from slimq.kernels.triton._wgr import seg_planes  # Gluon: wgr_supported checks for it first
+    try:
+        seg_planes(tuple(s.bits for s in sorted(segs, key=lambda s: s.c0)))
+    except ValueError as e:
+        return str(e)
     gs = segs[0].group_size
     if packed.in_features % 64 or gs % 64 or any(s.c0 % 64 or s.c1 % 64 for s in segs):
         return f"needs K, the group size and segment bounds multiples of 64, got K={packed.in_features}, group {gs}"

@@ -117,15 +117,23 @@ def _rows_smem_layout(bn, num_warps):
 
 
 @triton.constexpr_function
-def _partner_layouts(bn, num_warps):
-    """Reading a tile's two 1-bit partner words ``[2, BN]`` (3-bit codes): ``[2, 2, BN]`` (1-bit word row ``r1``,
-    half ``h``, row ``n``) with lane bit 0 as ``h`` and lane bit 1 as ``r1``, so that ``r = 2 r1 + h`` sits on the
-    lanes of 2-bit word row ``r`` (:func:`_words_smem_layout`); the load is its slice along ``h`` (the two lanes
-    of one 1-bit word read it alike)."""
+def _partner_layout(bn, num_warps):
+    """How the MMA threads read a tile's two 1-bit partner words ``[2, BN]`` (3-bit codes): the slice along ``h``
+    of ``[2, 2, BN]`` (1-bit word row ``r1``, half ``h``, row ``n``) with lane bit 0 as ``h`` and lane bit 1 as
+    ``r1``, so that ``r = 2 r1 + h`` sits on the lanes of 2-bit word row ``r`` (:func:`_words_smem_layout`); the
+    two lanes of one 1-bit word read it alike."""
     warps = [[0, 0, 16 << i] for i in range((num_warps - 1).bit_length())]
     full = gl.DistributedLinearLayout([[0, 0, 8]], [[0, 1, 0], [1, 0, 0], [0, 0, 1], [0, 0, 2], [0, 0, 4]], warps,
                                       [], [2, 2, bn])
-    return full, gl.SliceLayout(1, full)
+    return gl.SliceLayout(1, full)
+
+
+@gluon.jit
+def _as_words(w, KP: gl.constexpr, BN: gl.constexpr, num_warps: gl.constexpr):
+    """Words ``[KP, BN]`` in :func:`_words_smem_layout` as ``[BN / 16, 2, 8, KP]`` in a slice of
+    :func:`_word_layout` (``32 / KP`` code pairs per word): register renaming, checked."""
+    L4: gl.constexpr = gl.SliceLayout(4, _word_layout(KP, 32 // KP, num_warps))
+    return gl.convert_layout(gl.permute(gl.reshape(w, [KP, BN // 16, 2, 8]), [1, 2, 3, 0]), L4, assert_trivial=True)
 
 
 @gluon.jit
@@ -134,15 +142,13 @@ def _smem_partner(v_s, BN: gl.constexpr, num_warps: gl.constexpr):
     respread for :func:`_fragment3`: for 2-bit word row ``r``, the 16 bits ``(r % 2) 16 ..`` of 1-bit word ``r //
     2`` with slot ``i < 8`` at bit ``i`` and slot ``i + 8`` at bit ``16 + i`` (one PRMT, as
     ``_wg._virtual_words``)."""
-    LS: gl.constexpr = _partner_layouts(BN, num_warps)[1]
-    v = gl.expand_dims(v_s.load(LS), 1).broadcast_to([2, 2, BN])  # [r1, h, n]: word r1 for both halves
+    v = gl.expand_dims(v_s.load(_partner_layout(BN, num_warps)), 1).broadcast_to([2, 2, BN])  # [r1, h, n]
     v = gl.convert_layout(gl.reshape(v, [4, BN]), _words_smem_layout(4, BN, num_warps), assert_trivial=True)
     h = gl.arange(0, 4, layout=gl.SliceLayout(1, _words_smem_layout(4, BN, num_warps)))[:, None] % 2
     sel = (0x4140 + 0x0202 * h).broadcast_to([4, BN])  # bytes (2h, 0, 2h + 1, 0) of the word
     v = gl.inline_asm_elementwise("prmt.b32 $0, $1, 0, $2;", "=r,r,r", [v, sel], dtype=gl.int32, is_pure=True,
                                   pack=1)
-    L4: gl.constexpr = gl.SliceLayout(4, _word_layout(4, 8, num_warps))
-    return gl.convert_layout(gl.permute(gl.reshape(v, [4, BN // 16, 2, 8]), [1, 2, 3, 0]), L4, assert_trivial=True)
+    return _as_words(v, 4, BN, num_warps)
 
 
 @triton.constexpr_function
@@ -155,7 +161,7 @@ def seg_planes(seg_bits):
     if bits == [4]:
         return True, False, 4
     if not 1 <= len(bits) <= 3 or any(b not in (1, 2, 3) for b in bits):
-        raise ValueError(f"wgr: segments of {bits} bits are not supported (one of 1-4 bits, or up to three of 1-3)")
+        raise ValueError(f"needs one segment of 1-4 bits or up to three of 1-3 bits, got segments of {bits} bits")
     return any(b in (2, 3) for b in bits), any(b in (1, 3) for b in bits), 2
 
 
@@ -164,9 +170,7 @@ def _smem_words(w_s, PW: gl.constexpr, BN: gl.constexpr, num_warps: gl.constexpr
     """A tile's words ``[BN / 16, 2, 8, KP]`` from their shared-memory slot, in a slice of :func:`_word_layout`
     (each thread reads its own words)."""
     KP: gl.constexpr = WGR_BK * PW // 32
-    L4: gl.constexpr = gl.SliceLayout(4, _word_layout(KP, 16 // PW, num_warps))
-    w = w_s.load(_words_smem_layout(KP, BN, num_warps))
-    return gl.convert_layout(gl.permute(gl.reshape(w, [KP, BN // 16, 2, 8]), [1, 2, 3, 0]), L4, assert_trivial=True)
+    return _as_words(w_s.load(_words_smem_layout(KP, BN, num_warps)), KP, BN, num_warps)
 
 
 @gluon.jit

@@ -268,13 +268,7 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
     n = packed.out_features
     cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device),
                                   bits=tuple(s.bits for s in packed.segments))
-    if cfg.path == "wgs":
-        why = wgs_supported(x, packed)
-        if why is not None:
-            if config is not None:
-                raise ValueError(f"path 'wgs' cannot run this layer: {why}")
-            return _DEQUANT
-    if cfg.path == "wgr":
+    if cfg.path == "wgr":  # before wgs: what the rule picks without wgr is checked below
         why = wgr_supported(x, packed)
         if why is None:
             return cfg
@@ -282,7 +276,11 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
             raise ValueError(f"path 'wgr' cannot run this layer: {why}")
         cfg = select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=tuple(s.bits for s in packed.segments),
                             wgr=False)
-        if cfg.path == "wgs" and wgs_supported(x, packed) is not None:
+    if cfg.path == "wgs":
+        why = wgs_supported(x, packed)
+        if why is not None:
+            if config is not None:
+                raise ValueError(f"path 'wgs' cannot run this layer: {why}")
             return _DEQUANT
     if cfg.path == "mv":
         why = mv_supported(packed)
