@@ -916,10 +916,15 @@ def test_wgr_dispatch_rule():
         assert (cfg.split_k if cfg else None) == split, (m, n, k, cfg)
         assert (select_config(m, n, k, bits=(4,)).path == "wgr") == (split is not None), (m, n, k)
         assert select_config(m, n, k, bits=(4,), wgr=False).path != "wgr"
-    for bits in ((3,), (1, 2, 3), (2, 4), (8,)):  # other widths, mixed layers and unsplit 3-bit stay on wgs
+    for bits in ((3,), (1, 2, 3), (2, 4), (8,)):  # other widths, 4-bit SliM, 3-bit/SliM over several waves: wgs
         assert wgr_config(1024, 28672, 8192, bits) is None and select_config(1024, 28672, 8192, bits=bits).path != "wgr"
-    assert wgr_config(256, 8192, 28672, (3,)).split_k == 2 and wgr_config(256, 4096, 4096, (3,)).split_k == 4
-    assert wgr_config(256, 28672, 8192, (3,)) is None and wgr_config(1024, 8192, 8192, (3,)) is None
+    for bits in ((3,), (1, 2, 3), (2, 3), (3, 1)):  # 3-bit and SliM (1-3-bit segments) where the tiles make one wave
+        assert wgr_config(256, 8192, 28672, bits).split_k == 2 and wgr_config(256, 4096, 4096, bits).split_k == 4
+        assert wgr_config(1024, 4096, 4096, bits).split_k == 1 and wgr_config(512, 8192, 8192, bits).split_k == 1
+        assert wgr_config(256, 28672, 8192, bits) is None and wgr_config(1024, 8192, 8192, bits) is None
+        assert select_config(256, 4096, 4096, bits=bits).path == "wgr"
+    for bits in ((2, 4), (2, 3, 4), (1, 2, 3, 2), (1,)):  # a 4-bit segment, four segments, uniform 1-bit
+        assert wgr_config(256, 4096, 4096, bits) is None
     assert wgr_config(128, 28672, 8192, (2,)) is None and wgr_config(2048, 28672, 8192, (2,)) is None
     assert wgr_config(1024, 28672, 8200, (2,)) is None  # K not a multiple of 64
     cfg = wgr_config(256, 8192, 28672, (2,))

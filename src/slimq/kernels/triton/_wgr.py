@@ -1,6 +1,7 @@
 """Large-``M`` path ``wgr``: the weights as the *register* operand of an asynchronous ``wgmma``, in Gluon
 (layout ``slimq.segmented-bitplane.v1``; Hopper, sm_90). The dispatch picks it for uniform 2- and 4-bit layers at
-256-1024 tokens where its tiles fill their waves, and 3-bit ones where K is split (``_dispatch.wgr_config``);
+256-1024 tokens where its tiles fill their waves, and 3-bit and SliM ones where they make one wave (K split
+included; ``_dispatch.wgr_config``);
 launches: ``_wgr_plan.wgr_launches``;
 ``benchmarks/wgr_probe.py`` times its configs.
 
