@@ -6,7 +6,7 @@ operand-order gather kernel, ``wgr_kernel``, a finalize when K is split); ``wgr_
 after a torch gather (runs 108-112 timed that form).
 
     PYTHONPATH=src python3 benchmarks/wgr_probe.py [--shapes 28672x8192,...] [--ms 256,1024] [--variants 2b,3b,4b,slim]
-        [--bt 128,256] [--stages 3,4] [--split 1,2] [--rounds 3] [--out DIR]  # DIR/wgr_probe.json
+        [--bt 128,256] [--stages 3,4] [--split 1,2] [--ws 0,1] [--rounds 3] [--out DIR]  # DIR/wgr_probe.json
 """
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bt", default="128,256")
     ap.add_argument("--stages", default="4", help="K tiles in flight (2-5)")
     ap.add_argument("--split", default="1", help="K splits (1-8)")
+    ap.add_argument("--ws", default="0", help="0: the MMA warps issue the copies; 1: a producer warp does (0,1: both)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
@@ -70,6 +71,8 @@ def main(argv=None) -> int:
         ap.error(f"--stages takes 2-5, got {args.stages!r}")
     if any(a not in "12345678" or len(a) != 1 for a in args.split.split(",")):
         ap.error(f"--split takes 1-8, got {args.split!r}")
+    if any(a not in ("0", "1") for a in args.ws.split(",")):
+        ap.error(f"--ws takes 0 and 1, got {args.ws!r}")
     if any(v not in ("2b", "3b", "4b", "slim") for v in args.variants.split(",")):
         ap.error(f"wgr_probe takes the variants 2b, 3b, 4b and slim, got {args.variants!r}")
     if not torch.cuda.is_available():
@@ -93,14 +96,15 @@ def main(argv=None) -> int:
                 case = Case(p, m, dev, Workspace(dev, m, n, k, torch.float16, dequant=True, split_rows=split_rows))
                 ref = packed_matmul_reference(case.x, p).float()
                 fns[f"{v}:dispatch"] = case.fn(resolve_config(case.x, p))
-                for bt, st, sp in ((int(b), int(a), int(c)) for b in args.bt.split(",")
-                                   for a in args.stages.split(",") for c in args.split.split(",")):
+                for bt, st, sp, ws in ((int(b), int(a), int(c), int(w)) for b in args.bt.split(",")
+                                       for a in args.stages.split(",") for c in args.split.split(",")
+                                       for w in args.ws.split(",")):
                     cfg = KernelConfig("wgr", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=st,
-                                       split_k=sp)
+                                       split_k=sp, producers=ws)
                     run = case.fn(cfg)
                     run()
                     err = rel_err(case.out, ref)
-                    name = f"{v}:wgr{bt}/s{st}" + (f"/k{sp}" if sp != 1 else "")
+                    name = f"{v}:wgr{bt}/s{st}" + (f"/k{sp}" if sp != 1 else "") + ("/ws" if ws else "")
                     print(f"{n}x{k} M={m} {name}: relative error {err:.2e}", flush=True)
                     if err < TOL[torch.float16]:
                         fns[name] = run

@@ -487,8 +487,10 @@ def test_config_and_input_errors():
         KernelConfig("wgs", block_m=128, num_warps=8, split_k=2)
     with pytest.raises(ValueError, match="producers 0, or 4 or 8 with num_warps 8"):
         KernelConfig("wgs", block_m=64, num_warps=4, producers=4)
-    with pytest.raises(ValueError, match="producers applies to path 'wgs' only"):
+    with pytest.raises(ValueError, match="producers applies to paths 'wgs' and 'wgr' only"):
         KernelConfig("wg", block_m=64, producers=4)
+    with pytest.raises(ValueError, match="path 'wgr' takes producers 0 or 1"):
+        KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, producers=4)
     with pytest.raises(ValueError, match="depth must be 1, or 2 with path 'gv', 'mv' or 'wgs' with producers"):
         KernelConfig("wgs", block_m=128, num_warps=8, depth=2)
     assert KernelConfig("wgs", block_m=128, num_warps=8, producers=8, split_k=4, depth=2).split_k == 4
@@ -803,6 +805,9 @@ WGR_CFGS = {
     "wgr_t128_split3": KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3, split_k=3),
     "wgr_t64_4w_s4": KernelConfig("wgr", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=4),
     "wgr_t256_s5": KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=5),
+    "wgr_t256_ws": KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=4, producers=1),
+    "wgr_t64_4w_split2_ws": KernelConfig("wgr", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=3,
+                                         split_k=2, producers=1),
 }
 
 
@@ -904,27 +909,23 @@ def test_wgr_plan_config_and_support():
 
 
 def test_wgr_dispatch_rule():
-    """Where the dispatch picks ``wgr`` (run 118's layers, 132 SMs) and its K split; the rest stay on ``wgs``."""
+    """Where the dispatch picks ``wgr`` (run 131's layers, 132 SMs) and its K split; the rest stay on ``wgs``."""
     from slimq.kernels.triton._dispatch import wgr_config
     want = {(256, 28672, 8192): 1, (512, 28672, 8192): 1, (1024, 28672, 8192): 1, (256, 8192, 28672): 2,
             (512, 8192, 28672): 1, (256, 8192, 8192): 2, (1024, 8192, 8192): 1, (256, 4096, 4096): 4,
             (512, 4096, 4096): None, (1024, 4096, 4096): 1, (256, 4096, 11008 // 64 * 64): 4,
-            (512, 4096, 11008 // 64 * 64): 2, (256, 11008, 4096): None, (512, 11008, 4096): None,
+            (512, 4096, 11008 // 64 * 64): 2, (256, 11008, 4096): 1, (512, 11008, 4096): None,
             (1024, 11008, 4096): 1}
-    for (m, n, k), split in want.items():
-        cfg = wgr_config(m, n, k, (2,))
-        assert (cfg.split_k if cfg else None) == split, (m, n, k, cfg)
-        assert (select_config(m, n, k, bits=(4,)).path == "wgr") == (split is not None), (m, n, k)
-        assert select_config(m, n, k, bits=(4,), wgr=False).path != "wgr"
-    for bits in ((3,), (1, 2, 3), (2, 4), (8,)):  # other widths, 4-bit SliM, 3-bit/SliM over several waves: wgs
-        assert wgr_config(1024, 28672, 8192, bits) is None and select_config(1024, 28672, 8192, bits=bits).path != "wgr"
-    for bits in ((3,), (1, 2, 3), (2, 3), (3, 1)):  # 3-bit and SliM (1-3-bit segments) where the tiles make one wave
-        assert wgr_config(256, 8192, 28672, bits).split_k == 2 and wgr_config(256, 4096, 4096, bits).split_k == 4
-        assert wgr_config(1024, 4096, 4096, bits).split_k == 1 and wgr_config(512, 8192, 8192, bits).split_k == 1
-        assert wgr_config(256, 28672, 8192, bits) is None and wgr_config(1024, 8192, 8192, bits) is None
-        assert select_config(256, 4096, 4096, bits=bits).path == "wgr"
-    for bits in ((2, 4), (2, 3, 4), (1, 2, 3, 2), (1,)):  # a 4-bit segment, four segments, uniform 1-bit
-        assert wgr_config(256, 4096, 4096, bits) is None
+    for bits in ((2,), (3,), (4,), (1, 2, 3), (2, 3), (3, 1)):  # uniform 2-4 bits, SliM's 1-3-bit segments
+        for (m, n, k), split in want.items():
+            cfg = wgr_config(m, n, k, bits)
+            assert (cfg.split_k if cfg else None) == split, (bits, m, n, k, cfg)
+            assert cfg is None or cfg.producers == 1  # the copy warp
+            assert (select_config(m, n, k, bits=bits).path == "wgr") == (split is not None), (bits, m, n, k)
+            assert select_config(m, n, k, bits=bits, wgr=False).path != "wgr"
+    for bits in ((2, 4), (2, 3, 4), (1, 2, 3, 2), (1,), (8,)):  # a 4-bit segment, four segments, 1 or 8 bits
+        assert wgr_config(256, 4096, 4096, bits) is None and wgr_config(1024, 28672, 8192, bits) is None
+        assert select_config(1024, 28672, 8192, bits=bits).path != "wgr"
     assert wgr_config(128, 28672, 8192, (2,)) is None and wgr_config(2048, 28672, 8192, (2,)) is None
     assert wgr_config(1024, 28672, 8200, (2,)) is None  # K not a multiple of 64
     cfg = wgr_config(256, 8192, 28672, (2,))

@@ -105,7 +105,8 @@ def test_probe_gather_index_and_arguments():
     from slimq.kernels.triton._wgr import wgr_src
     idx = wgr_probe.operand_index(192, 4, "cpu")
     assert idx.tolist() == [t * 64 + wgr_src(k, 4) for t in range(3) for k in range(64)]
-    for bad in (["--variants", "8b"], ["--stages", "1"], ["--rounds", "0"], ["--stages", "6"], ["--split", "9"]):
+    for bad in (["--variants", "8b"], ["--stages", "1"], ["--rounds", "0"], ["--stages", "6"], ["--split", "9"],
+                ["--ws", "2"]):
         with pytest.raises(SystemExit):
             wgr_probe.main(bad)
 
@@ -123,7 +124,7 @@ _BODY = """
     out = torch.empty(m, n, dtype=torch.float16)
     ws = Workspace("cpu", m, n, k, torch.float16, split_rows=m, stream_k_programs=0)
     cfg = KernelConfig("wgr", block_m=bt, block_n=16 * f["warps"], block_k=64, num_warps=f["warps"],
-                       num_stages=f["stages"], split_k=f["split"])
+                       num_stages=f["stages"], split_k=f["split"], producers=f["ws"])
     lc = wgr_launches(x, p, torch.zeros(n, dtype=torch.float16) if f["bias"] else None, out, ws, cfg)[1]
     kern = wgr_kernel.warmup(*lc.args, **lc.kwargs, grid=(1,))
     sass = sass_of(kern)
@@ -132,6 +133,7 @@ _BODY = """
     back = [(int(t, 16), int(a, 16)) for a, t in re.findall(bra, sass) if t]
     loops = [[op for a, op in ops if lo <= int(a, 16) <= hi] for lo, hi in back if lo < hi]
     loop = max(loops, key=len) if loops else []
+    others = [lp for lp in loops if lp is not loop]
     print(json.dumps({"rs_hgmma": len(re.findall(r"HGMMA\\.64x%dx16\\.F32 R\\d+, R\\d+, gdesc" % bt, sass)),
                       "wait0": sass.count("DEPBAR.LE gsb0, 0x0"), "wait1": sass.count("DEPBAR.LE gsb0, 0x1"),
                       "spills": sass.count("STL") + sass.count("LDL"),
@@ -140,30 +142,40 @@ _BODY = """
                       "loop_lds": sum(op.startswith(("LDS", "LDSM")) for op in loop),
                       "loop_ldg": sum(op.startswith("LDG") for op in loop),
                       "loop_tma": sum(op.startswith("UTMALDG") for op in loop),
+                      "other_loop_tma": [sum(op.startswith("UTMALDG") for op in lp) for lp in others],
+                      "loop_arrive": sum(op.startswith("SYNCS.ARRIVE") for op in loop),
                       "loop_hfma2": sum(op.startswith("HFMA2") for op in loop), "loop": len(loop),
                       "red": len(re.findall(r"REDG\\.E\\.ADD\\.F32", sass)),
                       "hazards": wgmma_register_hazards(sass)}))
 """
 
 
-@pytest.mark.parametrize("w,bt,warps,stages,split,bias", [
-    (2, 256, 8, 4, 1, False), (4, 128, 8, 3, 1, True), (2, 256, 8, 5, 3, False), (4, 64, 4, 4, 1, False),
-    (3, 256, 8, 4, 1, False), (3, 64, 4, 3, 2, True), (1, 256, 8, 4, 1, False), ([1, 2, 3, 2], 256, 8, 4, 1, False),
-    ([3, 1, 2], 128, 4, 3, 2, True), ([2, 3], 256, 8, 4, 1, False)])
-def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split, bias):
+@pytest.mark.parametrize("w,bt,warps,stages,split,bias,ws", [
+    (2, 256, 8, 4, 1, False, 0), (4, 128, 8, 3, 1, True, 0), (2, 256, 8, 5, 3, False, 0), (4, 64, 4, 4, 1, False, 0),
+    (3, 256, 8, 4, 1, False, 0), (3, 64, 4, 3, 2, True, 0), (1, 256, 8, 4, 1, False, 0),
+    ([1, 2, 3, 2], 256, 8, 4, 1, False, 0), ([3, 1, 2], 128, 4, 3, 2, True, 0), ([2, 3], 256, 8, 4, 1, False, 0),
+    (2, 256, 8, 4, 1, False, 1), (4, 64, 4, 3, 2, True, 1), ([1, 2, 3, 2], 256, 8, 4, 1, False, 1)])
+def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split, bias, ws):
     """Every ``HGMMA`` takes its A operand from registers, and none of those registers is written while its
     ``wgmma`` may still run (``_sass.wgmma_register_hazards``); in the K loop (two tiles) the four of each tile,
     one wait per tile that leaves a group in flight, each tile's four TMA loads (activations, words, scales,
     zeros) and no global loads, no shared-memory stores (the fragment is built in registers: the layout changes
-    are checked trivial when compiling), one HFMA2 per code pair of the thread's 32 weights; no spills."""
+    are checked trivial when compiling), one HFMA2 per code pair of the thread's 32 weights; no spills. With the
+    copy warp (``ws``) the TMA loads are in its loop (one tile per trip) and the K loop releases each slot with
+    one arrive instead."""
     _gluon()
-    got = compile_sm90(_BODY, {"w": w, "bt": bt, "warps": warps, "stages": stages, "split": split, "bias": bias})
+    got = compile_sm90(_BODY, {"w": w, "bt": bt, "warps": warps, "stages": stages, "split": split, "bias": bias,
+                               "ws": ws})
     assert got["hazards"] == [], got["hazards"]  # no A register rewritten while its wgmma may still read it
     assert got["rs_hgmma"] == 16 and got["loop_hgmma"] == 8, got  # peeled first and last tiles, the loop's two
     assert got["wait0"] == 2 and got["wait1"] == 4, got
     widths = sorted(set(w if isinstance(w, list) else [w]))  # SliM: a branch per segment in each of the two tiles
     copies = 1 + sum(2 + (b != 1) + (b in (1, 3)) for b in widths)  # activations; scales, zeros, words, partners
-    assert got["loop_tma"] == 2 * copies and got["loop_ldg"] == 0 and got["loop_lds"] > 0, got
+    if ws:
+        assert got["loop_tma"] == 0 and got["loop_arrive"] == 2 and copies in got["other_loop_tma"], got
+    else:
+        assert got["loop_tma"] == 2 * copies, got
+    assert got["loop_ldg"] == 0 and got["loop_lds"] > 0, got
     assert got["loop_sts"] == 0 and got["spills"] == 0 and got["loop_hfma2"] == 32 * len(widths), got
     assert (got["red"] > 0) == (split > 1), got  # split K: float32 sums added into the workspace
 

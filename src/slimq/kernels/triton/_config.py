@@ -100,7 +100,9 @@ class KernelConfig:
             raise ValueError(f"stream_k must be 0, or > 0 with path 'wgs', producers and split_k 1; got "
                              f"stream_k={self.stream_k} for {self.path!r} with producers={self.producers}, "
                              f"split_k={self.split_k}")
-        if self.producers and self.path != "wgs":
-            raise ValueError(f"producers applies to path 'wgs' only, got {self.path!r}")
+        if self.producers and self.path not in ("wgs", "wgr"):
+            raise ValueError(f"producers applies to paths 'wgs' and 'wgr' only, got {self.path!r}")
+        if self.path == "wgr" and self.producers not in (0, 1):
+            raise ValueError(f"path 'wgr' takes producers 0 or 1 (one warp issuing the copies), got {self.producers}")
         if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):
             raise ValueError(f"chunk_n must be 0, or > 0 with path 'dequant'; got {self.chunk_n} for {self.path!r}")

@@ -101,8 +101,8 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       was neutral but cost 33% on 28672 x 8192 3-bit (run 14).
       It beat ``h2dot``/``tc`` at ``M = 4`` and 16 by 1.1-1.7x, ``gemm`` at 17-64 tokens by
       1.2-2.5x and dequantize-then-cuBLAS at 128 tokens (2-, 4-bit; 3-bit merged into one operand).
-    * beyond, on uniform 2- or 4-bit layers of ``WGR_M`` tokens (3-bit and SliM ones where its tiles make one
-      wave): ``wgr`` where :func:`wgr_config` fills its waves (``wgr=False``: the rule without it, for layers or
+    * beyond, on uniform 2-4-bit and SliM layers of ``WGR_M`` tokens: ``wgr`` where :func:`wgr_config` fills
+      its waves (``wgr=False``: the rule without it, for layers or
       activations it cannot take);
     * else ``wgs`` where :func:`wgs_config` gives a tiling (layers of 2^26+ weights up to 1024 tokens,
       2^25+ up to 512; stream-K unless the tiles make one full wave; where it cannot run,
@@ -138,34 +138,33 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
 
 
 def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: int = 132) -> KernelConfig | None:
-    """``wgr`` at ``WGR_M`` tokens (``[128 rows, 256 tokens]`` tiles, 8 warps, 4 K tiles in flight) for a
-    uniform 2- or 4-bit layer, or None where its grid would leave SMs idle; for a 3-bit layer or a SliM layer
-    (two or three segments of 1-3 bits) only where its tiles, K split included, make one wave.
-    K is split (float32 sums, a finalize launch; up to ``WGS_SPLIT_MAX_M`` tokens) 4 or 2 ways where the tiles
-    then still make one wave and each program keeps more than 32 K tiles, or the tiles fill a quarter of the
-    SMs or less; then the last wave must be 75%+ full.
+    """``wgr`` at ``WGR_M`` tokens (``[128 rows, 256 tokens]`` tiles, 8 MMA warps and a copy warp, 4 K tiles in
+    flight) for a uniform 2-, 3- or 4-bit layer or a SliM layer (two or three segments of 1-3 bits), or None where
+    its grid would leave SMs idle. K is split (float32 sums, a finalize launch; up to ``WGS_SPLIT_MAX_M`` tokens)
+    4 or 2 ways where the tiles then still make one wave and each program keeps more than 32 K tiles, or the
+    tiles fill a quarter of the SMs or less; then one wave must be half full, more waves' last one 75%.
 
-    H200, run 118 (``benchmarks/wgr_probe.py``, ratio to cuBLAS FP16, dispatch before it in brackets, 2-bit):
-    28672 x 8192 at 256 / 512 / 1024 tokens 0.91 / 0.83 / 0.91 (0.85 / 0.77 / 0.76); 8192 x 28672 at 256 with
-    K split 2 0.94 (0.80), 8192 x 8192 at 1024 0.86 (0.72), 4096 x 11008 at 256 split 4 0.83 (0.67); on the
-    two left to ``wgs`` it was slower: 11008 x 4096 at 512 (172 tiles, 1.3 waves) 0.62 (0.71) and 4096 x 4096 at
-    512 (K split 2 leaves 32 K tiles per program) 0.59 (0.64). 3-bit and SliM (the second plane costs a TMA copy,
-    an LDS and ~3 instructions per code pair more), run 127, time of ``wgs`` / ``wgr`` at this rule's split:
-    one wave 1.00-1.11 (3-bit) and 0.98-1.29 (SliM; 4096 x 11008 at 256 tokens split 4 1.29, 8192 x 8192 at 256
-    split 2 1.10, 4096 x 4096 at 1024 1.09), more waves 0.82-1.05 (28672 x 8192 at 512 0.88, 11008 x 4096 at
-    1024 0.93-0.96, 8192 x 8192 at 1024 1.03-1.05): those keep ``wgs``."""
+    H200, run 131 (``benchmarks/wgr_probe.py --ws 1``, every benchmark shape at 256 / 512 / 1024 tokens, four
+    variants, K split 1 / 2 / 4; ratio to cuBLAS FP16, the dispatch before in brackets): at this rule's split
+    2-bit 28672 x 8192 1.02 / 0.88 / 0.89 (0.89 / 0.73 / 0.86), 8192 x 28672 1.05 / 0.95 / 0.94 (0.92 / 0.79 /
+    0.80), 8192 x 8192 0.79 / 0.93 / 0.92 (0.75 / 0.82 / 0.81), 3-bit and SliM 0.72-1.03 against 0.63-0.91,
+    4096 x 4096 at 256 tokens within 1% either way; left to ``wgs``, where it was slower: 11008 x 4096 at 512
+    (172 tiles, 1.3 waves) 0.64-0.66 (0.67-0.70) and 4096 x 4096 at 512 (64 tiles; K split 2 leaves 32 K tiles
+    per program) 0.55-0.56 unsplit, 0.59-0.60 split 2 (0.58-0.63). The copy warp (``producers=1``) gained 10-17%
+    over the MMA warps issuing the copies themselves (run 130)."""
     if not bits or not WGR_M[0] <= m <= WGR_M[1] or k % 64:
         return None
-    uniform = len(set(bits)) == 1 and bits[0] in (2, 4)
-    if not uniform and not (set(bits) == {3} or (len(set(bits)) > 1 and len(bits) <= 3 and set(bits) <= {1, 2, 3})):
+    uniform = len(set(bits)) == 1 and bits[0] in (2, 3, 4)
+    if not uniform and not (len(set(bits)) > 1 and len(bits) <= 3 and set(bits) <= {1, 2, 3}):
         return None
     tiles = triton.cdiv(n, 128) * triton.cdiv(m, 256)
     split = next((s for s in (4, 2) if m <= WGS_SPLIT_MAX_M and tiles * s <= num_sms
                   and (tiles * 4 <= num_sms or k // 64 // s > 32)), 1)
     waves = tiles * split / num_sms
-    if waves / math.ceil(waves) < 0.75 or (not uniform and waves > 1):
+    if waves / math.ceil(waves) < (0.5 if waves <= 1 else 0.75):
         return None
-    return KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=4, split_k=split)
+    return KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=4, split_k=split,
+                        producers=1)
 
 
 def _balanced_split(tiles: int, k_tiles: int, per_sm: float, num_sms: int) -> int:

@@ -396,22 +396,70 @@ def _mma(t, a, acc, bars, smem, STAGES: gl.constexpr, FIRST: gl.constexpr = Fals
 
 
 @gluon.jit
-def _mma_retire(xd, segs, tb, t0, n0, kb, t, kt, a, a_prev, acc, bars, smem, SEG_BITS: gl.constexpr,
-                GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
+def _mma_retire(xd, segs, tb, t0, n0, kb, t, kt, a, a_prev, acc, bars, empty, smem, SEG_BITS: gl.constexpr,
+                GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, WS: gl.constexpr):
     """Start tile ``t``'s wgmma on fragment ``a``, wait for tile ``t - 1``'s (fragment ``a_prev``) in both
-    warpgroups, and refill that tile's slot with tile ``t - 1 + STAGES``."""
+    warpgroups, and refill that tile's slot with tile ``t - 1 + STAGES`` (``WS``: release the slot to the
+    producer warp instead)."""
     acc = _mma(t, a, acc, bars, smem, STAGES)
     acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
     _cta_barrier()
-    _issue(xd, segs, tb, t0, n0, kb, t - 1 + STAGES, bars, smem, t - 1 + STAGES < kt, SEG_BITS, GS, BN, BT, STAGES)
+    if WS:
+        mbarrier.arrive(empty.index((t - 1) % STAGES))
+    else:
+        _issue(xd, segs, tb, t0, n0, kb, t - 1 + STAGES, bars, smem, t - 1 + STAGES < kt, SEG_BITS, GS, BN, BT,
+               STAGES)
     return acc, a_prev
+
+
+@gluon.jit
+def _producer(xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS: gl.constexpr, GS: gl.constexpr,
+              BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
+    """The copy warp (``WS``): each tile's operands into its slot once the MMA warps released the slot."""
+    for t in range(kt):
+        mbarrier.wait(empty.index(t % STAGES), ((t // STAGES) & 1) ^ 1)
+        _issue(xd, segs, tb, t0, n0, kb, t, bars, smem, True, SEG_BITS, GS, BN, BT, STAGES)
+
+
+@gluon.jit
+def _consumer(xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS: gl.constexpr, GS: gl.constexpr,
+              BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, WS: gl.constexpr):
+    """The MMA warps' K loop: ``(sums,)``, the ``[BN, BT]`` float32 sums of K tiles ``[kb, kb + kt)`` (a tuple:
+    ``gl.warp_specialize`` takes the default partition's results as one)."""
+    LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
+    # Tile t's fragment is built while tile t - 1's wgmma runs, so two fragments alternate: ``fa`` for the odd
+    # tiles, ``fb`` for the even ones. ptxas does not keep the registers an in-flight wgmma reads from being
+    # reused (``deps`` keeps the fragment's 16-bit halves alive, not the packed registers wgmma takes), and a
+    # fragment carried round the loop (t - 1 -> t) was rebuilt into the registers of the wgmma still running
+    # (run 115: wrong sums at 256 tokens); unrolled by two, neither fragment is rebuilt before the wait that
+    # retires its wgmma (tests/test_wgr.py checks the SASS).
+    fb = _slot_fragment(0, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+    # tile 0, peeled: the accumulator starts from a wgmma (ptxas serializes wgmma whose accumulator may come from
+    # plain moves, info C7515; see _wgs)
+    acc = _mma(0, fb, gl.zeros([BN, BT], gl.float32, layout=LACC), bars, smem, STAGES, True)
+    acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))  # returns at once (one group in flight)
+    for t in range(1, kt - 1, 2):  # tiles t (odd) and t + 1
+        fa = _slot_fragment(t, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+        acc, fb = _mma_retire(xd, segs, tb, t0, n0, kb, t, kt, fa, fb, acc, bars, empty, smem, SEG_BITS, GS, BN, BT,
+                              STAGES, WS)
+        fb = _slot_fragment(t + 1, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+        acc, fa = _mma_retire(xd, segs, tb, t0, n0, kb, t + 1, kt, fb, fa, acc, bars, empty, smem, SEG_BITS, GS, BN,
+                              BT, STAGES, WS)
+    if kt % 2 == 0:  # the last tile, kt - 1, is odd
+        fa = _slot_fragment(kt - 1, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+        acc = _mma(kt - 1, fa, acc, bars, smem, STAGES)
+        acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))
+        acc, fa = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fa))
+    else:
+        acc, fb = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fb))
+    return (acc,)
 
 
 @gluon.jit
 def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T1, T2, M, out_ptr, stride_om,
                acc_ptr, stride_am, bias_ptr, ns, K, SEG_BITS: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
                BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, SPLIT: gl.constexpr = 1,
-               HAS_BIAS: gl.constexpr = False):
+               HAS_BIAS: gl.constexpr = False, WS: gl.constexpr = False):
     """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a layer of one segment of 1- to 4-bit codes, or of up
     to three segments of 1-3 bits in column order (SliM; ``SEG_BITS``, their widths). TMA descriptors: ``xd`` the
     activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes); per segment ``i`` (unused ones: any
@@ -436,35 +484,23 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
     kb = pid_s * kt_all // SPLIT
     kt = (pid_s + 1) * kt_all // SPLIT - kb  # this program's K tiles: [kb, kb + kt) (kt >= 1: SPLIT <= K / 64)
     smem, bars = _ring(xd, pd0, vd0, sd0, zd0, SEG_BITS, BN, BT, STAGES)
-    for i in gl.static_range(STAGES):
-        _issue(xd, segs, tb, t0, n0, kb, i, bars, smem, i < kt, SEG_BITS, GS, BN, BT, STAGES)
-    LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
-    # Tile t's fragment is built while tile t - 1's wgmma runs, so two fragments alternate: ``fa`` for the odd
-    # tiles, ``fb`` for the even ones. ptxas does not keep the registers an in-flight wgmma reads from being
-    # reused (``deps`` keeps the fragment's 16-bit halves alive, not the packed registers wgmma takes), and a
-    # fragment carried round the loop (t - 1 -> t) was rebuilt into the registers of the wgmma still running
-    # (run 115: wrong sums at 256 tokens); unrolled by two, neither fragment is rebuilt before the wait that
-    # retires its wgmma (tests/test_wgr.py checks the SASS).
-    fb = _slot_fragment(0, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
-    # tile 0, peeled: the accumulator starts from a wgmma (ptxas serializes wgmma whose accumulator may come from
-    # plain moves, info C7515; see _wgs)
-    acc = _mma(0, fb, gl.zeros([BN, BT], gl.float32, layout=LACC), bars, smem, STAGES, True)
-    acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))  # returns at once (one group in flight)
-    for t in range(1, kt - 1, 2):  # tiles t (odd) and t + 1
-        fa = _slot_fragment(t, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
-        acc, fb = _mma_retire(xd, segs, tb, t0, n0, kb, t, kt, fa, fb, acc, bars, smem, SEG_BITS, GS, BN, BT, STAGES)
-        fb = _slot_fragment(t + 1, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
-        acc, fa = _mma_retire(xd, segs, tb, t0, n0, kb, t + 1, kt, fb, fa, acc, bars, smem, SEG_BITS, GS, BN, BT,
-                              STAGES)
-    if kt % 2 == 0:  # the last tile, kt - 1, is odd
-        fa = _slot_fragment(kt - 1, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
-        acc = _mma(kt - 1, fa, acc, bars, smem, STAGES)
-        acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))
-        acc, fa = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fa))
+    if WS:  # the copy warp's ring: slot t % STAGES is empty again once the MMA warps retired tile t
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(empty.index(i), count=1)
+        res = gl.warp_specialize(
+            [(_consumer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, num_warps,
+                          WS)),
+             (_producer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES))],
+            [1], [48])
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(empty.index(i))
     else:
-        acc, fb = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fb))
+        for i in gl.static_range(STAGES):
+            _issue(xd, segs, tb, t0, n0, kb, i, bars, smem, i < kt, SEG_BITS, GS, BN, BT, STAGES)
+        res = _consumer(xd, segs, tb, t0, n0, kb, kt, bars, bars[0], smem, SEG_BITS, GS, BN, BT, STAGES, num_warps, WS)
     _ring_done(bars, SEG_BITS, STAGES)
-    _store(acc, n0, t0, ns, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, BN, BT, SPLIT, HAS_BIAS, num_warps)
+    _store(res[0], n0, t0, ns, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, BN, BT, SPLIT, HAS_BIAS, num_warps)
 
 
 @gluon.jit

@@ -50,7 +50,8 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     split = cfg.split_k > 1
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
     kw = dict(SEG_BITS=seg_bits, GS=segs[0].group_size, BN=cfg.block_n, BT=cfg.block_m, STAGES=cfg.num_stages,
-              num_warps=cfg.num_warps, SPLIT=cfg.split_k, HAS_BIAS=bias is not None and not split)
+              num_warps=cfg.num_warps, SPLIT=cfg.split_k, HAS_BIAS=bias is not None and not split,
+              WS=cfg.producers == 1)
     grid = (triton.cdiv(n, cfg.block_n) * cfg.split_k * triton.cdiv(m, cfg.block_m),)
     launches = [gather, Launch("wgr_kernel", grid, (desc, *seg_args, *starts, m, out, out.stride(0), acc,
                                                      acc.stride(0), b, n, kdim), kw, module="wgr")]
