@@ -147,11 +147,11 @@ def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: in
     H200, run 131 (``benchmarks/wgr_probe.py --ws 1``, every benchmark shape at 256 / 512 / 1024 tokens, four
     variants, K split 1 / 2 / 4; ratio to cuBLAS FP16, the dispatch before in brackets): at this rule's split
     2-bit 28672 x 8192 1.02 / 0.88 / 0.89 (0.89 / 0.73 / 0.86), 8192 x 28672 1.05 / 0.95 / 0.94 (0.92 / 0.79 /
-    0.80), 8192 x 8192 0.79 / 0.93 / 0.92 (0.75 / 0.82 / 0.81), 3-bit and SliM 0.72-1.03 against 0.63-0.91,
-    4096 x 4096 at 256 tokens within 1% either way; left to ``wgs``, where it was slower: 11008 x 4096 at 512
-    (172 tiles, 1.3 waves) 0.64-0.66 (0.67-0.70) and 4096 x 4096 at 512 (64 tiles; K split 2 leaves 32 K tiles
-    per program) 0.55-0.56 unsplit, 0.59-0.60 split 2 (0.58-0.63). The copy warp (``producers=1``) gained 10-17%
-    over the MMA warps issuing the copies themselves (run 130)."""
+    0.80), 8192 x 8192 0.79 / 0.93 / 0.92 (0.75 / 0.82 / 0.81), 3-bit and SliM 0.72-1.03 against 0.63-0.91;
+    1.01-1.27x faster than the dispatch before in all 64 cells it takes. Left to ``wgs``, where it was slower:
+    11008 x 4096 at 512 (172 tiles, 1.3 waves) 0.64-0.66 (0.67-0.70) and 4096 x 4096 at 512 (64 tiles; K split 2
+    leaves 32 K tiles per program) 0.55-0.56 unsplit, 0.59-0.60 split 2 (0.58-0.63). The copy warp
+    (``producers=1``) gained 10-17% over the MMA warps issuing the copies themselves (run 130)."""
     if not bits or not WGR_M[0] <= m <= WGR_M[1] or k % 64:
         return None
     uniform = len(set(bits)) == 1 and bits[0] in (2, 3, 4)

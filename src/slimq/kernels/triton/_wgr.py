@@ -1,7 +1,7 @@
 """Large-``M`` path ``wgr``: the weights as the *register* operand of an asynchronous ``wgmma``, in Gluon
-(layout ``slimq.segmented-bitplane.v1``; Hopper, sm_90). The dispatch picks it for uniform 2- and 4-bit layers at
-256-1024 tokens where its tiles fill their waves, and 3-bit and SliM ones where they make one wave (K split
-included; ``_dispatch.wgr_config``);
+(layout ``slimq.segmented-bitplane.v1``; Hopper, sm_90). The dispatch picks it, with its copy warp, for uniform
+2-, 3- and 4-bit layers and SliM layers at 256-1024 tokens where its tiles fill their waves
+(``_dispatch.wgr_config``);
 launches: ``_wgr_plan.wgr_launches``;
 ``benchmarks/wgr_probe.py`` times its configs.
 
@@ -24,16 +24,19 @@ them into its fragment with a reshape and permute that Gluon checks to be regist
 
 Each code pair becomes a register of the fragment in one LOP3, HSUB2 and HFMA2 (:func:`_fragment`). Every
 operand of a K tile (activations, code words, the rows' scales and zeros) comes by TMA into one slot of a
-``STAGES``-deep ring, ``STAGES - 1`` tiles ahead; the threads read their words from the slot, and tile ``t``'s
-fragment is built while tile ``t - 1``'s ``wgmma`` runs (one group left in flight).
+``STAGES``-deep ring; the threads read their words from the slot, and tile ``t``'s fragment is built while tile
+``t - 1``'s ``wgmma`` runs (one group left in flight). With ``WS`` (``KernelConfig(producers=1)``, what the
+dispatch runs) one copy warp (``gl.warp_specialize``) issues the copies as soon as the MMA warps release a slot
+(an mbarrier per slot); without it the MMA warps issue them ``STAGES - 1`` tiles ahead themselves, between their
+``wgmma``s, with a third CTA barrier per tile (Gluon's shared-memory hazard analysis): 10-17% slower on the H200
+(run 130).
 
 3-bit codes (a 2-bit plane and a 1-bit one) use the 2-bit operand order: the 1-bit plane comes by TMA too, each
 thread reads the 1-bit word of its 2-bit word row (:func:`_smem_partner`) and :func:`_fragment3` merges both.
 1-bit codes are read the same way (:func:`_fragment1`), so a SliM layer's 1-, 2- and 3-bit segments share the
 2-bit operand order: each K tile's copies and fragment come from the segment holding it (a branch per tile;
 barriers an operand does not use are armed for 0 bytes so that every phase stays ``(t // STAGES) & 1``).
-Multi-segment (SliM) and 1-bit layers run only as an explicit config; compiled and SASS-checked for sm_90 in
-CI, not yet run on a GPU (session 14 ended without device time).
+Uniform 1-bit layers run only as an explicit config (checked on the H200, not dispatched).
 
 Limits: one segment of 1- to 4-bit codes or up to three of 1-3 bits, float16 activations, ``K``, the group size
 and segment bounds multiples of 64, ``out_features`` a multiple of 8, no ``row_perm``; one program per ``[BN,

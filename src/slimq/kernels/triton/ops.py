@@ -25,9 +25,9 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
   choice) warp-specialised: producer warps dequantize (half2 for float16), MMA warps only feed the tensor
   cores (``slimq.kernels.triton._wgsw``, ``_dq16``), K split where tiles are few; without, every warp
   does both (``_wgs``). Needs no copy of the weights; :func:`wgs_unavailable` says where it cannot run.
-* ``"wgr"`` (``WGR_M`` tokens on uniform 2-/4-bit layers, 3-bit and SliM ones in one wave; sm_90, float16;
-  :func:`wgr_supported`): the weights as ``wgmma``'s register operand, built by the MMA warps from words that
-  come with the activations by TMA (``_wgr``); chosen where its tiles fill their waves (``_dispatch.wgr_config``).
+* ``"wgr"`` (``WGR_M`` tokens on uniform 2-4-bit and SliM layers; sm_90, float16; :func:`wgr_supported`): the
+  weights as ``wgmma``'s register operand, built by the MMA warps from words that a copy warp brings with the
+  activations by TMA (``_wgr``); chosen where its tiles fill their waves (``_dispatch.wgr_config``).
 * ``"dequant"`` (``M > WG_MAX_M`` where ``wgs`` is not chosen or cannot run): dequantize into
   ``workspace.wbuf`` then cuBLAS (``torch.mm``);
   faster than ``"gemm"`` and ``"wg"`` there on the shapes measured (benchmarks/KERNEL_NOTES.md). With
