@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default="4", help="K tiles in flight (2-5)")
     ap.add_argument("--split", default="1", help="K splits (1-8)")
     ap.add_argument("--ws", default="0", help="0: the MMA warps issue the copies; 1: a producer warp does (0,1: both)")
+    ap.add_argument("--pdl", default="1", help="1: with the copy warp, launch during the gather (0,1: both)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
@@ -71,6 +72,8 @@ def main(argv=None) -> int:
         ap.error(f"--stages takes 2-5, got {args.stages!r}")
     if any(a not in "12345678" or len(a) != 1 for a in args.split.split(",")):
         ap.error(f"--split takes 1-8, got {args.split!r}")
+    if any(a not in ("0", "1") for a in args.pdl.split(",")):
+        ap.error(f"--pdl takes 0 and 1, got {args.pdl!r}")
     if any(a not in ("0", "1") for a in args.ws.split(",")):
         ap.error(f"--ws takes 0 and 1, got {args.ws!r}")
     if any(v not in ("2b", "3b", "4b", "slim") for v in args.variants.split(",")):
@@ -96,15 +99,18 @@ def main(argv=None) -> int:
                 case = Case(p, m, dev, Workspace(dev, m, n, k, torch.float16, dequant=True, split_rows=split_rows))
                 ref = packed_matmul_reference(case.x, p).float()
                 fns[f"{v}:dispatch"] = case.fn(resolve_config(case.x, p))
-                for bt, st, sp, ws in ((int(b), int(a), int(c), int(w)) for b in args.bt.split(",")
-                                       for a in args.stages.split(",") for c in args.split.split(",")
-                                       for w in args.ws.split(",")):
+                for bt, st, sp, ws, pdl in ((int(b), int(a), int(c), int(w), d == "1") for b in args.bt.split(",")
+                                            for a in args.stages.split(",") for c in args.split.split(",")
+                                            for w in args.ws.split(",") for d in args.pdl.split(",")):
+                    if pdl and not ws and "0" in args.pdl.split(","):
+                        continue  # without the copy warp there is no PDL: the config would repeat
                     cfg = KernelConfig("wgr", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=st,
-                                       split_k=sp, producers=ws)
+                                       split_k=sp, producers=ws, pdl=pdl)
                     run = case.fn(cfg)
                     run()
                     err = rel_err(case.out, ref)
-                    name = f"{v}:wgr{bt}/s{st}" + (f"/k{sp}" if sp != 1 else "") + ("/ws" if ws else "")
+                    name = (f"{v}:wgr{bt}/s{st}" + (f"/k{sp}" if sp != 1 else "") + ("/ws" if ws else "")
+                            + ("/nopdl" if ws and not pdl else ""))
                     print(f"{n}x{k} M={m} {name}: relative error {err:.2e}", flush=True)
                     if err < TOL[torch.float16]:
                         fns[name] = run

@@ -114,10 +114,12 @@ def test_probe_gather_index_and_arguments():
 _BODY = """
     from test_kernels_triton import random_layer
     from slimq.kernels.triton import KernelConfig, Workspace
+    import slimq.kernels.triton._wgr_plan as wgr_plan
     from slimq.kernels.triton._wgr_plan import wgr_launches
     from slimq.kernels.triton._wgr import wgr_kernel
     from _sass import wgmma_register_hazards
     f = json.loads(sys.argv[1])
+    wgr_plan._pdl = lambda x, cfg: cfg.pdl  # as on an sm_90 device (the CPU stand-in has none)
     n, k, m, bt, w = 256, 1024, 256, f["bt"], f["w"]
     p = random_layer(n, k, 128, w)
     x = torch.zeros(m, k, dtype=torch.float16)
@@ -125,8 +127,9 @@ _BODY = """
     ws = Workspace("cpu", m, n, k, torch.float16, split_rows=m, stream_k_programs=0)
     cfg = KernelConfig("wgr", block_m=bt, block_n=16 * f["warps"], block_k=64, num_warps=f["warps"],
                        num_stages=f["stages"], split_k=f["split"], producers=f["ws"])
-    lc = wgr_launches(x, p, torch.zeros(n, dtype=torch.float16) if f["bias"] else None, out, ws, cfg)[1]
-    kern = wgr_kernel.warmup(*lc.args, **lc.kwargs, grid=(1,))
+    gather, lc = wgr_launches(x, p, torch.zeros(n, dtype=torch.float16) if f["bias"] else None, out, ws, cfg)[:2]
+    kw = {key: v for key, v in lc.kwargs.items() if key != "launch_pdl"}  # a launch option, not a kernel argument
+    kern = wgr_kernel.warmup(*lc.args, **kw, grid=(1,))
     sass = sass_of(kern)
     ops = re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+(?:@!?U?P\\w+\\s+)?([A-Z][A-Z0-9_.]*)", sass)
     bra = r"/\\*([0-9a-f]{4,})\\*/\\s+@!?U?P\\w+\\s+BRA\\s+(?:`\\(\\.L_x_\\d+\\)|0x([0-9a-f]+))"
@@ -146,6 +149,8 @@ _BODY = """
                       "loop_arrive": sum(op.startswith("SYNCS.ARRIVE") for op in loop),
                       "loop_hfma2": sum(op.startswith("HFMA2") for op in loop), "loop": len(loop),
                       "red": len(re.findall(r"REDG\\.E\\.ADD\\.F32", sass)),
+                      "pdl": [gather.kwargs.get("PDL", False), lc.kwargs.get("launch_pdl", False)],
+                      "gdc_wait": sass.count("ACQBULK"),
                       "hazards": wgmma_register_hazards(sass)}))
 """
 
@@ -162,7 +167,7 @@ def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split
     zeros) and no global loads, no shared-memory stores (the fragment is built in registers: the layout changes
     are checked trivial when compiling), one HFMA2 per code pair of the thread's 32 weights; no spills. With the
     copy warp (``ws``) the TMA loads are in its loop (one tile per trip) and the K loop releases each slot with
-    one arrive instead."""
+    one arrive instead; that warp waits for the gather (``griddepcontrol.wait``, the kernel launched with PDL)."""
     _gluon()
     got = compile_sm90(_BODY, {"w": w, "bt": bt, "warps": warps, "stages": stages, "split": split, "bias": bias,
                                "ws": ws})
@@ -171,10 +176,11 @@ def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split
     assert got["wait0"] == 2 and got["wait1"] == 4, got
     widths = sorted(set(w if isinstance(w, list) else [w]))  # SliM: a branch per segment in each of the two tiles
     copies = 1 + sum(2 + (b != 1) + (b in (1, 3)) for b in widths)  # activations; scales, zeros, words, partners
-    if ws:
+    if ws:  # with the copy warp the kernel launches during the gather (PDL) and that warp waits for it
         assert got["loop_tma"] == 0 and got["loop_arrive"] == 2 and copies in got["other_loop_tma"], got
+        assert got["pdl"] == [True, True] and got["gdc_wait"] == 1, got
     else:
-        assert got["loop_tma"] == 2 * copies, got
+        assert got["loop_tma"] == 2 * copies and got["pdl"] == [False, False] and got["gdc_wait"] == 0, got
     assert got["loop_ldg"] == 0 and got["loop_lds"] > 0, got
     assert got["loop_sts"] == 0 and got["spills"] == 0 and got["loop_hfma2"] == 32 * len(widths), got
     assert (got["red"] > 0) == (split > 1), got  # split K: float32 sums added into the workspace

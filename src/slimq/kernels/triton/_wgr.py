@@ -51,6 +51,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 
 from slimq.kernels.triton._dq16 import _half2
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _tma_load
+from slimq.kernels.triton._wgsk import _gdc_wait
 
 __all__ = ["wgr_kernel", "wgr_src", "fragment_order", "seg_planes", "WGR_BK"]
 
@@ -417,8 +418,11 @@ def _mma_retire(xd, segs, tb, t0, n0, kb, t, kt, a, a_prev, acc, bars, empty, sm
 
 @gluon.jit
 def _producer(xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS: gl.constexpr, GS: gl.constexpr,
-              BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
-    """The copy warp (``WS``): each tile's operands into its slot once the MMA warps released the slot."""
+              BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr):
+    """The copy warp (``WS``): each tile's operands into its slot once the MMA warps released the slot (``PDL``:
+    first waiting for the gather launched before)."""
+    if PDL:
+        _gdc_wait()
     for t in range(kt):
         mbarrier.wait(empty.index(t % STAGES), ((t // STAGES) & 1) ^ 1)
         _issue(xd, segs, tb, t0, n0, kb, t, bars, smem, True, SEG_BITS, GS, BN, BT, STAGES)
@@ -462,7 +466,7 @@ def _consumer(xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS: gl.cons
 def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T1, T2, M, out_ptr, stride_om,
                acc_ptr, stride_am, bias_ptr, ns, K, SEG_BITS: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
                BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, SPLIT: gl.constexpr = 1,
-               HAS_BIAS: gl.constexpr = False, WS: gl.constexpr = False):
+               HAS_BIAS: gl.constexpr = False, WS: gl.constexpr = False, PDL: gl.constexpr = False):
     """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a layer of one segment of 1- to 4-bit codes, or of up
     to three segments of 1-3 bits in column order (SliM; ``SEG_BITS``, their widths). TMA descriptors: ``xd`` the
     activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes); per segment ``i`` (unused ones: any
@@ -471,7 +475,8 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
     ``sd_i``/``zd_i`` its scales and zeros (``[G, ns]``, ``[1, BN]`` boxes); ``T1``, ``T2`` the K tiles where
     segments 1 and 2 start. Grid ``cdiv(ns, BN) * SPLIT * cdiv(M, BT)``, token tiles fastest: with ``SPLIT > 1``
     each program takes ``1 / SPLIT`` of the K tiles and adds its float32 sums into ``acc_ptr`` (``[M, N]``; a
-    ``finalize_kernel`` launch writes ``out`` and the bias).
+    ``finalize_kernel`` launch writes ``out`` and the bias). ``WS``: a copy warp issues the copies (module doc);
+    ``PDL`` (with ``WS``): launched with ``launch_pdl`` after the gather, the copy warp waits for it.
 
     Every operand of a K tile comes by TMA into one ring slot (``STAGES`` slots, one barrier per operand), issued
     ``STAGES - 1`` tiles ahead: run 114 (benchmarks/KERNEL_NOTES.md, session 14) found the words loaded into
@@ -494,7 +499,7 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
         res = gl.warp_specialize(
             [(_consumer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, num_warps,
                           WS)),
-             (_producer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES))],
+             (_producer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL))],
             [1], [48])
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(empty.index(i))

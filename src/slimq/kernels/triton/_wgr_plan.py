@@ -8,7 +8,7 @@ import torch
 import triton
 
 from slimq.format.layout import PackedLinear
-from slimq.kernels.triton._plan import Launch, _finalize_launch, _output_args, gather_launch
+from slimq.kernels.triton._plan import Launch, _finalize_launch, _output_args, _pdl, _pdl_kw, gather_launch
 
 if TYPE_CHECKING:
     from slimq.kernels.triton.ops import KernelConfig, Workspace
@@ -34,7 +34,8 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     kp = 64 * seg_planes(seg_bits)[2] // 32
     if cfg.split_k > kdim // 64:
         raise ValueError(f"wgr: split_k={cfg.split_k} exceeds the K tiles of the layer ({kdim // 64})")
-    gather, xin = gather_launch(x, packed, ws.xperm, wgr=seg_planes(seg_bits)[2])
+    pdl = _pdl(x, cfg) and cfg.producers == 1  # the copy warp waits for the gather (run 138)
+    gather, xin = gather_launch(x, packed, ws.xperm, wgr=seg_planes(seg_bits)[2], pdl=pdl)
     desc = TensorDescriptor(xin, [m, kdim], [kdim, 1], [cfg.block_m, 64], smem_layout(64, 16))
 
     def rows_desc(t: torch.Tensor, box_rows: int) -> TensorDescriptor:  # [R, ns] -> [box_rows, BN] boxes, unswizzled
@@ -51,7 +52,7 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
     kw = dict(SEG_BITS=seg_bits, GS=segs[0].group_size, BN=cfg.block_n, BT=cfg.block_m, STAGES=cfg.num_stages,
               num_warps=cfg.num_warps, SPLIT=cfg.split_k, HAS_BIAS=bias is not None and not split,
-              WS=cfg.producers == 1)
+              WS=cfg.producers == 1, **_pdl_kw(pdl))
     grid = (triton.cdiv(n, cfg.block_n) * cfg.split_k * triton.cdiv(m, cfg.block_m),)
     launches = [gather, Launch("wgr_kernel", grid, (desc, *seg_args, *starts, m, out, out.stride(0), acc,
                                                      acc.stride(0), b, n, kdim), kw, module="wgr")]
