@@ -21,7 +21,7 @@ def test_reselection_uses_the_current_dispatch_and_writes_a_kernels_json(tmp_pat
     meta = {"gpu": "test GPU", "sms": 132, "torch": "t", "triton": "t", "python": "p", "group_size": 128,
             "convention": "c", "copy_GBps": 4000.0}
     big = kb.cfg_name(select_config(256, 28672, 8192, num_sms=132, bits=(3,)))
-    assert big.startswith("wgs:")
+    assert big.startswith("wgr:")  # the dispatch of now: not the run's own config, nor its other candidate
     small = kb.cfg_name(select_config(512, 4096, 4096, num_sms=132, bits=(3,)))
     assert small == "dequant"
     rows = [

@@ -41,7 +41,7 @@ Uniform 1-bit layers run only as an explicit config (checked on the H200, not di
 Limits: one segment of 1- to 4-bit codes or up to three of 1-3 bits, float16 activations, ``K``, the group size
 and segment bounds multiples of 64, ``out_features`` a multiple of 8, no ``row_perm``; one program per ``[BN,
 BT]`` output tile and K share (split-K through the float32 workspace, no stream-K). Measured on the H200:
-benchmarks/KERNEL_NOTES.md, sessions 13 and 14."""
+benchmarks/KERNEL_NOTES.md, sessions 13-15."""
 from __future__ import annotations
 
 import triton
@@ -403,8 +403,8 @@ def _mma(t, a, acc, bars, smem, STAGES: gl.constexpr, FIRST: gl.constexpr = Fals
 def _mma_retire(xd, segs, tb, t0, n0, kb, t, kt, a, a_prev, acc, bars, empty, smem, SEG_BITS: gl.constexpr,
                 GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, WS: gl.constexpr):
     """Start tile ``t``'s wgmma on fragment ``a``, wait for tile ``t - 1``'s (fragment ``a_prev``) in both
-    warpgroups, and refill that tile's slot with tile ``t - 1 + STAGES`` (``WS``: release the slot to the
-    producer warp instead)."""
+    warpgroups, and refill that tile's slot with tile ``t - 1 + STAGES`` (``WS``: release the slot to the copy
+    warp instead)."""
     acc = _mma(t, a, acc, bars, smem, STAGES)
     acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
     _cta_barrier()
