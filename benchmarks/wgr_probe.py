@@ -2,11 +2,13 @@
 pure-torch reference and times it against cuBLAS FP16 and the dispatch in alternating rounds (CUDA-graph replays,
 L2 flushed as ``do_bench`` does). Uniform 2-, 3-, 4-bit and SliM (1/2/3-bit) layers. Each ``wgr`` config (``--bt``
 x ``--stages`` x ``--split``) runs as an explicit ``KernelConfig("wgr", ...)`` through ``sbp_matmul`` (the
-operand-order gather kernel, ``wgr_kernel``, a finalize when K is split); ``wgr_call`` runs the kernel alone
+operand-order gather kernel, ``wgr_kernel``, a finalize when K is split; with ``--sk`` stream-K's
+``_wgrk.wgrk_kernel`` on one persistent program per SM); ``wgr_call`` runs the kernel alone
 after a torch gather (runs 108-112 timed that form).
 
     PYTHONPATH=src python3 benchmarks/wgr_probe.py [--shapes 28672x8192,...] [--ms 256,1024] [--variants 2b,3b,4b,slim]
-        [--bt 128,256] [--stages 3,4] [--split 1,2] [--ws 0,1] [--rounds 3] [--out DIR]  # DIR/wgr_probe.json
+        [--bt 128,256] [--stages 3,4] [--split 1,2] [--ws 0,1] [--pdl 0,1] [--sk 0,1] [--rounds 3] [--out DIR]
+        # writes DIR/wgr_probe.json
 """
 from __future__ import annotations
 
@@ -63,6 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="1", help="K splits (1-8)")
     ap.add_argument("--ws", default="0", help="0: the MMA warps issue the copies; 1: a producer warp does (0,1: both)")
     ap.add_argument("--pdl", default="1", help="1: with the copy warp, launch during the gather (0,1: both)")
+    ap.add_argument("--sk", default="0", help="1: stream-K (_wgrk: one persistent program per SM, the copy warp; "
+                    "0,1: both)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
@@ -74,6 +78,8 @@ def main(argv=None) -> int:
         ap.error(f"--split takes 1-8, got {args.split!r}")
     if any(a not in ("0", "1") for a in args.pdl.split(",")):
         ap.error(f"--pdl takes 0 and 1, got {args.pdl!r}")
+    if any(a not in ("0", "1") for a in args.sk.split(",")):
+        ap.error(f"--sk takes 0 and 1, got {args.sk!r}")
     if any(a not in ("0", "1") for a in args.ws.split(",")):
         ap.error(f"--ws takes 0 and 1, got {args.ws!r}")
     if any(v not in ("2b", "3b", "4b", "slim") for v in args.variants.split(",")):
@@ -99,18 +105,20 @@ def main(argv=None) -> int:
                 case = Case(p, m, dev, Workspace(dev, m, n, k, torch.float16, dequant=True, split_rows=split_rows))
                 ref = packed_matmul_reference(case.x, p).float()
                 fns[f"{v}:dispatch"] = case.fn(resolve_config(case.x, p))
-                for bt, st, sp, ws, pdl in ((int(b), int(a), int(c), int(w), d == "1") for b in args.bt.split(",")
-                                            for a in args.stages.split(",") for c in args.split.split(",")
-                                            for w in args.ws.split(",") for d in args.pdl.split(",")):
-                    if pdl and not ws and "0" in args.pdl.split(","):
-                        continue  # without the copy warp there is no PDL: the config would repeat
+                sms = torch.cuda.get_device_properties(dev).multi_processor_count
+                for bt, st, sp, ws, pdl, sk in ((int(b), int(a), int(c), int(w), d == "1", e == "1")
+                                                for b in args.bt.split(",") for a in args.stages.split(",")
+                                                for c in args.split.split(",") for w in args.ws.split(",")
+                                                for d in args.pdl.split(",") for e in args.sk.split(",")):
+                    if (pdl and not ws and "0" in args.pdl.split(",")) or (sk and (not ws or sp > 1)):
+                        continue  # no PDL without the copy warp; stream-K needs the copy warp and no K split
                     cfg = KernelConfig("wgr", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=st,
-                                       split_k=sp, producers=ws, pdl=pdl)
+                                       split_k=sp, producers=ws, pdl=pdl, stream_k=sms if sk else 0)
                     run = case.fn(cfg)
                     run()
                     err = rel_err(case.out, ref)
                     name = (f"{v}:wgr{bt}/s{st}" + (f"/k{sp}" if sp != 1 else "") + ("/ws" if ws else "")
-                            + ("/nopdl" if ws and not pdl else ""))
+                            + ("/nopdl" if ws and not pdl else "") + ("/sk" if sk else ""))
                     print(f"{n}x{k} M={m} {name}: relative error {err:.2e}", flush=True)
                     if err < TOL[torch.float16]:
                         fns[name] = run

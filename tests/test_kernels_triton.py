@@ -671,10 +671,12 @@ def test_wgs_stream_k_plan_and_errors(monkeypatch):
                                                                 stream_k=3))
     assert Workspace(DEV, 128, n, k).skf.numel() == 0  # the dispatch takes wgs beyond WG_MAX_M tokens only
     assert Workspace(DEV, 129, n, k).skf.numel() == slt.ops._num_sms(torch.device(DEV))
-    with pytest.raises(ValueError, match="stream_k must be 0, or > 0 with path 'wgs', producers and split_k 1"):
+    with pytest.raises(ValueError, match="stream_k must be 0, or > 0 with path 'wgs' or 'wgr', producers and split_k"):
         KernelConfig("wgs", block_m=256, num_warps=8, stream_k=4)
-    with pytest.raises(ValueError, match="stream_k must be 0, or > 0 with path 'wgs', producers and split_k 1"):
+    with pytest.raises(ValueError, match="stream_k must be 0, or > 0 with path 'wgs' or 'wgr', producers and split_k"):
         KernelConfig("wgs", block_m=256, num_warps=8, producers=4, split_k=2, stream_k=4)
+    with pytest.raises(ValueError, match="stream_k must be 0, or > 0 with path 'wgs' or 'wgr', producers and split_k"):
+        KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, stream_k=4)  # no copy warp
     with pytest.raises(ValueError, match="stream_k must be 0"):
         KernelConfig("wg", stream_k=4)
 
@@ -735,7 +737,7 @@ def _replays_match_reference(g, x, p, out, ws, bias=None, replays=2):
         g.replay()
         torch.cuda.synchronize()
         assert _rel_err(out, packed_matmul_reference(x, p, bias)) < TOL[torch.float16]
-    assert not bool(ws.acc.any())
+    assert not bool(ws.acc.any()) and not bool(ws.skf.any())  # split-K sums, stream-K flags
 
 
 @inproc
@@ -809,6 +811,12 @@ WGR_CFGS = {
     "wgr_t64_4w_split2_ws": KernelConfig("wgr", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=3,
                                          split_k=2, producers=1),
 }
+WGRK_CFGS = {  # stream-K wgr (_wgrk): few programs, so that units cross tiles and partials meet
+    "wgrk_t256_sk5": KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=4,
+                                  producers=1, stream_k=5),
+    "wgrk_t64_4w_sk7": KernelConfig("wgr", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=3,
+                                    producers=1, stream_k=7),
+}
 
 
 @inproc
@@ -831,14 +839,15 @@ def test_gather_in_wgr_operand_order(bits):
 
 @inproc
 @gpu
-@pytest.mark.parametrize("cfg_name,bits", [("wgr_t256", 2), ("wgr_t128_split3", 3), ("wgr_t256", [1, 2, 3])])
+@pytest.mark.parametrize("cfg_name,bits", [("wgr_t256", 2), ("wgr_t128_split3", 3), ("wgr_t256", [1, 2, 3]),
+                                          ("wgrk_t256_sk5", 2), ("wgrk_t256_sk5", [1, 2, 3])])
 def test_wgr_replays_under_cuda_graph(cfg_name, bits):
     """``wgr`` (TMA descriptors built per call on the host) captures without allocating, replays under a CUDA graph
-    with new activations and a bias, and with split-K leaves the workspace's sums zeroed."""
+    with new activations and a bias, and with split-K or stream-K leaves the workspace's sums or flags zeroed."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("wgr is Gluon for sm_90")
     p = random_layer(256, 640, 64, bits, seed=4)
-    m, cfg = 300, WGR_CFGS[cfg_name]
+    m, cfg = 300, {**WGR_CFGS, **WGRK_CFGS}[cfg_name]
     x = torch.randn(m, p.in_features, device=DEV, dtype=torch.float16)
     bias = torch.randn(p.out_features, device=DEV, dtype=torch.float16)
     out = torch.empty(m, p.out_features, device=DEV, dtype=torch.float16)
@@ -851,6 +860,46 @@ def test_wgr_replays_under_cuda_graph(cfg_name, bits):
         sbp_matmul(x, p, bias, out=out, workspace=ws, config=cfg)
     assert torch.cuda.memory_allocated() - before <= 1024  # torch's own capture bookkeeping (see above)
     _replays_match_reference(g, x, p, out, ws, bias, replays=3)
+
+
+@inproc
+def test_wgrk_plan():
+    """Stream-K ``wgr`` (host side): the gather, then one ``wgrk_kernel`` of ``min(stream_k, steps)`` programs with
+    the workspace's partial slots and flags; the bias in the kernel (no finalize); a workspace without room for
+    the programs' partials is refused."""
+    pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    p = random_layer(200, 512, 128, [1, 2, 3])
+    m = 300
+    x = torch.zeros(m, 512, device=DEV, dtype=torch.float16)
+    out = torch.empty(m, 200, device=DEV, dtype=torch.float16)
+    ws = Workspace(DEV, m, 200, 512, torch.float16, stream_k_programs=8)
+    for name, cfg in WGRK_CFGS.items():
+        launches = slt.plan_launches(x, p, torch.zeros(200, device=DEV), out, ws, cfg)
+        assert [lc.kernel for lc in launches] == ["gather_kernel", "wgrk_kernel"], name
+        k = launches[1]
+        steps = triton.cdiv(200, cfg.block_n) * triton.cdiv(m, cfg.block_m) * (512 // 64)
+        assert k.grid == (min(cfg.stream_k, steps),) and k.args[18] is ws.skp and k.args[19] is ws.skf, name
+        assert k.kwargs["HAS_BIAS"] and "SPLIT" not in k.kwargs and k.kwargs["SEG_BITS"] == (1, 2, 3), name
+    tiny = random_layer(64, 64, 64, 2)  # one tile of one K tile: a single program however many are asked for
+    k = slt.plan_launches(x[:, :64], tiny, None, out[:, :64], ws, WGRK_CFGS["wgrk_t256_sk5"])[1]
+    assert k.grid == (2,)  # 2 token tiles x 1 row tile x 1 K tile
+    small = Workspace(DEV, m, 200, 512, torch.float16, stream_k_programs=4)
+    with pytest.raises(ValueError, match="wgr with stream_k=5 needs a workspace with room for 5 partial tiles"):
+        slt.plan_launches(x, p, None, out, small, WGRK_CFGS["wgrk_t256_sk5"])
+
+
+@inproc
+@gpu
+@pytest.mark.parametrize("cfg_name", list(WGRK_CFGS))
+@pytest.mark.parametrize("bits,gs", [(2, 128), (3, 128), (4, 64), ([1, 2, 3], 128)])
+def test_wgrk_matches_reference(bits, gs, cfg_name):
+    """Stream-K ``wgr`` on sm_90 (not yet run on a GPU when written): partial row and token tiles, bias, units
+    crossing tiles; the flags left zeroed (``_check``)."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("wgr is Gluon for sm_90")
+    p = random_layer(200, 512, gs, bits)
+    for m in (70, 300):
+        _check(p, m, torch.float16, WGRK_CFGS[cfg_name], bias=m == 70)
 
 
 @inproc

@@ -106,7 +106,7 @@ def test_probe_gather_index_and_arguments():
     idx = wgr_probe.operand_index(192, 4, "cpu")
     assert idx.tolist() == [t * 64 + wgr_src(k, 4) for t in range(3) for k in range(64)]
     for bad in (["--variants", "8b"], ["--stages", "1"], ["--rounds", "0"], ["--stages", "6"], ["--split", "9"],
-                ["--ws", "2"]):
+                ["--ws", "2"], ["--sk", "2"], ["--pdl", "2"]):
         with pytest.raises(SystemExit):
             wgr_probe.main(bad)
 
@@ -117,6 +117,7 @@ _BODY = """
     import slimq.kernels.triton._wgr_plan as wgr_plan
     from slimq.kernels.triton._wgr_plan import wgr_launches
     from slimq.kernels.triton._wgr import wgr_kernel
+    from slimq.kernels.triton._wgrk import wgrk_kernel
     from _sass import wgmma_register_hazards
     f = json.loads(sys.argv[1])
     wgr_plan._pdl = lambda x, cfg: cfg.pdl  # as on an sm_90 device (the CPU stand-in has none)
@@ -124,19 +125,20 @@ _BODY = """
     p = random_layer(n, k, 128, w)
     x = torch.zeros(m, k, dtype=torch.float16)
     out = torch.empty(m, n, dtype=torch.float16)
-    ws = Workspace("cpu", m, n, k, torch.float16, split_rows=m, stream_k_programs=0)
+    ws = Workspace("cpu", m, n, k, torch.float16, split_rows=m, stream_k_programs=f.get("sk", 0))
     cfg = KernelConfig("wgr", block_m=bt, block_n=16 * f["warps"], block_k=64, num_warps=f["warps"],
-                       num_stages=f["stages"], split_k=f["split"], producers=f["ws"])
+                       num_stages=f["stages"], split_k=f["split"], producers=f["ws"], stream_k=f.get("sk", 0))
     gather, lc = wgr_launches(x, p, torch.zeros(n, dtype=torch.float16) if f["bias"] else None, out, ws, cfg)[:2]
     kw = {key: v for key, v in lc.kwargs.items() if key != "launch_pdl"}  # a launch option, not a kernel argument
-    kern = wgr_kernel.warmup(*lc.args, **kw, grid=(1,))
+    kern = (wgrk_kernel if f.get("sk") else wgr_kernel).warmup(*lc.args, **kw, grid=(1,))
     sass = sass_of(kern)
     ops = re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+(?:@!?U?P\\w+\\s+)?([A-Z][A-Z0-9_.]*)", sass)
     bra = r"/\\*([0-9a-f]{4,})\\*/\\s+@!?U?P\\w+\\s+BRA\\s+(?:`\\(\\.L_x_\\d+\\)|0x([0-9a-f]+))"
     back = [(int(t, 16), int(a, 16)) for a, t in re.findall(bra, sass) if t]
     loops = [[op for a, op in ops if lo <= int(a, 16) <= hi] for lo, hi in back if lo < hi]
-    loop = max(loops, key=len) if loops else []
-    others = [lp for lp in loops if lp is not loop]
+    k_loops = [lp for lp in loops if sum(op.startswith("HGMMA") for op in lp) == 8]  # stream-K: inside a unit loop
+    loop = min(k_loops, key=len) if k_loops else []
+    others = [lp for lp in loops if not any(op.startswith("HGMMA") for op in lp)]
     print(json.dumps({"rs_hgmma": len(re.findall(r"HGMMA\\.64x%dx16\\.F32 R\\d+, R\\d+, gdesc" % bt, sass)),
                       "wait0": sass.count("DEPBAR.LE gsb0, 0x0"), "wait1": sass.count("DEPBAR.LE gsb0, 0x1"),
                       "spills": sass.count("STL") + sass.count("LDL"),
@@ -150,7 +152,7 @@ _BODY = """
                       "loop_hfma2": sum(op.startswith("HFMA2") for op in loop), "loop": len(loop),
                       "red": len(re.findall(r"REDG\\.E\\.ADD\\.F32", sass)),
                       "pdl": [gather.kwargs.get("PDL", False), lc.kwargs.get("launch_pdl", False)],
-                      "gdc_wait": sass.count("ACQBULK"),
+                      "gdc_wait": sass.count("ACQBULK"), "atomics": sass.count("ATOMG"),
                       "hazards": wgmma_register_hazards(sass)}))
 """
 
@@ -184,6 +186,25 @@ def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split
     assert got["loop_ldg"] == 0 and got["loop_lds"] > 0, got
     assert got["loop_sts"] == 0 and got["spills"] == 0 and got["loop_hfma2"] == 32 * len(widths), got
     assert (got["red"] > 0) == (split > 1), got  # split K: float32 sums added into the workspace
+
+
+@pytest.mark.parametrize("w,bt,warps,bias", [(2, 256, 8, False), (4, 256, 8, True), ([1, 2, 3], 256, 8, False),
+                                          (3, 64, 4, False)])
+def test_wgrk_compiles_for_sm90(w, bt, warps, bias):
+    """Stream-K ``wgr`` (``_wgrk``): per unit the K loop of ``wgr`` with the copy warp (A operands from registers
+    and none rewritten while its ``wgmma`` may run, the copies in the copy warp's loop, one arrive per tile, no
+    global loads or shared stores in the loop), launched during the gather; partials and flags by stores and
+    GPU-scope atomics, no float32 reductions (no split K)."""
+    _gluon()
+    got = compile_sm90(_BODY, {"w": w, "bt": bt, "warps": warps, "stages": 4 if warps == 8 else 3, "split": 1,
+                               "bias": bias, "ws": 1, "sk": 8})
+    assert got["hazards"] == [], got["hazards"]
+    assert got["rs_hgmma"] == 16 and got["loop_hgmma"] == 8 and got["wait0"] == 2 and got["wait1"] == 4, got
+    widths = sorted(set(w if isinstance(w, list) else [w]))
+    copies = 1 + sum(2 + (b != 1) + (b in (1, 3)) for b in widths)
+    assert got["loop_tma"] == 0 and got["loop_arrive"] == 2 and copies in got["other_loop_tma"], got
+    assert got["loop_ldg"] == 0 and got["loop_sts"] == 0 and got["red"] == 0 and got["atomics"] > 0, got
+    assert got["pdl"] == [True, True] and got["gdc_wait"] == 1, got
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,

@@ -96,8 +96,9 @@ class KernelConfig:
                                  f"and split_k <= 8; got {self.block_m}, {self.num_stages}, {self.split_k}")
         if self.l2_ahead and (self.path != "mv" or not 0 < self.l2_ahead <= 16):
             raise ValueError(f"l2_ahead must be 0, or 1..16 with path 'mv'; got {self.l2_ahead} for {self.path!r}")
-        if self.stream_k < 0 or (self.stream_k and (self.path != "wgs" or not self.producers or self.split_k != 1)):
-            raise ValueError(f"stream_k must be 0, or > 0 with path 'wgs', producers and split_k 1; got "
+        if self.stream_k < 0 or (self.stream_k and (self.path not in ("wgs", "wgr") or not self.producers
+                                                     or self.split_k != 1)):
+            raise ValueError(f"stream_k must be 0, or > 0 with path 'wgs' or 'wgr', producers and split_k 1; got "
                              f"stream_k={self.stream_k} for {self.path!r} with producers={self.producers}, "
                              f"split_k={self.split_k}")
         if self.producers and self.path not in ("wgs", "wgr"):

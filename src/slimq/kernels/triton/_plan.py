@@ -37,11 +37,14 @@ _GATHER_BLOCK = 1024
 
 def kernel_fn(module: str, name: str):
     """The ``@triton.jit`` function ``name`` of kernel module ``module`` ("kernels", "gv", "h2", "h2dot", "tc",
-    "wg", or "wgs", "wgsw", "wgsk", "wgr": Gluon, imported on first use since it needs
+    "wg", or "wgs", "wgsw", "wgsk", "wgr", "wgrk": Gluon, imported on first use since it needs
     ``triton.experimental.gluon``)."""
     if module == "wgr":
         from slimq.kernels.triton import _wgr
         return getattr(_wgr, name)
+    if module == "wgrk":
+        from slimq.kernels.triton import _wgrk
+        return getattr(_wgrk, name)
     if module == "wgs":
         from slimq.kernels.triton import _wgs
         return getattr(_wgs, name)
@@ -550,9 +553,9 @@ def check_stream_room(ws: Workspace, programs: int, cfg: KernelConfig) -> None:
     """A stream-K launch of ``programs`` needs a partial-sum slot (``block_m * block_n`` float32) and a flag each."""
     need = programs * cfg.block_m * cfg.block_n
     if ws.skp.numel() < need or ws.skf.numel() < programs:
-        raise ValueError(f"wgs with stream_k={cfg.stream_k} needs a workspace with room for {programs} partial tiles "
-                         f"({need} float32 in 'skp', {programs} flags in 'skf'); this one has {ws.skp.numel()} and "
-                         f"{ws.skf.numel()} (Workspace(..., stream_k_programs=...) sizes them)")
+        raise ValueError(f"{cfg.path} with stream_k={cfg.stream_k} needs a workspace with room for {programs} "
+                         f"partial tiles ({need} float32 in 'skp', {programs} flags in 'skf'); this one has "
+                         f"{ws.skp.numel()} and {ws.skf.numel()} (Workspace(..., stream_k_programs=...) sizes them)")
 
 
 def wgs_tiles_contiguous(segs: list[Segment], kdim: int, bk: int) -> str | None:

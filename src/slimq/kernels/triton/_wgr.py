@@ -429,36 +429,46 @@ def _producer(xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS: gl.cons
 
 
 @gluon.jit
-def _consumer(xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS: gl.constexpr, GS: gl.constexpr,
-              BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, WS: gl.constexpr):
-    """The MMA warps' K loop: ``(sums,)``, the ``[BN, BT]`` float32 sums of K tiles ``[kb, kb + kt)`` (a tuple:
-    ``gl.warp_specialize`` takes the default partition's results as one)."""
+def _consumer(xd, segs, tb, t0, n0, kb, kt, it, bars, empty, smem, SEG_BITS: gl.constexpr, GS: gl.constexpr,
+              BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, WS: gl.constexpr,
+              TAIL: gl.constexpr = False):
+    """The MMA warps' K loop: ``(sums,)``, the ``[BN, BT]`` float32 sums of K tiles ``[kb, kb + kt)``, which are
+    the ring's tiles ``[it, it + kt)`` (slots and phases count ring tiles; a tuple: ``gl.warp_specialize`` takes
+    the default partition's results as one). ``TAIL`` (with ``WS``): release the last slots too, for a copy warp
+    that goes on filling the ring (``_wgrk``)."""
     LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
+    kc = kb - it  # ring tile t holds K tile kc + t
+    te = it + kt
     # Tile t's fragment is built while tile t - 1's wgmma runs, so two fragments alternate: ``fa`` for the odd
     # tiles, ``fb`` for the even ones. ptxas does not keep the registers an in-flight wgmma reads from being
     # reused (``deps`` keeps the fragment's 16-bit halves alive, not the packed registers wgmma takes), and a
     # fragment carried round the loop (t - 1 -> t) was rebuilt into the registers of the wgmma still running
     # (run 115: wrong sums at 256 tokens); unrolled by two, neither fragment is rebuilt before the wait that
     # retires its wgmma (tests/test_wgr.py checks the SASS).
-    fb = _slot_fragment(0, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+    fb = _slot_fragment(it, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
     # tile 0, peeled: the accumulator starts from a wgmma (ptxas serializes wgmma whose accumulator may come from
     # plain moves, info C7515; see _wgs)
-    acc = _mma(0, fb, gl.zeros([BN, BT], gl.float32, layout=LACC), bars, smem, STAGES, True)
+    acc = _mma(it, fb, gl.zeros([BN, BT], gl.float32, layout=LACC), bars, smem, STAGES, True)
     acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))  # returns at once (one group in flight)
-    for t in range(1, kt - 1, 2):  # tiles t (odd) and t + 1
-        fa = _slot_fragment(t, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
-        acc, fb = _mma_retire(xd, segs, tb, t0, n0, kb, t, kt, fa, fb, acc, bars, empty, smem, SEG_BITS, GS, BN, BT,
+    for t in range(it + 1, te - 1, 2):  # tiles t and t + 1
+        fa = _slot_fragment(t, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+        acc, fb = _mma_retire(xd, segs, tb, t0, n0, kc, t, te, fa, fb, acc, bars, empty, smem, SEG_BITS, GS, BN, BT,
                               STAGES, WS)
-        fb = _slot_fragment(t + 1, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
-        acc, fa = _mma_retire(xd, segs, tb, t0, n0, kb, t + 1, kt, fb, fa, acc, bars, empty, smem, SEG_BITS, GS, BN,
+        fb = _slot_fragment(t + 1, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+        acc, fa = _mma_retire(xd, segs, tb, t0, n0, kc, t + 1, te, fb, fa, acc, bars, empty, smem, SEG_BITS, GS, BN,
                               BT, STAGES, WS)
-    if kt % 2 == 0:  # the last tile, kt - 1, is odd
-        fa = _slot_fragment(kt - 1, kb, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
-        acc = _mma(kt - 1, fa, acc, bars, smem, STAGES)
+    if kt % 2 == 0:  # the last tile, te - 1, pairs with the peeled one
+        fa = _slot_fragment(te - 1, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+        acc = _mma(te - 1, fa, acc, bars, smem, STAGES)
         acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))
         acc, fa = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fa))
     else:
         acc, fb = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fb))
+    if TAIL:  # the loop released tiles [it, te - 2) or [it, te - 1); every wgmma has retired
+        _cta_barrier()
+        if kt % 2 == 0:
+            mbarrier.arrive(empty.index((te - 2) % STAGES))
+        mbarrier.arrive(empty.index((te - 1) % STAGES))
     return (acc,)
 
 
@@ -497,8 +507,8 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
         for i in gl.static_range(STAGES):
             mbarrier.init(empty.index(i), count=1)
         res = gl.warp_specialize(
-            [(_consumer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, num_warps,
-                          WS)),
+            [(_consumer, (xd, segs, tb, t0, n0, kb, kt, 0, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES,
+                          num_warps, WS)),
              (_producer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL))],
             [1], [48])
         for i in gl.static_range(STAGES):
@@ -506,7 +516,8 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
     else:
         for i in gl.static_range(STAGES):
             _issue(xd, segs, tb, t0, n0, kb, i, bars, smem, i < kt, SEG_BITS, GS, BN, BT, STAGES)
-        res = _consumer(xd, segs, tb, t0, n0, kb, kt, bars, bars[0], smem, SEG_BITS, GS, BN, BT, STAGES, num_warps, WS)
+        res = _consumer(xd, segs, tb, t0, n0, kb, kt, 0, bars, bars[0], smem, SEG_BITS, GS, BN, BT, STAGES, num_warps,
+                        WS)
     _ring_done(bars, SEG_BITS, STAGES)
     _store(res[0], n0, t0, ns, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, BN, BT, SPLIT, HAS_BIAS, num_warps)
 

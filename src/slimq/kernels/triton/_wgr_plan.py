@@ -8,7 +8,8 @@ import torch
 import triton
 
 from slimq.format.layout import PackedLinear
-from slimq.kernels.triton._plan import Launch, _finalize_launch, _output_args, _pdl, _pdl_kw, gather_launch
+from slimq.kernels.triton._plan import (Launch, _finalize_launch, _output_args, _pdl, _pdl_kw, check_stream_room,
+                                        gather_launch)
 
 if TYPE_CHECKING:
     from slimq.kernels.triton.ops import KernelConfig, Workspace
@@ -21,7 +22,9 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     """``wgr`` (``_wgr``): ``x[:, col_perm]`` in ``_wgr``'s operand order into ``ws.xperm``, one ``wgr_kernel``
     reading it and each segment's planes, scales and zeros by TMA (``cfg.block_m`` tokens x ``cfg.block_n`` rows
     per tile, ``cfg.num_stages`` K tiles in flight), and with ``cfg.split_k > 1`` a ``finalize_kernel`` (the
-    programs add float32 sums into ``ws.acc``). Layers: ``_support.wgr_supported``."""
+    programs add float32 sums into ``ws.acc``); with ``cfg.stream_k`` (and the copy warp) ``_wgrk.wgrk_kernel``
+    instead, by that many persistent programs (partial sums in ``ws.skp``, flags in ``ws.skf``). Layers:
+    ``_support.wgr_supported``."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -53,7 +56,14 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     kw = dict(SEG_BITS=seg_bits, GS=segs[0].group_size, BN=cfg.block_n, BT=cfg.block_m, STAGES=cfg.num_stages,
               num_warps=cfg.num_warps, SPLIT=cfg.split_k, HAS_BIAS=bias is not None and not split,
               WS=cfg.producers == 1, **_pdl_kw(pdl))
-    grid = (triton.cdiv(n, cfg.block_n) * cfg.split_k * triton.cdiv(m, cfg.block_m),)
+    tiles = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m)
+    if cfg.stream_k:  # persistent programs sharing the tiles' K tiles (_wgrk), a partial slot and flag each
+        programs = min(cfg.stream_k, tiles * (kdim // 64))
+        check_stream_room(ws, programs, cfg)
+        kw = {key: v for key, v in kw.items() if key not in ("SPLIT", "WS")}  # always the copy warp, no K split
+        return [gather, Launch("wgrk_kernel", (programs,), (desc, *seg_args, *starts, m, out, out.stride(0), ws.skp,
+                                                            ws.skf, b, n, kdim), kw, module="wgrk")]
+    grid = (tiles * cfg.split_k,)
     launches = [gather, Launch("wgr_kernel", grid, (desc, *seg_args, *starts, m, out, out.stride(0), acc,
                                                      acc.stride(0), b, n, kdim), kw, module="wgr")]
     if split:

@@ -30,7 +30,7 @@ from triton.experimental.gluon import language as gl
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier
 from slimq.kernels.triton._wgsw import _dq_tiles, _mma_range, _store_out, rings
 
-__all__ = ["wgsk_kernel"]
+__all__ = ["wgsk_kernel", "put_partial", "add_partials"]
 
 
 @gluon.jit
@@ -69,6 +69,30 @@ def _gdc_wait():
 
 
 @gluon.jit
+def put_partial(acc, part_ptr, flag_ptr, offs, SLOT: gl.constexpr):
+    """This program's partial sums ``acc`` into its slot (``SLOT`` float32, ``offs`` in ``acc``'s layout), then its
+    flag set (module doc)."""
+    c = gl.program_id(0)
+    gl.store(part_ptr + c * SLOT + offs, acc)
+    _cta_barrier()  # every MMA warp's sums are stored before the flag moves
+    gl.atomic_xchg(flag_ptr + c, 1, sem="release", scope="gpu")
+
+
+@gluon.jit
+def add_partials(acc, t, KT, S, part_ptr, flag_ptr, offs, SLOT: gl.constexpr):
+    """``acc`` plus the partials of tile ``t`` that the lower-indexed programs hold, each awaited on its flag,
+    which is then cleared (module doc)."""
+    c = gl.program_id(0)
+    for j in range(_owner(t * KT, gl.num_programs(0), S), c):  # the lower-indexed holders of the rest of the tile
+        while gl.atomic_add(flag_ptr + j, 0, sem="acquire", scope="gpu") == 0:
+            pass
+        acc += gl.load(part_ptr + j * SLOT + offs, cache_modifier=".cg")
+        _cta_barrier()  # every thread has read the slot before its flag is cleared
+        gl.store(flag_ptr + j, 0)
+    return acc
+
+
+@gluon.jit
 def _sk_mma_partition(xdesc, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_ptr, bias_ptr, r0, ns, S, KT, n_t,
                       x_bars, w_ready, w_empty, w_smem, x_smem, BT: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
                       XAHEAD: gl.constexpr, WS: gl.constexpr, HAS_ROWPERM: gl.constexpr, HAS_BIAS: gl.constexpr,
@@ -78,8 +102,6 @@ def _sk_mma_partition(xdesc, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_
     started during the gather; wait for it before the first activation load (the producers need not)."""
     if PDL:
         _gdc_wait()
-    c = gl.program_id(0)
-    NP = gl.num_programs(0)
     lo, hi, t_hi, n_units = _units(S, KT)
     LACC: gl.constexpr = _acc_layout(BT, BN, num_warps)
     rows_l = gl.arange(0, BN, layout=gl.SliceLayout(0, LACC))
@@ -92,16 +114,9 @@ def _sk_mma_partition(xdesc, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_
         acc, it = _mma_range(xdesc, kb, ke, it, pid_t * BT, x_bars, w_ready, w_empty, w_smem, x_smem, BT, BN, BK,
                              XAHEAD, WS, num_warps)
         if ke < KT:  # the tile's start or middle: a partial for the program that finishes it
-            gl.store(part_ptr + c * (BT * BN) + offs, acc)
-            _cta_barrier()  # every MMA warp's sums are stored before the flag moves
-            gl.atomic_xchg(flag_ptr + c, 1, sem="release", scope="gpu")
+            put_partial(acc, part_ptr, flag_ptr, offs, BT * BN)
         else:
-            for j in range(_owner(t * KT, NP, S), c):  # the lower-indexed programs holding the rest of the tile
-                while gl.atomic_add(flag_ptr + j, 0, sem="acquire", scope="gpu") == 0:
-                    pass
-                acc += gl.load(part_ptr + j * (BT * BN) + offs, cache_modifier=".cg")
-                _cta_barrier()  # every thread has read the slot before its flag is cleared
-                gl.store(flag_ptr + j, 0)
+            acc = add_partials(acc, t, KT, S, part_ptr, flag_ptr, offs, BT * BN)
             rows = (t // n_t) * BN + rows_l
             toks = pid_t * BT + toks_l
             mask = (toks < M)[:, None] & (rows < ns)[None, :]

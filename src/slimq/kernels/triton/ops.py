@@ -27,7 +27,8 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
   does both (``_wgs``). Needs no copy of the weights; :func:`wgs_unavailable` says where it cannot run.
 * ``"wgr"`` (``WGR_M`` tokens on uniform 2-4-bit and SliM layers; sm_90, float16; :func:`wgr_supported`): the
   weights as ``wgmma``'s register operand, built by the MMA warps from words that a copy warp brings with the
-  activations by TMA (``_wgr``); chosen where its tiles fill their waves (``_dispatch.wgr_config``).
+  activations by TMA (``_wgr``); chosen where its tiles fill their waves (``_dispatch.wgr_config``). With
+  ``stream_k`` (an explicit config, not yet timed) persistent programs share the tiles' K tiles (``_wgrk``).
 * ``"dequant"`` (``M > WG_MAX_M`` where ``wgs`` is not chosen or cannot run): dequantize into
   ``workspace.wbuf`` then cuBLAS (``torch.mm``);
   faster than ``"gemm"`` and ``"wg"`` there on the shapes measured (benchmarks/KERNEL_NOTES.md). With
@@ -124,8 +125,8 @@ class Workspace:
     the last program of a tile writes the output (no finalize launch; ``gv``, ``h2``, ``h2dot``, ``tc``,
     ``wg``). ``skp`` float32 ``[stream_k_programs * WGS_TILE]`` and ``skf`` int32
     ``[stream_k_programs]`` (zeros between calls): a partial-sum slot and a flag per program of stream-K ``wgs``
-    (``_wgsk``); ``stream_k_programs`` defaults to the device's SM count where ``max_m > WG_MAX_M`` (17 MB on
-    an H200), else 0.
+    (``_wgsk``) or ``wgr`` (``_wgrk``); ``stream_k_programs`` defaults to the device's SM count where ``max_m >
+    WG_MAX_M`` (17 MB on an H200), else 0.
 
     ``split_rows`` (default ``min(max_m, WG_MAX_M)``): the token rows of the buffers only the
     split-K and operand-ordered paths use. The dispatch sends more tokens than ``WG_MAX_M`` to

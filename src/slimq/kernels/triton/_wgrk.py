@@ -1,0 +1,120 @@
+"""Stream-K ``wgr`` (``KernelConfig("wgr", producers=1, stream_k=C)``): the register-operand kernel of ``_wgr``
+run by ``C`` persistent programs (the SM count) that share the layer's tiles' K tiles evenly, so that no wave of
+output tiles runs part-empty and small grids need no K split with a finalize launch (layout
+``slimq.segmented-bitplane.v1``; Hopper, sm_90; Gluon).
+
+Why: one ``wgr`` program per ``[128 rows, 256 tokens]`` tile leaves the last wave part-empty where the tiles do
+not fill whole waves (28672 x 8192 at 512 tokens: 448 tiles, 3.4 waves on 132 SMs; 11008 x 4096 at 512: 1.3
+waves), and small grids take a K split whose float32 sums need a second launch.
+
+Work and protocol as ``_wgsk`` (its module doc; its ``_units``, ``_unit`` and ``_owner``): ``S = T * KT`` steps
+(tile ``t``'s K tile ``k`` is step ``t KT + k``, token tiles of one row tile adjacent), program ``c`` takes steps
+``[c S / C, (c + 1) S / C)`` as one *unit* per tile it touches, walked from its last tile to its first; a unit
+holding its tile's last K tile finishes the tile (adds the lower-indexed programs' partial sums, waiting on their
+flags, and writes ``out``), every other unit stores its float32 sums into the program's slot and sets its flag.
+The copy warp walks the same units in the same order, so the ring's slots and phases follow one running count
+of K tiles on each side (``_wgr._consumer``'s ``it``); the MMA warps release every slot, the last ones of each
+unit included (``TAIL``), since the copy warp goes on into the next unit.
+
+Not yet run on a GPU (written at the end of session 15, after the device time was spent): compiled for sm_90 and
+checked in CI (``tests/test_wgr.py``: no A-register hazard, the copies in the copy warp, one release per tile);
+its GPU tests (``tests/test_kernels_triton.py``: reference, bias, CUDA-graph replay, flags left zeroed) wait for
+the next device run; not dispatched. The MMA warps hold the unit loop's state on top of ``wgr``'s 240 registers:
+offline sm_90 SASS shows one spill and one fill per two K tiles at 2 bits (3 fills and 9 spills for SliM).
+"""
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier
+
+from slimq.kernels.triton._wgr import WGR_BK, _consumer, _issue, _ring, _ring_done, _store
+from slimq.kernels.triton._wgs import _acc_layout
+from slimq.kernels.triton._wgsk import _gdc_wait, _unit, _units, add_partials, put_partial
+
+__all__ = ["wgrk_kernel"]
+
+
+@gluon.jit
+def _unit_tile(u, lo, hi, t_hi, KT, n_t, BN: gl.constexpr, BT: gl.constexpr):
+    """Unit ``u`` of the program (``_wgsk._unit``): its tile ``t``, K tiles ``[kb, ke)``, and the tile's first
+    token ``t0`` and row ``n0``."""
+    t, kb, ke = _unit(u, lo, hi, t_hi, KT)
+    return t, kb, ke, (t % n_t) * BT, (t // n_t) * BN
+
+
+@gluon.jit
+def _sk_copies(xd, segs, tb, S, KT, n_t, bars, empty, smem, SEG_BITS: gl.constexpr, GS: gl.constexpr,
+               BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr):
+    """The copy warp: this program's units, last tile first, each unit's K tiles into the ring as its slots are
+    released (``PDL``: after the gather launched before has finished)."""
+    if PDL:
+        _gdc_wait()
+    lo, hi, t_hi, n_units = _units(S, KT)
+    it = gl.to_tensor(0)
+    for u in range(0, n_units):
+        t, kb, ke, t0, n0 = _unit_tile(u, lo, hi, t_hi, KT, n_t, BN, BT)
+        for c in range(it, it + ke - kb):  # ring tile c holds K tile kb - it + c
+            mbarrier.wait(empty.index(c % STAGES), ((c // STAGES) & 1) ^ 1)
+            _issue(xd, segs, tb, t0, n0, kb - it, c, bars, smem, True, SEG_BITS, GS, BN, BT, STAGES)
+        it += ke - kb
+
+
+@gluon.jit
+def _slot_offsets(BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr):
+    """Offsets of a partial slot's ``[BN, BT]`` float32 sums, in the accumulator's layout."""
+    LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
+    rows = gl.arange(0, BN, layout=gl.SliceLayout(1, LACC))
+    toks = gl.arange(0, BT, layout=gl.SliceLayout(0, LACC))
+    return rows[:, None] * BT + toks[None, :]
+
+
+@gluon.jit
+def _sk_sums(xd, segs, tb, S, KT, n_t, M, out_ptr, stride_om, part_ptr, flag_ptr, bias_ptr, ns, bars, empty, smem,
+             SEG_BITS: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr,
+             HAS_BIAS: gl.constexpr, num_warps: gl.constexpr):
+    """The MMA warps: this program's units, last tile first (module doc), each multiplied (``_consumer``), then
+    stored as a partial, or finished (the lower-indexed programs' partials added) and written to ``out``."""
+    lo, hi, t_hi, n_units = _units(S, KT)
+    it = gl.to_tensor(0)
+    for u in range(0, n_units):
+        t, kb, ke, t0, n0 = _unit_tile(u, lo, hi, t_hi, KT, n_t, BN, BT)
+        acc = _consumer(xd, segs, tb, t0, n0, kb, ke - kb, it, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES,
+                        num_warps, True, True)[0]
+        it += ke - kb
+        offs = _slot_offsets(BN, BT, num_warps)  # made here, not live across the K loop (128 registers)
+        if ke < KT:  # the tile's start or middle: a partial for the program that finishes it
+            put_partial(acc, part_ptr, flag_ptr, offs, BN * BT)
+        else:
+            acc = add_partials(acc, t, KT, S, part_ptr, flag_ptr, offs, BN * BT)
+            _store(acc, n0, t0, ns, M, out_ptr, stride_om, out_ptr, 0, bias_ptr, BN, BT, 1, HAS_BIAS, num_warps)
+    return (it,)  # warp_specialize takes a tuple of results
+
+
+@gluon.jit
+def wgrk_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T1, T2, M, out_ptr, stride_om,
+                part_ptr, flag_ptr, bias_ptr, ns, K, SEG_BITS: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
+                BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, HAS_BIAS: gl.constexpr = False,
+                PDL: gl.constexpr = False):
+    """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` as ``_wgr.wgr_kernel`` (the same descriptors and
+    segments) by persistent programs sharing the ``cdiv(ns, BN) * cdiv(M, BT)`` tiles' K tiles evenly (module
+    doc). ``part_ptr``: float32, ``BN * BT`` per program; ``flag_ptr``: int32 per program, zeros (left zeroed).
+    Grid: at most the SM count and at most the number of steps. ``PDL``: launched with ``launch_pdl`` after the
+    gather (the copy warp waits for it)."""
+    segs = ((pd0, vd0, sd0, zd0), (pd1, vd1, sd1, zd1), (pd2, vd2, sd2, zd2))
+    tb = (T1, T2)
+    n_t = gl.cdiv(M, BT)
+    KT = K // WGR_BK
+    S = gl.cdiv(ns, BN) * n_t * KT
+    smem, bars = _ring(xd, pd0, vd0, sd0, zd0, SEG_BITS, BN, BT, STAGES)
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(empty.index(i), count=1)
+    gl.warp_specialize(
+        [(_sk_sums, (xd, segs, tb, S, KT, n_t, M, out_ptr, stride_om, part_ptr, flag_ptr, bias_ptr, ns, bars, empty,
+                     smem, SEG_BITS, GS, BN, BT, STAGES, HAS_BIAS, num_warps)),
+         (_sk_copies, (xd, segs, tb, S, KT, n_t, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL))],
+        [1], [48])
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(empty.index(i))
+    _ring_done(bars, SEG_BITS, STAGES)
