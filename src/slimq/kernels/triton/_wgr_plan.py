@@ -54,15 +54,14 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     split = cfg.split_k > 1
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
     kw = dict(SEG_BITS=seg_bits, GS=segs[0].group_size, BN=cfg.block_n, BT=cfg.block_m, STAGES=cfg.num_stages,
-              num_warps=cfg.num_warps, SPLIT=cfg.split_k, HAS_BIAS=bias is not None and not split,
-              WS=cfg.producers == 1, **_pdl_kw(pdl))
+              num_warps=cfg.num_warps, HAS_BIAS=bias is not None and not split, **_pdl_kw(pdl))
     tiles = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m)
-    if cfg.stream_k:  # persistent programs sharing the tiles' K tiles (_wgrk), a partial slot and flag each
+    if cfg.stream_k:  # persistent programs sharing the tiles' K tiles (_wgrk: always the copy warp, no K split)
         programs = min(cfg.stream_k, tiles * (kdim // 64))
         check_stream_room(ws, programs, cfg)
-        kw = {key: v for key, v in kw.items() if key not in ("SPLIT", "WS")}  # always the copy warp, no K split
         return [gather, Launch("wgrk_kernel", (programs,), (desc, *seg_args, *starts, m, out, out.stride(0), ws.skp,
                                                             ws.skf, b, n, kdim), kw, module="wgrk")]
+    kw.update(SPLIT=cfg.split_k, WS=cfg.producers == 1)
     grid = (tiles * cfg.split_k,)
     launches = [gather, Launch("wgr_kernel", grid, (desc, *seg_args, *starts, m, out, out.stride(0), acc,
                                                      acc.stride(0), b, n, kdim), kw, module="wgr")]

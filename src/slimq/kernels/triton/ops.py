@@ -267,41 +267,33 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
     ``wg`` -> ``h2dot`` (M <= 16, group sizes of 32s) -> ``dot`` / ``gemm``; ``gv``, ``h2`` -> ``fma``."""
     m, kdim = x.shape
     n = packed.out_features
-    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device),
-                                  bits=tuple(s.bits for s in packed.segments))
+    bits = tuple(s.bits for s in packed.segments)
+    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=bits)
+
+    def refused(why: str | None) -> bool:
+        """Whether the chosen path cannot run: an explicit ``config`` raises, a selected one falls back."""
+        if why is not None and config is not None:
+            raise ValueError(f"path {cfg.path!r} cannot run this layer: {why}")
+        return why is not None
+
     if cfg.path == "wgr":  # before wgs: what the rule picks without wgr is checked below
-        why = wgr_supported(x, packed)
-        if why is None:
+        if not refused(wgr_supported(x, packed)):
             return cfg
-        if config is not None:
-            raise ValueError(f"path 'wgr' cannot run this layer: {why}")
-        cfg = select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=tuple(s.bits for s in packed.segments),
-                            wgr=False)
-    if cfg.path == "wgs":
-        why = wgs_supported(x, packed)
-        if why is not None:
-            if config is not None:
-                raise ValueError(f"path 'wgs' cannot run this layer: {why}")
-            return _DEQUANT
+        cfg = select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=bits, wgr=False)
+    if cfg.path == "wgs" and refused(wgs_supported(x, packed)):
+        return _DEQUANT
     if cfg.path == "mv":
-        why = mv_supported(packed)
-        if why is None:
+        if not refused(mv_supported(packed)):
             return cfg
-        if config is not None:
-            raise ValueError(f"path 'mv' cannot run this layer: {why}")
-        cfg = select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=tuple(s.bits for s in packed.segments),
-                            mv=False)
-    if cfg.path in ("gv", "h2", "h2dot", "tc", "wg"):
-        why = (tc_supported(packed) if cfg.path in ("tc", "wg")
-               else h2_supported(packed, join=cfg.path in ("gv", "h2") or cfg.join))
-        if why is not None:
-            if config is not None:
-                raise ValueError(f"path {cfg.path!r} cannot run this layer: {why}")
-            if m > SKINNY_MAX_M:
-                return _gemm_config(m, n, kdim, _num_sms(x.device))
-            if cfg.path in ("tc", "wg") and h2_supported(packed, join=False) is None:
-                return _h2dot_config(m, kdim)
-            cfg = fallback_config(m, n, kdim)
+        cfg = select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=bits, mv=False)
+    if cfg.path in ("gv", "h2", "h2dot", "tc", "wg") and refused(
+            tc_supported(packed) if cfg.path in ("tc", "wg")
+            else h2_supported(packed, join=cfg.path in ("gv", "h2") or cfg.join)):
+        if m > SKINNY_MAX_M:
+            return _gemm_config(m, n, kdim, _num_sms(x.device))
+        if cfg.path in ("tc", "wg") and h2_supported(packed, join=False) is None:
+            return _h2dot_config(m, kdim)
+        cfg = fallback_config(m, n, kdim)
     return cfg
 
 
