@@ -71,7 +71,9 @@ def bench(fn, rep_ms: float = 40, flush: str = "zero") -> float:
 
 def time_graphs(fns: dict, rep_ms: float = 40, flush: str = "zero", rounds: int = 5) -> dict:
     """Median microseconds of CUDA-graph replays of each ``fns[name]``, timed in ``rounds`` alternating rounds of
-    ``rep_ms / rounds`` each (the median of the round medians): the calls share the clock the card runs at."""
+    ``rep_ms / rounds`` each (the median of the round medians): the calls share the clock the card runs at. Each
+    round starts one call later (:func:`round_order`): the call timed right after FP16 paid for the clock it left
+    (session 16: two identical configs 2-9% apart on 8192 x 8192 at 512-1024 tokens in a fixed order)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     graphs = {}
@@ -82,10 +84,16 @@ def time_graphs(fns: dict, rep_ms: float = 40, flush: str = "zero", rounds: int 
         with torch.cuda.graph(graphs[name]):
             fn()
     per_round = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, g in graphs.items():
-            per_round[name].append(bench(g.replay, rep_ms / rounds, flush) * 1e3)
+    for r in range(rounds):
+        for name in round_order(list(graphs), r):
+            per_round[name].append(bench(graphs[name].replay, rep_ms / rounds, flush) * 1e3)
     return {name: statistics.median(v) for name, v in per_round.items()}
+
+
+def round_order(names: list, r: int) -> list:
+    """The order of the calls in round ``r``: ``names`` rotated by ``r`` (every call opens some round)."""
+    k = r % len(names) if names else 0
+    return names[k:] + names[:k]
 
 
 def time_graph(fn, rep_ms: float = 40, flush: str = "zero") -> float:

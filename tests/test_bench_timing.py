@@ -42,6 +42,14 @@ def test_rounds_are_checked_before_any_gpu_work():
         timing.time_graphs({"f": lambda: None}, rounds=0)
 
 
+def test_rounds_rotate_the_order_of_the_calls():
+    """Each round of ``time_graphs`` starts one call later, so no call always follows FP16."""
+    names = ["fp16", "2b", "3b"]
+    assert [timing.round_order(names, r) for r in range(4)] == [
+        ["fp16", "2b", "3b"], ["2b", "3b", "fp16"], ["3b", "fp16", "2b"], ["fp16", "2b", "3b"]]
+    assert timing.round_order([], 3) == []
+
+
 def test_kernels_dry_run_with_rounds(tmp_path):
     """A CPU smoke run of benchmarks/kernels.py (Triton interpreter, its own process) with ``--rounds 2``: every
     row gets the FP16 and dispatch times from the alternating rounds, and the JSON says how many rounds."""

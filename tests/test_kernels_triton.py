@@ -808,6 +808,7 @@ WGR_CFGS = {
     "wgr_t64_4w_s4": KernelConfig("wgr", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=4),
     "wgr_t256_s5": KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=5),
     "wgr_t256_ws": KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=4, producers=1),
+    "wgr_t128_ws": KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=4, producers=1),
     "wgr_t64_4w_split2_ws": KernelConfig("wgr", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=3,
                                          split_k=2, producers=1),
 }
@@ -958,18 +959,27 @@ def test_wgr_plan_config_and_support():
 
 
 def test_wgr_dispatch_rule():
-    """Where the dispatch picks ``wgr`` (run 131's layers, 132 SMs) and its K split; the rest stay on ``wgs``."""
+    """Where the dispatch picks ``wgr`` (runs 131 and 143's layers, 132 SMs), its K split or stream-K ("sk": the
+    last of several waves under 90% full at 2 and 4 bits, 80% at 3 bits and SliM) or 128-token tiles ("t128": one
+    wave, where 256-token tiles fall short or need a K split); the rest stay on ``wgs``."""
     from slimq.kernels.triton._dispatch import wgr_config
-    want = {(256, 28672, 8192): 1, (512, 28672, 8192): 1, (1024, 28672, 8192): 1, (256, 8192, 28672): 2,
-            (512, 8192, 28672): 1, (256, 8192, 8192): 2, (1024, 8192, 8192): 1, (256, 4096, 4096): 4,
-            (512, 4096, 4096): None, (1024, 4096, 4096): 1, (256, 4096, 11008 // 64 * 64): 4,
-            (512, 4096, 11008 // 64 * 64): 2, (256, 11008, 4096): 1, (512, 11008, 4096): None,
-            (1024, 11008, 4096): 1}
+    want = {(256, 28672, 8192): "sk24", (512, 28672, 8192): "sk24", (1024, 28672, 8192): 1, (256, 8192, 28672): 2,
+            (512, 8192, 28672): 1, (256, 8192, 8192): "t128_24", (1024, 8192, 8192): 1, (256, 4096, 4096): 4,
+            (512, 4096, 4096): "t128", (1024, 4096, 4096): 1, (256, 4096, 11008 // 64 * 64): 4,
+            (512, 4096, 11008 // 64 * 64): 2, (256, 11008, 4096): 1, (512, 11008, 4096): "sk",
+            (1024, 11008, 4096): "sk24"}
     for bits in ((2,), (3,), (4,), (1, 2, 3), (2, 3), (3, 1)):  # uniform 2-4 bits, SliM's 1-3-bit segments
         for (m, n, k), split in want.items():
+            if split == "sk24":  # 1.7, 3.4 and 2.6 waves: stream-K for 2 and 4 bits only
+                split = "sk" if bits in ((2,), (4,)) else 1
+            if split == "t128_24":  # 128-token tiles in one wave for 2 and 4 bits, else K split 2
+                split = "t128" if bits in ((2,), (4,)) else 2
             cfg = wgr_config(m, n, k, bits)
-            assert (cfg.split_k if cfg else None) == split, (bits, m, n, k, cfg)
+            got = None if cfg is None else "sk" if cfg.stream_k else "t128" if cfg.block_m == 128 else cfg.split_k
+            assert cfg is None or cfg.block_m in (128, 256) and (cfg.block_m == 256 or cfg.split_k == 1)
+            assert got == split, (bits, m, n, k, cfg)
             assert cfg is None or cfg.producers == 1  # the copy warp
+            assert cfg is None or cfg.stream_k in (0, 132)  # one persistent program per SM
             assert (select_config(m, n, k, bits=bits).path == "wgr") == (split is not None), (bits, m, n, k)
             assert select_config(m, n, k, bits=bits, wgr=False).path != "wgr"
     for bits in ((2, 4), (2, 3, 4), (1, 2, 3, 2), (1,), (8,)):  # a 4-bit segment, four segments, 1 or 8 bits
