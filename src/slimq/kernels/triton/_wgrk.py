@@ -16,11 +16,13 @@ The copy warp walks the same units in the same order, so the ring's slots and ph
 of K tiles on each side (``_wgr._consumer``'s ``it``); the MMA warps release every slot, the last ones of each
 unit included (``TAIL``), since the copy warp goes on into the next unit.
 
-Not yet run on a GPU (written at the end of session 15, after the device time was spent): compiled for sm_90 and
-checked in CI (``tests/test_wgr.py``: no A-register hazard, the copies in the copy warp, one release per tile);
-its GPU tests (``tests/test_kernels_triton.py``: reference, bias, CUDA-graph replay, flags left zeroed) wait for
-the next device run; not dispatched. The MMA warps hold the unit loop's state on top of ``wgr``'s 240 registers:
-offline sm_90 SASS shows one spill and one fill per two K tiles at 2 bits (3 fills and 9 spills for SliM).
+Compiled for sm_90 and checked in CI (``tests/test_wgr.py``: no A-register hazard, the copies in the copy warp,
+one release per tile); on the H200 its GPU tests pass (``tests/test_kernels_triton.py``: reference, bias,
+CUDA-graph replay, flags left zeroed; session 16, run 141) and the dispatch takes it where one program per tile
+leaves the last of several waves short (``_dispatch.wgr_config``, runs 142-143). The MMA warps hold the unit
+loop's state on top of ``wgr``'s 240 registers: offline sm_90 SASS shows one spill and one fill per two K tiles
+at 2 bits, more at 3 bits (44 local loads and stores in all against 30) and for SliM, which is why it gains less
+there.
 """
 from __future__ import annotations
 

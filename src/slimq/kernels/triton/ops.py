@@ -28,7 +28,8 @@ Paths (``KernelConfig.path``), chosen by :func:`select_config` from ``M``:
 * ``"wgr"`` (``WGR_M`` tokens on uniform 2-4-bit and SliM layers; sm_90, float16; :func:`wgr_supported`): the
   weights as ``wgmma``'s register operand, built by the MMA warps from words that a copy warp brings with the
   activations by TMA (``_wgr``); chosen where its tiles fill their waves (``_dispatch.wgr_config``). With
-  ``stream_k`` (an explicit config, not yet timed) persistent programs share the tiles' K tiles (``_wgrk``).
+  ``stream_k`` persistent programs share the tiles' K tiles (``_wgrk``; dispatched where one program per tile
+  leaves the last of several waves short).
 * ``"dequant"`` (``M > WG_MAX_M`` where ``wgs`` is not chosen or cannot run): dequantize into
   ``workspace.wbuf`` then cuBLAS (``torch.mm``);
   faster than ``"gemm"`` and ``"wg"`` there on the shapes measured (benchmarks/KERNEL_NOTES.md). With
