@@ -22,14 +22,14 @@ def test_reselection_uses_the_current_dispatch_and_writes_a_kernels_json(tmp_pat
             "convention": "c", "copy_GBps": 4000.0}
     big = kb.cfg_name(select_config(256, 28672, 8192, num_sms=132, bits=(3,)))
     assert big.startswith("wgr:")  # the dispatch of now: not the run's own config, nor its other candidate
-    small = kb.cfg_name(select_config(512, 4096, 4096, num_sms=132, bits=(3,)))
+    small = kb.cfg_name(select_config(512, 1024, 1024, num_sms=132, bits=(3,)))
     assert small == "dequant"
     rows = [
         # the dispatch's config was timed twice (as the run's default and as a candidate): the mean is kept
         {"N": 28672, "K": 8192, "M": 256, "fp16_us": 200.0, "int4_us": None,
          "3b": _cell("dequant", [("dequant", 340.0), (big, 260.0), (big, 270.0), ("wgs:x", 250.0)])},
         # a cell whose current config was not timed in that run
-        {"N": 4096, "K": 4096, "M": 512, "fp16_us": 25.0, "int4_us": None,
+        {"N": 1024, "K": 1024, "M": 512, "fp16_us": 25.0, "int4_us": None,
          "3b": _cell("wgs:x", [("wgs:x", 60.0)])},
     ]
     src = tmp_path / "tune.json"
@@ -37,7 +37,7 @@ def test_reselection_uses_the_current_dispatch_and_writes_a_kernels_json(tmp_pat
     out = tmp_path / "sub" / "dispatch.json"
     assert kb.main(["--from-json", str(src), "--write", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "4096x4096 M=512 3b: dequant not timed" in printed
+    assert "1024x1024 M=512 3b: dequant not timed" in printed
     data = json.loads(out.read_text())
     assert data["meta"]["reselected_from"] == "tune.json" and data["meta"]["gpu"] == "test GPU"
     first, second = data["rows"]

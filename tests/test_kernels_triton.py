@@ -960,17 +960,17 @@ def test_wgr_plan_config_and_support():
 
 def test_wgr_dispatch_rule():
     """Where the dispatch picks ``wgr`` (runs 131 and 143's layers, 132 SMs), its K split or stream-K ("sk": the
-    last of several waves under 90% full at 2 and 4 bits, 80% at 3 bits and SliM) or 128-token tiles ("t128": one
+    last of several waves under 90% full at 2 and 4 bits, at 3 bits and SliM 80%, 85% from 3 waves) or 128-token tiles ("t128": one
     wave, where 256-token tiles fall short or need a K split); the rest stay on ``wgs``."""
     from slimq.kernels.triton._dispatch import wgr_config
-    want = {(256, 28672, 8192): "sk24", (512, 28672, 8192): "sk24", (1024, 28672, 8192): 1, (256, 8192, 28672): 2,
+    want = {(256, 28672, 8192): "sk24", (512, 28672, 8192): "sk", (1024, 28672, 8192): 1, (256, 8192, 28672): 2,
             (512, 8192, 28672): 1, (256, 8192, 8192): "t128_24", (1024, 8192, 8192): 1, (256, 4096, 4096): 4,
             (512, 4096, 4096): "t128", (1024, 4096, 4096): 1, (256, 4096, 11008 // 64 * 64): 4,
             (512, 4096, 11008 // 64 * 64): 2, (256, 11008, 4096): 1, (512, 11008, 4096): "sk",
             (1024, 11008, 4096): "sk24"}
     for bits in ((2,), (3,), (4,), (1, 2, 3), (2, 3), (3, 1)):  # uniform 2-4 bits, SliM's 1-3-bit segments
         for (m, n, k), split in want.items():
-            if split == "sk24":  # 1.7, 3.4 and 2.6 waves: stream-K for 2 and 4 bits only
+            if split == "sk24":  # 1.7 and 2.6 waves: stream-K for 2 and 4 bits only (3.4 waves: for all)
                 split = "sk" if bits in ((2,), (4,)) else 1
             if split == "t128_24":  # 128-token tiles in one wave for 2 and 4 bits, else K split 2
                 split = "t128" if bits in ((2,), (4,)) else 2
