@@ -93,7 +93,7 @@ def add_partials(acc, t, KT, S, part_ptr, flag_ptr, offs, SLOT: gl.constexpr):
 
 
 @gluon.jit
-def _sk_mma_partition(xdesc, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_ptr, bias_ptr, r0, ns, S, KT, n_t,
+def _sk_mma_partition(xdesc, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_ptr, bias_ptr, r0, ns, S, KT, n_r,
                       x_bars, w_ready, w_empty, w_smem, x_smem, BT: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
                       XAHEAD: gl.constexpr, WS: gl.constexpr, HAS_ROWPERM: gl.constexpr, HAS_BIAS: gl.constexpr,
                       PDL: gl.constexpr, num_warps: gl.constexpr):
@@ -110,14 +110,14 @@ def _sk_mma_partition(xdesc, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_
     it = gl.to_tensor(0)
     for u in range(0, n_units):
         t, kb, ke = _unit(u, lo, hi, t_hi, KT)
-        pid_t = t % n_t
+        pid_t = t // n_r  # row tiles fastest (_wgrk._unit_tile: the programs one token tile apart share weights)
         acc, it = _mma_range(xdesc, kb, ke, it, pid_t * BT, x_bars, w_ready, w_empty, w_smem, x_smem, BT, BN, BK,
                              XAHEAD, WS, num_warps)
         if ke < KT:  # the tile's start or middle: a partial for the program that finishes it
             put_partial(acc, part_ptr, flag_ptr, offs, BT * BN)
         else:
             acc = add_partials(acc, t, KT, S, part_ptr, flag_ptr, offs, BT * BN)
-            rows = (t // n_t) * BN + rows_l
+            rows = (t % n_r) * BN + rows_l
             toks = pid_t * BT + toks_l
             mask = (toks < M)[:, None] & (rows < ns)[None, :]
             _store_out(acc, out_ptr, stride_om, rowperm_ptr, bias_ptr, r0, rows, toks, ns, mask, HAS_ROWPERM,
@@ -126,7 +126,7 @@ def _sk_mma_partition(xdesc, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_
 
 
 @gluon.jit
-def _sk_dq_partition(segs, ns, S, KT, n_t, w_ready, w_empty, w_smem, SEG_BITS: gl.constexpr, NSEG: gl.constexpr,
+def _sk_dq_partition(segs, ns, S, KT, n_r, w_ready, w_empty, w_smem, SEG_BITS: gl.constexpr, NSEG: gl.constexpr,
                      GS: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, DT: gl.constexpr, WS: gl.constexpr,
                      H2: gl.constexpr, AHEAD: gl.constexpr, P: gl.constexpr):
     """The producer partition: the same units in the same order, each one's K range dequantized into the ring."""
@@ -134,7 +134,7 @@ def _sk_dq_partition(segs, ns, S, KT, n_t, w_ready, w_empty, w_smem, SEG_BITS: g
     it = gl.to_tensor(0)
     for u in range(0, n_units):
         t, kb, ke = _unit(u, lo, hi, t_hi, KT)
-        it = _dq_tiles(it, segs, kb, ke, t // n_t, ns, w_ready, w_empty, w_smem, SEG_BITS, NSEG, GS, BN, BK, DT, WS,
+        it = _dq_tiles(it, segs, kb, ke, t % n_r, ns, w_ready, w_empty, w_smem, SEG_BITS, NSEG, GS, BN, BK, DT, WS,
                        H2, AHEAD, P)
 
 
@@ -150,14 +150,14 @@ def wgsk_kernel(xd, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_ptr, bias
     program; ``flag_ptr``: int32 per program, zeros (left zeroed). Grid: at most the SM count and at most the
     number of steps. ``PDL``: launched with ``launch_pdl`` after the gather (the MMA warps wait for it)."""
     DT: gl.constexpr = xd.dtype
-    n_t = gl.cdiv(M, BT)
+    n_r = gl.cdiv(ns, BN)
     KT = gl.cdiv(segs[NSEG - 1][0] + segs[NSEG - 1][1], BK)  # K tiles of the layer
-    S = gl.cdiv(ns, BN) * n_t * KT
+    S = n_r * gl.cdiv(M, BT) * KT
     w_smem, x_smem, x_bars, w_ready, w_empty = rings(xd, BT, BN, BK, XAHEAD, WS)
     gl.warp_specialize([
-        (_sk_mma_partition, (xd, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_ptr, bias_ptr, r0, ns, S, KT, n_t,
+        (_sk_mma_partition, (xd, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_ptr, bias_ptr, r0, ns, S, KT, n_r,
                              x_bars, w_ready, w_empty, w_smem, x_smem, BT, BN, BK, XAHEAD, WS, HAS_ROWPERM, HAS_BIAS,
                              PDL, num_warps)),
-        (_sk_dq_partition, (segs, ns, S, KT, n_t, w_ready, w_empty, w_smem, SEG_BITS, NSEG, GS, BN, BK, DT, WS, H2,
+        (_sk_dq_partition, (segs, ns, S, KT, n_r, w_ready, w_empty, w_smem, SEG_BITS, NSEG, GS, BN, BK, DT, WS, H2,
                             AHEAD, P)),
     ], [P], [PREGS])
