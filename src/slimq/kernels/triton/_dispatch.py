@@ -139,23 +139,23 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
 
 def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: int = 132) -> KernelConfig | None:
     """``wgr`` at ``WGR_M`` tokens (``[128 rows, 256 tokens]`` tiles, or 128 tokens; :func:`_wgr_tiles`) for a
-    uniform 2-, 3- or 4-bit layer or a SliM layer (two or three segments of 1-3 bits), or None where its grid
-    would leave SMs idle. K is split (float32 sums, a finalize launch; up to ``WGS_SPLIT_MAX_M`` tokens)
-    4 or 2 ways where the tiles then still make one wave and each program keeps more than 32 K tiles, or the
-    tiles fill a quarter of the SMs or less; then one wave must be half full, more waves' last one 75%. Where
-    unsplit tiles make more than one wave and the last is under 90% full (2-, 4-bit) or 80% (3-bit, SliM: more
-    registers spilled in stream-K; 85% from three waves on, run 152), stream-K (``stream_k``, ``_wgrk``: one persistent program per SM sharing the
-    tiles' K tiles). H200 run 143 (``wgr_probe.py --ws 1 --sk 0,1``), stream-K against one program per tile:
-    28672 x 8192 at 512 tokens (3.4 waves) 2-bit 0.85 -> 0.94x of FP16, 4-bit 0.84 -> 0.93, 3-bit / SliM 0.81 /
-    0.80 -> 0.83 / 0.82; at 256 (1.7 waves) 2-bit 0.99 -> 1.06, 4-bit 0.99 -> 1.04 (3-bit / SliM 0.95 / 0.96 ->
-    0.94 / 0.94); 11008 x 4096 at 512 (1.3 waves, ``wgs`` before: 0.66-0.71) 0.72-0.80, at 1024 (2.6 waves)
-    2-bit 0.82 -> 0.83, 4-bit 0.82 -> 0.83 (3-bit / SliM 0.80 / 0.82 -> 0.76). It lost where the tiles
-    already filled their waves (8192 x 8192 at 512: 0.93-0.96 -> 0.76-0.86). Run 152, stream-K's row tiles
-    fastest (``_wgrk._unit_tile``): 28672 x 8192 at 512 3-bit / SliM 0.82 / 0.82 -> 0.86 / 0.84. Where 128-token tiles make one wave
-    90%+ full and 256-token ones leave it short (4096 x 4096 at 512 tokens, 64 tiles: ``wgs`` 0.60-0.63x of FP16
-    before) or, at 2 and 4 bits with ``K <= 8192``, need a K split of 2 (8192 x 8192 at 256), 128-token tiles
-    (run 145): 4096 x 4096 at 512 0.70-0.78x, 8192 x 8192 at 256 2-bit 0.80 -> 0.85, 4-bit 0.80 -> 0.84 (3-bit,
-    SliM: 0.78 / 0.80 -> 0.76; 4096 x 11008 at 512, 2 / 3 bits: 0.76 / 0.69 against 0.77 / 0.75 at K split 2).
+    uniform 2-, 3- or 4-bit layer or a SliM layer (two or three segments of 1-3 bits), or None where its grid would
+    leave SMs idle. K is split (float32 sums, a finalize launch; up to ``WGS_SPLIT_MAX_M`` tokens) 4 or 2 ways where
+    the tiles then still make one wave and each program keeps more than 32 K tiles, or the tiles fill a quarter of
+    the SMs or less; then one wave must be half full, more waves' last one 75%. Where unsplit tiles make more than
+    one wave and the last is under 90% full (2-, 4-bit) or 80% (3-bit, SliM: more registers spilled in stream-K; 85%
+    from three waves on, run 152), stream-K (``stream_k``, ``_wgrk``: one persistent program per SM sharing the
+    tiles' K tiles). H200 run 143 (``wgr_probe.py --ws 1 --sk 0,1``), stream-K against one program per tile: 28672 x
+    8192 at 512 tokens (3.4 waves) 2-bit 0.85 -> 0.94x of FP16, 4-bit 0.84 -> 0.93, 3-bit / SliM 0.81 / 0.80 -> 0.83
+    / 0.82; at 256 (1.7 waves) 2-bit 0.99 -> 1.06, 4-bit 0.99 -> 1.04 (3-bit / SliM 0.95 / 0.96 -> 0.94 / 0.94);
+    11008 x 4096 at 512 (1.3 waves, ``wgs`` before: 0.66-0.71) 0.72-0.80, at 1024 (2.6 waves) 2-bit 0.82 -> 0.83,
+    4-bit 0.82 -> 0.83 (3-bit / SliM 0.80 / 0.82 -> 0.76). It lost where the tiles already filled their waves (8192
+    x 8192 at 512: 0.93-0.96 -> 0.76-0.86). Run 152, stream-K's row tiles fastest (``_wgrk._unit_tile``): 28672 x
+    8192 at 512 3-bit / SliM 0.82 / 0.82 -> 0.86 / 0.84. Where 128-token tiles make one wave 90%+ full and 256-token
+    ones leave it short (4096 x 4096 at 512 tokens, 64 tiles: ``wgs`` 0.60-0.63x of FP16 before) or, at 2 and 4 bits
+    with ``K <= 8192``, need a K split of 2 (8192 x 8192 at 256), 128-token tiles (run 145): 4096 x 4096 at 512
+    0.70-0.78x, 8192 x 8192 at 256 2-bit 0.80 -> 0.85, 4-bit 0.80 -> 0.84 (3-bit, SliM: 0.78 / 0.80 -> 0.76; 4096 x
+    11008 at 512, 2 / 3 bits: 0.76 / 0.69 against 0.77 / 0.75 at K split 2).
 
     H200, run 131 (``benchmarks/wgr_probe.py --ws 1``, every benchmark shape at 256 / 512 / 1024 tokens, four
     variants, K split 1 / 2 / 4; ratio to cuBLAS FP16, the dispatch before in brackets): at this rule's split
