@@ -76,12 +76,9 @@ def main(argv=None) -> int:
         ap.error(f"--stages takes 2-5, got {args.stages!r}")
     if any(a not in "12345678" or len(a) != 1 for a in args.split.split(",")):
         ap.error(f"--split takes 1-8, got {args.split!r}")
-    if any(a not in ("0", "1") for a in args.pdl.split(",")):
-        ap.error(f"--pdl takes 0 and 1, got {args.pdl!r}")
-    if any(a not in ("0", "1") for a in args.sk.split(",")):
-        ap.error(f"--sk takes 0 and 1, got {args.sk!r}")
-    if any(a not in ("0", "1") for a in args.ws.split(",")):
-        ap.error(f"--ws takes 0 and 1, got {args.ws!r}")
+    for flag in ("pdl", "sk", "ws"):
+        if any(a not in ("0", "1") for a in getattr(args, flag).split(",")):
+            ap.error(f"--{flag} takes 0 and 1, got {getattr(args, flag)!r}")
     if any(v not in ("2b", "3b", "4b", "slim") for v in args.variants.split(",")):
         ap.error(f"wgr_probe takes the variants 2b, 3b, 4b and slim, got {args.variants!r}")
     if not torch.cuda.is_available():
@@ -91,6 +88,7 @@ def main(argv=None) -> int:
     from slimq.kernels.reference import packed_matmul_reference
     from slimq.kernels.triton import KernelConfig, Workspace, resolve_config
     dev = torch.device("cuda")
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count  # stream-K: one program per SM
     rows, bad = [], []
     for shape in args.shapes.split(","):
         n, k = (int(v) for v in shape.split("x"))
@@ -105,7 +103,6 @@ def main(argv=None) -> int:
                 case = Case(p, m, dev, Workspace(dev, m, n, k, torch.float16, dequant=True, split_rows=split_rows))
                 ref = packed_matmul_reference(case.x, p).float()
                 fns[f"{v}:dispatch"] = case.fn(resolve_config(case.x, p))
-                sms = torch.cuda.get_device_properties(dev).multi_processor_count
                 for bt, st, sp, ws, pdl, sk in ((int(b), int(a), int(c), int(w), d == "1", e == "1")
                                                 for b in args.bt.split(",") for a in args.stages.split(",")
                                                 for c in args.split.split(",") for w in args.ws.split(",")

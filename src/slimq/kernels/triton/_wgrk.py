@@ -32,7 +32,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
 from slimq.kernels.triton._wgr import WGR_BK, _consumer, _issue, _ring, _ring_done, _store
 from slimq.kernels.triton._wgs import _acc_layout
-from slimq.kernels.triton._wgsk import _gdc_wait, _unit, _units, add_partials, put_partial
+from slimq.kernels.triton._wgsk import _gdc_wait, _unit, _units, add_partials, put_partial, tile_of
 
 __all__ = ["wgrk_kernel"]
 
@@ -40,12 +40,10 @@ __all__ = ["wgrk_kernel"]
 @gluon.jit
 def _unit_tile(u, lo, hi, t_hi, KT, n_r, BN: gl.constexpr, BT: gl.constexpr):
     """Unit ``u`` of the program (``_wgsk._unit``): its tile ``t``, K tiles ``[kb, ke)``, and the tile's first
-    token ``t0`` and row ``n0``. Row tiles run fastest (``n_r`` of them per token tile): with ``P`` programs,
-    program ``p + P / n_t`` works on the same weights as program ``p`` at the same time, one token tile on, so
-    the weights are read from DRAM about once (token tiles fastest: each program took one row block's token
-    tiles in turn and the card read 2.4x the bytes, 28672 x 8192 at 1024 tokens, session 16)."""
+    token ``t0`` and row ``n0`` (``_wgsk.tile_of``: row tiles fastest, ``n_r`` of them)."""
     t, kb, ke = _unit(u, lo, hi, t_hi, KT)
-    return t, kb, ke, (t // n_r) * BT, (t % n_r) * BN
+    pid_t, pid_r = tile_of(t, n_r)
+    return t, kb, ke, pid_t * BT, pid_r * BN
 
 
 @gluon.jit

@@ -7,7 +7,7 @@ tiles on 132 SMs) runs two waves, the second 70% full: Nsight Compute (H200, run
 elapsed SM cycles active, the tensor pipe 75% busy while active (cuBLAS FP16: 78%).
 
 Work: the ``T`` tiles' K tiles in one line, ``S = T * KT`` steps (tile ``t``'s K tile ``k`` is step ``t KT + k``;
-token tiles of one row tile adjacent, as in ``wgsw_kernel``'s grid). Program ``c`` takes steps
+row tiles of one token tile adjacent, :func:`tile_of`). Program ``c`` takes steps
 ``[c S / C, (c + 1) S / C)``, i.e. a *unit* (a K range of one tile) per tile it touches, and runs its units
 **from its last tile to its first**. A unit that holds its tile's last K tile *finishes* the tile: it adds
 the other units' sums and writes ``out``. Every other unit holds a tile's start or middle and is its program's
@@ -30,7 +30,7 @@ from triton.experimental.gluon import language as gl
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier
 from slimq.kernels.triton._wgsw import _dq_tiles, _mma_range, _store_out, rings
 
-__all__ = ["wgsk_kernel", "put_partial", "add_partials"]
+__all__ = ["wgsk_kernel", "put_partial", "add_partials", "tile_of"]
 
 
 @gluon.jit
@@ -53,6 +53,16 @@ def _unit(u, lo, hi, t_hi, KT):
     """Unit ``u`` of the program (from :func:`_units`): tile ``t`` and its K tiles ``[kb, ke)``."""
     t = t_hi - u
     return t, gl.maximum(lo, t * KT) - t * KT, gl.minimum(hi, (t + 1) * KT) - t * KT
+
+
+@gluon.jit
+def tile_of(t, n_r):
+    """Tile ``t``'s token tile and row tile (``n_r`` row tiles): row tiles run fastest. With ``P`` programs and
+    ``n_t`` token tiles, programs ``p`` and ``p + P / n_t`` start ``S / n_t`` steps apart, on the same row and K
+    tile of the next token tile, so they read the same weights at the same time (token tiles fastest, each
+    program took one row tile's token tiles in turn: stream-K ``wgr`` read 2.4x the DRAM bytes of one program per
+    tile on 28672 x 8192 at 1024 tokens, session 16)."""
+    return t // n_r, t % n_r
 
 
 @gluon.jit
@@ -110,14 +120,14 @@ def _sk_mma_partition(xdesc, M, out_ptr, stride_om, part_ptr, flag_ptr, rowperm_
     it = gl.to_tensor(0)
     for u in range(0, n_units):
         t, kb, ke = _unit(u, lo, hi, t_hi, KT)
-        pid_t = t // n_r  # row tiles fastest (_wgrk._unit_tile: the programs one token tile apart share weights)
+        pid_t, pid_r = tile_of(t, n_r)
         acc, it = _mma_range(xdesc, kb, ke, it, pid_t * BT, x_bars, w_ready, w_empty, w_smem, x_smem, BT, BN, BK,
                              XAHEAD, WS, num_warps)
         if ke < KT:  # the tile's start or middle: a partial for the program that finishes it
             put_partial(acc, part_ptr, flag_ptr, offs, BT * BN)
         else:
             acc = add_partials(acc, t, KT, S, part_ptr, flag_ptr, offs, BT * BN)
-            rows = (t % n_r) * BN + rows_l
+            rows = pid_r * BN + rows_l
             toks = pid_t * BT + toks_l
             mask = (toks < M)[:, None] & (rows < ns)[None, :]
             _store_out(acc, out_ptr, stride_om, rowperm_ptr, bias_ptr, r0, rows, toks, ns, mask, HAS_ROWPERM,
@@ -134,7 +144,7 @@ def _sk_dq_partition(segs, ns, S, KT, n_r, w_ready, w_empty, w_smem, SEG_BITS: g
     it = gl.to_tensor(0)
     for u in range(0, n_units):
         t, kb, ke = _unit(u, lo, hi, t_hi, KT)
-        it = _dq_tiles(it, segs, kb, ke, t % n_r, ns, w_ready, w_empty, w_smem, SEG_BITS, NSEG, GS, BN, BK, DT, WS,
+        it = _dq_tiles(it, segs, kb, ke, tile_of(t, n_r)[1], ns, w_ready, w_empty, w_smem, SEG_BITS, NSEG, GS, BN, BK, DT, WS,
                        H2, AHEAD, P)
 
 
