@@ -811,6 +811,8 @@ WGR_CFGS = {
     "wgr_t128_ws": KernelConfig("wgr", block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=4, producers=1),
     "wgr_t64_4w_split2_ws": KernelConfig("wgr", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=3,
                                          split_k=2, producers=1),
+    "wgr_t256_4w_ws": KernelConfig("wgr", block_m=256, block_n=64, block_k=64, num_warps=4, num_stages=4,
+                                   producers=1),  # the dispatch's one-warpgroup tiles
 }
 WGRK_CFGS = {  # stream-K wgr (_wgrk): few programs, so that units cross tiles and partials meet
     "wgrk_t256_sk5": KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=4,
@@ -960,23 +962,25 @@ def test_wgr_plan_config_and_support():
 
 def test_wgr_dispatch_rule():
     """Where the dispatch picks ``wgr`` (runs 131 and 143's layers, 132 SMs), its K split or stream-K ("sk": the
-    last of several waves under 90% full at 2 and 4 bits, at 3 bits and SliM 80%, 85% from 3 waves) or 128-token tiles ("t128": one
-    wave, where 256-token tiles fall short or need a K split); the rest stay on ``wgs``."""
+    last of several waves under 90% full at 2 and 4 bits, at 3 bits and SliM 80%, 85% from 3 waves), 128-token
+    tiles ("t128": one wave, where 256-token tiles fall short or need a K split) or, where either would be taken
+    with ``K <= 8192``, one unsplit wave of 64-row tiles ("w4": one warpgroup, 256 tokens; "w4t128": 128 tokens,
+    in place of a split leaving 16 K tiles or fewer per program; run 157); the rest stay on ``wgs``."""
     from slimq.kernels.triton._dispatch import wgr_config
     want = {(256, 28672, 8192): "sk24", (512, 28672, 8192): "sk", (1024, 28672, 8192): 1, (256, 8192, 28672): 2,
-            (512, 8192, 28672): 1, (256, 8192, 8192): "t128_24", (1024, 8192, 8192): 1, (256, 4096, 4096): 4,
-            (512, 4096, 4096): "t128", (1024, 4096, 4096): 1, (256, 4096, 11008 // 64 * 64): 4,
+            (512, 8192, 28672): 1, (256, 8192, 8192): "w4", (1024, 8192, 8192): 1, (256, 4096, 4096): "w4t128",
+            (512, 4096, 4096): "w4", (1024, 4096, 4096): 1, (256, 4096, 11008 // 64 * 64): 4,
             (512, 4096, 11008 // 64 * 64): 2, (256, 11008, 4096): 1, (512, 11008, 4096): "sk",
             (1024, 11008, 4096): "sk24"}
     for bits in ((2,), (3,), (4,), (1, 2, 3), (2, 3), (3, 1)):  # uniform 2-4 bits, SliM's 1-3-bit segments
         for (m, n, k), split in want.items():
             if split == "sk24":  # 1.7 and 2.6 waves: stream-K for 2 and 4 bits only (3.4 waves: for all)
                 split = "sk" if bits in ((2,), (4,)) else 1
-            if split == "t128_24":  # 128-token tiles in one wave for 2 and 4 bits, else K split 2
-                split = "t128" if bits in ((2,), (4,)) else 2
             cfg = wgr_config(m, n, k, bits)
-            got = None if cfg is None else "sk" if cfg.stream_k else "t128" if cfg.block_m == 128 else cfg.split_k
+            got = None if cfg is None else "sk" if cfg.stream_k else (
+                ("w4" if cfg.num_warps == 4 else "") + ("t128" if cfg.block_m == 128 else "")) or cfg.split_k
             assert cfg is None or cfg.block_m in (128, 256) and (cfg.block_m == 256 or cfg.split_k == 1)
+            assert cfg is None or cfg.block_n == 16 * cfg.num_warps and cfg.num_warps in (4, 8)
             assert got == split, (bits, m, n, k, cfg)
             assert cfg is None or cfg.producers == 1  # the copy warp
             assert cfg is None or cfg.stream_k in (0, 132)  # one persistent program per SM

@@ -106,7 +106,7 @@ def test_probe_gather_index_and_arguments():
     idx = wgr_probe.operand_index(192, 4, "cpu")
     assert idx.tolist() == [t * 64 + wgr_src(k, 4) for t in range(3) for k in range(64)]
     for bad in (["--variants", "8b"], ["--stages", "1"], ["--rounds", "0"], ["--stages", "6"], ["--split", "9"],
-                ["--ws", "2"], ["--sk", "2"], ["--pdl", "2"]):
+                ["--ws", "2"], ["--sk", "2"], ["--pdl", "2"], ["--warps", "2"]):
         with pytest.raises(SystemExit):
             wgr_probe.main(bad)
 

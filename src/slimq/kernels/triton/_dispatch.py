@@ -155,7 +155,14 @@ def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: in
     ones leave it short (4096 x 4096 at 512 tokens, 64 tiles: ``wgs`` 0.60-0.63x of FP16 before) or, at 2 and 4 bits
     with ``K <= 8192``, need a K split of 2 (8192 x 8192 at 256), 128-token tiles (run 145): 4096 x 4096 at 512
     0.70-0.78x, 8192 x 8192 at 256 2-bit 0.80 -> 0.85, 4-bit 0.80 -> 0.84 (3-bit, SliM: 0.78 / 0.80 -> 0.76; 4096 x
-    11008 at 512, 2 / 3 bits: 0.76 / 0.69 against 0.77 / 0.75 at K split 2).
+    11008 at 512, 2 / 3 bits: 0.76 / 0.69 against 0.77 / 0.75 at K split 2). Where either of those (a K split or
+    128-token tiles) would be taken with ``K <= 8192``, one unsplit wave of 64-row tiles instead (one warpgroup of
+    MMA warps, ``_wgr_tiles(warps=4)``): 256 tokens where such tiles fill it 90%+, else 128 tokens in place of a
+    split that leaves each program 16 K tiles or fewer. H200 runs 156-158 (``wgr_probe.py --warps 4``), against
+    the dispatch before: 4096 x 4096 at 256 (K split 4 -> 64 x 128 tiles) 2-bit 0.78 -> 0.84x, 3-bit 0.75 ->
+    0.79; at 512 (128-token tiles -> 64 x 256) 0.78 -> 0.80, 3-bit 0.70 -> 0.77; 8192 x 8192 at 256 2-bit 0.86
+    -> 0.90, 3-bit 0.79 -> 0.84. Not for long K: 8192 x 28672 at 256 lost 10-16% against K split 2 (2-bit 1.01
+    -> 0.90), 4096 x 11008 at 512 within 1-4% either way.
 
     H200, run 131 (``benchmarks/wgr_probe.py --ws 1``, every benchmark shape at 256 / 512 / 1024 tokens, four
     variants, K split 1 / 2 / 4; ratio to cuBLAS FP16, the dispatch before in brackets): at this rule's split
@@ -181,16 +188,28 @@ def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: in
     if split == 1 and waves > 1 and fill < (0.9 if two_four else 0.8 if waves < 3 else 0.85):
         return _wgr_tiles(256, stream_k=num_sms)
     short = fill < (0.5 if waves <= 1 else 0.75)
-    if 0.9 * num_sms <= triton.cdiv(n, 128) * triton.cdiv(m, 128) <= num_sms and (
-            short or (two_four and split == 2 and k <= 8192)):
+    t128 = 0.9 * num_sms <= triton.cdiv(n, 128) * triton.cdiv(m, 128) <= num_sms and (
+        short or (two_four and split == 2 and k <= 8192))
+    if (split > 1 or t128) and k <= 8192:  # one wave of 64-row tiles (one warpgroup), unsplit, where they fill it
+        if _one_wave(triton.cdiv(n, 64) * triton.cdiv(m, 256), num_sms):
+            return _wgr_tiles(256, warps=4)
+        if split > 1 and k // 64 // split <= 16 and _one_wave(triton.cdiv(n, 64) * triton.cdiv(m, 128), num_sms):
+            return _wgr_tiles(128, warps=4)
+    if t128:
         return _wgr_tiles(128)  # 128-token tiles fill one wave
     return None if short else _wgr_tiles(256, split_k=split)
 
 
-def _wgr_tiles(block_m: int, split_k: int = 1, stream_k: int = 0) -> KernelConfig:
-    """``wgr`` on ``[128 rows, block_m tokens]`` tiles: 8 MMA warps, the copy warp, 4 K tiles in flight."""
-    return KernelConfig("wgr", block_m=block_m, block_n=128, block_k=64, num_warps=8, num_stages=4, split_k=split_k,
-                        producers=1, stream_k=stream_k)
+def _one_wave(tiles: int, num_sms: int) -> bool:
+    """Whether ``tiles`` programs fill one wave 90% or more."""
+    return 0.9 * num_sms <= tiles <= num_sms
+
+
+def _wgr_tiles(block_m: int, split_k: int = 1, stream_k: int = 0, warps: int = 8) -> KernelConfig:
+    """``wgr`` on ``[16 warps rows, block_m tokens]`` tiles: ``warps`` MMA warps (8: two warpgroups, 128 rows; 4:
+    one, 64 rows), the copy warp, 4 K tiles in flight."""
+    return KernelConfig("wgr", block_m=block_m, block_n=16 * warps, block_k=64, num_warps=warps, num_stages=4,
+                        split_k=split_k, producers=1, stream_k=stream_k)
 
 
 def _balanced_split(tiles: int, k_tiles: int, per_sm: float, num_sms: int) -> int:
