@@ -51,7 +51,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 
 from slimq.kernels.triton._dq16 import _half2
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _tma_load
-from slimq.kernels.triton._wgrx import reorder_slot
+from slimq.kernels.triton._wgrx import reorder_tiles
 from slimq.kernels.triton._wgsk import _gdc_wait
 
 __all__ = ["wgr_kernel", "wgr_src", "fragment_order", "seg_planes", "WGR_BK"]
@@ -430,24 +430,6 @@ def _producer(xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS: gl.cons
 
 
 @gluon.jit
-def _producer_reorder(xd, segs, tb, t0, n0, kb, kt, bars, empty, xland, smem, SEG_BITS: gl.constexpr,
-                      GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
-    """The copy warp with ``gather=True`` (``_wgrx``): each tile's copies as :func:`_producer` issues them, the
-    activations (``x`` in natural order) on ``xland``; ``STAGES - 2`` tiles behind, it reorders a landed slot in
-    place and arrives on the slot's activation barrier, which the MMA warps wait on as usual. (Reordering the
-    newest tile would hold one copy in flight; ``STAGES - 1`` behind would wait for a release that needs it.)"""
-    xbars = (xland, bars[1], bars[2], bars[3], bars[4])
-    LAG: gl.constexpr = STAGES - 2
-    for t in range(kt):
-        mbarrier.wait(empty.index(t % STAGES), ((t // STAGES) & 1) ^ 1)
-        _issue(xd, segs, tb, t0, n0, kb, t, xbars, smem, True, SEG_BITS, GS, BN, BT, STAGES)
-        if t >= LAG:
-            reorder_slot(t - LAG, xland, bars[0], smem[0], BT, STAGES)
-    for t in range(gl.maximum(kt - LAG, 0), kt):
-        reorder_slot(t, xland, bars[0], smem[0], BT, STAGES)
-
-
-@gluon.jit
 def _consumer(xd, segs, tb, t0, n0, kb, kt, it, bars, empty, smem, SEG_BITS: gl.constexpr, GS: gl.constexpr,
               BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, WS: gl.constexpr,
               TAIL: gl.constexpr = False):
@@ -526,16 +508,18 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(empty.index(i), count=1)
-        if REORDER:  # x in natural order (no gather launch), reordered in place by the copy warp (_wgrx)
+        if REORDER:  # x in natural order (no gather launch), reordered in place by warps of its own (_wgrx)
+            REORDER_WARPS: gl.constexpr = 4 if num_warps == 4 else 2
             xland = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
             for i in gl.static_range(STAGES):
                 mbarrier.init(xland.index(i), count=1)
+            xbars = (xland, bars[1], bars[2], bars[3], bars[4])  # the copy warp's activations land on xland
             res = gl.warp_specialize(
                 [(_consumer, (xd, segs, tb, t0, n0, kb, kt, 0, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES,
                               num_warps, WS)),
-                 (_producer_reorder, (xd, segs, tb, t0, n0, kb, kt, bars, empty, xland, smem, SEG_BITS, GS, BN, BT,
-                                      STAGES))],
-                [1], [48])
+                 (_producer, (xd, segs, tb, t0, n0, kb, kt, xbars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, False)),
+                 (reorder_tiles, (kt, xland, bars[0], smem[0], BT, STAGES, REORDER_WARPS))],
+                [1, REORDER_WARPS], [48, 64])
             for i in gl.static_range(STAGES):
                 mbarrier.invalidate(xland.index(i))
         else:
