@@ -63,8 +63,6 @@ def main(argv=None) -> int:
     ap.add_argument("--bt", default="128,256")
     ap.add_argument("--stages", default="4", help="K tiles in flight (2-5)")
     ap.add_argument("--warps", default="8", help="MMA warps: 8 ([128 rows, bt] tiles) or 4 (64 rows; 4,8: both)")
-    ap.add_argument("--reorder", default="0", help="1: no gather launch, the copy warp reorders x (gather=True; "
-                    "2b/3b only, one program per tile; 0,1: both)")
     ap.add_argument("--split", default="1", help="K splits (1-8)")
     ap.add_argument("--ws", default="0", help="0: the MMA warps issue the copies; 1: a producer warp does (0,1: both)")
     ap.add_argument("--pdl", default="1", help="1: with the copy warp, launch during the gather (0,1: both)")
@@ -81,7 +79,7 @@ def main(argv=None) -> int:
         ap.error(f"--warps takes 4 and 8, got {args.warps!r}")
     if any(a not in "12345678" or len(a) != 1 for a in args.split.split(",")):
         ap.error(f"--split takes 1-8, got {args.split!r}")
-    for flag in ("pdl", "sk", "ws", "reorder"):
+    for flag in ("pdl", "sk", "ws"):
         if any(a not in ("0", "1") for a in getattr(args, flag).split(",")):
             ap.error(f"--{flag} takes 0 and 1, got {getattr(args, flag)!r}")
     if any(v not in ("2b", "3b", "4b", "slim") for v in args.variants.split(",")):
@@ -108,26 +106,20 @@ def main(argv=None) -> int:
                 case = Case(p, m, dev, Workspace(dev, m, n, k, torch.float16, dequant=True, split_rows=split_rows))
                 ref = packed_matmul_reference(case.x, p).float()
                 fns[f"{v}:dispatch"] = case.fn(resolve_config(case.x, p))
-                for bt, st, sp, ws, pdl, sk, nw, ro in ((int(b), int(a), int(c), int(w), d == "1", e == "1", int(f),
-                                                         g == "1")
-                                                        for b in args.bt.split(",") for a in args.stages.split(",")
-                                                        for c in args.split.split(",") for w in args.ws.split(",")
-                                                        for d in args.pdl.split(",") for e in args.sk.split(",")
-                                                        for f in args.warps.split(",")
-                                                        for g in args.reorder.split(",")):
+                for bt, st, sp, ws, pdl, sk, nw in ((int(b), int(a), int(c), int(w), d == "1", e == "1", int(f))
+                                                    for b in args.bt.split(",") for a in args.stages.split(",")
+                                                    for c in args.split.split(",") for w in args.ws.split(",")
+                                                    for d in args.pdl.split(",") for e in args.sk.split(",")
+                                                    for f in args.warps.split(",")):
                     if (pdl and not ws and "0" in args.pdl.split(",")) or (sk and (not ws or sp > 1)):
                         continue  # no PDL without the copy warp; stream-K needs the copy warp and no K split
-                    if ro and (not ws or sk or v not in ("2b", "3b") or st < 3):
-                        continue  # reordering in place: the copy warp, one program per tile, identity col_perm
                     cfg = KernelConfig("wgr", block_m=bt, block_n=16 * nw, block_k=64, num_warps=nw, num_stages=st,
-                                       split_k=sp, producers=ws, pdl=pdl and not ro, stream_k=sms if sk else 0,
-                                       gather=ro)
+                                       split_k=sp, producers=ws, pdl=pdl, stream_k=sms if sk else 0)
                     run = case.fn(cfg)
                     run()
                     err = rel_err(case.out, ref)
                     name = (f"{v}:wgr{bt}" + ("/w4" if nw == 4 else "") + f"/s{st}" + (f"/k{sp}" if sp != 1 else "")
-                            + ("/ws" if ws else "") + ("/nopdl" if ws and not pdl else "") + ("/sk" if sk else "")
-                            + ("/ro" if ro else ""))
+                            + ("/ws" if ws else "") + ("/nopdl" if ws and not pdl else "") + ("/sk" if sk else ""))
                     print(f"{n}x{k} M={m} {name}: relative error {err:.2e}", flush=True)
                     if err < TOL[torch.float16]:
                         fns[name] = run

@@ -1000,24 +1000,6 @@ def test_wgr_dispatch_rule():
 
 @inproc
 @gpu
-@pytest.mark.parametrize("bits,gs,bt", [(2, 128, 256), (3, 128, 256), (1, 64, 128), (2, 64, 64)])
-def test_wgr_reorder_matches_reference(bits, gs, bt):
-    """``wgr`` with ``gather=True`` (``_wgrx``: no gather launch, the copy warp reorders ``x`` in shared memory)
-    on layers whose ``col_perm`` is the identity: partial row and token tiles, bias, K split; the launch plan
-    holds no gather."""
-    if torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("wgr is Gluon for sm_90")
-    p = random_layer(200, 512, gs, bits)
-    assert torch.equal(p.col_perm.long().cpu(), torch.arange(512))
-    for split in (1, 2):
-        cfg = KernelConfig("wgr", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=4, split_k=split,
-                           producers=1, gather=True)
-        for m in (70, 300):
-            _check(p, m, torch.float16, cfg, bias=m == 70)
-
-
-@inproc
-@gpu
 @pytest.mark.parametrize("cfg_name", list(WGR_CFGS))
 @pytest.mark.parametrize("bits,gs", [(2, 128), (3, 128), (4, 64), (1, 64), ([1, 2, 3], 128), ([3, 2], 64)])
 def test_wgr_matches_reference(bits, gs, cfg_name):

@@ -21,8 +21,7 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 3
     walk: bool = True
-    gather: bool = False  # fuse x[:, col_perm] into the matmul ("gv": each program pairs its own columns; "wgr" with
-    # producers: the copy warp reorders x in shared memory, for an identity col_perm only; else a pass)
+    gather: bool = False  # fuse x[:, col_perm] into the matmul ("gv": each program pairs its own columns; else a pass)
     group_m: int = 8
     prefetch: bool = False  # "fma" / "h2" with M == 1: load the next tile before computing this one
     depth: int = 1  # "gv": K-tiles whose weights are loaded ahead of the one computed (1 or 2); "wgs" with
@@ -104,9 +103,6 @@ class KernelConfig:
                              f"split_k={self.split_k}")
         if self.producers and self.path not in ("wgs", "wgr"):
             raise ValueError(f"producers applies to paths 'wgs' and 'wgr' only, got {self.path!r}")
-        if self.path == "wgr" and self.gather and (self.producers != 1 or self.stream_k or self.num_stages < 3):
-            raise ValueError(f"path 'wgr' takes gather=True with producers=1, num_stages >= 3 and no stream_k; got "
-                             f"producers={self.producers}, num_stages={self.num_stages}, stream_k={self.stream_k}")
         if self.path == "wgr" and self.producers not in (0, 1):
             raise ValueError(f"path 'wgr' takes producers 0 or 1 (one warp issuing the copies), got {self.producers}")
         if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):

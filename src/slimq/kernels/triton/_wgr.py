@@ -51,7 +51,6 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 
 from slimq.kernels.triton._dq16 import _half2
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _tma_load
-from slimq.kernels.triton._wgrx import reorder_tiles
 from slimq.kernels.triton._wgsk import _gdc_wait
 
 __all__ = ["wgr_kernel", "wgr_src", "fragment_order", "seg_planes", "WGR_BK"]
@@ -477,8 +476,7 @@ def _consumer(xd, segs, tb, t0, n0, kb, kt, it, bars, empty, smem, SEG_BITS: gl.
 def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T1, T2, M, out_ptr, stride_om,
                acc_ptr, stride_am, bias_ptr, ns, K, SEG_BITS: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
                BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, SPLIT: gl.constexpr = 1,
-               HAS_BIAS: gl.constexpr = False, WS: gl.constexpr = False, PDL: gl.constexpr = False,
-               REORDER: gl.constexpr = False):
+               HAS_BIAS: gl.constexpr = False, WS: gl.constexpr = False, PDL: gl.constexpr = False):
     """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a layer of one segment of 1- to 4-bit codes, or of up
     to three segments of 1-3 bits in column order (SliM; ``SEG_BITS``, their widths). TMA descriptors: ``xd`` the
     activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes); per segment ``i`` (unused ones: any
@@ -508,26 +506,11 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(empty.index(i), count=1)
-        if REORDER:  # x in natural order (no gather launch), reordered in place by warps of its own (_wgrx)
-            REORDER_WARPS: gl.constexpr = 4 if num_warps == 4 else 2
-            xland = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-            for i in gl.static_range(STAGES):
-                mbarrier.init(xland.index(i), count=1)
-            xbars = (xland, bars[1], bars[2], bars[3], bars[4])  # the copy warp's activations land on xland
-            res = gl.warp_specialize(
-                [(_consumer, (xd, segs, tb, t0, n0, kb, kt, 0, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES,
-                              num_warps, WS)),
-                 (_producer, (xd, segs, tb, t0, n0, kb, kt, xbars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, False)),
-                 (reorder_tiles, (kt, xland, bars[0], smem[0], BT, STAGES, REORDER_WARPS))],
-                [1, REORDER_WARPS], [48, 64])
-            for i in gl.static_range(STAGES):
-                mbarrier.invalidate(xland.index(i))
-        else:
-            res = gl.warp_specialize(
-                [(_consumer, (xd, segs, tb, t0, n0, kb, kt, 0, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES,
-                              num_warps, WS)),
-                 (_producer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL))],
-                [1], [48])
+        res = gl.warp_specialize(
+            [(_consumer, (xd, segs, tb, t0, n0, kb, kt, 0, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES,
+                          num_warps, WS)),
+             (_producer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL))],
+            [1], [48])
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(empty.index(i))
     else:

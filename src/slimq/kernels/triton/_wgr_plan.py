@@ -17,28 +17,13 @@ if TYPE_CHECKING:
 __all__ = ["wgr_launches"]
 
 
-def _check_reorder(x: torch.Tensor, seg_bits: tuple[int, ...], cfg: KernelConfig) -> None:
-    """The conditions of ``gather=True`` (``_wgrx``) that the launch itself can check: float16 ``x`` with rows
-    TMA can read, codes in the 2-bit operand order, the copy warp with a ring of 3+ slots, one program per tile.
-    The layer's ``col_perm`` must be the identity: the caller's guarantee (checking it here would synchronise)."""
-    from slimq.kernels.triton._wgr import seg_planes
-    if seg_planes(seg_bits)[2] != 2:
-        raise ValueError("wgr with gather=True needs 1-3-bit codes (the 2-bit operand order); 4-bit layers gather")
-    if cfg.producers != 1 or cfg.stream_k or cfg.num_stages < 3:
-        raise ValueError("wgr with gather=True needs the copy warp (producers=1), num_stages >= 3 and no stream_k")
-    if x.dtype != torch.float16 or x.stride(1) != 1 or x.stride(0) % 8 or x.data_ptr() % 16:
-        raise ValueError("wgr with gather=True needs float16 x with unit column stride and 16-byte aligned rows")
-
-
 def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                  ws: Workspace, cfg: KernelConfig) -> list[Launch]:
     """``wgr`` (``_wgr``): ``x[:, col_perm]`` in ``_wgr``'s operand order into ``ws.xperm``, one ``wgr_kernel``
     reading it and each segment's planes, scales and zeros by TMA (``cfg.block_m`` tokens x ``cfg.block_n`` rows
     per tile, ``cfg.num_stages`` K tiles in flight), and with ``cfg.split_k > 1`` a ``finalize_kernel`` (the
     programs add float32 sums into ``ws.acc``); with ``cfg.stream_k`` (and the copy warp) ``_wgrk.wgrk_kernel``
-    instead, by that many persistent programs (partial sums in ``ws.skp``, flags in ``ws.skf``); with
-    ``cfg.gather`` no gather launch: ``wgr_kernel`` reads ``x`` as it is and its copy warp reorders it in shared
-    memory (``_wgrx``; an identity ``col_perm`` only, explicit configs: slower on the H200, run 164). Layers:
+    instead, by that many persistent programs (partial sums in ``ws.skp``, flags in ``ws.skf``). Layers:
     ``_support.wgr_supported``."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -52,13 +37,9 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     kp = 64 * seg_planes(seg_bits)[2] // 32
     if cfg.split_k > kdim // 64:
         raise ValueError(f"wgr: split_k={cfg.split_k} exceeds the K tiles of the layer ({kdim // 64})")
-    if cfg.gather:  # x read as it is and reordered in shared memory by the copy warp (_wgrx): no gather launch
-        _check_reorder(x, seg_bits, cfg)
-        pdl, gather, xin = False, None, x
-    else:
-        pdl = _pdl(x, cfg) and cfg.producers == 1  # the copy warp waits for the gather (run 138)
-        gather, xin = gather_launch(x, packed, ws.xperm, wgr=seg_planes(seg_bits)[2], pdl=pdl)
-    desc = TensorDescriptor(xin, [m, kdim], [xin.stride(0), 1], [cfg.block_m, 64], smem_layout(64, 16))
+    pdl = _pdl(x, cfg) and cfg.producers == 1  # the copy warp waits for the gather (run 138)
+    gather, xin = gather_launch(x, packed, ws.xperm, wgr=seg_planes(seg_bits)[2], pdl=pdl)
+    desc = TensorDescriptor(xin, [m, kdim], [kdim, 1], [cfg.block_m, 64], smem_layout(64, 16))
 
     def rows_desc(t: torch.Tensor, box_rows: int) -> TensorDescriptor:  # [R, ns] -> [box_rows, BN] boxes, unswizzled
         lay = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8 * t.element_size(), rank=2)
@@ -80,12 +61,10 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
         check_stream_room(ws, programs, cfg)
         return [gather, Launch("wgrk_kernel", (programs,), (desc, *seg_args, *starts, m, out, out.stride(0), ws.skp,
                                                             ws.skf, b, n, kdim), kw, module="wgrk")]
-    kw.update(SPLIT=cfg.split_k, WS=cfg.producers == 1, **({"REORDER": True} if cfg.gather else {}))
+    kw.update(SPLIT=cfg.split_k, WS=cfg.producers == 1)
     grid = (tiles * cfg.split_k,)
-    launches = [Launch("wgr_kernel", grid, (desc, *seg_args, *starts, m, out, out.stride(0), acc, acc.stride(0), b,
-                                            n, kdim), kw, module="wgr")]
-    if gather is not None:
-        launches.insert(0, gather)
+    launches = [gather, Launch("wgr_kernel", grid, (desc, *seg_args, *starts, m, out, out.stride(0), acc,
+                                                     acc.stride(0), b, n, kdim), kw, module="wgr")]
     if split:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches
