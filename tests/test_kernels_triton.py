@@ -981,6 +981,8 @@ def test_wgr_dispatch_rule():
                 ("w4" if cfg.num_warps == 4 else "") + ("t128" if cfg.block_m == 128 else "")) or cfg.split_k
             assert cfg is None or cfg.block_m in (128, 256) and (cfg.block_m == 256 or cfg.split_k == 1)
             assert cfg is None or cfg.block_n == 16 * cfg.num_warps and cfg.num_warps in (4, 8)
+            five = got == "w4t128" and bits in ((2,), (4,))  # 64 x 128 tiles at 2 and 4 bits: 5 K tiles in flight
+            assert cfg is None or cfg.num_stages == (5 if five else 4), (bits, m, n, k, cfg)
             assert got == split, (bits, m, n, k, cfg)
             assert cfg is None or cfg.producers == 1  # the copy warp
             assert cfg is None or cfg.stream_k in (0, 132)  # one persistent program per SM

@@ -162,7 +162,8 @@ def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: in
     the dispatch before: 4096 x 4096 at 256 (K split 4 -> 64 x 128 tiles) 2-bit 0.78 -> 0.84x, 3-bit 0.75 ->
     0.79; at 512 (128-token tiles -> 64 x 256) 0.78 -> 0.80, 3-bit 0.70 -> 0.77; 8192 x 8192 at 256 2-bit 0.86
     -> 0.90, 3-bit 0.79 -> 0.84. Not for long K: 8192 x 28672 at 256 lost 10-16% against K split 2 (2-bit 1.01
-    -> 0.90), 4096 x 11008 at 512 within 1-4% either way.
+    -> 0.90), 4096 x 11008 at 512 within 1-4% either way. 64 x 128 tiles keep 5 K tiles in flight at 2 and 4
+    bits (runs 166-167, 4096 x 4096 at 256: 2-bit 0.85 -> 0.91, 4-bit 0.80 -> 0.86; 3-bit, SliM within 1%).
 
     H200, run 131 (``benchmarks/wgr_probe.py --ws 1``, every benchmark shape at 256 / 512 / 1024 tokens, four
     variants, K split 1 / 2 / 4; ratio to cuBLAS FP16, the dispatch before in brackets): at this rule's split
@@ -194,7 +195,7 @@ def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: in
         if _one_wave(triton.cdiv(n, 64) * triton.cdiv(m, 256), num_sms):
             return _wgr_tiles(256, warps=4)
         if split > 1 and k // 64 // split <= 16 and _one_wave(triton.cdiv(n, 64) * triton.cdiv(m, 128), num_sms):
-            return _wgr_tiles(128, warps=4)
+            return _wgr_tiles(128, warps=4, stages=5 if two_four else 4)
     if t128:
         return _wgr_tiles(128)  # 128-token tiles fill one wave
     return None if short else _wgr_tiles(256, split_k=split)
@@ -205,10 +206,10 @@ def _one_wave(tiles: int, num_sms: int) -> bool:
     return 0.9 * num_sms <= tiles <= num_sms
 
 
-def _wgr_tiles(block_m: int, split_k: int = 1, stream_k: int = 0, warps: int = 8) -> KernelConfig:
+def _wgr_tiles(block_m: int, split_k: int = 1, stream_k: int = 0, warps: int = 8, stages: int = 4) -> KernelConfig:
     """``wgr`` on ``[16 warps rows, block_m tokens]`` tiles: ``warps`` MMA warps (8: two warpgroups, 128 rows; 4:
-    one, 64 rows), the copy warp, 4 K tiles in flight."""
-    return KernelConfig("wgr", block_m=block_m, block_n=16 * warps, block_k=64, num_warps=warps, num_stages=4,
+    one, 64 rows), the copy warp, ``stages`` K tiles in flight."""
+    return KernelConfig("wgr", block_m=block_m, block_n=16 * warps, block_k=64, num_warps=warps, num_stages=stages,
                         split_k=split_k, producers=1, stream_k=stream_k)
 
 
