@@ -189,7 +189,7 @@ def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: in
     if split == 1 and waves > 1 and fill < (0.9 if two_four else 0.8 if waves < 3 else 0.85):
         return _wgr_tiles(256, stream_k=num_sms)
     short = fill < (0.5 if waves <= 1 else 0.75)
-    t128 = 0.9 * num_sms <= triton.cdiv(n, 128) * triton.cdiv(m, 128) <= num_sms and (
+    t128 = _one_wave(triton.cdiv(n, 128) * triton.cdiv(m, 128), num_sms) and (
         short or (two_four and split == 2 and k <= 8192))
     if (split > 1 or t128) and k <= 8192:  # one wave of 64-row tiles (one warpgroup), unsplit, where they fill it
         if _one_wave(triton.cdiv(n, 64) * triton.cdiv(m, 256), num_sms):
