@@ -155,6 +155,8 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
         mv += [C("mv", block_m=1, block_n=128, block_k=128, split_k=s, num_warps=4, num_stages=1, maxnreg=r,
                  l2_ahead=a) for s in (2, 4, 8, 16) for a in (1, 2, 3) for r in (0, 64, 72, 80, 96)
                if s <= math.ceil(k / 128)]
+        mv += [C("mv", block_m=1, block_n=32, block_k=128, num_warps=w, num_stages=1, k_warps=w, maxnreg=r)
+               for w, r in ((4, 0), (8, 0), (16, 128))]  # warps splitting K (_mvs), where the tiles fit
         return h2 + gv + mv
     if m <= 16:
         bm = 1 << max(0, (m - 1).bit_length())
@@ -240,7 +242,7 @@ def cfg_name(c) -> str:
     walk = (("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + (f"/d{c.depth}" if c.depth > 1 else "")
             + ("/g" if c.gather else "") + (f"/r{c.maxnreg}" if c.maxnreg else "") + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl")
             + (f"/p{c.producers}" if c.producers else "") + (f"/l2a{c.l2_ahead}" if c.l2_ahead else "")
-            + (f"/sk{c.stream_k}" if c.stream_k else ""))
+            + (f"/sk{c.stream_k}" if c.stream_k else "") + (f"/kw{c.k_warps}" if c.k_warps else ""))
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 
@@ -251,7 +253,8 @@ def _parse(argv):
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--paths", default="",
-                    help="with --tune: only candidates of these paths (comma-separated; the dispatch default is always timed)")
+                    help="with --tune: only candidates of these paths (comma-separated; \"mvs\": mv with k_warps; the "
+                         "dispatch default is always timed)")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"],
                     help="activation dtype; the baseline is cuBLAS in that dtype (JSON keys keep the name fp16)")
@@ -291,7 +294,8 @@ def _prepare(args, dev, shapes, ms, variants):
     cases = {(n, k, m, v): Case(layers[n, k, v], m, dev, ws, dtype) for n, k in shapes for m in ms for v in variants}
     paths = set(filter(None, args.paths.split(",")))
     cfgs = {key: [resolve_config(case.x, case.p)]
-            + ([c for c in candidates(key[2], key[0], key[1]) if not paths or c.path in paths] if args.tune else [])
+            + ([c for c in candidates(key[2], key[0], key[1]) if (not paths or path_tag(c) in paths)
+                and _plans(case, c)] if args.tune else [])
             for key, case in cases.items()}
     launches = [lc for key, c in cases.items() for cfg in cfgs[key] for lc in c.launches(cfg)]
     try:
@@ -301,6 +305,21 @@ def _prepare(args, dev, shapes, ms, variants):
         print(f"precompile failed ({type(e).__name__}: {e}); compiling lazily", flush=True)
     print(f"built {len(layers)} layers, precompiled {n_var} kernel variants in {time.time() - t0:.0f}s", flush=True)
     return cases, cfgs
+
+
+def path_tag(c) -> str:
+    """A config's path for ``--paths``: ``"mvs"`` for ``mv`` with the warps splitting K (``k_warps``)."""
+    return "mvs" if c.path == "mv" and c.k_warps else c.path
+
+
+def _plans(case, cfg) -> bool:
+    """Whether ``cfg`` can be planned for ``case`` (a candidate the plan refuses, e.g. ``mv`` with ``k_warps``
+    and too many K tiles per warp, is left out of ``--tune``)."""
+    try:
+        case.launches(cfg)
+    except ValueError:
+        return False
+    return True
 
 
 def _measure_variant(case, cfgs, tune: bool, keep_all: bool, flush: str = "zero", auto_us: float | None = None) -> dict:

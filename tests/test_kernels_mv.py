@@ -25,16 +25,36 @@ def test_in_interpreter_subprocess():
 @pytest.mark.parametrize("layer,cfg_name", [("mv_wide", "mv"), ("mv_wide", "mv_split"), ("mv_u2_g256", "mv"),
                                             ("mv_u2_g256", "mv_split"), ("mv_mix123", "mv"), ("mv_wide", "mv_m5"),
                                             ("mv_wide", "mv_m16_split"), ("mv_u2_g256", "mv_m16_split"),
-                                            ("mv_mix123", "mv_l2"), ("mv_u2_g256", "mv_l2"), ("mv_mix123", "mv_m5_l2")])
+                                            ("mv_mix123", "mv_l2"), ("mv_u2_g256", "mv_l2"), ("mv_mix123", "mv_m5_l2"),
+                                            ("mv_wide", "mv_kw4"), ("mv_u2_g256", "mv_kw1"), ("mv_u2_g256", "mv_kw4"),
+                                            ("mv_mix123", "mv_kw4")])
 def test_mv_bit_widths_and_groupings(layer, cfg_name):
     """The tensor-core GEMV over 1-8 bits (not 7), group sizes 128 and 256, K split 3 (uneven shares), one
-    token, 5 (one token block, lanes past M) and 16 (two blocks); with the L2 prefetch (its addresses stay
+    token, 5 (one token block, lanes past M) and 16 (two blocks); the warps splitting K (``k_warps``: 1-2 tiles
+    per warp and segment, warps past a segment's end; one warp with 4 tiles); with the L2 prefetch (its addresses stay
     inside the segment's planes, scales and zeros: on a GPU a stray one could fault)."""
     _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=True)
 
 
 @inproc
-@pytest.mark.parametrize("cfg_name", ["mv", "mv_split", "mv_m5", "mv_m16_split"])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 8])
+def test_mv_k_warps_reads_x_itself_on_identity_permutations(bits):
+    """``k_warps`` on a uniform layer (identity ``col_perm``, float16 token): no gather launch, the pairs built
+    from ``x`` and ``corr``/``sum x`` from the correction MMA (``_mvx``), every plane width and the 3-bit virtual
+    plane; a bfloat16 token keeps the gather."""
+    from slimq.kernels.triton._plan import mvs_direct
+    p = random_layer(64, 640, 128, bits, seed=bits)
+    x = torch.zeros(1, p.in_features, dtype=torch.float16, device=DEV)
+    assert mvs_direct(x, p) and not mvs_direct(x.bfloat16(), p)
+    ws = Workspace(DEV, 1, p.out_features, p.in_features, torch.float16)
+    launches = slt.plan_launches(x, p, None, torch.empty(1, 64, dtype=torch.float16, device=DEV), ws, CFGS["mv_kw4"])
+    assert [lc.kernel for lc in launches] == ["mvs_kernel"]
+    _check(p, 1, torch.float16, CFGS["mv_kw4"], bias=True)
+    _check(p, 1, torch.bfloat16, CFGS["mv_kw4"])
+
+
+@inproc
+@pytest.mark.parametrize("cfg_name", ["mv", "mv_split", "mv_m5", "mv_m16_split", "mv_kw4"])
 def test_mv_row_permuted_layers(cfg_name):
     """MixLLM-style bands (rows of 2, 4 and 3 bits, 16 each) and a row_perm."""
     p = random_layer(48, 384, 128, None, row_bits=[2, 4, 3], seed=7)
@@ -74,11 +94,14 @@ def test_mv_needs_whole_tiles_and_says_why():
 
 @inproc
 @gpu
-@pytest.mark.parametrize("cfg_name,m", [("mv_split", 1), ("mv_l2", 1), ("mv_m16_split", 5)])
-def test_mv_split_k_replays_under_cuda_graph(cfg_name, m):
+@pytest.mark.parametrize("cfg_name,m,bits", [("mv_split", 1, [1, 2, 3]), ("mv_l2", 1, [1, 2, 3]),
+                                             ("mv_m16_split", 5, [1, 2, 3]), ("mv_kw4", 1, [1, 2, 3]),
+                                             ("mv_kw4", 1, 3)])
+def test_mv_split_k_replays_under_cuda_graph(cfg_name, m, bits):
     """``mv`` with split-K (one token: the last program finishes the tile; 5 tokens: finalize launch) replays
-    under a CUDA graph with new activations and leaves the workspace and counters zeroed."""
-    p = random_layer(96, 768, 128, [1, 2, 3], seed=4)
+    under a CUDA graph with new activations and leaves the workspace and counters zeroed; so does ``k_warps``
+    after the gather and reading ``x`` itself (a uniform layer)."""
+    p = random_layer(96, 768, 128, bits, seed=4)
     x = torch.randn(m, p.in_features, device=DEV, dtype=torch.float16)
     out = torch.empty(m, p.out_features, device=DEV, dtype=torch.float16)
     ws = Workspace(DEV, m, p.out_features, p.in_features, torch.float16)

@@ -138,6 +138,8 @@ CFGS = {
     "mv_split": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=3, num_warps=2),
     "mv_l2": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=2, num_warps=2, l2_ahead=2),
     "mv_m5": KernelConfig("mv", block_m=16, block_n=32, block_k=128, num_warps=1),
+    "mv_kw1": KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=1, k_warps=1),
+    "mv_kw4": KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=4, k_warps=4),
     "mv_m16_split": KernelConfig("mv", block_m=16, block_n=64, block_k=128, split_k=3, num_warps=2),
     "mv_m5_l2": KernelConfig("mv", block_m=16, block_n=64, block_k=128, split_k=2, num_warps=2, l2_ahead=2),
     "h2_m1": KernelConfig("h2", block_m=1, block_n=32, block_k=64),
@@ -157,7 +159,7 @@ CFGS = {
     "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
     "wg_wide": KernelConfig("wg", block_m=16, block_n=128, split_k=3, join=True),
 }
-M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_l2": 1, "mv_m5": 5, "mv_m16_split": 16, "mv_m5_l2": 5, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_l2": 1, "mv_kw1": 1, "mv_kw4": 1, "mv_m5": 5, "mv_m16_split": 16, "mv_m5_l2": 5, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
         "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
         "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9, "wg_wide": 4}
@@ -402,7 +404,14 @@ def test_select_config_is_explicit():
     assert select_config(1, 24576, 8192, bits=(2,)).maxnreg == 80  # 4 x 192 programs: 6 per SM fit, 5 do not
     assert [select_config(1, n, k, bits=(4,)).path for n, k in ((4096, 11008), (8192, 8192), (11008, 4096),
                                                                  (40960, 4096))] == ["mv", "mv", "gv", "h2"]
-    assert [select_config(1, 4096, 4096, bits=b).path for b in ((4,), (4, 8))] == ["gv", "gv"]
+    # mv with the warps splitting K (k_warps) on layers of <= 4096 columns whose 32-row programs make one wave
+    # (run 170): 16 warps for uniform widths (x read directly), 8 for mixed ones (the gather's pairs)
+    got = [select_config(1, n, k, bits=b) for n, k, b in ((4096, 4096, (4,)), (4096, 4096, (4, 8)),
+                                                           (4096, 4096, (1, 2, 3)), (4096, 4096, (7,)),
+                                                           (11008, 4096, (2,)), (4096, 11008, (2,)), (2048, 2048, (3,)))]
+    assert [(c.path, c.k_warps) for c in got] == [("mv", 16), ("mv", 8), ("mv", 8), ("gv", 0), ("gv", 0), ("gv", 0),
+                                                  ("mv", 16)]
+    assert select_config(1, 4096, 4096, bits=(2,), mv=False).path == "gv"
     assert [select_config(1, n, k, bits=(4,)).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 11008))] == \
         [4, 8, 16]
     assert select_config(1, 4096, 11008, bits=(4,)).l2_ahead == 0  # below 2^26 weights: no prefetch, no cap
@@ -423,7 +432,8 @@ def test_select_config_is_explicit():
                                                             (4096, 4096, (1, 2, 3)), (22016, 4096, (4,)))]
     assert [(c.gather, c.depth, c.split_k) for c in cfgs] == \
         [(True, 1, 16), (False, 1, 16), (True, 2, 16), (True, 2, 4), (True, 1, 16), (True, 1, 4)]
-    assert select_config(1, 4096, 4096, bits=(2,)).depth == 2 and select_config(1, 4096, 200, bits=(2,)).depth == 1
+    assert select_config(1, 4096, 4096, bits=(2,), mv=False).depth == 2
+    assert select_config(1, 4096, 200, bits=(2,), mv=False).depth == 1
     # wg launches during its gather (PDL) with <= 32-token tiles on layers under 2^27 weights (runs 14, 80)
     assert [select_config(m, n, k).pdl for m, n, k in ((16, 4096, 4096), (32, 8192, 8192), (16, 28672, 8192),
                                                         (64, 4096, 4096))] == [True, True, False, False]

@@ -113,3 +113,5 @@ class PackedLinear:
     row_perm: torch.Tensor | None
     segments: list[Segment] = field(default_factory=list)
     layout: str = LAYOUT_NAME
+    # whether col_perm is the identity: None until a kernel plan asks (``slimq.kernels.triton._plan.identity_perm``)
+    perm_identity: bool | None = field(default=None, compare=False, repr=False)

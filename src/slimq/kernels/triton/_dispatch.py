@@ -32,6 +32,8 @@ _MV_PROGRAMS_PER_SM = 8  # mv (M == 1): K split up to 16 while the grid fits in 
 _MV_L2_MIN_WEIGHTS = 1 << 26  # mv (M == 1) on layers of this many weights: L2 prefetch and a register cap (run 76)
 _MV_L2_SPLIT_PER_SM = 7  # ... there K is split up to 16 while the grid holds at most this many programs per SM,
 _MV_L2_CAPS = (96, 80, 72)  # ... under the highest of these register caps that still fits it in one wave
+_MVS_MAX_K = 4096  # mv with the warps splitting K (k_warps, _mvs) at M == 1: layers of at most this many columns
+_MVS_TILES = 8  # ... whose K tiles per warp (summed over segments, at most) stay under this (_mvs.MVS_MAX_TILES)
 _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pass this many per SM (runs 19, 23)
 # gv pairs its own activations (gather=True, one launch) on layers up to this many weights, and
 # 4-bit-and-wider layers take gv (not h2) up to it (run 27); with 3-bit codes only up to the second
@@ -258,6 +260,18 @@ def _mv_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
     return min(bits) >= 4 or n * k >= 1 << 27 or (len(set(bits)) == 1 and n * k >= _MV_L2_MIN_WEIGHTS)
 
 
+def _mvs_wins(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int) -> bool:
+    """Where ``mv`` with the warps splitting K beat ``gv`` at ``M == 1`` (H200 run 170, ``kernels.py --tune --paths
+    mvs``): 4096 x 4096, 2-bit 10.5 -> 9.2 us, 3-bit 11.4 -> 10.3, 4-bit 11.6 -> 10.3, SliM 12.4 -> 10.8; it lost
+    on 11008 x 4096 (two and a half programs per SM: 14.3 -> 14.7 us at 2 bits), 4096 x 11008 (six tiles per warp:
+    16.1 -> 18.8) and 8192 x 8192 (16.1 -> 19.4). So: up to ``_MVS_MAX_K`` columns, 32-row programs filling at most
+    one wave, codes of 1-6 and 8 bits."""
+    if not bits or 7 in bits or k > _MVS_MAX_K or triton.cdiv(n, 32) > num_sms:
+        return False
+    kw = 16 if len(set(bits)) == 1 else 8
+    return triton.cdiv(triton.cdiv(k, 128), kw) + len(set(bits)) - 1 <= _MVS_TILES
+
+
 def _mv_per_sm(maxnreg: int) -> int:
     """Resident 4-warp programs per SM at ``maxnreg`` registers per thread (64K registers per SM)."""
     return 65536 // (maxnreg * 128)
@@ -273,6 +287,12 @@ def _mvt_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
 def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow_mv: bool = True) -> KernelConfig:
     """The ``M == 1`` rule of :func:`select_config` (``allow_mv=False``: for layers ``mv`` cannot run)."""
     k_tiles = triton.cdiv(k, 128)
+    if allow_mv and _mvs_wins(n, k, bits, num_sms):
+        # 32 rows and all of K per program (one wave), the warps splitting K: 16 where x is read directly
+        # (uniform layers: identity col_perm), 8 on SliM layers (their col_perm needs the gather launch)
+        kw = 16 if len(set(bits)) == 1 else 8
+        return KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=kw, num_stages=1, k_warps=kw,
+                            maxnreg=128 if kw == 16 else 0)
     if allow_mv and _mv_wins(n, k, bits) and n * k >= _MV_L2_MIN_WEIGHTS:
         # the next tile past the loaded one prefetched into L2, K split up to 16 at <= 7 programs per SM, the
         # highest register cap that keeps the grid in one wave (96 for 3-bit codes: two waves were faster;

@@ -17,6 +17,7 @@ import triton
 from slimq.format.layout import PackedLinear, Segment, plane_widths
 from slimq.kernels.triton import _gv as GV
 from slimq.kernels.triton import _mv as MV
+from slimq.kernels.triton import _mvs as MVS
 from slimq.kernels.triton import _mvt as MVT
 from slimq.kernels.triton import _h2 as H2
 from slimq.kernels.triton import _h2dot as H2D
@@ -54,7 +55,7 @@ def kernel_fn(module: str, name: str):
     if module == "wgsk":
         from slimq.kernels.triton import _wgsk
         return getattr(_wgsk, name)
-    return getattr({"gv": GV, "mv": MV, "mvt": MVT, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
+    return getattr({"gv": GV, "mv": MV, "mvs": MVS, "mvt": MVT, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
 
 
 @dataclass(frozen=True)
@@ -340,11 +341,16 @@ def mv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
     stride_cs = m * nblk  # xc32 as [XC_SLOTS, m, nblk]
     widths = _plane_widths(packed)
     pdl = _pdl(x, cfg)
+    if cfg.k_warps and mvs_direct(x, packed):  # no gather: each program reads x itself
+        o = _split_output(packed, bias, out, ws, m, cfg)
+        return _mvs_launches(packed, bias, out, ws, cfg, stride_cs, False, o, x)
     launches = [Launch("mv_gather_kernel", (nblk, m),
                        (x, x.stride(0), packed.col_perm, ws.xpair, ws.kp // 2, ws.pair_stride, ws.xc32, stride_cs,
                         nblk, kdim),
                        dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), PDL=pdl), module="mv")]
     o = _split_output(packed, bias, out, ws, m, cfg)
+    if cfg.k_warps:
+        return launches + _mvs_launches(packed, bias, out, ws, cfg, stride_cs, pdl, o)
     nt = 32 * cfg.num_warps
     for r0, ns, segs in bands(packed):
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), NS=ns, NT=nt, GS=segs[0].group_size,
@@ -363,6 +369,47 @@ def mv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
             launches.append(Launch("mvt_kernel", grid, args, dict(kw, NB=triton.cdiv(m, 8), L2A=cfg.l2_ahead),
                                    module="mvt"))
     return launches + o.finish(out, bias is not None)
+
+
+def identity_perm(packed: PackedLinear) -> bool:
+    """Whether ``packed.col_perm`` is the identity (uniform layers without act-order). Computed once and kept in
+    ``packed.perm_identity``; while a CUDA graph is being captured an unknown answer is taken as False (the check
+    would synchronize)."""
+    if packed.perm_identity is None:
+        if packed.col_perm.is_cuda and torch.cuda.is_current_stream_capturing():
+            return False
+        ar = torch.arange(packed.in_features, device=packed.col_perm.device, dtype=packed.col_perm.dtype)
+        packed.perm_identity = bool(torch.equal(packed.col_perm, ar))
+    return packed.perm_identity
+
+
+def mvs_direct(x: torch.Tensor, packed: PackedLinear) -> bool:
+    """Whether ``mv`` with ``k_warps`` reads ``x`` itself (``_mvx``): one float16 token, 16-byte aligned and
+    contiguous, and an identity ``col_perm``."""
+    return (x.shape[0] == 1 and x.dtype == torch.float16 and x.stride(1) == 1 and x.data_ptr() % 16 == 0
+            and x.shape[1] % 8 == 0 and identity_perm(packed))
+
+
+def _mvs_launches(packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor, ws: Workspace,
+                  cfg: KernelConfig, stride_cs: int, pdl: bool, o: _SplitOutput,
+                  x: torch.Tensor | None = None) -> list[Launch]:
+    """``mv`` with ``k_warps``: one ``mvs_kernel`` per band (32 rows and all of K per program), reading the
+    gather's pairs and sums, or with ``x`` the activations themselves (``DIRECT``: :func:`mvs_direct`)."""
+    launches = []
+    for r0, ns, segs in bands(packed):
+        tpw = tuple(triton.cdiv((s.c1 - s.c0) // MV.TILE, cfg.k_warps) for s in segs)
+        if sum(tpw) > MVS.MVS_MAX_TILES:
+            raise ValueError(f"path 'mv' with k_warps={cfg.k_warps} keeps {sum(tpw)} K tiles per warp in registers "
+                             f"on this layer, at most {MVS.MVS_MAX_TILES}: take more k_warps or split_k")
+        xw = ws.xpair if x is None else x.view(torch.int32)
+        args = (xw, ws.pair_stride, ws.xc32, stride_cs, out, o.rp, o.b, r0, 0, tuple(_seg_arg(s) for s in segs))
+        kw = dict(SEG_BITS=tuple(s.bits for s in segs), SEG_TPW=tpw, NSEG=len(segs), NS=ns, NW=cfg.k_warps,
+                  GS=segs[0].group_size, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, ASM=out.is_cuda,
+                  XSCALE_INV=1.0 if x is not None else 1.0 / H2_XSCALE, DIRECT=x is not None, num_warps=cfg.k_warps,
+                  num_stages=1, **_pdl_kw(pdl),
+                  **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+        launches.append(Launch("mvs_kernel", (triton.cdiv(ns, 32),), args, kw, module="mvs"))
+    return launches
 
 
 def h2_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
