@@ -86,3 +86,50 @@ def test_mv_prefetches_into_l2_in_the_loop_without_spills():
     got = _compile({"bits": 3, "l2_ahead": 1, "maxnreg": 96})
     assert got["local"] == 0 and got["prefetch"] == 2 + 1 + 2, got
     assert _compile({"bits": 2})["prefetch"] == 0
+
+
+_MVS_BODY = """
+    from test_kernels_triton import random_layer
+    from slimq.kernels.triton import KernelConfig, Workspace
+    from slimq.kernels.triton._plan import mv_launches
+
+    fields = json.loads(sys.argv[1])
+    n, k, kw = 256, 4096, fields["k_warps"]
+    p = random_layer(n, k, 128, fields["bits"])  # uniform: identity col_perm, x read directly; mixed: the gather
+    x = torch.zeros(1, k, dtype=torch.float16)
+    out = torch.empty(1, n, dtype=torch.float16)
+    ws = Workspace("cpu", 1, n, k, torch.float16)
+    cfg = KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=kw, num_stages=1, k_warps=kw,
+                       maxnreg=fields.get("maxnreg", 0))
+    lcs = mv_launches(x, p, None, out, ws, cfg)
+    lc = lcs[-1]
+    kwargs = dict(lc.kwargs, ASM=True, PDL=len(lcs) > 1)  # after the gather: PDL, as on a GPU
+    kwargs.pop("launch_pdl", None)
+    kern = lc.fn.warmup(*lc.args, grid=(1,), **kwargs)
+    sass = sass_of(kern)
+    ops = [op for _, op in re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+(?:@!?P\\d\\s+)?([A-Z][A-Z0-9_.]*)", sass)]
+    hmma = [i for i, op in enumerate(ops) if op.startswith("HMMA")]
+    ldg = [i for i, op in enumerate(ops) if op.startswith("LDG")]
+    wait = [i for i, op in enumerate(ops) if op.startswith("ACQBULK")]
+    print(json.dumps({"launches": [l.kernel for l in lcs], "hmma": len(hmma), "ldg": len(ldg),
+                      "ldg_before_hmma": sum(i < hmma[0] for i in ldg),
+                      "ldg_before_wait": sum(i < wait[0] for i in ldg) if wait else None,
+                      "local": sass.count("STL") + sass.count("LDL")}))
+"""
+
+
+def test_mvs_issues_every_load_before_the_first_mma():
+    """``k_warps``: each warp's tiles are loaded up front and the compute waits for all of them (ptxas would
+    otherwise sink loads next to their use: one memory round trip per tile). Reading ``x`` itself (uniform
+    3-bit, 16 warps, 2 tiles per warp): 2 x (2-bit words, 1-bit words, 4 x activations, scale, zero) loads, 2 x
+    (16 + 16 code MMAs + 8 correction MMAs), no spills under the dispatch's cap of 128 registers. After the
+    gather (SliM, 8 warps): the weight-side loads stay ahead of the wait for it (PDL)."""
+    got = compile_sm90(_MVS_BODY, {"bits": 3, "k_warps": 16, "maxnreg": 128})
+    assert got["launches"] == ["mvs_kernel"] and got["local"] == 0, got
+    assert got["hmma"] == 2 * 40 and got["ldg"] == 2 * 8 + 2 and got["ldg_before_hmma"] == got["ldg"], got
+    got = compile_sm90(_MVS_BODY, {"bits": [1, 2, 2, 3], "k_warps": 8})
+    assert got["launches"] == ["mv_gather_kernel", "mvs_kernel"] and got["local"] == 0, got
+    assert got["ldg_before_hmma"] == got["ldg"], got
+    # tiles per warp 1, 2, 1 of the 1-, 2- and 3-bit segments: their words, scales and zeros (3 + 2 x 4 + 5
+    # loads) before the wait for the gather, the activations' pairs and sums (6 + 2 x 6 + 7) after it
+    assert got["ldg"] == 16 + 25 and got["ldg_before_wait"] == 16, got
