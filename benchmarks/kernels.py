@@ -165,8 +165,6 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
         mv = [C("mv", block_m=16, block_n=128, block_k=128, split_k=sp, num_warps=4, num_stages=1, maxnreg=r,
                 l2_ahead=a) for sp in (2, 4, 8, 16) for r in (0, 128) for a in (0, 1)
               if sp <= math.ceil(k / 128)]
-        mv += [C("mv", block_m=16, block_n=32, block_k=128, num_warps=w, num_stages=1, k_warps=w, maxnreg=r)
-               for w, r in ((8, 0), (16, 128))]  # warps splitting K (_mvts), where the tiles fit
         return (h2 + mv + [C("dot", block_m=16, block_n=128, block_k=128, split_k=4)]
                 + h2dot(16, (64, 128), (4, 8), joins=(True, False), stages=(3,)) + h2dot(16, (128,), (8,), stages=(1, 4))
                 + tc(16, (128, 256), (4, 8, 16), warps=(4, 8)) + wg)

@@ -140,8 +140,6 @@ CFGS = {
     "mv_m5": KernelConfig("mv", block_m=16, block_n=32, block_k=128, num_warps=1),
     "mv_kw1": KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=1, k_warps=1),
     "mv_kw4": KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=4, k_warps=4),
-    "mv_kw4_m5": KernelConfig("mv", block_m=16, block_n=32, block_k=128, num_warps=4, k_warps=4),
-    "mv_kw2_m16": KernelConfig("mv", block_m=16, block_n=32, block_k=128, num_warps=2, k_warps=2),
     "mv_m16_split": KernelConfig("mv", block_m=16, block_n=64, block_k=128, split_k=3, num_warps=2),
     "mv_m5_l2": KernelConfig("mv", block_m=16, block_n=64, block_k=128, split_k=2, num_warps=2, l2_ahead=2),
     "h2_m1": KernelConfig("h2", block_m=1, block_n=32, block_k=64),
@@ -161,7 +159,7 @@ CFGS = {
     "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
     "wg_wide": KernelConfig("wg", block_m=16, block_n=128, split_k=3, join=True),
 }
-M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_l2": 1, "mv_kw1": 1, "mv_kw4": 1, "mv_kw4_m5": 5, "mv_kw2_m16": 16, "mv_m5": 5, "mv_m16_split": 16, "mv_m5_l2": 5, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_l2": 1, "mv_kw1": 1, "mv_kw4": 1, "mv_m5": 5, "mv_m16_split": 16, "mv_m5_l2": 5, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
         "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
         "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9, "wg_wide": 4}

@@ -37,8 +37,8 @@ class KernelConfig:
     # (prefetch.global.L2: bytes in flight without registers; 0: none)
     stream_k: int = 0  # "wgs" with producers: this many persistent programs (the SM count, at most) share the
     # tiles' K tiles evenly (stream-K, ``_wgsk``; 0: one program per tile and K split)
-    k_warps: int = 0  # "mv": the warps of a 32-row program split its K, every tile's loads issued up front, the
-    # rows summed in the program (``_mvs``: one token, ``_mvts``: 2-16; 0: each warp takes 32 rows)
+    k_warps: int = 0  # "mv" with one token: the warps of a 32-row program split its K, every tile's loads issued
+    # up front, the rows summed in the program (``_mvs``; 0: each warp takes 32 rows)
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -62,10 +62,10 @@ class KernelConfig:
                              f"{self.maxnreg} for {self.path!r}")
         if self.path == "gv" and self.block_m != 1:
             raise ValueError(f"path 'gv' takes block_m == 1 (one token), got {self.block_m}")
-        if self.k_warps and (self.path != "mv" or self.k_warps not in (1, 2, 4, 8, 16) or self.block_m not in (1, 16)
+        if self.k_warps and (self.path != "mv" or self.k_warps not in (1, 2, 4, 8, 16) or self.block_m != 1
                              or self.block_n != 32 or self.num_warps != self.k_warps or self.split_k != 1
                              or self.l2_ahead or self.depth != 1):
-            raise ValueError(f"k_warps must be 0, or 1, 2, 4, 8 or 16 with path 'mv', block_m 1 or 16, block_n 32, "
+            raise ValueError(f"k_warps must be 0, or 1, 2, 4, 8 or 16 with path 'mv', block_m 1, block_n 32, "
                              f"num_warps == k_warps, split_k 1, no l2_ahead and depth 1; got k_warps={self.k_warps} "
                              f"for {self.path!r} (block_m={self.block_m}, block_n={self.block_n}, num_warps="
                              f"{self.num_warps}, split_k={self.split_k}, l2_ahead={self.l2_ahead}, depth={self.depth})")

@@ -18,7 +18,6 @@ from slimq.format.layout import PackedLinear, Segment, plane_widths
 from slimq.kernels.triton import _gv as GV
 from slimq.kernels.triton import _mv as MV
 from slimq.kernels.triton import _mvs as MVS
-from slimq.kernels.triton import _mvts as MVTS
 from slimq.kernels.triton import _mvt as MVT
 from slimq.kernels.triton import _h2 as H2
 from slimq.kernels.triton import _h2dot as H2D
@@ -56,7 +55,7 @@ def kernel_fn(module: str, name: str):
     if module == "wgsk":
         from slimq.kernels.triton import _wgsk
         return getattr(_wgsk, name)
-    return getattr({"gv": GV, "mv": MV, "mvs": MVS, "mvts": MVTS, "mvt": MVT, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
+    return getattr({"gv": GV, "mv": MV, "mvs": MVS, "mvt": MVT, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
 
 
 @dataclass(frozen=True)
@@ -351,7 +350,7 @@ def mv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
                        dict(XSCALE=H2_XSCALE, WIDTHS=widths, NW=len(widths), PDL=pdl), module="mv")]
     o = _split_output(packed, bias, out, ws, m, cfg)
     if cfg.k_warps:
-        return launches + _mvs_launches(packed, bias, out, ws, cfg, stride_cs, pdl, o, tokens=m, nblk=nblk)
+        return launches + _mvs_launches(packed, bias, out, ws, cfg, stride_cs, pdl, o)
     nt = 32 * cfg.num_warps
     for r0, ns, segs in bands(packed):
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), NS=ns, NT=nt, GS=segs[0].group_size,
@@ -393,25 +392,15 @@ def mvs_direct(x: torch.Tensor, packed: PackedLinear) -> bool:
 
 def _mvs_launches(packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor, ws: Workspace,
                   cfg: KernelConfig, stride_cs: int, pdl: bool, o: _SplitOutput,
-                  x: torch.Tensor | None = None, tokens: int = 1, nblk: int = 0) -> list[Launch]:
-    """``mv`` with ``k_warps``: one ``mvs_kernel`` (one token) or ``mvts_kernel`` (2-16) per band (32 rows and all of
-    K per program), reading the gather's pairs and sums, or with ``x`` the activations themselves (one token,
-    ``DIRECT``: :func:`mvs_direct`)."""
+                  x: torch.Tensor | None = None) -> list[Launch]:
+    """``mv`` with ``k_warps``: one ``mvs_kernel`` per band (32 rows and all of K per program), reading the
+    gather's pairs and sums, or with ``x`` the activations themselves (``DIRECT``: :func:`mvs_direct`)."""
     launches = []
     for r0, ns, segs in bands(packed):
         tpw = tuple(triton.cdiv((s.c1 - s.c0) // MV.TILE, cfg.k_warps) for s in segs)
         if sum(tpw) > MVS.MVS_MAX_TILES:
             raise ValueError(f"path 'mv' with k_warps={cfg.k_warps} keeps {sum(tpw)} K tiles per warp in registers "
                              f"on this layer, at most {MVS.MVS_MAX_TILES}: take more k_warps or split_k")
-        if tokens > 1:
-            args = (ws.xpair, ws.kp // 2, ws.pair_stride, ws.xc32, stride_cs, nblk, out, out.stride(0), o.rp, o.b, r0,
-                    tokens, 0, tuple(_seg_arg(s) for s in segs))
-            kw = dict(SEG_BITS=tuple(s.bits for s in segs), SEG_TPW=tpw, NSEG=len(segs), NS=ns, NW=cfg.k_warps,
-                      GS=segs[0].group_size, NB=triton.cdiv(tokens, 8), HAS_ROWPERM=o.has_rp,
-                      HAS_BIAS=bias is not None, ASM=out.is_cuda, XSCALE_INV=1.0 / H2_XSCALE, num_warps=cfg.k_warps,
-                      num_stages=1, **_pdl_kw(pdl), **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
-            launches.append(Launch("mvts_kernel", (triton.cdiv(ns, 32),), args, kw, module="mvts"))
-            continue
         xw = ws.xpair if x is None else x.view(torch.int32)
         args = (xw, ws.pair_stride, ws.xc32, stride_cs, out, o.rp, o.b, r0, 0, tuple(_seg_arg(s) for s in segs))
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), SEG_TPW=tpw, NSEG=len(segs), NS=ns, NW=cfg.k_warps,
