@@ -503,16 +503,13 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
     kt = (pid_s + 1) * kt_all // SPLIT - kb  # this program's K tiles: [kb, kb + kt) (kt >= 1: SPLIT <= K / 64)
     smem, bars = _ring(xd, pd0, vd0, sd0, zd0, SEG_BITS, BN, BT, STAGES)
     if WS:  # the copy warp's ring: slot t % STAGES is empty again once the MMA warps retired tile t
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(empty.index(i), count=1)
+        empty = _empty_ring(STAGES)
         res = gl.warp_specialize(
             [(_consumer, (xd, segs, tb, t0, n0, kb, kt, 0, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES,
                           num_warps, WS)),
              (_producer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL))],
             [1], [48])
-        for i in gl.static_range(STAGES):
-            mbarrier.invalidate(empty.index(i))
+        _empty_done(empty, STAGES)
     else:
         for i in gl.static_range(STAGES):
             _issue(xd, segs, tb, t0, n0, kb, i, bars, smem, i < kt, SEG_BITS, GS, BN, BT, STAGES)
@@ -544,6 +541,23 @@ def _ring(xd, pd, vd, sd, zd, SEG_BITS: gl.constexpr, BN: gl.constexpr, BT: gl.c
             if (j != 1 or USE_W) and (j != 4 or USE_V):
                 mbarrier.init(bars[j].index(i), count=1)
     return smem, bars
+
+
+@gluon.jit
+def _empty_ring(STAGES: gl.constexpr):
+    """The copy warp's barriers (``WS``, ``_wgrk``): ``STAGES`` mbarriers, one per ring slot, initialised for one
+    arrival each (the MMA warps release the slot)."""
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(empty.index(i), count=1)
+    return empty
+
+
+@gluon.jit
+def _empty_done(empty, STAGES: gl.constexpr):
+    """Invalidate the barriers :func:`_empty_ring` initialised."""
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(empty.index(i))
 
 
 @gluon.jit

@@ -31,7 +31,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
-from slimq.kernels.triton._wgr import WGR_BK, _consumer, _issue, _ring, _ring_done, _store
+from slimq.kernels.triton._wgr import WGR_BK, _consumer, _empty_done, _empty_ring, _issue, _ring, _ring_done, _store
 from slimq.kernels.triton._wgs import _acc_layout
 from slimq.kernels.triton._wgsk import _gdc_wait, _unit, _units, add_partials, put_partial, tile_of
 
@@ -124,14 +124,11 @@ def wgrk_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, 
     KT = K // WGR_BK
     S = n_r * gl.cdiv(M, BT) * KT
     smem, bars = _ring(xd, pd0, vd0, sd0, zd0, SEG_BITS, BN, BT, STAGES)
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(empty.index(i), count=1)
+    empty = _empty_ring(STAGES)
     gl.warp_specialize(
         [(_sk_sums, (xd, segs, tb, S, KT, n_r, M, out_ptr, stride_om, part_ptr, flag_ptr, bias_ptr, ns, bars, empty,
                      smem, SEG_BITS, GS, BN, BT, STAGES, HAS_BIAS, num_warps)),
          (_sk_copies, (xd, segs, tb, S, KT, n_r, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL))],
         [1], [48])
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(empty.index(i))
+    _empty_done(empty, STAGES)
     _ring_done(bars, SEG_BITS, STAGES)
