@@ -53,6 +53,25 @@ def test_mv_k_warps_reads_x_itself_on_identity_permutations(bits):
     _check(p, 1, torch.bfloat16, CFGS["mv_kw4"])
 
 
+def test_mv_k_warps_reads_x_itself_only_where_it_can():
+    """``x`` is read directly only for an identity ``col_perm`` (checked once per layer and kept) and one float16
+    token that is contiguous and 16-byte aligned; otherwise the gather runs first."""
+    from slimq.kernels.triton._plan import identity_perm, mvs_direct
+    p = random_layer(32, 256, 128, 2)
+    assert p.perm_identity is None and identity_perm(p) and p.perm_identity is True
+    p.col_perm = p.col_perm.flip(0)  # the cached answer stands until the view is rebuilt (QuantLinear does)
+    assert identity_perm(p)
+    p.perm_identity = None
+    assert not identity_perm(p) and p.perm_identity is False
+    q = random_layer(32, 256, 128, 2)
+    x = torch.zeros(2, 264, dtype=torch.float16, device=DEV)
+    assert mvs_direct(x[:1, :256], q)
+    assert not mvs_direct(x[:1, 1:257], q)  # 2-byte offset
+    assert not mvs_direct(x[:, :256], q)  # two tokens
+    assert not mvs_direct(x[:1, :256].float(), q)
+    assert not mvs_direct(torch.zeros(1, 512, dtype=torch.float16, device=DEV)[:, ::2], q)  # strided columns
+
+
 @inproc
 @pytest.mark.parametrize("cfg_name", ["mv", "mv_split", "mv_m5", "mv_m16_split", "mv_kw4"])
 def test_mv_row_permuted_layers(cfg_name):
