@@ -268,8 +268,13 @@ def _mvs_wins(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int) -> boo
     one wave, codes of 1-6 and 8 bits."""
     if not bits or 7 in bits or k > _MVS_MAX_K or triton.cdiv(n, 32) > num_sms:
         return False
-    kw = 16 if len(set(bits)) == 1 else 8
-    return triton.cdiv(triton.cdiv(k, 128), kw) + len(set(bits)) - 1 <= _MVS_TILES
+    return triton.cdiv(triton.cdiv(k, 128), _mvs_warps(bits)) + len(set(bits)) - 1 <= _MVS_TILES
+
+
+def _mvs_warps(bits: tuple[int, ...]) -> int:
+    """``k_warps`` of the dispatched ``mvs``: 16 where ``x`` is read directly (uniform layers: identity
+    ``col_perm``), 8 on mixed (SliM) layers, whose ``col_perm`` needs the gather launch (run 170)."""
+    return 16 if len(set(bits)) == 1 else 8
 
 
 def _mv_per_sm(maxnreg: int) -> int:
@@ -287,10 +292,8 @@ def _mvt_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
 def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow_mv: bool = True) -> KernelConfig:
     """The ``M == 1`` rule of :func:`select_config` (``allow_mv=False``: for layers ``mv`` cannot run)."""
     k_tiles = triton.cdiv(k, 128)
-    if allow_mv and _mvs_wins(n, k, bits, num_sms):
-        # 32 rows and all of K per program (one wave), the warps splitting K: 16 where x is read directly
-        # (uniform layers: identity col_perm), 8 on SliM layers (their col_perm needs the gather launch)
-        kw = 16 if len(set(bits)) == 1 else 8
+    if allow_mv and _mvs_wins(n, k, bits, num_sms):  # 32 rows and all of K per program (one wave)
+        kw = _mvs_warps(bits)
         return KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=kw, num_stages=1, k_warps=kw,
                             maxnreg=128 if kw == 16 else 0)
     if allow_mv and _mv_wins(n, k, bits) and n * k >= _MV_L2_MIN_WEIGHTS:

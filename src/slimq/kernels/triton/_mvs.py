@@ -117,14 +117,18 @@ def _hold_words(wl, dep, BITS: tl.constexpr):
 
 
 @triton.jit
-def _seg_fold(d, wl, al, TPW: tl.constexpr, BITS: tl.constexpr, ACT: tl.constexpr, DIRECT: tl.constexpr):
-    """``d`` xor every value the weight-side loads (``ACT``: the activation-side ones ``al``) of the warp's tiles
-    of one segment returned."""
+def _seg_fold_weights(d, wl, TPW: tl.constexpr, BITS: tl.constexpr):
+    """``d`` xor every value the weight-side loads of the warp's tiles of one segment returned."""
     for i in tl.static_range(TPW):
-        if ACT:
-            d = _fold_acts(d, al[i], DIRECT)
-        else:
-            d = _fold_weights(d, wl[i], BITS)
+        d = _fold_weights(d, wl[i], BITS)
+    return d
+
+
+@triton.jit
+def _seg_fold_acts(d, al, TPW: tl.constexpr, DIRECT: tl.constexpr):
+    """``d`` xor every value the activation-side loads of the warp's tiles of one segment returned."""
+    for i in tl.static_range(TPW):
+        d = _fold_acts(d, al[i], DIRECT)
     return d
 
 
@@ -171,14 +175,14 @@ def mvs_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, rowperm_ptr, bias_
         wl = wl + (_seg_weight_loads(segs[i], warp, t, row4, rows, SEG_TPW[i], SEG_BITS[i], GS, NS, ASM),)
     dep = tl.zeros([NT], tl.int32)
     for i in tl.static_range(NSEG):
-        dep = _seg_fold(dep, wl[i], wl[i], SEG_TPW[i], SEG_BITS[i], False, DIRECT)
+        dep = _seg_fold_weights(dep, wl[i], SEG_TPW[i], SEG_BITS[i])
     _pdl_wait_after(dep & zero, PDL)
     al = ()
     for i in tl.static_range(NSEG):
         al = al + (_seg_act_loads(segs[i], warp, t, xw_ptr, stride_wb, xc_ptr, stride_cs, SEG_TPW[i], SEG_BITS[i],
                                   DIRECT, ASM),)
     for i in tl.static_range(NSEG):
-        dep = _seg_fold(dep, wl[i], al[i], SEG_TPW[i], SEG_BITS[i], True, DIRECT)
+        dep = _seg_fold_acts(dep, al[i], SEG_TPW[i], DIRECT)
     dep = dep & zero
     y = tl.zeros([NT], tl.float32)
     for i in tl.static_range(NSEG):

@@ -16,8 +16,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from slimq.kernels.triton._mv import _kstep, _mma, _plane_mma, _shift, plane_shifts, virtual1, vwords
 from slimq.kernels.triton._h2 import _pos
+from slimq.kernels.triton._mv import (
+    _kstep,
+    _ld4,
+    _mma,
+    _plane_mma,
+    _shift,
+    plane_shifts,
+    virtual1,
+    vwords,
+)
 from slimq.kernels.triton._tiles import plane_width
 
 __all__ = ["x_quads", "tile_direct", "corr_magic"]
@@ -43,15 +52,6 @@ def corr_magic(j, w, c, c1):
         raise ValueError(f"correction magic of pair {j} (width {w}, exponents {e0}, {e1}) is not exact in float16")
     bits = ((e + 15) << 10) | frac
     return bits | (bits << 16)
-
-
-@triton.jit
-def _ld4(p, ASM: tl.constexpr):
-    if ASM:
-        return tl.inline_asm_elementwise("ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l", [p],
-                                         dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=False, pack=1)
-    else:
-        return tl.load(p), tl.load(p + 1), tl.load(p + 2), tl.load(p + 3)
 
 
 @triton.jit
