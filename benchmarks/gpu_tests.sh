@@ -4,7 +4,7 @@
 # Env: SHARDS (8), TEST_S (per-shard timeout, 400), EXTRA_TESTS (more test files). Logs: $OUT/tests<i>.log
 export PYTHONPATH=src
 OUT=${OUT:?set OUT to a log folder}; mkdir -p "$OUT"
-python3 -m pytest --collect-only -q tests/test_kernels_triton.py tests/test_kernels_mv.py tests/test_qlinear.py tests/test_wgr.py ${EXTRA_TESTS:-} 2>/dev/null | grep "::" > $OUT/ids.txt
+python3 -m pytest --collect-only -q tests/test_kernels_triton.py tests/test_kernels_mv.py tests/test_qlinear.py tests/test_wgr.py tests/test_wg_direct.py ${EXTRA_TESTS:-} 2>/dev/null | grep "::" > $OUT/ids.txt
 N=${SHARDS:-8}
 for i in $(seq 0 $((N-1))); do
   awk -v n=$N -v i=$i 'NR % n == i' $OUT/ids.txt > $OUT/shard$i.txt

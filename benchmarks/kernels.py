@@ -111,7 +111,8 @@ def wg_candidates(m: int, n: int, k: int) -> list:
     dispatch picks for M (128 beyond ``WG_MAX_M``), 64- or 128-row tiles, the dispatch's K split
     halved and doubled, one dot per block (``join``) or per piece (16-token tiles), codes or
     dequantized weights as operands (32 tokens and up), and the dispatch's tiling with programmatic
-    dependent launch switched."""
+    dependent launch switched; every joined candidate also reading ``x`` itself (``direct``: the plan keeps the
+    gather where the layer or the activations cannot take that)."""
     from slimq.kernels.triton import WG_MAX_M, select_config
     from slimq.kernels.triton import KernelConfig as C
     base = select_config(min(max(m, 2), WG_MAX_M), n, k)
@@ -122,7 +123,9 @@ def wg_candidates(m: int, n: int, k: int) -> list:
         joins = (True, False) if base.block_m == 16 else (True,)
         scaled = (False, True) if 32 <= base.block_m <= 64 else (base.scaled,)
         out += [C("wg", block_m=base.block_m, block_n=bn, split_k=sp, num_warps=4, num_stages=3, join=j, scaled=sc,
-                  pdl=base.pdl) for sp in splits for j in joins for sc in scaled]
+                  pdl=base.pdl, direct=dx) for sp in splits for j in joins for sc in scaled
+                for dx in ((False, True) if j else (False,))]
+    out.append(dataclasses.replace(base, direct=not base.direct))
     same = base if m > 1 else None  # at M = 1 the dispatch runs h2, so base is a candidate too
     return [c for c in dict.fromkeys(out) if c != same]
 
@@ -242,7 +245,7 @@ def cfg_name(c) -> str:
     walk = (("" if c.walk else "/seg") + ("/pf" if c.prefetch else "") + (f"/d{c.depth}" if c.depth > 1 else "")
             + ("/g" if c.gather else "") + (f"/r{c.maxnreg}" if c.maxnreg else "") + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl")
             + (f"/p{c.producers}" if c.producers else "") + (f"/l2a{c.l2_ahead}" if c.l2_ahead else "")
-            + (f"/sk{c.stream_k}" if c.stream_k else "") + (f"/kw{c.k_warps}" if c.k_warps else ""))
+            + (f"/sk{c.stream_k}" if c.stream_k else "") + (f"/kw{c.k_warps}" if c.k_warps else "") + ("/dx" if c.direct else ""))
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 

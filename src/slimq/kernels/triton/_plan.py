@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # annotations only: ops imports this module
     from slimq.kernels.triton.ops import KernelConfig, Workspace
 
 __all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "gv_launches", "mv_launches", "h2_launches", "h2dot_launches",
-           "tc_launches", "wg_launches", "wgs_launches", "wgs_block_k", "wgs_tiles_contiguous", "WGS_MAX_SEGMENTS", "WGS_TILE", "check_stream_room", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
+           "tc_launches", "wg_launches", "wg_direct", "wgs_launches", "wgs_block_k", "wgs_tiles_contiguous", "WGS_MAX_SEGMENTS", "WGS_TILE", "check_stream_room", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
 
 H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
 _FINALIZE_BLOCK = 1024
@@ -390,6 +390,17 @@ def mvs_direct(x: torch.Tensor, packed: PackedLinear) -> bool:
             and x.shape[1] % 8 == 0 and identity_perm(packed))
 
 
+# segment bit-widths whose codes make one operand per block in wg (one plane, or 3-bit merged with join)
+_WG_DIRECT_BITS = frozenset((1, 2, 3, 4, 8))
+
+
+def wg_direct(x: torch.Tensor, packed: PackedLinear, cfg: KernelConfig) -> bool:
+    """Whether a ``wg`` call reads ``x`` itself (``cfg.direct``, ``_wg._direct_x``): float16 ``x`` with unit column
+    stride, an identity ``col_perm`` and codes of one operand per block (``_WG_DIRECT_BITS``)."""
+    return (cfg.path == "wg" and cfg.direct and cfg.join and x.dtype == torch.float16 and x.stride(1) == 1
+            and all(s.bits in _WG_DIRECT_BITS for s in packed.segments) and identity_perm(packed))
+
+
 def _mvs_launches(packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor, ws: Workspace,
                   cfg: KernelConfig, stride_cs: int, pdl: bool, o: _SplitOutput,
                   x: torch.Tensor | None = None) -> list[Launch]:
@@ -452,20 +463,26 @@ def _operand_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor 
     blk = tc_block(gs)
     kt = triton.cdiv(kdim, blk) * blk
     widths = _plane_widths(packed)
-    pdl = _pdl(x, cfg)
-    xt = ws.xpair.view(torch.float16)
-    stride_tm, stride_tb, stride_sm = ws.kp, 2 * ws.pair_stride, ws.kp // 32
-    launches = [Launch("operand_gather_kernel", (triton.cdiv(kt, _GATHER_BLOCK), m),
-                       (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, ws.xs32, stride_sm, kdim, kt),
-                       dict(WIDTHS=widths, NW=len(widths), BLK=blk, JOIN=cfg.join, BLOCK=_GATHER_BLOCK,
-                            TC_ORDER=cfg.path == "tc", PDL=pdl), module="wg")]
+    direct = wg_direct(x, packed, cfg)
+    pdl = _pdl(x, cfg) and not direct
+    if direct:  # no gather: x as it is (its row stride for stride_tm; the sums' buffer unused)
+        xt, stride_tm, stride_tb, stride_sm = x, x.stride(0), 0, 0
+        launches = []
+    else:
+        xt = ws.xpair.view(torch.float16)
+        stride_tm, stride_tb, stride_sm = ws.kp, 2 * ws.pair_stride, ws.kp // 32
+        launches = [Launch("operand_gather_kernel", (triton.cdiv(kt, _GATHER_BLOCK), m),
+                           (x, x.stride(0), packed.col_perm, xt, stride_tm, stride_tb, ws.xs32, stride_sm, kdim, kt),
+                           dict(WIDTHS=widths, NW=len(widths), BLK=blk, JOIN=cfg.join, BLOCK=_GATHER_BLOCK,
+                                TC_ORDER=cfg.path == "tc", PDL=pdl), module="wg")]
     o = _split_output(packed, bias, out, ws, m, cfg)
     for r0, ns, segs in bands(packed):
         args = (xt, stride_tm, stride_tb, ws.xs32, stride_sm, out, out.stride(0), o.acc, o.acc_stride,
                 o.rp, o.b, m, r0, ns, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BLK=blk, **tiles, ATOMIC=o.atomic,
                   HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl))
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl),
+                  **({"DIRECT": True} if direct else {}))
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
         launches.append(Launch(kernel, grid, args, kw, module=cfg.path))
     return launches + o.finish(out, bias is not None)

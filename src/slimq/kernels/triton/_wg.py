@@ -115,10 +115,12 @@ def _virtual_words(seg, k0, ns, offs_n, KP: tl.constexpr, ASM: tl.constexpr, FUL
 @triton.jit
 def _plane_sum(init, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n, s2, z2, P: tl.constexpr,
                BITS: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr,
-               FULL: tl.constexpr, MERGE: tl.constexpr = False, EVEN_M: tl.constexpr = False):
+               FULL: tl.constexpr, MERGE: tl.constexpr = False, EVEN_M: tl.constexpr = False, bx=None):
     """float32 ``[BN, BT]``: ``init + sum_k q_k x_k`` of plane ``P`` over segment columns ``[k0, k0 + BLK)``
     (SCALED: ``init + sum_k w_k x_k``, ``w`` this plane's share of the weight, from ``s2``/``z2``).
-    MERGE (3-bit segments, ``P == 0``): both planes at once, ``q`` the whole 3-bit code."""
+    MERGE (3-bit segments, ``P == 0``): both planes at once, ``q`` the whole 3-bit code. ``bx``: the
+    activations ``[BLK, BT]`` in operand order (:func:`_direct_x`; one piece, ``JOIN``), else loaded
+    from the gather's buffer."""
     W: tl.constexpr = plane_width(BITS, P)
     E: tl.constexpr = 32 // W
     H: tl.constexpr = E // 2
@@ -140,12 +142,38 @@ def _plane_sum(init, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, 
     part = init
     for p in tl.static_range(H // J):
         a = _operand(words, sh, v, s2, z2, p * J, J, W, ASM, SCALED, MERGE)
-        if EVEN_M:
+        if bx is not None:
+            b = bx
+        elif EVEN_M:
             b = tl.load(xp + p * KD)
         else:
             b = tl.load(xp + p * KD, mask=mask_m[None, :], other=0.0)
         part = tl.dot(a, b, part)
     return part
+
+
+@triton.jit
+def _direct_x(x_ptr, stride_xm, offs_m, mask_m, c0, c_end, W: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
+              FULL: tl.constexpr, EVEN_M: tl.constexpr):
+    """``DIRECT`` (identity ``col_perm``, float16 ``x``): the block of columns ``[c0, c0 + BLK)`` of ``x``
+    itself (0 at ``c_end`` and past, and for tokens past ``M``), as ``(b, xs)``: ``b [BLK, BT]`` in the
+    operand order of plane width ``W`` with ``JOIN`` (position ``h + 2 (r + KP j)`` holds column
+    ``r E + h H + j``: a reshape and a permute of the natural tile, no address arithmetic per
+    element) and ``xs [BT]`` its float32 sums, what the gather launch would have written."""
+    E: tl.constexpr = 32 // W
+    H: tl.constexpr = E // 2
+    KP: tl.constexpr = BLK * W // 32
+    cols = c0 + tl.arange(0, BLK)
+    ptr = x_ptr + offs_m[:, None] * stride_xm + cols[None, :]
+    if FULL and EVEN_M:
+        xn = tl.load(ptr)
+    elif FULL:
+        xn = tl.load(ptr, mask=mask_m[:, None], other=0.0)
+    else:
+        xn = tl.load(ptr, mask=mask_m[:, None] & (cols < c_end)[None, :], other=0.0)
+    xs = tl.sum(xn.to(tl.float32), axis=1)
+    b = tl.permute(tl.reshape(xn, [BT, KP, 2, H]), (3, 1, 2, 0))  # (m, r, h, j) -> (j, r, h, m)
+    return tl.reshape(b, [BLK, BT]), xs
 
 
 @triton.jit
@@ -162,15 +190,15 @@ def _half2(v, shape, ASM: tl.constexpr):
 
 @triton.jit
 def _wg_params(seg, k0, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_n, valid, GS: tl.constexpr, BLK: tl.constexpr,
-               SCALED: tl.constexpr, EVEN_M: tl.constexpr):
-    """The block at ``k0``'s float32 scales and zeros ``[BN]`` and (unless SCALED) its tokens' activation
-    sums ``[BT]``; zeros unless ``valid`` (a block past the program's range, loaded ahead)."""
+               SCALED: tl.constexpr, EVEN_M: tl.constexpr, DIRECT: tl.constexpr = False):
+    """The block at ``k0``'s float32 scales and zeros ``[BN]`` and (unless SCALED or DIRECT: then 0) its
+    tokens' activation sums ``[BT]``; zeros unless ``valid`` (a block past the program's range, loaded ahead)."""
     g = k0 // GS
     v = tl.where(valid, 1, 0)
     ok = (offs_n * 0 + v) > 0
     s = tl.load(seg[2] + g * ns + offs_n, mask=ok, other=0.0).to(tl.float32)
     z = tl.load(seg[3] + g * ns + offs_n, mask=ok, other=0.0).to(tl.float32)
-    if SCALED:
+    if SCALED or DIRECT:
         xs = tl.zeros(offs_m.shape, tl.float32)
     elif EVEN_M:
         xs = tl.load(xs_ptr + offs_m * stride_sm + (seg[0] + k0) // BLK, mask=(offs_m * 0 + v) > 0, other=0.0)
@@ -184,9 +212,10 @@ def _wg_params(seg, k0, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_n, valid, GS
 def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
               BITS: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
               JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr, FULL: tl.constexpr,
-              EVEN_M: tl.constexpr):
+              EVEN_M: tl.constexpr, DIRECT: tl.constexpr = False, stride_xm=0):
     """``acc [BN, BT] += W x^T`` over segment columns ``[k0, k0 + BLK)`` of every plane; ``s``, ``z``,
-    ``xs`` the block's :func:`_wg_params` (loaded a block ahead by the caller).
+    ``xs`` the block's :func:`_wg_params` (loaded a block ahead by the caller). DIRECT: ``xt_ptr`` is
+    ``x`` itself (rows ``stride_xm`` apart), its block and sums read here (:func:`_direct_x`).
 
     SCALED: the operands are the weights ``(q - z) s`` (plane 0) and ``coef q s`` (others), one
     HFMA2 per code pair more, and the dots accumulate straight into ``acc``. Else the operands
@@ -194,22 +223,28 @@ def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask
     plane and block: cheaper for few tokens, dearer for many)."""
     KP0: tl.constexpr = BLK * plane_width(BITS, 0) // 32
     MERGE: tl.constexpr = BITS == 3 and JOIN  # one operand of whole 3-bit codes: one dot instead of two
+    bx = None
+    if DIRECT:
+        bx, xs = _direct_x(xt_ptr, stride_xm, offs_m, mask_m, seg[0] + k0, seg[0] + seg[1], plane_width(BITS, 0), BT,
+                           BLK, FULL, EVEN_M)
     if SCALED:
         acc = _plane_sum(acc, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
                          _half2(s, [BN, KP0], ASM), _half2(-z * s, [BN, KP0], ASM), 0, BITS, BLK, JOIN, ASM, True,
-                         FULL, MERGE, EVEN_M)
+                         FULL, MERGE, EVEN_M, bx)
         for p in tl.static_range(1, 3):
             if plane_width(BITS, p) > 0 and not MERGE:
+                tl.static_assert(not DIRECT, "DIRECT takes codes of one plane (1, 2, 4, 8 bits) or merged 3-bit codes")
                 acc = _plane_sum(acc, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
                                  _half2(s * plane_coef(BITS, p), [BN, _kp(BLK, plane_width(BITS, p), JOIN)], ASM),
                                  _half2(tl.zeros_like(s), [BN, _kp(BLK, plane_width(BITS, p), JOIN)], ASM), p, BITS,
                                  BLK, JOIN, ASM, True, FULL, False, EVEN_M)
         return acc
     part = _plane_sum(-z[:, None] * xs[None, :], seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
-                      s, z, 0, BITS, BLK, JOIN, ASM, False, FULL, MERGE, EVEN_M)
+                      s, z, 0, BITS, BLK, JOIN, ASM, False, FULL, MERGE, EVEN_M, bx)
     acc += part * s[:, None]
     for p in tl.static_range(1, 3):
         if plane_width(BITS, p) > 0 and not MERGE:
+            tl.static_assert(not DIRECT, "DIRECT takes codes of one plane (1, 2, 4, 8 bits) or merged 3-bit codes")
             part = _plane_sum(tl.zeros([BN, BT], tl.float32), seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m,
                               ns, offs_n, s, z, p, BITS, BLK, JOIN, ASM, False, FULL, False, EVEN_M)
             acc += part * (s * plane_coef(BITS, p))[:, None]
@@ -221,10 +256,13 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
               bias_ptr, M, r0, ns, split_k, cnt_ptr, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, GS: tl.constexpr,
               BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr, ATOMIC: tl.constexpr,
               HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr,
-              SCALED: tl.constexpr = False, EVEN_M: tl.constexpr = False, PDL: tl.constexpr = False):
+              SCALED: tl.constexpr = False, EVEN_M: tl.constexpr = False, PDL: tl.constexpr = False,
+              DIRECT: tl.constexpr = False):
     """Grid ``(cdiv(M, BT) * cdiv(ns, BN), split_k)``, token tiles fastest; activations
-    pre-arranged by :func:`operand_gather_kernel`. ``ASM``: half2 inline PTX (else integer ops, for
-    the interpreter)."""
+    pre-arranged by :func:`operand_gather_kernel`, or (DIRECT, with JOIN) ``xt_ptr`` is the float16
+    ``x`` itself, ``stride_tm`` its row stride, ``col_perm`` the identity (``xs_ptr``, ``stride_tb``,
+    ``stride_sm`` unused). ``ASM``: half2 inline PTX (else integer ops, for the interpreter)."""
+    tl.static_assert(JOIN or not DIRECT, "DIRECT reads each block as one operand piece: it needs JOIN")
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     n_m = tl.cdiv(M, BT)
@@ -248,26 +286,26 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
         if SCALED or not (EVEN_M or NSEG == 1):
             for t in range(t_lo, t_full):
                 s, z, xs = _wg_params(seg, t * BLK, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t < t_full, GS,
-                                      BLK, SCALED, EVEN_M)
+                                      BLK, SCALED, EVEN_M, DIRECT)
                 acc = _wg_block(acc, seg, t * BLK, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns,
-                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M)
+                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, stride_tm)
         else:
             # scales, zeros and activation sums one block ahead: the block's dot waits on them (its
             # accumulator starts at -z * xs), and Triton's pipeline stages only the dot operands' loads
             s, z, xs = _wg_params(seg, t_lo * BLK, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t_lo < t_full, GS,
-                                  BLK, SCALED, EVEN_M)
+                                  BLK, SCALED, EVEN_M, DIRECT)
             for t in range(t_lo, t_full):
                 cs, cz, cxs = s, z, xs
                 s, z, xs = _wg_params(seg, (t + 1) * BLK, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc,
-                                      t + 1 < t_full, GS, BLK, SCALED, EVEN_M)
+                                      t + 1 < t_full, GS, BLK, SCALED, EVEN_M, DIRECT)
                 acc = _wg_block(acc, seg, t * BLK, cs, cz, cxs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns,
-                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M)
+                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, stride_tm)
         if (t_hi > t_lo) & (t_hi * BLK > seg[1]):  # the segment's last block is partial and ours
             k0 = (t_hi - 1) * BLK
             s, z, xs = _wg_params(seg, k0, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t_hi > t_lo, GS, BLK, SCALED,
-                                  EVEN_M)
+                                  EVEN_M, DIRECT)
             acc = _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_nc,
-                            SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, False, EVEN_M)
+                            SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, False, EVEN_M, DIRECT, stride_tm)
     store_rows(tl.trans(acc), out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
                offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
 

@@ -1,0 +1,101 @@
+"""``wg`` reading ``x`` itself (``KernelConfig.direct``, ``_wg._direct_x``) against the pure-torch reference.
+
+Shares ``test_kernels_triton``'s set-up (imported first: it turns the Triton interpreter on when there is no
+GPU), layers and checks.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_kernels_triton import (  # isort: skip (sets TRITON_INTERPRET before triton is imported)
+    DEV, IN_PROCESS, LAYERS, KernelConfig, Workspace, _check, inproc, random_layer, run_in_interpreter, slt,
+)
+
+DIRECT = {
+    "m16": KernelConfig("wg", block_m=16, block_n=64, split_k=2, join=True, direct=True),
+    "m16_wide": KernelConfig("wg", block_m=16, block_n=128, split_k=3, join=True, direct=True),
+    "m64_scaled": KernelConfig("wg", block_m=64, block_n=64, split_k=2, join=True, scaled=True, direct=True),
+}
+
+
+@pytest.mark.skipif(IN_PROCESS, reason="kernels run in this process")
+def test_in_interpreter_subprocess():
+    """triton was imported before this module (compiled mode, no GPU): run it in a fresh process."""
+    run_in_interpreter(__file__)
+
+
+def _kernels(x, p, cfg):
+    ws = Workspace(DEV, x.shape[0], p.out_features, p.in_features, x.dtype)
+    out = torch.empty(x.shape[0], p.out_features, dtype=x.dtype, device=DEV)
+    return [lc.kernel for lc in slt.plan_launches(x, p, None, out, ws, cfg)]
+
+
+@inproc
+@pytest.mark.parametrize("bits,gs,cfg_name,m", [(1, 128, "m16", 16), (2, 128, "m16", 5), (3, 128, "m16", 16),
+                                                (4, 128, "m16", 13), (8, 128, "m16", 16), (2, 64, "m16_wide", 9),
+                                                (3, 32, "m16", 3), (4, 128, "m64_scaled", 70),
+                                                (3, 128, "m64_scaled", 64)])
+def test_wg_reads_x_itself_on_identity_permutations(bits, gs, cfg_name, m):
+    """Uniform layers (identity ``col_perm``) of every one-operand width (1, 2, 4, 8 bits and merged 3-bit codes),
+    128-, 64- and 32-column blocks, a short last block (K = 300), token tiles partly filled (5, 9, 13, 3, 70) and
+    whole (16, 64), exact codes and ``scaled`` operands: one launch per band, no gather (a finalize only where
+    split-K cannot finish in its last program)."""
+    p = random_layer(72, 300 if gs == 128 else 320, gs, bits, seed=bits)
+    x = torch.zeros(m, p.in_features, dtype=torch.float16, device=DEV)
+    assert "operand_gather_kernel" not in _kernels(x, p, DIRECT[cfg_name])
+    _check(p, m, torch.float16, DIRECT[cfg_name], bias=True, seed=bits)
+
+
+@inproc
+def test_wg_direct_handles_strided_token_rows():
+    """Tokens whose rows are further apart than K (a slice of a wider tensor) are read at their stride."""
+    p = random_layer(64, 256, 128, 2, seed=4)
+    gen = torch.Generator().manual_seed(4)
+    wide = torch.randn(16, 320, generator=gen).to(DEV, torch.float16)
+    x = wide[:, 32:288]
+    assert x.stride(0) == 320 and "operand_gather_kernel" not in _kernels(x, p, DIRECT["m16"])
+    ref = slt.sbp_matmul(x.contiguous(), p, config=KernelConfig("wg", block_m=16, block_n=64, join=True))
+    y = slt.sbp_matmul(x, p, config=DIRECT["m16"])
+    assert float((y.float() - ref.float()).norm() / ref.float().norm()) < 1e-3
+
+
+@inproc
+def test_wg_direct_keeps_the_gather_where_it_cannot_read_x():
+    """A permuted ``col_perm`` (SliM's grouped bit-widths), codes of two planes (5-8-bit mixes but 8),
+    bfloat16 or float32 activations, and a config without ``direct`` keep the gather launch; the results
+    stay right."""
+    slim = random_layer(*LAYERS["mix123_full"], seed=2)
+    wide = random_layer(*LAYERS["mix_wide"], seed=2)
+    u2 = random_layer(64, 256, 128, 2)
+    x16 = torch.zeros(16, 256, dtype=torch.float16, device=DEV)
+    assert "operand_gather_kernel" in _kernels(torch.zeros(16, slim.in_features, dtype=torch.float16, device=DEV),
+                                               slim, DIRECT["m16"])
+    assert "operand_gather_kernel" in _kernels(torch.zeros(16, wide.in_features, dtype=torch.float16, device=DEV),
+                                               wide, DIRECT["m16"])
+    assert "operand_gather_kernel" in _kernels(x16.bfloat16(), u2, DIRECT["m16"])
+    assert "operand_gather_kernel" in _kernels(x16, u2, KernelConfig("wg", block_m=16, block_n=64, join=True))
+    _check(slim, 16, torch.float16, DIRECT["m16"], bias=True)
+    _check(wide, 16, torch.float16, DIRECT["m16"])
+    _check(u2, 16, torch.bfloat16, DIRECT["m16"])
+
+
+def test_direct_needs_wg_with_join():
+    with pytest.raises(ValueError, match="direct applies to path 'wg' with join"):
+        KernelConfig("wg", block_m=16, block_n=64, direct=True)
+    with pytest.raises(ValueError, match="direct applies to path 'wg' with join"):
+        KernelConfig("tc", block_m=16, block_n=64, join=True, direct=True)
+
+
+def test_dispatch_reads_x_directly_where_it_measured_faster():
+    """16-token ``wg`` tiles read ``x`` themselves on layers of up to 2^24 weights, and with 9-16 tokens and 3-4-bit
+    codes up to 2^26 (H200 runs 179-183); never on the big layers, with 17+ tokens or with 2-bit codes beyond
+    2^24 weights."""
+    from slimq.kernels.triton import select_config
+    direct = {(m, n, k, b): select_config(m, n, k, bits=b).direct for m in (2, 4, 16, 17, 64)
+              for n, k in ((4096, 4096), (11008, 4096), (4096, 11008), (8192, 8192), (28672, 8192))
+              for b in ((2,), (3,), (4,), (1, 2, 3), None)}
+    assert all(direct[(m, 4096, 4096, b)] for m in (2, 4, 16) for b in ((2,), (3,), (4,), (1, 2, 3), None))
+    assert all(direct[(16, n, k, b)] for n, k in ((11008, 4096), (4096, 11008), (8192, 8192)) for b in ((3,), (4,)))
+    on = {key for key, v in direct.items() if v}
+    assert all(m <= 16 and (n * k <= 1 << 24 or (m == 16 and min(b) >= 3)) for m, n, k, b in on), on
