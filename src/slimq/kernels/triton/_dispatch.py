@@ -24,6 +24,11 @@ DEQUANT_MIN_M = WG_MAX_M + 1  # ... and wgs (sm_90) or dequantize-then-cuBLAS fr
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
 _WG_WIDE_WAVES = 2  # wg with 128-row tiles (_wg_wide_rows): K split for at least ~this many programs per SM
 _WG_BIG_WEIGHTS = 1 << 27  # wg on layers under this many weights: PDL (<= 32 tokens) and 128-row tiles (9-16 tokens)
+# wg with 16-token tiles reads x itself (direct, no gather launch) on layers of up to _WG_DIRECT_WEIGHTS weights, and
+# with 9-16 tokens and codes of 3+ bits up to _WG_DIRECT_WEIGHTS_3B (H200 runs 179-183: the per-program reordering
+# costs more than the launch on bigger layers)
+_WG_DIRECT_WEIGHTS = 1 << 24
+_WG_DIRECT_WEIGHTS_3B = 1 << 26
 _H2_MAX_PROGRAMS = 4096  # h2 (M == 1, >= 4 bits): K split 16, fewer when the grid would pass this (run 12)
 MV_MAX_M = 8  # the dispatch sends 2..MV_MAX_M tokens to mv on big layers (one block of 8 token columns)
 _MVT_PROGRAMS_PER_SM = 4  # mv with 2-8 tokens: K split up to 16 while the grid holds at most this many per SM
@@ -101,6 +106,15 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       ``_WG_BIG_WEIGHTS`` weights: there it gained 2-5% in runs 14 and 80 alike; on the big layers it
       gained 1-3% but cost 20% once (8192 x 28672, 16 tokens, 3-bit, run 14), and with 64-token tiles it
       was neutral but cost 33% on 28672 x 8192 3-bit (run 14).
+      With 16-token tiles, where ``col_perm`` is the identity and ``x`` float16 (``_plan.wg_direct``), the programs
+      read ``x`` themselves (``direct``) instead of a gather launch writing it in operand order: on layers of up
+      to ``_WG_DIRECT_WEIGHTS`` weights, and of ``_WG_DIRECT_WEIGHTS_3B`` with 9-16 tokens and 3- and 4-bit codes
+      (H200 runs 179-180, ``kernels.py --tune --paths wg --ms 16``, the dispatch's tiling: 4096 x 4096 2-bit
+      13.7 -> 12.9 us, 3-bit 16.5 -> 14.2, 4-bit 15.4 -> 14.0; 4096 x 11008 3-bit 24.6 -> 22.8, 4-bit 22.8 ->
+      21.2; 8192 x 8192 3-bit 29.8 -> 29.1, 4-bit 27.6 -> 26.6; but 2-bit there 19.0-23.0 -> 19.7-24.8, and 8192 x
+      28672 / 28672 x 8192 3- and 4-bit 69-77 -> 78-92: each program reorders its blocks, which costs more than
+      the launch on big layers; run 183, 4 tokens: 4096 x 4096 2-bit 13.6 -> 12.5, 3-bit 16.5 -> 13.7, 4-bit
+      15.1 -> 13.3, 11008 x 4096 and 4096 x 11008 mixed within the timing noise).
       It beat ``h2dot``/``tc`` at ``M = 4`` and 16 by 1.1-1.7x, ``gemm`` at 17-64 tokens by
       1.2-2.5x and dequantize-then-cuBLAS at 128 tokens (2-, 4-bit; 3-bit merged into one operand).
     * beyond, on uniform 2-4-bit and SliM layers of ``WGR_M`` tokens: ``wgr`` where :func:`wgr_config` fills
@@ -134,8 +148,11 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
             tiles = triton.cdiv(m, bt) * triton.cdiv(n, bn)
             waves = _WG_WAVES[0] if bt <= 32 else _WG_WAVES[1]
             split = 1 << max(0, int(math.log2(max(1.0, waves * num_sms / tiles))))
+        direct = bt == 16 and (n * k <= _WG_DIRECT_WEIGHTS or (m > MV_MAX_M and n * k <= _WG_DIRECT_WEIGHTS_3B
+                                                                and bool(bits) and min(bits) >= 3))
         return KernelConfig("wg", block_m=bt, block_n=bn, split_k=max(1, min(16, split, k_tiles)), num_warps=4,
-                            num_stages=3, join=True, scaled=bt >= 64, pdl=bt <= 32 and n * k < _WG_BIG_WEIGHTS)
+                            num_stages=3, join=True, scaled=bt >= 64, pdl=bt <= 32 and n * k < _WG_BIG_WEIGHTS,
+                            direct=direct)
     return (wgr_config(m, n, k, bits, num_sms) if wgr else None) or wgs_config(m, n, k, num_sms) or _DEQUANT
 
 
