@@ -1,4 +1,5 @@
-"""``wg`` reading ``x`` itself (``KernelConfig.direct``, ``_wg._direct_x``) against the pure-torch reference.
+"""``wg`` reading ``x`` itself (``KernelConfig.direct``, ``_wg._direct_x``) against the pure-torch reference: uniform
+layers (identity ``col_perm``) and SliM layers (whole groups moved).
 
 Shares ``test_kernels_triton``'s set-up (imported first: it turns the Triton interpreter on when there is no
 GPU), layers and checks.
@@ -61,21 +62,53 @@ def test_wg_direct_handles_strided_token_rows():
 
 
 @inproc
+@pytest.mark.parametrize("layer,cfg_name,m", [("mix123_full", "m16", 16), ("mv_mix123", "m16", 11),
+                                              ("mv_mix123", "m16_wide", 16), ("mv_mix123", "m64_scaled", 64)])
+def test_wg_reads_x_itself_through_whole_group_permutations(layer, cfg_name, m):
+    """SliM layers (1/2/3-bit groups sorted by width: ``col_perm`` moves whole 64- or 128-column groups) read each
+    block of ``x`` from its group's first column (``DIRECT_PERM``): no gather launch."""
+    from slimq.kernels.triton._plan import identity_perm, perm_run
+    p = random_layer(*LAYERS[layer], seed=6)
+    assert not identity_perm(p) and perm_run(p) >= p.segments[0].group_size
+    x = torch.zeros(m, p.in_features, dtype=torch.float16, device=DEV)
+    assert "operand_gather_kernel" not in _kernels(x, p, DIRECT[cfg_name])
+    _check(p, m, torch.float16, DIRECT[cfg_name], bias=True, seed=6)
+
+
+def test_perm_run_finds_blocks_moved_whole():
+    """``perm_run``: the identity runs as far as it is long (at most 1024), group-sorted permutations as far as
+    their groups, others 1; the answer is kept on the layer."""
+    from slimq.kernels.triton._plan import perm_run
+    u2 = random_layer(64, 256, 128, 2)
+    assert perm_run(u2) == 256 and u2.perm_run == 256
+    assert perm_run(random_layer(32, 4096, 128, 2)) == 1024
+    assert perm_run(random_layer(*LAYERS["mix123_full"], seed=1)) == 64
+    q = random_layer(64, 256, 128, 2)
+    q.col_perm = torch.cat([q.col_perm[128:], q.col_perm[:128]])  # two whole 128-column groups swapped
+    assert perm_run(q) == 128
+    q.col_perm, q.perm_run = q.col_perm[torch.arange(256).view(2, 128).flip(1).flatten()], None  # reversed within
+    assert perm_run(q) == 1
+    s = random_layer(64, 256, 128, 2)
+    s.col_perm, s.perm_run = torch.cat([s.col_perm[3:], s.col_perm[:3]]), None  # runs from odd starts
+    assert perm_run(s) == 1
+
+
+@inproc
 def test_wg_direct_keeps_the_gather_where_it_cannot_read_x():
-    """A permuted ``col_perm`` (SliM's grouped bit-widths), codes of two planes (5-8-bit mixes but 8),
+    """A ``col_perm`` that does not move whole blocks (act-order), codes of two planes (5-8-bit mixes but 8),
     bfloat16 or float32 activations, and a config without ``direct`` keep the gather launch; the results
     stay right."""
-    slim = random_layer(*LAYERS["mix123_full"], seed=2)
+    scrambled = random_layer(64, 256, 128, 2, seed=2)
+    scrambled.col_perm = torch.randperm(256, generator=torch.Generator().manual_seed(2)).to(DEV, torch.int32)
     wide = random_layer(*LAYERS["mix_wide"], seed=2)
     u2 = random_layer(64, 256, 128, 2)
     x16 = torch.zeros(16, 256, dtype=torch.float16, device=DEV)
-    assert "operand_gather_kernel" in _kernels(torch.zeros(16, slim.in_features, dtype=torch.float16, device=DEV),
-                                               slim, DIRECT["m16"])
+    assert "operand_gather_kernel" in _kernels(x16, scrambled, DIRECT["m16"])
     assert "operand_gather_kernel" in _kernels(torch.zeros(16, wide.in_features, dtype=torch.float16, device=DEV),
                                                wide, DIRECT["m16"])
     assert "operand_gather_kernel" in _kernels(x16.bfloat16(), u2, DIRECT["m16"])
     assert "operand_gather_kernel" in _kernels(x16, u2, KernelConfig("wg", block_m=16, block_n=64, join=True))
-    _check(slim, 16, torch.float16, DIRECT["m16"], bias=True)
+    _check(scrambled, 16, torch.float16, DIRECT["m16"], bias=True)
     _check(wide, 16, torch.float16, DIRECT["m16"])
     _check(u2, 16, torch.bfloat16, DIRECT["m16"])
 

@@ -383,6 +383,31 @@ def identity_perm(packed: PackedLinear) -> bool:
     return packed.perm_identity
 
 
+_PERM_RUN_MAX = 1024
+
+
+def perm_run(packed: PackedLinear) -> int:
+    """The longest power of two ``r <= 1024`` such that ``col_perm`` maps every aligned block of ``r`` storage
+    columns (the last one may be short) to ``r`` consecutive columns of ``x`` starting at a multiple of ``r``
+    (1 if none): groups moved whole, as SliM's grouping of the bit-widths does without act-order. Computed once
+    and kept in ``packed.perm_run``; while a CUDA graph is being captured an unknown answer is taken as 1."""
+    if packed.perm_run is None:
+        if packed.col_perm.is_cuda and torch.cuda.is_current_stream_capturing():
+            return 1
+        perm = packed.col_perm.long()
+        k = perm.numel()
+        pos = torch.arange(k, device=perm.device)
+        run = 1
+        while run < _PERM_RUN_MAX and run * 2 <= max(k, 1):
+            r = run * 2
+            start = perm[pos - pos % r]  # the source column of each position's block start
+            if not bool(((perm == start + pos % r) & (start % r == 0)).all()):
+                break
+            run = r
+        packed.perm_run = run
+    return packed.perm_run
+
+
 def mvs_direct(x: torch.Tensor, packed: PackedLinear) -> bool:
     """Whether ``mv`` with ``k_warps`` reads ``x`` itself (``_mvx``): one float16 token, 16-byte aligned and
     contiguous, and an identity ``col_perm``."""
@@ -396,9 +421,11 @@ _WG_DIRECT_BITS = frozenset((1, 2, 3, 4, 8))
 
 def wg_direct(x: torch.Tensor, packed: PackedLinear, cfg: KernelConfig) -> bool:
     """Whether a ``wg`` call reads ``x`` itself (``cfg.direct``, ``_wg._direct_x``): float16 ``x`` with unit column
-    stride, an identity ``col_perm`` and codes of one operand per block (``_WG_DIRECT_BITS``)."""
+    stride, codes of one operand per block (``_WG_DIRECT_BITS``) and a ``col_perm`` that moves whole blocks of the
+    call's block size (:func:`perm_run`; the identity included)."""
     return (cfg.path == "wg" and cfg.direct and cfg.join and x.dtype == torch.float16 and x.stride(1) == 1
-            and all(s.bits in _WG_DIRECT_BITS for s in packed.segments) and identity_perm(packed))
+            and all(s.bits in _WG_DIRECT_BITS for s in packed.segments)
+            and perm_run(packed) >= tc_block(packed.segments[0].group_size))
 
 
 def _mvs_launches(packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor, ws: Workspace,
@@ -468,6 +495,7 @@ def _operand_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor 
     if direct:  # no gather: x as it is (its row stride for stride_tm; the sums' buffer unused)
         xt, stride_tm, stride_tb, stride_sm = x, x.stride(0), 0, 0
         launches = []
+        perm = not identity_perm(packed)  # blocks moved whole: each block's first source column read from col_perm
     else:
         xt = ws.xpair.view(torch.float16)
         stride_tm, stride_tb, stride_sm = ws.kp, 2 * ws.pair_stride, ws.kp // 32
@@ -479,10 +507,11 @@ def _operand_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor 
     for r0, ns, segs in bands(packed):
         args = (xt, stride_tm, stride_tb, ws.xs32, stride_sm, out, out.stride(0), o.acc, o.acc_stride,
                 o.rp, o.b, m, r0, ns, cfg.split_k, o.cnt, tuple(_seg_arg(s) for s in segs))
+        args += (packed.col_perm,) if kernel == "wg_kernel" else ()
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BLK=blk, **tiles, ATOMIC=o.atomic,
                   HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl),
-                  **({"DIRECT": True} if direct else {}))
+                  **({"DIRECT": True, "DIRECT_PERM": perm} if direct else {}))
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
         launches.append(Launch(kernel, grid, args, kw, module=cfg.path))
     return launches + o.finish(out, bias is not None)

@@ -154,9 +154,10 @@ def _plane_sum(init, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, 
 
 @triton.jit
 def _direct_x(x_ptr, stride_xm, offs_m, mask_m, c0, c_end, W: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
-              FULL: tl.constexpr, EVEN_M: tl.constexpr):
-    """``DIRECT`` (identity ``col_perm``, float16 ``x``): the block of columns ``[c0, c0 + BLK)`` of ``x``
-    itself (0 at ``c_end`` and past, and for tokens past ``M``), as ``(b, xs)``: ``b [BLK, BT]`` in the
+              FULL: tl.constexpr, EVEN_M: tl.constexpr, perm_ptr, PERM: tl.constexpr):
+    """``DIRECT`` (float16 ``x``): storage columns ``[c0, c0 + BLK)`` of ``x`` itself (0 at ``c_end`` and past,
+    and for tokens past ``M``): ``x``'s columns ``c0 ..``, or with PERM ``col_perm[c0] ..`` (a block moved
+    whole, from a ``BLK``-aligned start), as ``(b, xs)``: ``b [BLK, BT]`` in the
     operand order of plane width ``W`` with ``JOIN`` (position ``h + 2 (r + KP j)`` holds column
     ``r E + h H + j``: a reshape and a permute of the natural tile, no address arithmetic per
     element) and ``xs [BT]`` its float32 sums, what the gather launch would have written."""
@@ -164,7 +165,11 @@ def _direct_x(x_ptr, stride_xm, offs_m, mask_m, c0, c_end, W: tl.constexpr, BT: 
     H: tl.constexpr = E // 2
     KP: tl.constexpr = BLK * W // 32
     cols = c0 + tl.arange(0, BLK)
-    ptr = x_ptr + offs_m[:, None] * stride_xm + cols[None, :]
+    if PERM:
+        src = tl.multiple_of(tl.load(perm_ptr + c0), BLK) + tl.arange(0, BLK)
+    else:
+        src = cols
+    ptr = x_ptr + offs_m[:, None] * stride_xm + src[None, :]
     if FULL and EVEN_M:
         xn = tl.load(ptr)
     elif FULL:
@@ -212,7 +217,8 @@ def _wg_params(seg, k0, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_n, valid, GS
 def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
               BITS: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
               JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr, FULL: tl.constexpr,
-              EVEN_M: tl.constexpr, DIRECT: tl.constexpr = False, stride_xm=0):
+              EVEN_M: tl.constexpr, DIRECT: tl.constexpr = False, stride_xm=0, perm_ptr=None,
+              DIRECT_PERM: tl.constexpr = False):
     """``acc [BN, BT] += W x^T`` over segment columns ``[k0, k0 + BLK)`` of every plane; ``s``, ``z``,
     ``xs`` the block's :func:`_wg_params` (loaded a block ahead by the caller). DIRECT: ``xt_ptr`` is
     ``x`` itself (rows ``stride_xm`` apart), its block and sums read here (:func:`_direct_x`).
@@ -226,7 +232,7 @@ def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask
     bx = None
     if DIRECT:
         bx, xs = _direct_x(xt_ptr, stride_xm, offs_m, mask_m, seg[0] + k0, seg[0] + seg[1], plane_width(BITS, 0), BT,
-                           BLK, FULL, EVEN_M)
+                           BLK, FULL, EVEN_M, perm_ptr, DIRECT_PERM)
     if SCALED:
         acc = _plane_sum(acc, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
                          _half2(s, [BN, KP0], ASM), _half2(-z * s, [BN, KP0], ASM), 0, BITS, BLK, JOIN, ASM, True,
@@ -253,15 +259,17 @@ def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask
 
 @triton.jit(do_not_specialize=["M", "r0", "split_k"])
 def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr,
-              bias_ptr, M, r0, ns, split_k, cnt_ptr, segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, GS: tl.constexpr,
+              bias_ptr, M, r0, ns, split_k, cnt_ptr, segs, perm_ptr, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, GS: tl.constexpr,
               BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr, ATOMIC: tl.constexpr,
               HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr,
               SCALED: tl.constexpr = False, EVEN_M: tl.constexpr = False, PDL: tl.constexpr = False,
-              DIRECT: tl.constexpr = False):
+              DIRECT: tl.constexpr = False, DIRECT_PERM: tl.constexpr = False):
     """Grid ``(cdiv(M, BT) * cdiv(ns, BN), split_k)``, token tiles fastest; activations
     pre-arranged by :func:`operand_gather_kernel`, or (DIRECT, with JOIN) ``xt_ptr`` is the float16
-    ``x`` itself, ``stride_tm`` its row stride, ``col_perm`` the identity (``xs_ptr``, ``stride_tb``,
-    ``stride_sm`` unused). ``ASM``: half2 inline PTX (else integer ops, for the interpreter)."""
+    ``x`` itself, ``stride_tm`` its row stride (``xs_ptr``, ``stride_tb``, ``stride_sm`` unused), and
+    ``col_perm`` (``perm_ptr``) the identity or, with DIRECT_PERM, moving whole ``BLK``-column blocks to
+    ``BLK``-aligned starts (``_plan.perm_run``). ``ASM``: half2 inline PTX (else integer ops, for the
+    interpreter)."""
     tl.static_assert(JOIN or not DIRECT, "DIRECT reads each block as one operand piece: it needs JOIN")
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -288,7 +296,8 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
                 s, z, xs = _wg_params(seg, t * BLK, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t < t_full, GS,
                                       BLK, SCALED, EVEN_M, DIRECT)
                 acc = _wg_block(acc, seg, t * BLK, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns,
-                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, stride_tm)
+                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, stride_tm, perm_ptr,
+                                DIRECT_PERM)
         else:
             # scales, zeros and activation sums one block ahead: the block's dot waits on them (its
             # accumulator starts at -z * xs), and Triton's pipeline stages only the dot operands' loads
@@ -299,13 +308,15 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
                 s, z, xs = _wg_params(seg, (t + 1) * BLK, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc,
                                       t + 1 < t_full, GS, BLK, SCALED, EVEN_M, DIRECT)
                 acc = _wg_block(acc, seg, t * BLK, cs, cz, cxs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns,
-                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, stride_tm)
+                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, stride_tm, perm_ptr,
+                                DIRECT_PERM)
         if (t_hi > t_lo) & (t_hi * BLK > seg[1]):  # the segment's last block is partial and ours
             k0 = (t_hi - 1) * BLK
             s, z, xs = _wg_params(seg, k0, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t_hi > t_lo, GS, BLK, SCALED,
                                   EVEN_M, DIRECT)
             acc = _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_nc,
-                            SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, False, EVEN_M, DIRECT, stride_tm)
+                            SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, False, EVEN_M, DIRECT, stride_tm, perm_ptr,
+                            DIRECT_PERM)
     store_rows(tl.trans(acc), out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
                offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
 
