@@ -39,8 +39,9 @@ class KernelConfig:
     # tiles' K tiles evenly (stream-K, ``_wgsk``; 0: one program per tile and K split)
     k_warps: int = 0  # "mv" with one token: the warps of a 32-row program split its K, every tile's loads issued
     # up front, the rows summed in the program (``_mvs``; 0: each warp takes 32 rows)
-    direct: bool = False  # "wg" with join: where col_perm is the identity and x float16, each program reads its
-    # blocks of x itself (``_wg._direct_x``) instead of a gather launch writing them in operand order
+    direct: bool = False  # "wg" with join: where col_perm moves whole blocks (the identity included) and x is
+    # float16, each program reads its blocks of x itself (``_wg._direct_x``, ``_plan.wg_direct``) instead of a
+    # gather launch writing them in operand order
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:

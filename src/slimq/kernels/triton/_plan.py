@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 import triton
 
-from slimq.format.layout import PackedLinear, Segment, plane_widths
+from slimq.format.layout import PLANE_WIDTHS, PackedLinear, Segment, plane_widths
 from slimq.kernels.triton import _gv as GV
 from slimq.kernels.triton import _mv as MV
 from slimq.kernels.triton import _mvs as MVS
@@ -415,8 +415,8 @@ def mvs_direct(x: torch.Tensor, packed: PackedLinear) -> bool:
             and x.shape[1] % 8 == 0 and identity_perm(packed))
 
 
-# segment bit-widths whose codes make one operand per block in wg (one plane, or 3-bit merged with join)
-_WG_DIRECT_BITS = frozenset((1, 2, 3, 4, 8))
+# segment bit-widths whose codes make one operand per block in wg: one plane, or 3-bit codes merged with join
+_WG_DIRECT_BITS = frozenset(b for b, widths in PLANE_WIDTHS.items() if len(widths) == 1) | {3}
 
 
 def wg_direct(x: torch.Tensor, packed: PackedLinear, cfg: KernelConfig) -> bool:

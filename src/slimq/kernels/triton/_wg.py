@@ -217,11 +217,10 @@ def _wg_params(seg, k0, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_n, valid, GS
 def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
               BITS: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
               JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr, FULL: tl.constexpr,
-              EVEN_M: tl.constexpr, DIRECT: tl.constexpr = False, stride_xm=0, perm_ptr=None,
-              DIRECT_PERM: tl.constexpr = False):
+              EVEN_M: tl.constexpr, DIRECT: tl.constexpr = False, perm_ptr=None, DIRECT_PERM: tl.constexpr = False):
     """``acc [BN, BT] += W x^T`` over segment columns ``[k0, k0 + BLK)`` of every plane; ``s``, ``z``,
     ``xs`` the block's :func:`_wg_params` (loaded a block ahead by the caller). DIRECT: ``xt_ptr`` is
-    ``x`` itself (rows ``stride_xm`` apart), its block and sums read here (:func:`_direct_x`).
+    ``x`` itself (rows ``stride_tm`` apart), its block and sums read here (:func:`_direct_x`).
 
     SCALED: the operands are the weights ``(q - z) s`` (plane 0) and ``coef q s`` (others), one
     HFMA2 per code pair more, and the dots accumulate straight into ``acc``. Else the operands
@@ -231,7 +230,7 @@ def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask
     MERGE: tl.constexpr = BITS == 3 and JOIN  # one operand of whole 3-bit codes: one dot instead of two
     bx = None
     if DIRECT:
-        bx, xs = _direct_x(xt_ptr, stride_xm, offs_m, mask_m, seg[0] + k0, seg[0] + seg[1], plane_width(BITS, 0), BT,
+        bx, xs = _direct_x(xt_ptr, stride_tm, offs_m, mask_m, seg[0] + k0, seg[0] + seg[1], plane_width(BITS, 0), BT,
                            BLK, FULL, EVEN_M, perm_ptr, DIRECT_PERM)
     if SCALED:
         acc = _plane_sum(acc, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
@@ -296,7 +295,7 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
                 s, z, xs = _wg_params(seg, t * BLK, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t < t_full, GS,
                                       BLK, SCALED, EVEN_M, DIRECT)
                 acc = _wg_block(acc, seg, t * BLK, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns,
-                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, stride_tm, perm_ptr,
+                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, perm_ptr,
                                 DIRECT_PERM)
         else:
             # scales, zeros and activation sums one block ahead: the block's dot waits on them (its
@@ -308,14 +307,14 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
                 s, z, xs = _wg_params(seg, (t + 1) * BLK, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc,
                                       t + 1 < t_full, GS, BLK, SCALED, EVEN_M, DIRECT)
                 acc = _wg_block(acc, seg, t * BLK, cs, cz, cxs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns,
-                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, stride_tm, perm_ptr,
+                                offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, perm_ptr,
                                 DIRECT_PERM)
         if (t_hi > t_lo) & (t_hi * BLK > seg[1]):  # the segment's last block is partial and ours
             k0 = (t_hi - 1) * BLK
             s, z, xs = _wg_params(seg, k0, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t_hi > t_lo, GS, BLK, SCALED,
                                   EVEN_M, DIRECT)
             acc = _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_nc,
-                            SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, False, EVEN_M, DIRECT, stride_tm, perm_ptr,
+                            SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, False, EVEN_M, DIRECT, perm_ptr,
                             DIRECT_PERM)
     store_rows(tl.trans(acc), out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
                offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
