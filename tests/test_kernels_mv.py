@@ -36,40 +36,86 @@ def test_mv_bit_widths_and_groupings(layer, cfg_name):
     _check(random_layer(*LAYERS[layer], seed=3), M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=True)
 
 
+def _kernels(x, p, cfg):
+    ws = Workspace(DEV, x.shape[0], p.out_features, p.in_features, x.dtype)
+    out = torch.empty(x.shape[0], p.out_features, dtype=x.dtype, device=DEV)
+    return [lc.kernel for lc in slt.plan_launches(x, p, None, out, ws, cfg)]
+
+
 @inproc
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 8])
-def test_mv_k_warps_reads_x_itself_on_identity_permutations(bits):
-    """``k_warps`` on a uniform layer (identity ``col_perm``, float16 token): no gather launch, the pairs built
-    from ``x`` and ``corr``/``sum x`` from the correction MMA (``_mvx``), every plane width and the 3-bit virtual
-    plane; a bfloat16 token keeps the gather."""
-    from slimq.kernels.triton._plan import mvs_direct
+@pytest.mark.parametrize("cfg_name", ["mv_kw4_dx", "mv_split_dx"])
+def test_mv_reads_x_itself_on_identity_permutations(bits, cfg_name):
+    """``direct`` on a uniform layer (identity ``col_perm``, float16 token), with the warps splitting K
+    (``mvs_kernel``) or programs splitting it (``mv_kernel``): no gather launch, the pairs built from ``x`` and
+    ``corr``/``sum x`` from the correction MMA (``_mvx``), every plane width and the 3-bit virtual plane; a
+    bfloat16 token keeps the gather."""
+    from slimq.kernels.triton._plan import mv_direct
+    cfg = CFGS[cfg_name]
     p = random_layer(64, 640, 128, bits, seed=bits)
     x = torch.zeros(1, p.in_features, dtype=torch.float16, device=DEV)
-    assert mvs_direct(x, p) and not mvs_direct(x.bfloat16(), p)
-    ws = Workspace(DEV, 1, p.out_features, p.in_features, torch.float16)
-    launches = slt.plan_launches(x, p, None, torch.empty(1, 64, dtype=torch.float16, device=DEV), ws, CFGS["mv_kw4"])
-    assert [lc.kernel for lc in launches] == ["mvs_kernel"]
-    _check(p, 1, torch.float16, CFGS["mv_kw4"], bias=True)
-    _check(p, 1, torch.bfloat16, CFGS["mv_kw4"])
+    assert mv_direct(x, p, cfg) and not mv_direct(x.bfloat16(), p, cfg)
+    want = ["mvs_kernel"] if cfg.k_warps else ["mv_kernel"]
+    assert [k for k in _kernels(x, p, cfg) if k != "finalize_kernel"] == want
+    _check(p, 1, torch.float16, cfg, bias=True)
+    _check(p, 1, torch.bfloat16, cfg)
 
 
-def test_mv_k_warps_reads_x_itself_only_where_it_can():
-    """``x`` is read directly only for an identity ``col_perm`` (checked once per layer and kept) and one float16
-    token that is contiguous and 16-byte aligned; otherwise the gather runs first."""
-    from slimq.kernels.triton._plan import identity_perm, mvs_direct
+@inproc
+@pytest.mark.parametrize("layer,cfg_name", [("mv_mix123", "mv_kw4_dx"), ("mv_mix123", "mv_split_dx"),
+                                            ("mv_mix123", "mv_l2_dx")])
+def test_mv_reads_x_itself_through_whole_tile_permutations(layer, cfg_name):
+    """SliM layers (1/2/3-bit groups sorted by width: ``col_perm`` moves whole 128-column groups) read each tile of
+    ``x`` from ``col_perm`` at its first storage column (``DIRECT_PERM``), split-K with the sources two tiles
+    ahead and the L2 prefetch: no gather launch."""
+    from slimq.kernels.triton._plan import identity_perm, mv_direct, perm_run
+    p = random_layer(*LAYERS[layer], seed=6)
+    assert not identity_perm(p) and perm_run(p) >= 128
+    x = torch.zeros(1, p.in_features, dtype=torch.float16, device=DEV)
+    assert mv_direct(x, p, CFGS[cfg_name]) and "mv_gather_kernel" not in _kernels(x, p, CFGS[cfg_name])
+    _check(p, 1, torch.float16, CFGS[cfg_name], bias=True, seed=6)
+
+
+def test_mv_reads_x_itself_only_where_it_can():
+    """``x`` is read directly only with ``direct``, for a ``col_perm`` that moves whole 128-column tiles (checked once
+    per layer and kept) and one float16 token that is contiguous and 16-byte aligned; otherwise the gather runs
+    first."""
+    from slimq.kernels.triton._plan import identity_perm, mv_direct
     p = random_layer(32, 256, 128, 2)
     assert p.perm_identity is None and identity_perm(p) and p.perm_identity is True
     p.col_perm = p.col_perm.flip(0)  # the cached answer stands until the view is rebuilt (QuantLinear does)
     assert identity_perm(p)
     p.perm_identity = None
     assert not identity_perm(p) and p.perm_identity is False
+    dx, cfg = CFGS["mv_kw4_dx"], CFGS["mv_kw4"]
     q = random_layer(32, 256, 128, 2)
     x = torch.zeros(2, 264, dtype=torch.float16, device=DEV)
-    assert mvs_direct(x[:1, :256], q)
-    assert not mvs_direct(x[:1, 1:257], q)  # 2-byte offset
-    assert not mvs_direct(x[:, :256], q)  # two tokens
-    assert not mvs_direct(x[:1, :256].float(), q)
-    assert not mvs_direct(torch.zeros(1, 512, dtype=torch.float16, device=DEV)[:, ::2], q)  # strided columns
+    assert mv_direct(x[:1, :256], q, dx) and not mv_direct(x[:1, :256], q, cfg)
+    assert not mv_direct(x[:1, 1:257], q, dx)  # 2-byte offset
+    assert not mv_direct(x[:, :256], q, dx)  # two tokens
+    assert not mv_direct(x[:1, :256].float(), q, dx)
+    assert not mv_direct(torch.zeros(1, 512, dtype=torch.float16, device=DEV)[:, ::2], q, dx)  # strided columns
+    scrambled = random_layer(32, 256, 128, 2, seed=2)  # 64-column runs only: the gather
+    scrambled.col_perm = torch.arange(256, dtype=torch.int32, device=DEV).view(4, 64).flip(0).reshape(-1)
+    assert not mv_direct(x[:1, :256], scrambled, dx) and "mv_gather_kernel" in _kernels(x[:1, :256], scrambled, dx)
+    _check(scrambled, 1, torch.float16, dx, bias=True)
+
+
+def test_dispatch_takes_mv_on_mid_layers_only_where_it_reads_x(monkeypatch):
+    """``resolve_config`` tells the rule whether one-token ``mv`` can read ``x`` itself: on layers of 2^24 up to
+    2^26 weights (here any size) it takes ``mv`` with ``direct`` for a float16 token and a whole-tile
+    ``col_perm``, ``gv`` for a bfloat16 one or a permutation of 64-column runs."""
+    import slimq.kernels.triton._dispatch as dispatch
+    monkeypatch.setattr(dispatch, "_MV_DIRECT_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(dispatch, "_mvs_wins", lambda n, k, bits, num_sms: False)
+    p = random_layer(64, 640, 128, 3)
+    x = torch.zeros(1, p.in_features, dtype=torch.float16, device=DEV)
+    cfg = slt.resolve_config(x, p)
+    assert (cfg.path, cfg.direct) == ("mv", True)
+    assert slt.resolve_config(x.bfloat16(), p).path == "gv"
+    q = random_layer(64, 256, 128, 2, seed=2)
+    q.col_perm = torch.arange(256, dtype=torch.int32, device=DEV).view(4, 64).flip(0).reshape(-1)
+    assert slt.resolve_config(torch.zeros(1, 256, dtype=torch.float16, device=DEV), q).path == "gv"
 
 
 @inproc
@@ -115,11 +161,12 @@ def test_mv_needs_whole_tiles_and_says_why():
 @gpu
 @pytest.mark.parametrize("cfg_name,m,bits", [("mv_split", 1, [1, 2, 3]), ("mv_l2", 1, [1, 2, 3]),
                                              ("mv_m16_split", 5, [1, 2, 3]), ("mv_kw4", 1, [1, 2, 3]),
-                                             ("mv_kw4", 1, 3)])
+                                             ("mv_kw4_dx", 1, 3), ("mv_kw4_dx", 1, [1, 2, 3]),
+                                             ("mv_split_dx", 1, 3), ("mv_l2_dx", 1, [1, 2, 3])])
 def test_mv_split_k_replays_under_cuda_graph(cfg_name, m, bits):
     """``mv`` with split-K (one token: the last program finishes the tile; 5 tokens: finalize launch) replays
-    under a CUDA graph with new activations and leaves the workspace and counters zeroed; so does ``k_warps``
-    after the gather and reading ``x`` itself (a uniform layer)."""
+    under a CUDA graph with new activations and leaves the workspace and counters zeroed; so do ``k_warps``
+    after the gather and both reading ``x`` itself (``direct``: uniform layers, SliM's whole-tile permutations)."""
     p = random_layer(96, 768, 128, bits, seed=4)
     x = torch.randn(m, p.in_features, device=DEV, dtype=torch.float16)
     out = torch.empty(m, p.out_features, device=DEV, dtype=torch.float16)

@@ -140,6 +140,10 @@ CFGS = {
     "mv_m5": KernelConfig("mv", block_m=16, block_n=32, block_k=128, num_warps=1),
     "mv_kw1": KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=1, k_warps=1),
     "mv_kw4": KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=4, k_warps=4),
+    "mv_kw4_dx": KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=4, k_warps=4, direct=True),
+    "mv_split_dx": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=3, num_warps=2, direct=True),
+    "mv_l2_dx": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=2, num_warps=2, l2_ahead=2,
+                             direct=True),
     "mv_m16_split": KernelConfig("mv", block_m=16, block_n=64, block_k=128, split_k=3, num_warps=2),
     "mv_m5_l2": KernelConfig("mv", block_m=16, block_n=64, block_k=128, split_k=2, num_warps=2, l2_ahead=2),
     "h2_m1": KernelConfig("h2", block_m=1, block_n=32, block_k=64),
@@ -159,7 +163,7 @@ CFGS = {
     "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
     "wg_wide": KernelConfig("wg", block_m=16, block_n=128, split_k=3, join=True),
 }
-M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_l2": 1, "mv_kw1": 1, "mv_kw4": 1, "mv_m5": 5, "mv_m16_split": 16, "mv_m5_l2": 5, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_l2": 1, "mv_kw1": 1, "mv_kw4": 1, "mv_kw4_dx": 1, "mv_split_dx": 1, "mv_l2_dx": 1, "mv_m5": 5, "mv_m16_split": 16, "mv_m5_l2": 5, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
         "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
         "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9, "wg_wide": 4}
@@ -385,36 +389,54 @@ def test_select_config_is_explicit():
     assert select_config(256, 28672, 8192).chunk_n == 0 and select_config(256, 4096, 4096).chunk_n == 0
     assert [select_config(1, n, k).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 4096), (4096, 11008),
                                                          (11008, 4096))] == [4, 16, 16, 32, 8]
-    # M = 1: mv on layers of 8192+ columns with codes of 4+ bits (run 63), on every layer of 2^27+ weights and
-    # uniform widths on 2^26+ (run 76, with the L2 prefetch); h2 for other big layers of 4 bits and more
-    # (runs 19 and 27); gv elsewhere
+    # M = 1: mv on layers of 8192+ columns with codes of 4+ bits (run 63), on every layer of 2^26+ weights (run 76,
+    # with the L2 prefetch; SliM there since it reads x itself, run 186); h2 for other big layers of 4 bits and
+    # more (runs 19 and 27); gv elsewhere
     assert [select_config(1, 28672, 8192, bits=b).path for b in ((2,), (1, 2, 3), (2, 4), (4,), (4, 8), (3,), (7,))] \
         == ["mv", "mv", "mv", "mv", "mv", "mv", "h2"]
-    assert [select_config(1, n, k, bits=(2,)).path for n, k in ((8192, 28672), (8192, 8192), (4096, 11008))] == \
-        ["mv", "mv", "gv"]
-    assert [select_config(1, 8192, 8192, bits=b).path for b in ((3,), (1, 2, 3))] == ["mv", "gv"]
+    assert [select_config(1, n, k, bits=(2,), direct=False).path
+            for n, k in ((8192, 28672), (8192, 8192), (4096, 11008))] == ["mv", "mv", "gv"]
+    assert [select_config(1, 8192, 8192, bits=b).path for b in ((3,), (1, 2, 3))] == ["mv", "mv"]
+    assert select_config(1, 8192, 8192, bits=(1, 2, 3), direct=False).path == "gv"  # SliM after the gather
+    # reading x itself: mv on layers of 2^24 up to 2^26 weights too (K split at <= 7 programs per SM, the highest
+    # cap of 128/96/80/72 that keeps one wave, no prefetch; run 187); gv where x cannot be read (bfloat16, ...)
+    got = {(n, k, b): select_config(1, n, k, bits=b) for n, k in ((4096, 11008), (11008, 4096), (2048, 8192))
+           for b in ((2,), (3,), (1, 2, 3))}
+    assert {(c.path, c.split_k, c.maxnreg, c.l2_ahead, c.direct) for key, c in got.items() if key[0] == 4096} == \
+        {("mv", 16, 128, 0, True)}
+    assert {(c.path, c.split_k, c.maxnreg, c.l2_ahead, c.direct) for key, c in got.items() if key[0] == 11008} == \
+        {("mv", 8, 80, 0, True)}
+    assert select_config(1, 8192, 1024, bits=(2,)).path == "gv"  # under 2^24 weights, more than one wave of mvs
+    assert [select_config(1, n, k, bits=(2,), direct=False).path for n, k in ((11008, 4096), (2048, 8192))] == \
+        ["gv", "gv"]
     # on 2^26+ weights: prefetch into L2 one tile past the next, K split at <= 7 programs per SM, the highest
-    # register cap of 96/80/72 that keeps the grid in one wave (3-bit: 96 always; 4+ bits: 96 or none)
-    got = {(n, k, b): select_config(1, n, k, bits=b) for n, k in ((28672, 8192), (8192, 28672))
+    # register cap of 96/80/72 that keeps the grid in one wave (3-bit: 96 always; 4+ bits: 96 or none); reading x
+    # itself (direct) under 2^27 weights and with 3-4-bit codes (128 registers where one wave holds them and for
+    # 3-bit codes; no prefetch for mixed widths), after the gather for 2-bit and SliM on the big layers (run 186)
+    got = {(n, k, b): select_config(1, n, k, bits=b) for n, k in ((28672, 8192), (8192, 28672), (8192, 8192))
            for b in ((2,), (3,), (4,), (1, 2, 3))}
-    assert {key: (c.split_k, c.maxnreg, c.l2_ahead) for key, c in got.items()} == {
-        (28672, 8192, (2,)): (4, 72, 1), (28672, 8192, (3,)): (4, 96, 1), (28672, 8192, (4,)): (4, 0, 0),
-        (28672, 8192, (1, 2, 3)): (4, 72, 1), (8192, 28672, (2,)): (8, 96, 1), (8192, 28672, (3,)): (8, 96, 1),
-        (8192, 28672, (4,)): (8, 96, 1), (8192, 28672, (1, 2, 3)): (8, 96, 1)}
+    assert {key: (c.split_k, c.maxnreg, c.l2_ahead, c.direct) for key, c in got.items()} == {
+        (28672, 8192, (2,)): (4, 72, 1, False), (28672, 8192, (3,)): (4, 128, 1, True),
+        (28672, 8192, (4,)): (4, 0, 0, True), (28672, 8192, (1, 2, 3)): (4, 72, 1, False),
+        (8192, 28672, (2,)): (8, 96, 1, False), (8192, 28672, (3,)): (8, 128, 1, True),
+        (8192, 28672, (4,)): (8, 128, 1, True), (8192, 28672, (1, 2, 3)): (8, 96, 1, False),
+        (8192, 8192, (2,)): (8, 128, 1, True), (8192, 8192, (3,)): (8, 128, 1, True),
+        (8192, 8192, (4,)): (8, 128, 1, True), (8192, 8192, (1, 2, 3)): (8, 128, 0, True)}
     assert select_config(1, 24576, 8192, bits=(2,)).maxnreg == 80  # 4 x 192 programs: 6 per SM fit, 5 do not
-    assert [select_config(1, n, k, bits=(4,)).path for n, k in ((4096, 11008), (8192, 8192), (11008, 4096),
-                                                                 (40960, 4096))] == ["mv", "mv", "gv", "h2"]
+    assert [select_config(1, n, k, bits=(4,), direct=False).path
+            for n, k in ((4096, 11008), (8192, 8192), (11008, 4096), (40960, 4096))] == ["mv", "mv", "gv", "h2"]
     # mv with the warps splitting K (k_warps) on layers of <= 4096 columns whose 32-row programs make one wave
-    # (run 170): 16 warps for uniform widths (x read directly), 8 for mixed ones (the gather's pairs)
+    # (run 170), reading x itself (direct): 16 warps for uniform widths, 8 for mixed ones
     got = [select_config(1, n, k, bits=b) for n, k, b in ((4096, 4096, (4,)), (4096, 4096, (4, 8)),
                                                            (4096, 4096, (1, 2, 3)), (4096, 4096, (7,)),
                                                            (11008, 4096, (2,)), (4096, 11008, (2,)), (2048, 2048, (3,)))]
-    assert [(c.path, c.k_warps) for c in got] == [("mv", 16), ("mv", 8), ("mv", 8), ("gv", 0), ("gv", 0), ("gv", 0),
+    assert [(c.path, c.k_warps) for c in got] == [("mv", 16), ("mv", 8), ("mv", 8), ("gv", 0), ("mv", 0), ("mv", 0),
                                                   ("mv", 16)]
+    assert all(c.direct for c in got if c.k_warps)
     assert select_config(1, 4096, 4096, bits=(2,), mv=False).path == "gv"
     assert [select_config(1, n, k, bits=(4,)).split_k for n, k in ((28672, 8192), (8192, 28672), (4096, 11008))] == \
         [4, 8, 16]
-    assert select_config(1, 4096, 11008, bits=(4,)).l2_ahead == 0  # below 2^26 weights: no prefetch, no cap
+    assert select_config(1, 4096, 11008, bits=(4,), direct=False).l2_ahead == 0  # below 2^26: no prefetch, no cap
     assert select_config(1, 28672, 8192, bits=(4,), num_sms=66).split_k == 2
     # 2-8 tokens: mv on layers of 2^26+ weights (one block of 8 token columns; run 65), wg elsewhere and beyond
     assert [select_config(m, n, k, bits=b).path for m, n, k, b in (

@@ -19,13 +19,13 @@ _BODY = """
 
     fields = json.loads(sys.argv[1])
     n, k, m = 256, 1024, fields.pop("m", 1)
-    p = random_layer(n, k, 128, fields.pop("bits"))
+    p = random_layer(n, k, 128, fields.pop("bits"))  # mixed: groups moved whole (direct reads x through col_perm)
     x = torch.zeros(m, k, dtype=torch.float16)
     out = torch.empty(m, n, dtype=torch.float16)
     ws = Workspace("cpu", m, n, k, torch.float16)
     cfg = KernelConfig("mv", block_m=1 if m == 1 else 16, block_n=128, block_k=128, num_warps=4, num_stages=1,
                        **fields)
-    lc = mv_launches(x, p, None, out, ws, cfg)[1]
+    lc = next(lc for lc in mv_launches(x, p, None, out, ws, cfg) if lc.kernel in ("mv_kernel", "mvt_kernel"))
     kw = dict(lc.kwargs, ASM=True)
     kw.pop("launch_pdl", None)
     kern = lc.fn.warmup(*lc.args, grid=(1,), **kw)
@@ -95,12 +95,12 @@ _MVS_BODY = """
 
     fields = json.loads(sys.argv[1])
     n, k, kw = 256, 4096, fields["k_warps"]
-    p = random_layer(n, k, 128, fields["bits"])  # uniform: identity col_perm, x read directly; mixed: the gather
+    p = random_layer(n, k, 128, fields["bits"])  # uniform: identity col_perm; mixed: groups moved whole
     x = torch.zeros(1, k, dtype=torch.float16)
     out = torch.empty(1, n, dtype=torch.float16)
     ws = Workspace("cpu", 1, n, k, torch.float16)
     cfg = KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=kw, num_stages=1, k_warps=kw,
-                       maxnreg=fields.get("maxnreg", 0))
+                       maxnreg=fields.get("maxnreg", 0), direct=fields.get("direct", False))
     lcs = mv_launches(x, p, None, out, ws, cfg)
     lc = lcs[-1]
     kwargs = dict(lc.kwargs, ASM=True, PDL=len(lcs) > 1)  # after the gather: PDL, as on a GPU
@@ -123,8 +123,9 @@ def test_mvs_issues_every_load_before_the_first_mma():
     otherwise sink loads next to their use: one memory round trip per tile). Reading ``x`` itself (uniform
     3-bit, 16 warps, 2 tiles per warp): 2 x (2-bit words, 1-bit words, 4 x activations, scale, zero) loads, 2 x
     (16 + 16 code MMAs + 8 correction MMAs), no spills under the dispatch's cap of 128 registers. After the
-    gather (SliM, 8 warps): the weight-side loads stay ahead of the wait for it (PDL)."""
-    got = compile_sm90(_MVS_BODY, {"bits": 3, "k_warps": 16, "maxnreg": 128})
+    gather (SliM, 8 warps): the weight-side loads stay ahead of the wait for it (PDL); SliM reading ``x`` itself
+    through its whole-group ``col_perm``: every load, the sources' included, before the first MMA."""
+    got = compile_sm90(_MVS_BODY, {"bits": 3, "k_warps": 16, "maxnreg": 128, "direct": True})
     assert got["launches"] == ["mvs_kernel"] and got["local"] == 0, got
     assert got["hmma"] == 2 * 40 and got["ldg"] == 2 * 8 + 2 and got["ldg_before_hmma"] == got["ldg"], got
     got = compile_sm90(_MVS_BODY, {"bits": [1, 2, 2, 3], "k_warps": 8})
@@ -133,3 +134,7 @@ def test_mvs_issues_every_load_before_the_first_mma():
     # tiles per warp 1, 2, 1 of the 1-, 2- and 3-bit segments: their words, scales and zeros (3 + 2 x 4 + 5
     # loads) before the wait for the gather, the activations' pairs and sums (6 + 2 x 6 + 7) after it
     assert got["ldg"] == 16 + 25 and got["ldg_before_wait"] == 16, got
+    # the same SliM layer reading x itself (col_perm moves whole groups): per tile its source column, then x
+    got = compile_sm90(_MVS_BODY, {"bits": [1, 2, 2, 3], "k_warps": 8, "direct": True})
+    assert got["launches"] == ["mvs_kernel"] and got["local"] == 0, got
+    assert got["ldg"] == 16 + 4 + 4 * 4 and got["ldg_before_hmma"] == got["ldg"], got

@@ -113,11 +113,14 @@ def test_wg_direct_keeps_the_gather_where_it_cannot_read_x():
     _check(u2, 16, torch.bfloat16, DIRECT["m16"])
 
 
-def test_direct_needs_wg_with_join():
-    with pytest.raises(ValueError, match="direct applies to path 'wg' with join"):
+def test_direct_needs_wg_with_join_or_one_token_mv():
+    with pytest.raises(ValueError, match="direct applies to path 'wg' with join, and to path 'mv' with block_m 1"):
         KernelConfig("wg", block_m=16, block_n=64, direct=True)
     with pytest.raises(ValueError, match="direct applies to path 'wg' with join"):
         KernelConfig("tc", block_m=16, block_n=64, join=True, direct=True)
+    with pytest.raises(ValueError, match="direct applies to path 'wg' with join"):
+        KernelConfig("mv", block_m=16, block_n=128, direct=True)
+    assert KernelConfig("mv", block_m=1, block_n=128, split_k=4, direct=True).direct
 
 
 def test_dispatch_reads_x_directly_where_it_measured_faster():

@@ -39,9 +39,9 @@ class KernelConfig:
     # tiles' K tiles evenly (stream-K, ``_wgsk``; 0: one program per tile and K split)
     k_warps: int = 0  # "mv" with one token: the warps of a 32-row program split its K, every tile's loads issued
     # up front, the rows summed in the program (``_mvs``; 0: each warp takes 32 rows)
-    direct: bool = False  # "wg" with join: where col_perm moves whole blocks (the identity included) and x is
-    # float16, each program reads its blocks of x itself (``_wg._direct_x``, ``_plan.wg_direct``) instead of a
-    # gather launch writing them in operand order
+    direct: bool = False  # "wg" with join, "mv" with one token: where col_perm moves whole blocks (the identity
+    # included) and x is float16, each program reads its blocks of x itself (``_wg._direct_x``, ``_mvx``;
+    # ``_plan.wg_direct``, ``_plan.mv_direct``) instead of a gather launch writing them in operand order
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -117,7 +117,8 @@ class KernelConfig:
             raise ValueError(f"producers applies to paths 'wgs' and 'wgr' only, got {self.path!r}")
         if self.path == "wgr" and self.producers not in (0, 1):
             raise ValueError(f"path 'wgr' takes producers 0 or 1 (one warp issuing the copies), got {self.producers}")
-        if self.direct and (self.path != "wg" or not self.join):
-            raise ValueError(f"direct applies to path 'wg' with join only, got {self.path!r} (join={self.join})")
+        if self.direct and not ((self.path == "wg" and self.join) or (self.path == "mv" and self.block_m == 1)):
+            raise ValueError(f"direct applies to path 'wg' with join, and to path 'mv' with block_m 1, only; got "
+                             f"{self.path!r} (join={self.join}, block_m={self.block_m})")
         if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):
             raise ValueError(f"chunk_n must be 0, or > 0 with path 'dequant'; got {self.chunk_n} for {self.path!r}")

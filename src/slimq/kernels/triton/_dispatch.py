@@ -37,6 +37,7 @@ _MV_PROGRAMS_PER_SM = 8  # mv (M == 1): K split up to 16 while the grid fits in 
 _MV_L2_MIN_WEIGHTS = 1 << 26  # mv (M == 1) on layers of this many weights: L2 prefetch and a register cap (run 76)
 _MV_L2_SPLIT_PER_SM = 7  # ... there K is split up to 16 while the grid holds at most this many programs per SM,
 _MV_L2_CAPS = (96, 80, 72)  # ... under the highest of these register caps that still fits it in one wave
+_MV_DIRECT_MIN_WEIGHTS = 1 << 24  # mv (M == 1) reading x itself on layers from this many weights (_mv_direct_mid)
 _MVS_MAX_K = 4096  # mv with the warps splitting K (k_warps, _mvs) at M == 1: layers of at most this many columns
 _MVS_TILES = 8  # ... whose K tiles per warp (summed over segments, at most) stay under this (_mvs.MVS_MAX_TILES)
 _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pass this many per SM (runs 19, 23)
@@ -67,7 +68,7 @@ def _pow2_at_most(v: int) -> int:
 
 
 def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int, ...] | None = None,
-                  mv: bool = True, wgr: bool = True) -> KernelConfig:
+                  mv: bool = True, wgr: bool = True, direct: bool = True) -> KernelConfig:
     """The dispatch rule: kernel path and tiling for ``x [m, k] @ W^T`` with ``W [n, k]``.
 
     Set from ``benchmarks/kernels.py --tune`` on an H200 (132 SMs; benchmarks/KERNEL_NOTES.md,
@@ -78,7 +79,12 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       programs; on 2^26+ weights the weights of the tile past the loaded one prefetched into L2
       (``l2_ahead=1``), K split up to 16 at ``_MV_L2_SPLIT_PER_SM`` programs per SM and the highest
       register cap of ``_MV_L2_CAPS`` that keeps the grid in one wave; below, K split up to
-      16 while the grid holds at most ``_MV_PROGRAMS_PER_SM`` programs per SM); elsewhere the half2 CUDA-core GEMV ``gv`` (one output row per thread, 128-row tiles, 2
+      16 while the grid holds at most ``_MV_PROGRAMS_PER_SM`` programs per SM). Where ``direct`` (the caller's
+      word that the token and layer let ``mv`` read ``x`` itself: ``_plan.mv_reads_x``; ``resolve_config``
+      checks it) ``mv`` reads ``x`` without the gather launch where that won (:func:`_mv_direct_wins`), and
+      takes the layers of 2^24 up to 2^26 weights too (:func:`_mv_direct_mid`). Layers of up to 4096 columns
+      whose 32-row programs make one wave take ``mv`` with the warps splitting K (:func:`_mvs_wins`).
+      Elsewhere the half2 CUDA-core GEMV ``gv`` (one output row per thread, 128-row tiles, 2
       warps, K split 32, or less so that the grid holds at most ``_GV_PROGRAMS_PER_SM`` programs per
       SM, and at most one split per 128-column tile). On layers of up to ``_GV_GATHER_MAX_WEIGHTS``
       weights (``_GV_GATHER_MAX_WEIGHTS_3B`` with 3-bit segments, or when ``bits`` is unknown) every
@@ -132,7 +138,7 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
         raise ValueError(f"m, n, k must be >= 1, got {m}, {n}, {k}")
     k_tiles = triton.cdiv(k, 128)
     if m <= H2_MAX_M:
-        return _m1_config(n, k, bits, num_sms, allow_mv=mv)
+        return _m1_config(n, k, bits, num_sms, allow_mv=mv, direct=direct)
     if mv and m <= MV_MAX_M and _mvt_wins(n, k, bits):  # ~4 programs per SM, K split up to 16
         split = _pow2_at_most(max(1, _MVT_PROGRAMS_PER_SM * num_sms // triton.cdiv(n, 128)))
         return KernelConfig("mv", block_m=16, block_n=128, block_k=128, split_k=max(1, min(16, split, k_tiles)),
@@ -267,14 +273,38 @@ def _wg_wide_rows(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
     return k >= 8192 or (bool(bits) and len(set(bits)) == 1 and max(bits) in (1, 2, 4))
 
 
-def _mv_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
+def _mv_wins(n: int, k: int, bits: tuple[int, ...] | None, direct: bool = True) -> bool:
     """Where ``mv`` beat ``gv``/``h2`` at ``M == 1`` (H200, KERNEL_NOTES): layers of 8192+ input columns
     whose codes are all 4-bit or wider (run 63: 1.05-1.20x); with the L2 prefetch (run 76) every layer of
     2^27+ weights (SliM 1/2/3-bit mixes 1.10x, 3-bit 1.07-1.09x, 2-bit 1.05-1.07x) and uniform widths on
-    2^26+ (8192 x 8192: 2-bit 1.04x, 3-bit 1.02x; SliM stayed 3% slower than ``gv``). Smaller layers lost."""
+    2^26+ (8192 x 8192: 2-bit 1.04x, 3-bit 1.02x); SliM there too where it reads ``x`` itself (``direct``,
+    :func:`_mv_direct_wins`; after the gather it had stayed 3% slower than ``gv``). Smaller layers lost (but see
+    :func:`_mv_direct_mid`)."""
     if not bits or k < 8192 or 7 in bits:
         return False
-    return min(bits) >= 4 or n * k >= 1 << 27 or (len(set(bits)) == 1 and n * k >= _MV_L2_MIN_WEIGHTS)
+    return (min(bits) >= 4 or n * k >= 1 << 27
+            or (n * k >= _MV_L2_MIN_WEIGHTS and (len(set(bits)) == 1 or direct)))
+
+
+def _mv_direct_mid(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
+    """Layers of ``_MV_DIRECT_MIN_WEIGHTS`` up to 2^26 weights (those ``mvs`` does not take) where ``mv`` reading
+    ``x`` itself beat ``gv`` at ``M == 1`` (H200 run 187, ``kernels.py --tune --paths mvdx``, us, ``gv`` ->
+    ``mv`` with ``direct``, no L2 prefetch, the highest register cap of 128/96/80/72 that keeps one wave):
+    4096 x 11008 (K split 16, 128 registers) 2-bit 15.9 -> 12.8, 3-bit 18.2 -> 15.7, 4-bit 19.1 -> 16.3 (``mv``
+    after the gather), SliM 16.6 -> 14.9; 11008 x 4096 (K split 8, 80 registers) 2-bit 14.1 -> 13.2, 3-bit 17.9
+    -> 16.1, 4-bit 18.1 -> 15.8, SliM 16.9 -> 15.3."""
+    return bool(bits) and 7 not in bits and _MV_DIRECT_MIN_WEIGHTS <= n * k < _MV_L2_MIN_WEIGHTS
+
+
+def _mv_direct_wins(n: int, k: int, bits: tuple[int, ...]) -> bool:
+    """Where ``mv`` with K split over programs read ``x`` itself (``direct``: no gather launch) faster than after
+    the gather at ``M == 1`` (H200 run 186, ``kernels.py --tune --paths mvdx,mvs --ms 1``, us): layers under 2^27
+    weights (8192 x 8192: 2-bit 16.2 -> 15.3, 3-bit 21.6 -> 19.5, 4-bit 21.7 -> 19.9, SliM 18.8 (``gv``) ->
+    17.2) and 3-4-bit codes on the big layers (8192 x 28672 3-bit 47.5 -> 45.9, 4-bit 46.5 -> 44.9; 28672 x
+    8192 3-bit 47.1 -> 46.3, 4-bit 46.4 -> 44.2); 2-bit and SliM there lost 1-3 us (28672 x 8192 2-bit 32.9
+    -> 33.8, 8192 x 28672 SliM 37.7 -> 38.9): the correction MMAs and pair PRMTs cost more than the launch where
+    the codes are few."""
+    return n * k < 1 << 27 or min(bits) >= 3
 
 
 def _mvs_wins(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int) -> bool:
@@ -289,8 +319,8 @@ def _mvs_wins(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int) -> boo
 
 
 def _mvs_warps(bits: tuple[int, ...]) -> int:
-    """``k_warps`` of the dispatched ``mvs``: 16 where ``x`` is read directly (uniform layers: identity
-    ``col_perm``), 8 on mixed (SliM) layers, whose ``col_perm`` needs the gather launch (run 170)."""
+    """``k_warps`` of the dispatched ``mvs``: 16 on uniform layers, 8 on mixed (SliM) ones (run 170, when SliM
+    still needed the gather launch; run 186, reading ``x`` through ``col_perm``: 8 warps 10.1 us, 16 11.4)."""
     return 16 if len(set(bits)) == 1 else 8
 
 
@@ -306,24 +336,43 @@ def _mvt_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
     return bool(bits) and 7 not in bits and n * k >= 1 << 26
 
 
-def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow_mv: bool = True) -> KernelConfig:
-    """The ``M == 1`` rule of :func:`select_config` (``allow_mv=False``: for layers ``mv`` cannot run)."""
+def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow_mv: bool = True,
+               direct: bool = True) -> KernelConfig:
+    """The ``M == 1`` rule of :func:`select_config` (``allow_mv=False``: for layers ``mv`` cannot run;
+    ``direct=False``: for a token or layer ``mv`` cannot read ``x`` of itself, ``_plan.mv_reads_x``)."""
     k_tiles = triton.cdiv(k, 128)
     if allow_mv and _mvs_wins(n, k, bits, num_sms):  # 32 rows and all of K per program (one wave)
         kw = _mvs_warps(bits)
         return KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=kw, num_stages=1, k_warps=kw,
-                            maxnreg=128 if kw == 16 else 0)
-    if allow_mv and _mv_wins(n, k, bits) and n * k >= _MV_L2_MIN_WEIGHTS:
-        # the next tile past the loaded one prefetched into L2, K split up to 16 at <= 7 programs per SM, the
-        # highest register cap that keeps the grid in one wave (96 for 3-bit codes: two waves were faster;
-        # codes of 4+ bits only with 96, else neither cap nor prefetch: 28672 x 8192 4-bit 46.9 against 48.7 us)
+                            maxnreg=128 if kw == 16 else 0, direct=True)
+    big = allow_mv and _mv_wins(n, k, bits, direct) and n * k >= _MV_L2_MIN_WEIGHTS
+    mid = allow_mv and direct and _mv_direct_mid(n, k, bits)
+    if big or mid:
+        # K split up to 16 at <= 7 programs per SM. On 2^26+ weights the next tile past the loaded one prefetched
+        # into L2 and the highest register cap that keeps the grid in one wave (96 for 3-bit codes: two waves were
+        # faster; codes of 4+ bits only with 96, else neither cap nor prefetch: 28672 x 8192 4-bit 46.9 against
+        # 48.7 us); reading x itself where that won (:func:`_mv_direct_wins`): 128 registers where that keeps
+        # one wave and for 3-bit codes, no L2 prefetch for mixed widths (SliM on 8192 x 8192: 18.2 -> 17.2 us
+        # without; run 186). Under 2^26 (:func:`_mv_direct_mid`): x read itself, no prefetch, the highest cap
+        # of 128/96/80/72 that keeps one wave (run 187).
         rows = triton.cdiv(n, 128)
         split = max(1, min(16, k_tiles, _pow2_at_most(max(1, _MV_L2_SPLIT_PER_SM * num_sms // rows))))
+
+        def fits(r: int) -> bool:
+            return _mv_per_sm(r) * num_sms >= rows * split
+
+        if mid:
+            return KernelConfig("mv", block_m=1, block_n=128, block_k=128, split_k=split, num_warps=4,
+                                num_stages=1, maxnreg=next((r for r in (128,) + _MV_L2_CAPS if fits(r)), 0),
+                                direct=True)
         caps = _MV_L2_CAPS[:1] if min(bits) >= 4 else _MV_L2_CAPS
-        cap = 96 if set(bits) == {3} else next((r for r in caps if _mv_per_sm(r) * num_sms >= rows * split), 0)
+        cap = 96 if set(bits) == {3} else next((r for r in caps if fits(r)), 0)
+        dx = direct and _mv_direct_wins(n, k, bits)
+        if dx and (set(bits) == {3} or fits(128)):
+            cap = 128
         return KernelConfig("mv", block_m=1, block_n=128, block_k=128, split_k=split, num_warps=4, num_stages=1,
-                            maxnreg=cap, l2_ahead=1 if cap else 0)
-    if allow_mv and _mv_wins(n, k, bits):  # 128-row programs, as many K shares as fit in one wave
+                            maxnreg=cap, l2_ahead=1 if cap and not (dx and len(set(bits)) > 1) else 0, direct=dx)
+    if allow_mv and _mv_wins(n, k, bits, direct):  # 128-row programs, as many K shares as fit in one wave
         per_sm = _MV_PROGRAMS_PER_SM if max(bits) <= 2 else _MV_PROGRAMS_PER_SM - 1  # 64 / 72 registers
         split = _pow2_at_most(max(1, per_sm * num_sms // triton.cdiv(n, 128)))
         return KernelConfig("mv", block_m=1, block_n=128, block_k=128, split_k=max(1, min(16, split, k_tiles)),

@@ -48,15 +48,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from slimq.kernels.triton._gv import _first
 from slimq.kernels.triton._h2 import (
     _lo_hi_f32, _mask2, _pair_vals, _pos, _put_pairs, _scaled_x, _shifted, _slot,
 )
 from slimq.kernels.triton._kernels import _tile_range
-from slimq.kernels.triton._tiles import pdl_release, pdl_wait, plane_coef, plane_width, store_rows
+from slimq.kernels.triton._tiles import pdl_release, plane_coef, plane_width
 
-__all__ = ["mv_kernel", "mv_gather_kernel", "a_regs", "block_sums", "plane_pairs", "plane_shifts", "virtual1",
-           "vwords", "TILE", "XC_SLOTS"]
+__all__ = ["mv_gather_kernel", "a_regs", "block_sums", "plane_pairs", "plane_shifts", "virtual1", "vwords", "TILE",
+           "XC_SLOTS"]
 
 TILE = 128  # columns per tile: each lane covers 32 of them
 _TILE = tl.constexpr(TILE)
@@ -361,73 +360,6 @@ def _tile(y, wl, al, t, BITS: tl.constexpr, ASM: tl.constexpr):
     acc0, acc1 = accs  # rows 4g, 4g + 1 (block 0), 4g + 2, 4g + 3 (block 1): keep row 4g + t
     a = tl.where(t == 0, acc0[0], tl.where(t == 1, acc0[2], tl.where(t == 2, acc1[0], acc1[2])))
     return y + s.to(tl.float32) * ((a - al[3]) - z.to(tl.float32) * al[4])
-
-
-@triton.jit
-def _segment(y, seg, t, row4, rows, wrow, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS: tl.constexpr,
-             GS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr, WAIT: tl.constexpr, DEPTH: tl.constexpr,
-             L2A: tl.constexpr):
-    """``y`` plus this program's share of one segment. The weight-side loads run ``DEPTH`` (1 or 2)
-    tiles ahead of the one computed, the activation-side ones one tile ahead; with ``L2A``, the
-    weights of the tile ``L2A`` past the next loaded are prefetched into L2 (:func:`_prefetch_tile`).
-    WAIT: wait for the gather (PDL) after the first weight loads."""
-    ks = seg[1]
-    t_lo, t_hi = _tile_range(ks, pid_k, _TILE, split_k)
-    last = ks // _TILE - 1
-    for d in tl.static_range(L2A):
-        _prefetch_tile(seg, tl.minimum(t_lo + DEPTH + d, last) * _TILE, t, wrow, BITS, GS, NS, ASM)
-    w_cur = _weight_loads(seg, tl.minimum(t_lo, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
-    if DEPTH == 2:
-        w_nxt = _weight_loads(seg, tl.minimum(t_lo + 1, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
-    pdl_wait(WAIT)
-    a_cur = _act_loads(seg, tl.minimum(t_lo, last) * _TILE, t, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS, ASM)
-    for tt in range(t_lo, t_hi):
-        if L2A > 0:
-            _prefetch_tile(seg, tl.minimum(tt + DEPTH + L2A, last) * _TILE, t, wrow, BITS, GS, NS, ASM)
-        if DEPTH == 2:
-            w_new = _weight_loads(seg, tl.minimum(tt + 2, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
-        else:
-            w_new = _weight_loads(seg, tl.minimum(tt + 1, last) * _TILE, t, row4, rows, BITS, GS, NS, ASM)
-        a_nxt = _act_loads(seg, tl.minimum(tt + 1, last) * _TILE, t, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS, ASM)
-        y = _tile(y, w_cur, a_cur, t, BITS, ASM)
-        if DEPTH == 2:
-            w_cur = w_nxt
-            w_nxt = w_new
-        else:
-            w_cur = w_new
-        a_cur = a_nxt
-    return y
-
-
-@triton.jit(do_not_specialize=["r0", "split_k", "zero", "stride_cs"])
-def mv_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, acc_ptr, rowperm_ptr, bias_ptr, r0, split_k, cnt_ptr, zero,
-              segs, SEG_BITS: tl.constexpr, NSEG: tl.constexpr, NS: tl.constexpr, NT: tl.constexpr,
-              GS: tl.constexpr, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr,
-              FUSED: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr, DEPTH: tl.constexpr = 1,
-              PDL: tl.constexpr = False, L2A: tl.constexpr = 0):
-    """Grid ``(cdiv(NS, NT), split_k)`` with ``NT = 32 * num_warps`` rows per program, one token:
-    ``out[0, rows] = x W^T`` for the band's rows ``r0 + [0, NS)``. Activation pairs and the block sums
-    ``xc`` (``[XC_SLOTS, tokens, nblk]``, slot stride ``stride_cs``; token 0 here) come from ``mv_gather_kernel``. ``zero`` must be 0 (it hides the rows'
-    alignment, so that every lane keeps one row). ``ASM``: PTX (else lane-by-lane emulation for the
-    interpreter)."""
-    pid_k = tl.program_id(1)
-    tid = tl.arange(0, NT)
-    t = tid % 4
-    offs_n = tl.program_id(0) * NT + tid
-    mask_n = offs_n < NS
-    rows = tl.minimum(offs_n, NS - 1) + zero
-    row4 = tl.minimum(offs_n - t, NS - 4) + zero
-    wrow = tl.minimum(offs_n - tid % 32, NS - 1)  # the warp's first row (L2 prefetch)
-    if L2A > 0:
-        for i in tl.static_range(1, NSEG):
-            _prefetch_start(segs[i], pid_k, split_k, t, wrow, SEG_BITS[i], GS, NS, ASM, L2A)
-    y = tl.zeros([NT], tl.float32)
-    for i in tl.static_range(NSEG):
-        y = _segment(y, segs[i], t, row4, rows, wrow, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, stride_cs,
-                     SEG_BITS[i], GS, NS, ASM, _first(PDL, i), DEPTH, L2A)
-    offs_m = tl.arange(0, 1)
-    store_rows((y * XSCALE_INV)[None, :], out_ptr, 0, acc_ptr, 0, rowperm_ptr, bias_ptr, r0, offs_m, offs_m < 1,
-               offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
 
 
 @triton.jit

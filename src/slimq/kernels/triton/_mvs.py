@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from slimq.kernels.triton._mv import _TILE, _act_loads, _tile, _weight_loads
-from slimq.kernels.triton._mvx import tile_direct, x_quads
+from slimq.kernels.triton._mvx import tile_direct, tile_source, x_quads
 from slimq.kernels.triton._tiles import plane_width, store_rows
 
 __all__ = ["mvs_kernel", "MVS_MAX_TILES"]
@@ -44,17 +44,30 @@ def _seg_weight_loads(seg, warp, t, row4, rows, TPW: tl.constexpr, BITS: tl.cons
 
 
 @triton.jit
-def _seg_act_loads(seg, warp, t, xw_ptr, stride_wb, xc_ptr, stride_cs, TPW: tl.constexpr, BITS: tl.constexpr,
-                   DIRECT: tl.constexpr, ASM: tl.constexpr):
-    """The activation-side loads of the same tiles: the gather's pairs and sums, or (``DIRECT``) the lane's 32
-    columns of ``x`` (``xw_ptr``: ``x`` as int32)."""
+def _seg_sources(seg, warp, perm_ptr, TPW: tl.constexpr, DIRECT_PERM: tl.constexpr):
+    """The column of ``x`` each of the warp's tiles of one segment starts at: its storage column, or
+    (``DIRECT_PERM``: ``col_perm`` moves whole tiles) the storage column's source, one load per tile (issued
+    before the weights', so that it is back before the tile's ``x`` is loaded)."""
     last = seg[1] // _TILE - 1
     out = ()
     for i in tl.static_range(TPW):
-        k0 = tl.minimum(warp * TPW + i, last) * _TILE
+        c = seg[0] + tl.minimum(warp * TPW + i, last) * _TILE
+        out = out + (tile_source(perm_ptr, c, DIRECT_PERM),)
+    return out
+
+
+@triton.jit
+def _seg_act_loads(seg, warp, t, xw_ptr, stride_wb, xc_ptr, stride_cs, src, TPW: tl.constexpr, BITS: tl.constexpr,
+                   DIRECT: tl.constexpr, ASM: tl.constexpr):
+    """The activation-side loads of the same tiles: the gather's pairs and sums, or (``DIRECT``) the lane's 32
+    columns of ``x`` (``xw_ptr``: ``x`` as int32) from the tiles' source columns ``src``."""
+    last = seg[1] // _TILE - 1
+    out = ()
+    for i in tl.static_range(TPW):
         if DIRECT:
-            out = out + (x_quads(xw_ptr, seg[0] + k0, t, ASM),)
+            out = out + (x_quads(xw_ptr, src[i], t, ASM),)
         else:
+            k0 = tl.minimum(warp * TPW + i, last) * _TILE
             out = out + (_act_loads(seg, k0, t, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS, ASM),)
     return out
 
@@ -155,13 +168,16 @@ def _seg_tiles(y, seg, warp, t, wl, al, dep, TPW: tl.constexpr, BITS: tl.constex
 
 
 @triton.jit(do_not_specialize=["r0", "zero"])
-def mvs_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, rowperm_ptr, bias_ptr, r0, zero, segs,
+def mvs_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, rowperm_ptr, bias_ptr, r0, zero, segs, perm_ptr,
                SEG_BITS: tl.constexpr, SEG_TPW: tl.constexpr, NSEG: tl.constexpr, NS: tl.constexpr,
                NW: tl.constexpr, GS: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr,
-               ASM: tl.constexpr, XSCALE_INV: tl.constexpr, PDL: tl.constexpr = False, DIRECT: tl.constexpr = False):
+               ASM: tl.constexpr, XSCALE_INV: tl.constexpr, PDL: tl.constexpr = False, DIRECT: tl.constexpr = False,
+               DIRECT_PERM: tl.constexpr = False):
     """Grid ``(cdiv(NS, 32),)``, ``num_warps == NW``, one token: ``out[0, rows] = x W^T`` for 32 of the band's
     rows ``r0 + [0, NS)``; warp ``w`` takes tiles ``[w TPW, (w + 1) TPW)`` of each segment (``SEG_TPW``).
-    Activation pairs and block sums as ``mv_kernel`` (``mv_gather_kernel``); ``zero`` must be 0."""
+    Activation pairs and block sums as ``mv_kernel`` (``mv_gather_kernel``), or (``DIRECT``) ``x`` itself, each
+    tile from its storage column or (``DIRECT_PERM``) from ``col_perm`` (``perm_ptr``) at it; ``zero`` must be
+    0."""
     NT: tl.constexpr = 32 * NW
     tid = tl.arange(0, NT)
     lane = tid % 32
@@ -170,6 +186,13 @@ def mvs_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, rowperm_ptr, bias_
     offs_n = tl.program_id(0) * 32 + lane  # every warp: the same 32 rows
     rows = tl.minimum(offs_n, NS - 1) + zero
     row4 = tl.minimum(offs_n - t, NS - 4) + zero
+    src = ()
+    if DIRECT:
+        for i in tl.static_range(NSEG):
+            src = src + (_seg_sources(segs[i], warp, perm_ptr, SEG_TPW[i], DIRECT_PERM),)
+    else:
+        for i in tl.static_range(NSEG):
+            src = src + (0,)
     wl = ()
     for i in tl.static_range(NSEG):
         wl = wl + (_seg_weight_loads(segs[i], warp, t, row4, rows, SEG_TPW[i], SEG_BITS[i], GS, NS, ASM),)
@@ -179,8 +202,8 @@ def mvs_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, rowperm_ptr, bias_
     _pdl_wait_after(dep & zero, PDL)
     al = ()
     for i in tl.static_range(NSEG):
-        al = al + (_seg_act_loads(segs[i], warp, t, xw_ptr, stride_wb, xc_ptr, stride_cs, SEG_TPW[i], SEG_BITS[i],
-                                  DIRECT, ASM),)
+        al = al + (_seg_act_loads(segs[i], warp, t, xw_ptr, stride_wb, xc_ptr, stride_cs, src[i], SEG_TPW[i],
+                                  SEG_BITS[i], DIRECT, ASM),)
     for i in tl.static_range(NSEG):
         dep = _seg_fold_acts(dep, al[i], SEG_TPW[i], DIRECT)
     dep = dep & zero

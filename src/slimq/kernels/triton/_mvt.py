@@ -15,10 +15,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from slimq.kernels.triton._gv import _first
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._mv import (
-    _TILE, _first, _mma, _prefetch_start, _prefetch_tile, _shift, _tile_words, a_regs, block_sums, plane_pairs,
-    plane_shifts, virtual1, vwords,
+    _TILE, _mma, _prefetch_start, _prefetch_tile, _shift, _tile_words, a_regs, block_sums, plane_pairs, plane_shifts,
+    virtual1, vwords,
 )
 from slimq.kernels.triton._tiles import pdl_wait, plane_width
 

@@ -1,5 +1,7 @@
-"""``mv``'s one-token tile with the activations read straight from ``x`` (no gather launch): for layers whose
-``col_perm`` is the identity and float16 activations (``_mvs``, ``DIRECT``).
+"""``mv``'s one-token tile with the activations read straight from ``x`` (no gather launch): for float16 activations
+and layers whose ``col_perm`` is the identity or moves whole 128-column tiles (SliM's grouping of the bit-widths
+without act-order: each tile read from ``col_perm`` at its first storage column, :func:`tile_source`;
+``_mv``/``_mvs``, ``DIRECT``).
 
 The gather (``_mv.mv_gather_kernel``) gives ``mv`` two things: each lane's 16 activation pairs per plane width
 (pair ``P = i H + j`` of lane ``t``: columns ``c + 32 t + i E + j`` and ``+ H``, ``E = 32 / W``, ``H = E / 2``),
@@ -29,7 +31,7 @@ from slimq.kernels.triton._mv import (
 )
 from slimq.kernels.triton._tiles import plane_width
 
-__all__ = ["x_quads", "tile_direct", "corr_magic"]
+__all__ = ["x_quads", "tile_direct", "tile_source", "corr_magic"]
 
 _ONES = tl.constexpr(0x3C003C00)  # half2 (1, 1)
 
@@ -52,6 +54,16 @@ def corr_magic(j, w, c, c1):
         raise ValueError(f"correction magic of pair {j} (width {w}, exponents {e0}, {e1}) is not exact in float16")
     bits = ((e + 15) << 10) | frac
     return bits | (bits << 16)
+
+
+@triton.jit
+def tile_source(perm_ptr, c, PERM: tl.constexpr):
+    """The column of ``x`` where the 128-column tile at storage column ``c`` starts: ``c`` itself, or (``PERM``:
+    ``col_perm`` moves whole tiles, ``_plan.perm_run``) ``col_perm[c]``, a multiple of 128."""
+    if PERM:
+        return tl.multiple_of(tl.load(perm_ptr + c), 128)
+    else:
+        return c
 
 
 @triton.jit

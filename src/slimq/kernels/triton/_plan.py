@@ -17,6 +17,7 @@ import triton
 from slimq.format.layout import PLANE_WIDTHS, PackedLinear, Segment, plane_widths
 from slimq.kernels.triton import _gv as GV
 from slimq.kernels.triton import _mv as MV
+from slimq.kernels.triton import _mv1 as MV1
 from slimq.kernels.triton import _mvs as MVS
 from slimq.kernels.triton import _mvt as MVT
 from slimq.kernels.triton import _h2 as H2
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # annotations only: ops imports this module
     from slimq.kernels.triton.ops import KernelConfig, Workspace
 
 __all__ = ["Launch", "kernel_fn", "tc_block", "H2_XSCALE", "bands", "gv_launches", "mv_launches", "h2_launches", "h2dot_launches",
-           "tc_launches", "wg_launches", "wg_direct", "wgs_launches", "wgs_block_k", "wgs_tiles_contiguous", "WGS_MAX_SEGMENTS", "WGS_TILE", "check_stream_room", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
+           "tc_launches", "wg_launches", "wg_direct", "mv_direct", "mv_reads_x", "wgs_launches", "wgs_block_k", "wgs_tiles_contiguous", "WGS_MAX_SEGMENTS", "WGS_TILE", "check_stream_room", "matmul_launches", "dequant_steps", "dequant_mm", "gather_launch", "uses_acc"]
 
 H2_XSCALE = 1.0 / 16  # activations are scaled by this before half2 arithmetic (see _h2's module doc)
 _FINALIZE_BLOCK = 1024
@@ -55,7 +56,7 @@ def kernel_fn(module: str, name: str):
     if module == "wgsk":
         from slimq.kernels.triton import _wgsk
         return getattr(_wgsk, name)
-    return getattr({"gv": GV, "mv": MV, "mvs": MVS, "mvt": MVT, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
+    return getattr({"gv": GV, "mv": MV, "mv1": MV1, "mvs": MVS, "mvt": MVT, "h2": H2, "h2dot": H2D, "tc": TC, "wg": WG}.get(module, K), name)
 
 
 @dataclass(frozen=True)
@@ -333,17 +334,20 @@ def gv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
 
 def mv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
                 ws: Workspace, cfg: KernelConfig) -> list[Launch]:
-    """``mv`` (tensor cores; one token: ``mv_kernel``, 2-16 tokens: ``mvt_kernel``): ``mv_gather_kernel``
-    (activation pairs and per-block sums), one matmul launch per band (and a finalize if split-K cannot
-    finish in-kernel: always with more than one token)."""
+    """``mv`` (tensor cores; one token: ``mv_kernel``, or ``mvs_kernel`` with ``k_warps``; 2-16 tokens:
+    ``mvt_kernel``): ``mv_gather_kernel`` (activation pairs and per-block sums; none where the programs read ``x``
+    themselves, :func:`mv_direct`), one matmul launch per band (and a finalize if split-K cannot finish in-kernel:
+    always with more than one token)."""
     m, kdim = x.shape
     nblk = triton.cdiv(kdim, MV.TILE)
     stride_cs = m * nblk  # xc32 as [XC_SLOTS, m, nblk]
     widths = _plane_widths(packed)
     pdl = _pdl(x, cfg)
-    if cfg.k_warps and mvs_direct(x, packed):  # no gather: each program reads x itself
+    if mv_direct(x, packed, cfg):  # no gather: each program reads x itself
         o = _split_output(packed, bias, out, ws, m, cfg)
-        return _mvs_launches(packed, bias, out, ws, cfg, stride_cs, False, o, x)
+        if cfg.k_warps:
+            return _mvs_launches(packed, bias, out, ws, cfg, stride_cs, False, o, x)
+        return _mv1_launches(x, packed, bias, out, ws, cfg, stride_cs, False, o, direct=True)
     launches = [Launch("mv_gather_kernel", (nblk, m),
                        (x, x.stride(0), packed.col_perm, ws.xpair, ws.kp // 2, ws.pair_stride, ws.xc32, stride_cs,
                         nblk, kdim),
@@ -351,23 +355,42 @@ def mv_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None
     o = _split_output(packed, bias, out, ws, m, cfg)
     if cfg.k_warps:
         return launches + _mvs_launches(packed, bias, out, ws, cfg, stride_cs, pdl, o)
+    if m == 1:
+        return launches + _mv1_launches(x, packed, bias, out, ws, cfg, stride_cs, pdl, o)
     nt = 32 * cfg.num_warps
     for r0, ns, segs in bands(packed):
-        kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), NS=ns, NT=nt, GS=segs[0].group_size,
-                  ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, ASM=x.is_cuda,
-                  XSCALE_INV=1.0 / H2_XSCALE, DEPTH=cfg.depth, num_warps=cfg.num_warps, num_stages=1,
-                  **_pdl_kw(pdl), **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
-        segs_arg = tuple(_seg_arg(s) for s in segs)
-        grid = (triton.cdiv(ns, nt), cfg.split_k)
-        if m == 1:
-            args = (ws.xpair, ws.pair_stride, ws.xc32, stride_cs, out, o.acc, o.rp, o.b, r0, cfg.split_k, o.cnt, 0,
-                    segs_arg)
-            launches.append(Launch("mv_kernel", grid, args, dict(kw, FUSED=o.fused, L2A=cfg.l2_ahead), module="mv"))
-        else:
-            args = (ws.xpair, ws.kp // 2, ws.pair_stride, ws.xc32, stride_cs, nblk, out, out.stride(0), o.acc,
-                    o.acc_stride, o.rp, o.b, r0, m, 0, segs_arg)
-            launches.append(Launch("mvt_kernel", grid, args, dict(kw, NB=triton.cdiv(m, 8), L2A=cfg.l2_ahead),
-                                   module="mvt"))
+        kw = dict(_mv_kw(x, segs, ns, bias, o, cfg, pdl), XSCALE_INV=1.0 / H2_XSCALE, NB=triton.cdiv(m, 8))
+        args = (ws.xpair, ws.kp // 2, ws.pair_stride, ws.xc32, stride_cs, nblk, out, out.stride(0), o.acc,
+                o.acc_stride, o.rp, o.b, r0, m, 0, tuple(_seg_arg(s) for s in segs))
+        launches.append(Launch("mvt_kernel", (triton.cdiv(ns, nt), cfg.split_k), args, kw, module="mvt"))
+    return launches + o.finish(out, bias is not None)
+
+
+def _mv_kw(x: torch.Tensor, segs: list[Segment], ns: int, bias: torch.Tensor | None, o: _SplitOutput,
+           cfg: KernelConfig, pdl: bool) -> dict:
+    """The constexprs and launch options ``mv_kernel`` and ``mvt_kernel`` share for one band."""
+    return dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), NS=ns, NT=32 * cfg.num_warps,
+                GS=segs[0].group_size, ATOMIC=o.atomic, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None,
+                ASM=x.is_cuda, DEPTH=cfg.depth, L2A=cfg.l2_ahead, num_warps=cfg.num_warps, num_stages=1,
+                **_pdl_kw(pdl), **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+
+
+def _mv1_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
+                  ws: Workspace, cfg: KernelConfig, stride_cs: int, pdl: bool, o: _SplitOutput,
+                  direct: bool = False) -> list[Launch]:
+    """One ``mv_kernel`` per band (one token, K split over ``cfg.split_k`` programs), reading the gather's pairs and
+    sums, or with ``direct`` ``x`` itself (:func:`mv_direct`; ``DIRECT_PERM`` unless ``col_perm`` is the
+    identity), and the finalize if split-K cannot finish in-kernel."""
+    launches = []
+    xw = x.view(torch.int32) if direct else ws.xpair
+    for r0, ns, segs in bands(packed):
+        kw = dict(_mv_kw(x, segs, ns, bias, o, cfg, pdl), FUSED=o.fused,
+                  XSCALE_INV=1.0 if direct else 1.0 / H2_XSCALE,
+                  **({"DIRECT": True, "DIRECT_PERM": not identity_perm(packed)} if direct else {}))
+        args = (xw, ws.pair_stride, ws.xc32, stride_cs, out, o.acc, o.rp, o.b, r0, cfg.split_k, o.cnt, 0,
+                tuple(_seg_arg(s) for s in segs), packed.col_perm)
+        launches.append(Launch("mv_kernel", (triton.cdiv(ns, 32 * cfg.num_warps), cfg.split_k), args, kw,
+                               module="mv1"))
     return launches + o.finish(out, bias is not None)
 
 
@@ -408,11 +431,16 @@ def perm_run(packed: PackedLinear) -> int:
     return packed.perm_run
 
 
-def mvs_direct(x: torch.Tensor, packed: PackedLinear) -> bool:
-    """Whether ``mv`` with ``k_warps`` reads ``x`` itself (``_mvx``): one float16 token, 16-byte aligned and
-    contiguous, and an identity ``col_perm``."""
+def mv_reads_x(x: torch.Tensor, packed: PackedLinear) -> bool:
+    """Whether one-token ``mv`` can read ``x`` itself (``_mvx``): one float16 token, 16-byte aligned and
+    contiguous, and a ``col_perm`` that moves whole 128-column tiles (:func:`perm_run`; the identity included)."""
     return (x.shape[0] == 1 and x.dtype == torch.float16 and x.stride(1) == 1 and x.data_ptr() % 16 == 0
-            and x.shape[1] % 8 == 0 and identity_perm(packed))
+            and x.shape[1] % 8 == 0 and perm_run(packed) >= MV.TILE)
+
+
+def mv_direct(x: torch.Tensor, packed: PackedLinear, cfg: KernelConfig) -> bool:
+    """Whether a one-token ``mv`` call reads ``x`` itself: ``cfg.direct`` where :func:`mv_reads_x`."""
+    return cfg.path == "mv" and cfg.direct and mv_reads_x(x, packed)
 
 
 # segment bit-widths whose codes make one operand per block in wg: one plane, or 3-bit codes merged with join
@@ -432,7 +460,8 @@ def _mvs_launches(packed: PackedLinear, bias: torch.Tensor | None, out: torch.Te
                   cfg: KernelConfig, stride_cs: int, pdl: bool, o: _SplitOutput,
                   x: torch.Tensor | None = None) -> list[Launch]:
     """``mv`` with ``k_warps``: one ``mvs_kernel`` per band (32 rows and all of K per program), reading the
-    gather's pairs and sums, or with ``x`` the activations themselves (``DIRECT``: :func:`mvs_direct`)."""
+    gather's pairs and sums, or with ``x`` the activations themselves (``DIRECT``: :func:`mv_direct`;
+    ``DIRECT_PERM`` unless ``col_perm`` is the identity)."""
     launches = []
     for r0, ns, segs in bands(packed):
         tpw = tuple(triton.cdiv((s.c1 - s.c0) // MV.TILE, cfg.k_warps) for s in segs)
@@ -440,10 +469,12 @@ def _mvs_launches(packed: PackedLinear, bias: torch.Tensor | None, out: torch.Te
             raise ValueError(f"path 'mv' with k_warps={cfg.k_warps} keeps {sum(tpw)} K tiles per warp in registers "
                              f"on this layer, at most {MVS.MVS_MAX_TILES}: take more k_warps or split_k")
         xw = ws.xpair if x is None else x.view(torch.int32)
-        args = (xw, ws.pair_stride, ws.xc32, stride_cs, out, o.rp, o.b, r0, 0, tuple(_seg_arg(s) for s in segs))
+        args = (xw, ws.pair_stride, ws.xc32, stride_cs, out, o.rp, o.b, r0, 0, tuple(_seg_arg(s) for s in segs),
+                packed.col_perm)
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), SEG_TPW=tpw, NSEG=len(segs), NS=ns, NW=cfg.k_warps,
                   GS=segs[0].group_size, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, ASM=out.is_cuda,
-                  XSCALE_INV=1.0 if x is not None else 1.0 / H2_XSCALE, DIRECT=x is not None, num_warps=cfg.k_warps,
+                  XSCALE_INV=1.0 if x is not None else 1.0 / H2_XSCALE, DIRECT=x is not None,
+                  DIRECT_PERM=x is not None and not identity_perm(packed), num_warps=cfg.k_warps,
                   num_stages=1, **_pdl_kw(pdl),
                   **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
         launches.append(Launch("mvs_kernel", (triton.cdiv(ns, 32),), args, kw, module="mvs"))

@@ -88,6 +88,7 @@ from slimq.kernels.triton._plan import (
     kernel_fn,
     matmul_launches,
     mv_launches,
+    mv_reads_x,
     tc_block,
     tc_launches,
     uses_acc,
@@ -269,7 +270,8 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
     m, kdim = x.shape
     n = packed.out_features
     bits = tuple(s.bits for s in packed.segments)
-    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=bits)
+    direct = m == 1 and mv_reads_x(x, packed)  # one-token mv may read x itself: the rule takes it further then
+    cfg = config or select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=bits, direct=direct)
 
     def refused(why: str | None) -> bool:
         """Whether the chosen path cannot run: an explicit ``config`` raises, a selected one falls back."""
@@ -280,13 +282,13 @@ def resolve_config(x: torch.Tensor, packed: PackedLinear, config: KernelConfig |
     if cfg.path == "wgr":  # before wgs: what the rule picks without wgr is checked below
         if not refused(wgr_supported(x, packed)):
             return cfg
-        cfg = select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=bits, wgr=False)
+        cfg = select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=bits, wgr=False, direct=direct)
     if cfg.path == "wgs" and refused(wgs_supported(x, packed)):
         return _DEQUANT
     if cfg.path == "mv":
         if not refused(mv_supported(packed)):
             return cfg
-        cfg = select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=bits, mv=False)
+        cfg = select_config(m, n, kdim, num_sms=_num_sms(x.device), bits=bits, mv=False, direct=direct)
     if cfg.path in ("gv", "h2", "h2dot", "tc", "wg") and refused(
             tc_supported(packed) if cfg.path in ("tc", "wg")
             else h2_supported(packed, join=cfg.path in ("gv", "h2") or cfg.join)):
