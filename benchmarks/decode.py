@@ -6,12 +6,15 @@ greedy argmax and the position counter update inside the graph, so generation is
 replays only). Linears are cuBLAS FP16 (``F.linear``) or slimq ``QuantLinear`` layers built
 from packed random codes (group 128) running the Triton backend with a shared
 :class:`~slimq.kernels.triton.Workspace`. The LM head stays FP16 in every variant. Weights are
-random and built on the GPU (no download). Prefill is fed token by token through the same
-graph and not timed; tokens/s = batch * generated tokens / generation time.
+random and built on the GPU (no download); each packed layer's ``col_perm`` is what slimq's quantizers write
+by default (identity for uniform widths, whole groups moved for SliM), or with ``--act-order`` a random
+column permutation. Prefill is fed token by token through the same graph and not timed; tokens/s = batch *
+generated tokens / generation time.
 
     PYTHONPATH=src python benchmarks/decode.py [--variants fp16,2b,3b,4b,slim] [--batches 1,16] [--out DIR]
         [--profile STEPS]    # also: GPU time per step by kernel (PyTorch profiler over STEPS replays)
         [--gv-gather on|off] # force the M = 1 path's in-kernel gather (default: the dispatch rule)
+        [--act-order]        # random column permutations (GPTQ act-order) instead of slimq's default
 """
 from __future__ import annotations
 
@@ -88,9 +91,12 @@ def _silu_mul(gu_ptr, out_ptr, INTER, BLOCK: tl.constexpr):
 
 # --- weights -----------------------------------------------------------------------------
 
-def random_packed(n: int, k: int, variant: str, device, gen):
+def random_packed(n: int, k: int, variant: str, device, gen, act_order: bool = False):
     """A ``PackedLinear [n, k]`` with random codes written straight into its bit planes:
-    uniform ``"2b"/"3b"/"4b"`` or ``"slim"`` (1/2/3-bit groups in proportions 1:2:1)."""
+    uniform ``"2b"/"3b"/"4b"`` or ``"slim"`` (1/2/3-bit groups in proportions 1:2:1). ``col_perm`` as slimq's
+    quantizers write it without act-order (their default): the identity for uniform widths, whole groups moved
+    for SliM (its groups sorted by bit-width; here at random); ``act_order``: a random permutation of the columns
+    (what GPTQ's act-order writes), which the one-token kernels gather before the matmul."""
     from slimq.format.layout import PackedLinear, Segment, plane_widths
     g = math.ceil(k / GS)
     if variant == "slim":
@@ -108,8 +114,15 @@ def random_packed(n: int, k: int, variant: str, device, gen):
         zeros = (torch.rand(gk, n, device=device, generator=gen) * (1 << bits)).half()
         segs.append(Segment(0, n, c0, c0 + ks, bits, GS, planes, scales, zeros))
         c0 += ks
-    col_perm = torch.randperm(k, device=device, generator=gen).to(torch.int32)
-    return PackedLinear(k, n, col_perm, None, segs)
+    if act_order:
+        col_perm = torch.randperm(k, device=device, generator=gen)
+    elif variant == "slim":
+        groups = torch.randperm(g, device=device, generator=gen)
+        col_perm = (groups[:, None] * GS + torch.arange(GS, device=device)).flatten()
+        col_perm = col_perm[col_perm < k]  # a short last group: its columns only
+    else:
+        col_perm = torch.arange(k, device=device)
+    return PackedLinear(k, n, col_perm.to(torch.int32), None, segs)
 
 
 def call_config(x, packed, gv_gather: str = "auto"):
@@ -137,8 +150,10 @@ class SharedWorkspaceLinear(torch.nn.Module):
         return sbp_matmul(x, self.q.packed, self.q.bias, workspace=self.ws, config=self.cfg)
 
 
-def build_model(cfg: dict, variant: str, batch: int, max_len: int, device, gv_gather: str = "auto"):
-    """Random weights (FP16 or packed) plus the static KV cache and step buffers."""
+def build_model(cfg: dict, variant: str, batch: int, max_len: int, device, gv_gather: str = "auto",
+                act_order: bool = False):
+    """Random weights (FP16 or packed; ``act_order``: :func:`random_packed`'s) plus the static KV cache and step
+    buffers."""
     from slimq.kernels.triton import Workspace
     from slimq.nn import QuantLinear
     H, inter, nl, nh = cfg["hidden"], cfg["inter"], cfg["layers"], cfg["heads"]
@@ -154,7 +169,7 @@ def build_model(cfg: dict, variant: str, batch: int, max_len: int, device, gv_ga
         if variant == "fp16":
             w = rnd(n, k)
             return lambda x: F.linear(x, w)
-        q = QuantLinear.from_packed(random_packed(n, k, variant, device, gen), backend="triton")
+        q = QuantLinear.from_packed(random_packed(n, k, variant, device, gen, act_order), backend="triton")
         x = torch.empty(batch, k, device=device, dtype=dt)
         return SharedWorkspaceLinear(q, ws, call_config(x, q.packed, gv_gather) if gv_gather != "auto" else None)
 
@@ -203,11 +218,11 @@ def step(m: dict) -> None:
 
 
 def run_variant(cfg: dict, variant: str, batch: int, prompt: int, gen_tokens: int, device,
-                profile_steps: int = 0, gv_gather: str = "auto") -> dict:
+                profile_steps: int = 0, gv_gather: str = "auto", act_order: bool = False) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     t0 = time.time()
-    m = build_model(cfg, variant, batch, prompt + gen_tokens, device, gv_gather)
+    m = build_model(cfg, variant, batch, prompt + gen_tokens, device, gv_gather, act_order)
     build_s = time.time() - t0
     prompt_ids = torch.randint(0, cfg["vocab"], (prompt, batch), device=device)
     m["tok"].copy_(prompt_ids[0])
@@ -277,7 +292,8 @@ def _print_profile(r: dict, top: int = 12) -> None:
         print(f"  {k['us_per_step']:8.1f} us  {k['calls_per_step']:6.1f} calls  {k['kernel'][:90]}")
 
 
-def precompile_variants(cfg: dict, variants: list[str], batches: list[int], device, gv_gather: str = "auto") -> int:
+def precompile_variants(cfg: dict, variants: list[str], batches: list[int], device, gv_gather: str = "auto",
+                        act_order: bool = False) -> int:
     """Compile every slimq kernel variant the runs will launch, in parallel processes."""
     from slimq.kernels.triton import Workspace, plan_launches
     from slimq.kernels.triton.warmup import precompile
@@ -290,7 +306,7 @@ def precompile_variants(cfg: dict, variants: list[str], batches: list[int], devi
             if v == "fp16":
                 continue
             for n, k in ((3 * H, H), (H, H), (2 * inter, H), (H, inter)):
-                p = random_packed(n, k, v, device, gen)
+                p = random_packed(n, k, v, device, gen, act_order)
                 x = torch.empty(batch, k, device=device, dtype=torch.float16)
                 out = torch.empty(batch, n, device=device, dtype=torch.float16)
                 launches += plan_launches(x, p, None, out, ws, call_config(x, p, gv_gather))
@@ -306,6 +322,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=LLAMA2_7B["layers"])
     ap.add_argument("--gv-gather", choices=("auto", "on", "off"), default="auto",
                     help="force the M = 1 gv path's in-kernel gather on/off (default: the dispatch rule)")
+    ap.add_argument("--act-order", action="store_true",
+                    help="every layer's col_perm a random permutation of its columns (GPTQ's act-order), not slimq's "
+                         "default (the identity for uniform widths, whole groups moved for SliM)")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="also profile STEPS more graph replays per variant: GPU time by kernel")
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
@@ -317,7 +336,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         n_var = precompile_variants(cfg, args.variants.split(","), [int(b) for b in args.batches.split(",")], dev,
-                                    args.gv_gather)
+                                    args.gv_gather, args.act_order)
     except Exception as e:  # noqa: BLE001 - fall back to compiling on first launch
         n_var = -1
         print(f"precompile failed ({type(e).__name__}: {e}); compiling lazily", flush=True)
@@ -326,7 +345,7 @@ def main(argv=None) -> int:
     for batch in [int(b) for b in args.batches.split(",")]:
         base = None
         for v in args.variants.split(","):
-            r = run_variant(cfg, v, batch, args.prompt, args.gen, dev, args.profile, args.gv_gather)
+            r = run_variant(cfg, v, batch, args.prompt, args.gen, dev, args.profile, args.gv_gather, args.act_order)
             base = r["tokens_per_s"] if v == "fp16" else base
             r["speedup_vs_fp16"] = r["tokens_per_s"] / base if base else None
             results.append(r)
@@ -344,7 +363,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "decode.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(dev), "gv_gather": args.gv_gather,
-                                                 "results": results}, indent=1))
+                                                 "act_order": args.act_order, "results": results}, indent=1))
     return 0
 
 

@@ -158,8 +158,12 @@ def candidates(m: int, n: int = 0, k: int = 0) -> list:
         mv += [C("mv", block_m=1, block_n=128, block_k=128, split_k=s, num_warps=4, num_stages=1, maxnreg=r,
                  l2_ahead=a) for s in (2, 4, 8, 16) for a in (1, 2, 3) for r in (0, 64, 72, 80, 96)
                if s <= math.ceil(k / 128)]
-        mv += [C("mv", block_m=1, block_n=32, block_k=128, num_warps=w, num_stages=1, k_warps=w, maxnreg=r)
-               for w, r in ((4, 0), (8, 0), (16, 128))]  # warps splitting K (_mvs), where the tiles fit
+        mv += [C("mv", block_m=1, block_n=32, block_k=128, num_warps=w, num_stages=1, k_warps=w, maxnreg=r,
+                 direct=dx) for w, r in ((4, 0), (8, 0), (16, 128)) for dx in (False, True)]  # warps splitting K
+        # (_mvs), where the tiles fit; reading x itself where the layer and x allow (else the plan keeps the gather)
+        mv += [C("mv", block_m=1, block_n=128, block_k=128, split_k=s, num_warps=4, num_stages=1, maxnreg=r,
+                 l2_ahead=a, direct=True) for s in (4, 8, 16) for a in (0, 1) for r in (0, 72, 80, 96, 128)
+               if s <= math.ceil(k / 128)]  # K split over programs, reading x itself ("mvdx")
         return h2 + gv + mv
     if m <= 16:
         bm = 1 << max(0, (m - 1).bit_length())
@@ -256,8 +260,8 @@ def _parse(argv):
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--paths", default="",
-                    help="with --tune: only candidates of these paths (comma-separated; \"mvs\": mv with k_warps; the "
-                         "dispatch default is always timed)")
+                    help="with --tune: only candidates of these paths (comma-separated; \"mvs\": mv with k_warps, "
+                         "\"mvdx\": mv with split_k reading x itself; the dispatch default is always timed)")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"],
                     help="activation dtype; the baseline is cuBLAS in that dtype (JSON keys keep the name fp16)")
@@ -311,8 +315,11 @@ def _prepare(args, dev, shapes, ms, variants):
 
 
 def path_tag(c) -> str:
-    """A config's path for ``--paths``: ``"mvs"`` for ``mv`` with the warps splitting K (``k_warps``)."""
-    return "mvs" if c.path == "mv" and c.k_warps else c.path
+    """A config's path for ``--paths``: ``"mvs"`` for ``mv`` with the warps splitting K (``k_warps``), ``"mvdx"``
+    for ``mv`` with K split over programs reading ``x`` itself (``direct``)."""
+    if c.path == "mv" and c.k_warps:
+        return "mvs"
+    return "mvdx" if c.path == "mv" and c.direct else c.path
 
 
 def _plans(case, cfg) -> bool:
