@@ -398,10 +398,14 @@ def test_select_config_is_explicit():
             for n, k in ((8192, 28672), (8192, 8192), (4096, 11008))] == ["mv", "mv", "gv"]
     assert [select_config(1, 8192, 8192, bits=b).path for b in ((3,), (1, 2, 3))] == ["mv", "mv"]
     assert select_config(1, 8192, 8192, bits=(1, 2, 3), direct=False).path == "gv"  # SliM after the gather
-    # reading x itself: mv on layers of 2^24 up to 2^26 weights too (K split at <= 7 programs per SM, the highest
-    # cap of 128/96/80/72 that keeps one wave, no prefetch; run 187); gv where x cannot be read (bfloat16, ...)
+    # reading x itself: mv on the other layers of 2^24 up to 2^27 weights too (K split at <= 7 programs per SM, the
+    # highest cap of 128/96/80/72 that keeps one wave, no prefetch; runs 187, 190); gv where x cannot be read
     got = {(n, k, b): select_config(1, n, k, bits=b) for n, k in ((4096, 11008), (11008, 4096), (2048, 8192))
            for b in ((2,), (3,), (1, 2, 3))}
+    assert {(c.path, c.split_k, c.maxnreg, c.l2_ahead, c.direct)
+            for c in (select_config(1, 22016, 4096, bits=b) for b in ((2,), (4,), (1, 2, 3)))} == \
+        {("mv", 4, 80, 0, True)}
+    assert select_config(1, 22016, 4096, bits=(2,), direct=False).path == "gv"
     assert {(c.path, c.split_k, c.maxnreg, c.l2_ahead, c.direct) for key, c in got.items() if key[0] == 4096} == \
         {("mv", 16, 128, 0, True)}
     assert {(c.path, c.split_k, c.maxnreg, c.l2_ahead, c.direct) for key, c in got.items() if key[0] == 11008} == \

@@ -82,7 +82,7 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       16 while the grid holds at most ``_MV_PROGRAMS_PER_SM`` programs per SM). Where ``direct`` (the caller's
       word that the token and layer let ``mv`` read ``x`` itself: ``_plan.mv_reads_x``; ``resolve_config``
       checks it) ``mv`` reads ``x`` without the gather launch where that won (:func:`_mv_direct_wins`), and
-      takes the layers of 2^24 up to 2^26 weights too (:func:`_mv_direct_mid`). Layers of up to 4096 columns
+      takes the other layers of 2^24 up to 2^27 weights too (:func:`_mv_direct_mid`). Layers of up to 4096 columns
       whose 32-row programs make one wave take ``mv`` with the warps splitting K (:func:`_mvs_wins`).
       Elsewhere the half2 CUDA-core GEMV ``gv`` (one output row per thread, 128-row tiles, 2
       warps, K split 32, or less so that the grid holds at most ``_GV_PROGRAMS_PER_SM`` programs per
@@ -287,13 +287,14 @@ def _mv_wins(n: int, k: int, bits: tuple[int, ...] | None, direct: bool = True) 
 
 
 def _mv_direct_mid(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
-    """Layers of ``_MV_DIRECT_MIN_WEIGHTS`` up to 2^26 weights (those ``mvs`` does not take) where ``mv`` reading
-    ``x`` itself beat ``gv`` at ``M == 1`` (H200 run 187, ``kernels.py --tune --paths mvdx``, us, ``gv`` ->
-    ``mv`` with ``direct``, no L2 prefetch, the highest register cap of 128/96/80/72 that keeps one wave):
-    4096 x 11008 (K split 16, 128 registers) 2-bit 15.9 -> 12.8, 3-bit 18.2 -> 15.7, 4-bit 19.1 -> 16.3 (``mv``
-    after the gather), SliM 16.6 -> 14.9; 11008 x 4096 (K split 8, 80 registers) 2-bit 14.1 -> 13.2, 3-bit 17.9
-    -> 16.1, 4-bit 18.1 -> 15.8, SliM 16.9 -> 15.3."""
-    return bool(bits) and 7 not in bits and _MV_DIRECT_MIN_WEIGHTS <= n * k < _MV_L2_MIN_WEIGHTS
+    """Layers of ``_MV_DIRECT_MIN_WEIGHTS`` up to 2^27 weights (those ``mvs`` and :func:`_mv_wins` do not take)
+    where ``mv`` reading ``x`` itself beat ``gv`` at ``M == 1`` (H200 runs 187 and 190, ``kernels.py --tune
+    --paths mvdx``, us, ``gv`` -> ``mv`` with ``direct``, no L2 prefetch, the highest register cap of
+    128/96/80/72 that keeps one wave): 4096 x 11008 (K split 16, 128 registers) 2-bit 15.9 -> 12.8, 3-bit 18.2 ->
+    15.7, 4-bit 19.1 -> 16.3 (``mv`` after the gather), SliM 16.6 -> 14.9; 11008 x 4096 (K split 8, 80
+    registers) 2-bit 14.1 -> 13.2, 3-bit 17.9 -> 16.1, 4-bit 18.1 -> 15.8, SliM 16.9 -> 15.3; 22016 x 4096 (K
+    split 4, 80 registers) 2-bit 21.0 -> 19.1, 3-bit 27.5 -> 25.2, 4-bit 29.6 -> 24.3, SliM 24.1 -> 21.7."""
+    return bool(bits) and 7 not in bits and _MV_DIRECT_MIN_WEIGHTS <= n * k < 1 << 27
 
 
 def _mv_direct_wins(n: int, k: int, bits: tuple[int, ...]) -> bool:
@@ -346,15 +347,15 @@ def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow
         return KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=kw, num_stages=1, k_warps=kw,
                             maxnreg=128 if kw == 16 else 0, direct=True)
     big = allow_mv and _mv_wins(n, k, bits, direct) and n * k >= _MV_L2_MIN_WEIGHTS
-    mid = allow_mv and direct and _mv_direct_mid(n, k, bits)
+    mid = allow_mv and direct and not big and _mv_direct_mid(n, k, bits)
     if big or mid:
         # K split up to 16 at <= 7 programs per SM. On 2^26+ weights the next tile past the loaded one prefetched
         # into L2 and the highest register cap that keeps the grid in one wave (96 for 3-bit codes: two waves were
         # faster; codes of 4+ bits only with 96, else neither cap nor prefetch: 28672 x 8192 4-bit 46.9 against
         # 48.7 us); reading x itself where that won (:func:`_mv_direct_wins`): 128 registers where that keeps
         # one wave and for 3-bit codes, no L2 prefetch for mixed widths (SliM on 8192 x 8192: 18.2 -> 17.2 us
-        # without; run 186). Under 2^26 (:func:`_mv_direct_mid`): x read itself, no prefetch, the highest cap
-        # of 128/96/80/72 that keeps one wave (run 187).
+        # without; run 186). Elsewhere from 2^24 weights (:func:`_mv_direct_mid`): x read itself, no prefetch, the
+        # highest cap of 128/96/80/72 that keeps one wave (runs 187, 190).
         rows = triton.cdiv(n, 128)
         split = max(1, min(16, k_tiles, _pow2_at_most(max(1, _MV_L2_SPLIT_PER_SM * num_sms // rows))))
 

@@ -1,4 +1,6 @@
-"""Tensor-core GEMV for one token (path ``"mv"``; 2-16 tokens: ``_mvt``), layout ``slimq.segmented-bitplane.v1``.
+"""Tensor-core GEMV for one token (path ``"mv"``), layout ``slimq.segmented-bitplane.v1``: the tile's mapping and
+arithmetic and the activation gather (``mv_gather_kernel``), shared by the kernels (``_mv1``: K split over
+programs; ``_mvs``: over the warps of a program; ``_mvt``: 2-16 tokens; ``_mvx``: reading ``x`` itself).
 
 Why: the half2 GEMV ``gv`` spends 1.5 core instructions per weight and code bit-plane (LOP3, HSUB2,
 HFMA2) plus float32 conversions, ~2.2 per weight at 2 bits: at ``M == 1`` it is bound by instruction
