@@ -74,6 +74,33 @@ def test_share_workspace_on_cpu_and_errors():
         share_workspace(model, 4, "cpu")
 
 
+def test_triton_prepare_keeps_the_permutation_facts():
+    """The triton backend's ``prepare`` checks ``col_perm`` once (identity, whole-block run) and keeps the answers
+    on the layer's view, where a call under CUDA-graph capture finds them instead of assuming the slow case."""
+    pytest.importorskip("triton")
+    import slimq.kernels.triton  # noqa: F401 - registers the backend
+    from slimq.kernels import REGISTRY
+    layer = QuantLinear.from_quantized(random_qt(8, 256, 128, torch.tensor([2, 3])))
+    p = layer.packed
+    assert p.perm_identity is None and p.perm_run is None
+    REGISTRY.get("triton").prepare(p)
+    assert p.perm_identity is not None and p.perm_run >= 128
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_shared_workspace_prepares_a_first_call_in_a_capture():
+    """After ``share_workspace`` a layer's first call may be inside a capture and still read ``x`` itself."""
+    from slimq.kernels.triton import resolve_config
+    layer = QuantLinear.from_quantized(random_qt(2048, 8192, 128, 2), dtype=torch.float16).cuda()
+    share_workspace(layer, 16, "cuda")
+    x = torch.randn(1, 8192, dtype=torch.float16, device="cuda")
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        cfg = resolve_config(x, layer.packed)
+    assert cfg.path == "mv" and cfg.direct
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("m", [1, 4, 16, 100])

@@ -52,7 +52,9 @@ class Backend:
     ``priority``: higher wins in ``"auto"`` selection. ``make_workspace(device, max_m, max_n,
     max_k, dtype) -> workspace`` (optional): preallocated scratch that ``matmul`` then accepts
     as ``workspace=`` so that a call allocates nothing but its output (see
-    ``slimq.nn.qlinear.share_workspace``).
+    ``slimq.nn.qlinear.share_workspace``). ``prepare(packed)`` (optional): the once-per-layer
+    checks a call would otherwise make on its first use (and skip under CUDA-graph capture, where
+    they would synchronize), done ahead; ``share_workspace`` runs it for every layer.
     """
 
     name: str
@@ -60,6 +62,7 @@ class Backend:
     unavailable: Callable[[torch.device], str | None]
     priority: int = 0
     make_workspace: Callable[..., object] | None = None
+    prepare: Callable[[PackedLinear], None] | None = None
 
 
 def _reference_unavailable(device: torch.device) -> str | None:

@@ -247,7 +247,9 @@ def share_workspace(model: nn.Module, max_tokens: int, device: torch.device | st
     """Give every QuantLinear of ``model`` one preallocated workspace of the backend that runs
     on ``device``, so that a forward call allocates only its output (and works under CUDA-graph
     capture without growing the memory pool). ``max_tokens``: the most rows of activations per
-    call it serves (calls with more allocate their own scratch). Returns the workspace, or
+    call it serves (calls with more allocate their own scratch). Also runs the backend's per-layer
+    checks ahead (``Backend.prepare``), so that a first call inside a capture takes the fast paths;
+    call it after moving the model (``.to()`` rebuilds the layers' views). Returns the workspace, or
     None when that backend needs none (e.g. the pure-torch reference)."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -266,4 +268,6 @@ def share_workspace(model: nn.Module, max_tokens: int, device: torch.device | st
         ws = backend.make_workspace(torch.device(device), max_tokens, max_n, max_k, dtype)
     for m in layers.values():
         m.workspace = ws
+        if backend.prepare is not None:  # facts a first call inside a CUDA-graph capture could not check
+            backend.prepare(m.packed)
     return ws

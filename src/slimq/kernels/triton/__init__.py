@@ -10,6 +10,7 @@ import torch
 
 from slimq.format.layout import PackedLinear
 from slimq.kernels import REGISTRY, Backend
+from slimq.kernels.triton._plan import identity_perm, perm_run
 from slimq.kernels.triton.ops import (
     DEQUANT_MIN_M, FMA_MAX_M, WGS_SPLIT_MAX_M, H2_MAX_M, H2_XSCALE, PATHS, SKINNY_MAX_M, WG_MAX_M, KernelConfig, Launch, Workspace, fallback_config,
     h2_supported, mv_supported, plan_launches, resolve_config, sbp_matmul, select_config, tc_block, tc_supported, workspace_fits,
@@ -18,7 +19,7 @@ from slimq.kernels.triton.ops import (
 
 __all__ = ["KernelConfig", "Workspace", "Launch", "select_config", "resolve_config", "fallback_config", "h2_supported", "mv_supported",
            "tc_supported", "tc_block", "sbp_matmul", "wgs_supported", "wgs_unavailable",
-           "plan_launches", "triton_matmul", "triton_unavailable", "make_workspace", "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M",
+           "plan_launches", "triton_matmul", "triton_unavailable", "make_workspace", "prepare", "PATHS", "FMA_MAX_M", "H2_MAX_M", "SKINNY_MAX_M",
            "WG_MAX_M", "DEQUANT_MIN_M", "WGS_SPLIT_MAX_M", "H2_XSCALE"]
 
 _MIN_CAPABILITY = (8, 0)  # bf16 tensor-core dots
@@ -60,5 +61,13 @@ def make_workspace(device: torch.device | str, max_m: int, max_n: int, max_k: in
     return Workspace(device, max_m, max_n, max_k, dtype, dequant=dequant)
 
 
-REGISTRY.register(Backend("triton", triton_matmul, triton_unavailable, priority=10, make_workspace=make_workspace),
-                  replace=True)
+def prepare(packed: PackedLinear) -> None:
+    """The layer facts the plans and the dispatch read from ``col_perm`` (whether it is the identity, the
+    longest run of whole blocks it moves: ``_plan.identity_perm``, ``_plan.perm_run``), computed now and kept
+    on ``packed``: under CUDA-graph capture an unknown answer is taken as the slower one."""
+    identity_perm(packed)
+    perm_run(packed)
+
+
+REGISTRY.register(Backend("triton", triton_matmul, triton_unavailable, priority=10, make_workspace=make_workspace,
+                          prepare=prepare), replace=True)
