@@ -119,9 +119,9 @@ def test_dispatch_takes_mv_on_mid_layers_only_where_it_reads_x(monkeypatch):
 
 
 @inproc
-@pytest.mark.parametrize("cfg_name", ["mv", "mv_split", "mv_m5", "mv_m16_split", "mv_kw4"])
+@pytest.mark.parametrize("cfg_name", ["mv", "mv_split", "mv_m5", "mv_m16_split", "mv_kw4", "mv_split_dx", "mv_kw4_dx"])
 def test_mv_row_permuted_layers(cfg_name):
-    """MixLLM-style bands (rows of 2, 4 and 3 bits, 16 each) and a row_perm."""
+    """MixLLM-style bands (rows of 2, 4 and 3 bits, 16 each) and a row_perm; also reading ``x`` itself."""
     p = random_layer(48, 384, 128, None, row_bits=[2, 4, 3], seed=7)
     assert p.row_perm is not None and len({(s.r0, s.r1) for s in p.segments}) == 3
     _check(p, M_OF[cfg_name], torch.float16, CFGS[cfg_name], bias=True)
