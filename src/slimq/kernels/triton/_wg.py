@@ -154,7 +154,7 @@ def _plane_sum(init, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, 
 
 @triton.jit
 def _direct_x(x_ptr, stride_xm, offs_m, mask_m, c0, c_end, W: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
-              FULL: tl.constexpr, EVEN_M: tl.constexpr, perm_ptr, PERM: tl.constexpr):
+              FULL: tl.constexpr, EVEN_M: tl.constexpr, perm_ptr, PERM: tl.constexpr, sblk=None):
     """``DIRECT`` (float16 ``x``): storage columns ``[c0, c0 + BLK)`` of ``x`` itself (0 at ``c_end`` and past,
     and for tokens past ``M``): ``x``'s columns ``c0 ..``, or with PERM ``col_perm[c0] ..`` (a block moved
     whole, from a ``BLK``-aligned start), as ``(b, xs)``: ``b [BLK, BT]`` in the
@@ -165,7 +165,9 @@ def _direct_x(x_ptr, stride_xm, offs_m, mask_m, c0, c_end, W: tl.constexpr, BT: 
     H: tl.constexpr = E // 2
     KP: tl.constexpr = BLK * W // 32
     cols = c0 + tl.arange(0, BLK)
-    if PERM:
+    if PERM and sblk is not None:  # the source block, loaded ahead (a multiple of BLK by construction)
+        src = sblk * BLK + tl.arange(0, BLK)
+    elif PERM:
         src = tl.multiple_of(tl.load(perm_ptr + c0), BLK) + tl.arange(0, BLK)
     else:
         src = cols
@@ -179,6 +181,18 @@ def _direct_x(x_ptr, stride_xm, offs_m, mask_m, c0, c_end, W: tl.constexpr, BT: 
     xs = tl.sum(xn.to(tl.float32), axis=1)
     b = tl.permute(tl.reshape(xn, [BT, KP, 2, H]), (3, 1, 2, 0))  # (m, r, h, j) -> (j, r, h, m)
     return tl.reshape(b, [BLK, BT]), xs
+
+
+@triton.jit
+def _block_src(perm_ptr, c0, last, BLK: tl.constexpr, PERM: tl.constexpr):
+    """With PERM the source block ``col_perm[c0] / BLK`` of the block at storage column ``c0`` (clamped to the
+    segment's last whole block ``last``), loaded a block ahead of its ``x`` like the scales (carried as a block
+    index: a loop-carried column would lose its multiple-of-BLK hint, and the ``x`` loads their vectors);
+    else 0 (unused)."""
+    if PERM:
+        return tl.load(perm_ptr + tl.minimum(c0, last)) // BLK
+    else:
+        return 0
 
 
 @triton.jit
@@ -217,7 +231,8 @@ def _wg_params(seg, k0, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_n, valid, GS
 def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
               BITS: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
               JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr, FULL: tl.constexpr,
-              EVEN_M: tl.constexpr, DIRECT: tl.constexpr = False, perm_ptr=None, DIRECT_PERM: tl.constexpr = False):
+              EVEN_M: tl.constexpr, DIRECT: tl.constexpr = False, perm_ptr=None, DIRECT_PERM: tl.constexpr = False,
+              sblk=None):
     """``acc [BN, BT] += W x^T`` over segment columns ``[k0, k0 + BLK)`` of every plane; ``s``, ``z``,
     ``xs`` the block's :func:`_wg_params` (loaded a block ahead by the caller). DIRECT: ``xt_ptr`` is
     ``x`` itself (rows ``stride_tm`` apart), its block and sums read here (:func:`_direct_x`).
@@ -231,7 +246,7 @@ def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask
     bx = None
     if DIRECT:
         bx, xs = _direct_x(xt_ptr, stride_tm, offs_m, mask_m, seg[0] + k0, seg[0] + seg[1], plane_width(BITS, 0), BT,
-                           BLK, FULL, EVEN_M, perm_ptr, DIRECT_PERM)
+                           BLK, FULL, EVEN_M, perm_ptr, DIRECT_PERM, sblk)
     if SCALED:
         acc = _plane_sum(acc, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
                          _half2(s, [BN, KP0], ASM), _half2(-z * s, [BN, KP0], ASM), 0, BITS, BLK, JOIN, ASM, True,
@@ -302,13 +317,16 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
             # accumulator starts at -z * xs), and Triton's pipeline stages only the dot operands' loads
             s, z, xs = _wg_params(seg, t_lo * BLK, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t_lo < t_full, GS,
                                   BLK, SCALED, EVEN_M, DIRECT)
+            last = seg[0] + tl.maximum(t_full - 1, 0) * BLK
+            sb = _block_src(perm_ptr, seg[0] + t_lo * BLK, last, BLK, DIRECT_PERM)
             for t in range(t_lo, t_full):
-                cs, cz, cxs = s, z, xs
+                cs, cz, cxs, csb = s, z, xs, sb
                 s, z, xs = _wg_params(seg, (t + 1) * BLK, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc,
                                       t + 1 < t_full, GS, BLK, SCALED, EVEN_M, DIRECT)
+                sb = _block_src(perm_ptr, seg[0] + (t + 1) * BLK, last, BLK, DIRECT_PERM)
                 acc = _wg_block(acc, seg, t * BLK, cs, cz, cxs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns,
                                 offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, perm_ptr,
-                                DIRECT_PERM)
+                                DIRECT_PERM, csb)
         if (t_hi > t_lo) & (t_hi * BLK > seg[1]):  # the segment's last block is partial and ours
             k0 = (t_hi - 1) * BLK
             s, z, xs = _wg_params(seg, k0, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t_hi > t_lo, GS, BLK, SCALED,
