@@ -80,6 +80,13 @@ def _rel_err(y, ref):
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1.2e-2, torch.float32: 2e-3}
 
 
+def planned_kernels(x, p, cfg):
+    """The kernel names ``cfg``'s plan launches for ``x @ p`` (a fresh workspace and output)."""
+    ws = Workspace(DEV, x.shape[0], p.out_features, p.in_features, x.dtype)
+    out = torch.empty(x.shape[0], p.out_features, dtype=x.dtype, device=DEV)
+    return [lc.kernel for lc in slt.plan_launches(x, p, None, out, ws, cfg)]
+
+
 def _check(p, m, dtype, cfg, *, bias=False, seed=1):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(m, p.in_features, generator=gen).to(DEV, dtype)

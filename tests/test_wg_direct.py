@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from test_kernels_triton import (  # isort: skip (sets TRITON_INTERPRET before triton is imported)
-    DEV, IN_PROCESS, LAYERS, KernelConfig, Workspace, _check, inproc, random_layer, run_in_interpreter, slt,
+    DEV, IN_PROCESS, LAYERS, KernelConfig, _check, inproc, planned_kernels, random_layer, run_in_interpreter, slt,
 )
 
 DIRECT = {
@@ -26,12 +26,6 @@ def test_in_interpreter_subprocess():
     run_in_interpreter(__file__)
 
 
-def _kernels(x, p, cfg):
-    ws = Workspace(DEV, x.shape[0], p.out_features, p.in_features, x.dtype)
-    out = torch.empty(x.shape[0], p.out_features, dtype=x.dtype, device=DEV)
-    return [lc.kernel for lc in slt.plan_launches(x, p, None, out, ws, cfg)]
-
-
 @inproc
 @pytest.mark.parametrize("bits,gs,cfg_name,m", [(1, 128, "m16", 16), (2, 128, "m16", 5), (3, 128, "m16", 16),
                                                 (4, 128, "m16", 13), (8, 128, "m16", 16), (2, 64, "m16_wide", 9),
@@ -44,7 +38,7 @@ def test_wg_reads_x_itself_on_identity_permutations(bits, gs, cfg_name, m):
     split-K cannot finish in its last program)."""
     p = random_layer(72, 300 if gs == 128 else 320, gs, bits, seed=bits)
     x = torch.zeros(m, p.in_features, dtype=torch.float16, device=DEV)
-    assert "operand_gather_kernel" not in _kernels(x, p, DIRECT[cfg_name])
+    assert "operand_gather_kernel" not in planned_kernels(x, p, DIRECT[cfg_name])
     _check(p, m, torch.float16, DIRECT[cfg_name], bias=True, seed=bits)
 
 
@@ -55,7 +49,7 @@ def test_wg_direct_handles_strided_token_rows():
     gen = torch.Generator().manual_seed(4)
     wide = torch.randn(16, 320, generator=gen).to(DEV, torch.float16)
     x = wide[:, 32:288]
-    assert x.stride(0) == 320 and "operand_gather_kernel" not in _kernels(x, p, DIRECT["m16"])
+    assert x.stride(0) == 320 and "operand_gather_kernel" not in planned_kernels(x, p, DIRECT["m16"])
     ref = slt.sbp_matmul(x.contiguous(), p, config=KernelConfig("wg", block_m=16, block_n=64, join=True))
     y = slt.sbp_matmul(x, p, config=DIRECT["m16"])
     assert float((y.float() - ref.float()).norm() / ref.float().norm()) < 1e-3
@@ -71,7 +65,7 @@ def test_wg_reads_x_itself_through_whole_group_permutations(layer, cfg_name, m):
     p = random_layer(*LAYERS[layer], seed=6)
     assert not identity_perm(p) and perm_run(p) >= p.segments[0].group_size
     x = torch.zeros(m, p.in_features, dtype=torch.float16, device=DEV)
-    assert "operand_gather_kernel" not in _kernels(x, p, DIRECT[cfg_name])
+    assert "operand_gather_kernel" not in planned_kernels(x, p, DIRECT[cfg_name])
     _check(p, m, torch.float16, DIRECT[cfg_name], bias=True, seed=6)
 
 
@@ -103,11 +97,11 @@ def test_wg_direct_keeps_the_gather_where_it_cannot_read_x():
     wide = random_layer(*LAYERS["mix_wide"], seed=2)
     u2 = random_layer(64, 256, 128, 2)
     x16 = torch.zeros(16, 256, dtype=torch.float16, device=DEV)
-    assert "operand_gather_kernel" in _kernels(x16, scrambled, DIRECT["m16"])
-    assert "operand_gather_kernel" in _kernels(torch.zeros(16, wide.in_features, dtype=torch.float16, device=DEV),
-                                               wide, DIRECT["m16"])
-    assert "operand_gather_kernel" in _kernels(x16.bfloat16(), u2, DIRECT["m16"])
-    assert "operand_gather_kernel" in _kernels(x16, u2, KernelConfig("wg", block_m=16, block_n=64, join=True))
+    assert "operand_gather_kernel" in planned_kernels(x16, scrambled, DIRECT["m16"])
+    x_wide = torch.zeros(16, wide.in_features, dtype=torch.float16, device=DEV)
+    assert "operand_gather_kernel" in planned_kernels(x_wide, wide, DIRECT["m16"])
+    assert "operand_gather_kernel" in planned_kernels(x16.bfloat16(), u2, DIRECT["m16"])
+    assert "operand_gather_kernel" in planned_kernels(x16, u2, KernelConfig("wg", block_m=16, block_n=64, join=True))
     _check(scrambled, 16, torch.float16, DIRECT["m16"], bias=True)
     _check(wide, 16, torch.float16, DIRECT["m16"])
     _check(u2, 16, torch.bfloat16, DIRECT["m16"])
