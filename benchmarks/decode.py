@@ -1,24 +1,28 @@
 """Greedy-decoding speed of a LLaMA-2-7B-shaped model with random weights: FP16 vs slimq.
 
-A small self-written llama decode loop (not transformers' generate): fused QKV and gate/up
-projections, a static KV cache, rotary embeddings, and one CUDA graph per decode step (the
-greedy argmax and the position counter update inside the graph, so generation is graph
-replays only). Linears are cuBLAS FP16 (``F.linear``) or slimq ``QuantLinear`` layers built
-from packed random codes (group 128) running the Triton backend with a shared
+A small self-written llama decode loop (not transformers' generate): fused QKV and gate/up projections, a static
+KV cache, rotary embeddings, the decoded position's attention in one kernel per layer (``decode_kernels.rope_attend``;
+``--attention sdpa``: torch's SDPA over the masked cache, as before session 21), and one CUDA graph per decode step
+(the greedy argmax and the position counter update inside the graph, so generation is graph replays only). The
+non-matmul kernels are the same in every variant. Linears are cuBLAS FP16 (``F.linear``) or slimq ``QuantLinear``
+layers built from packed random codes (group 128) running the Triton backend with a shared
 :class:`~slimq.kernels.triton.Workspace`. The LM head stays FP16 in every variant. Weights are
 random and built on the GPU (no download); each packed layer's ``col_perm`` is what slimq's quantizers write
 by default (identity for uniform widths, whole groups moved for SliM), or with ``--act-order`` a random
 column permutation. Prefill is fed token by token through the same graph and not timed; tokens/s = batch *
-generated tokens / generation time.
+generated tokens / generation time; ``tokens_sha1`` fingerprints the generated tokens (seeded prompts and weights:
+equal across runs of one build and path).
 
     PYTHONPATH=src python benchmarks/decode.py [--variants fp16,2b,3b,4b,slim] [--batches 1,16] [--out DIR]
         [--profile STEPS]    # also: GPU time per step by kernel (PyTorch profiler over STEPS replays)
         [--gv-gather on|off] # force the M = 1 path's in-kernel gather (default: the dispatch rule)
         [--act-order]        # random column permutations (GPTQ act-order) instead of slimq's default
+        [--attention fused|sdpa]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -28,65 +32,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+from decode_kernels import (
+    add_rmsnorm,
+    attend_workspace,
+    rope_attend,
+    rope_cache,
+    silu_mul,
+)
 
 LLAMA2_7B = dict(hidden=4096, inter=11008, layers=32, heads=32, vocab=32000, eps=1e-5, theta=10000.0)
 GS = 128
-
-
-# --- small fused helpers (Triton) --------------------------------------------------------
-
-@triton.jit
-def _add_rmsnorm(h_ptr, d_ptr, w_ptr, out_ptr, H, eps, HAS_D: tl.constexpr, BLOCK: tl.constexpr):
-    """Row b: ``h += d`` (if HAS_D), ``out = h / rms(h) * w``."""
-    b = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    mask = offs < H
-    h = tl.load(h_ptr + b * H + offs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_D:
-        h += tl.load(d_ptr + b * H + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(h_ptr + b * H + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
-    r = tl.rsqrt(tl.sum(h * h, axis=0) / H + eps)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + b * H + offs, (h * r * w).to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _rope_cache(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr, vc_ptr, NH, L,
-                HD: tl.constexpr):
-    """Program (b, head): rotate q, k at position ``pos`` (rotate-half convention); write q to
-    ``q [B, NH, HD]`` and k, v into the caches ``[B, NH, L, HD]`` at ``pos``."""
-    b = tl.program_id(0)
-    hh = tl.program_id(1)
-    pos = tl.load(pos_ptr)
-    half = tl.arange(0, HD // 2)
-    row = qkv_ptr + b * 3 * NH * HD + hh * HD
-    c = tl.load(cos_ptr + pos * (HD // 2) + half)
-    s = tl.load(sin_ptr + pos * (HD // 2) + half)
-    q1 = tl.load(row + half).to(tl.float32)
-    q2 = tl.load(row + HD // 2 + half).to(tl.float32)
-    k1 = tl.load(row + NH * HD + half).to(tl.float32)
-    k2 = tl.load(row + NH * HD + HD // 2 + half).to(tl.float32)
-    dt = q_ptr.dtype.element_ty
-    qo = q_ptr + (b * NH + hh) * HD
-    tl.store(qo + half, (q1 * c - q2 * s).to(dt))
-    tl.store(qo + HD // 2 + half, (q2 * c + q1 * s).to(dt))
-    cache = ((b * NH + hh) * L + pos) * HD
-    tl.store(kc_ptr + cache + half, (k1 * c - k2 * s).to(dt))
-    tl.store(kc_ptr + cache + HD // 2 + half, (k2 * c + k1 * s).to(dt))
-    full = tl.arange(0, HD)
-    tl.store(vc_ptr + cache + full, tl.load(row + 2 * NH * HD + full))
-
-
-@triton.jit
-def _silu_mul(gu_ptr, out_ptr, INTER, BLOCK: tl.constexpr):
-    b = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < INTER
-    g = tl.load(gu_ptr + b * 2 * INTER + offs, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(gu_ptr + b * 2 * INTER + INTER + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + b * INTER + offs, (g / (1 + tl.exp(-g)) * u).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # --- weights -----------------------------------------------------------------------------
@@ -183,55 +138,58 @@ def build_model(cfg: dict, variant: str, batch: int, max_len: int, device, gv_ga
         cos=ang.cos().contiguous(), sin=ang.sin().contiguous(),
         kc=[torch.zeros(batch, nh, max_len, hd, device=device, dtype=dt) for _ in range(nl)],
         vc=[torch.zeros(batch, nh, max_len, hd, device=device, dtype=dt) for _ in range(nl)],
+        att_work=attend_workspace(batch, nh, max_len, hd, device),
         tok=torch.zeros(batch, dtype=torch.long, device=device), pos=torch.zeros(1, dtype=torch.long, device=device),
         ar=torch.arange(max_len, device=device), batch=batch, max_len=max_len, cfg=cfg,
     )
 
 
-def step(m: dict) -> None:
+def step(m: dict, attention: str = "fused") -> None:
     """One greedy decode step for every sequence: reads ``tok``/``pos``, writes the next token
-    into ``tok`` and advances ``pos``."""
-    cfg, B, L = m["cfg"], m["batch"], m["max_len"]
-    H, nh, inter = cfg["hidden"], cfg["heads"], cfg["inter"]
-    hd = H // nh
+    into ``tok`` and advances ``pos``. ``attention``: ``"fused"`` (:func:`decode_kernels.rope_attend`, one launch
+    over positions ``0 .. pos``) or ``"sdpa"`` (rotation and cache write, then SDPA over the whole cache with a
+    mask)."""
+    cfg, B = m["cfg"], m["batch"]
+    eps = cfg["eps"]
     h = m["emb"][m["tok"]]  # [B, H]
     xn = torch.empty_like(h)
-    mask = (m["ar"] <= m["pos"])[None, None, None, :]
-    blk = triton.next_power_of_2(H)
+    mask = (m["ar"] <= m["pos"])[None, None, None, :] if attention == "sdpa" else None
     d = None
     for li, lay in enumerate(m["layers"]):
-        _add_rmsnorm[(B,)](h, d if d is not None else h, lay["n1"], xn, H, cfg["eps"], HAS_D=d is not None, BLOCK=blk)
+        add_rmsnorm(h, d, lay["n1"], xn, eps)
         qkv = lay["qkv"](xn)
-        q = torch.empty(B, nh, hd, device=h.device, dtype=h.dtype)
-        _rope_cache[(B, nh)](qkv, m["cos"], m["sin"], m["pos"], q, m["kc"][li], m["vc"][li], nh, L, HD=hd)
-        att = F.scaled_dot_product_attention(q[:, :, None], m["kc"][li], m["vc"][li], attn_mask=mask)
-        o = lay["o"](att.reshape(B, H))
-        _add_rmsnorm[(B,)](h, o, lay["n2"], xn, H, cfg["eps"], HAS_D=True, BLOCK=blk)
-        gu = lay["gu"](xn)
-        act = torch.empty(B, inter, device=h.device, dtype=h.dtype)
-        _silu_mul[(B, triton.cdiv(inter, 1024))](gu, act, inter, BLOCK=1024)
-        d = lay["down"](act)
-    _add_rmsnorm[(B,)](h, d, m["norm"], xn, H, cfg["eps"], HAS_D=True, BLOCK=blk)
+        if attention == "fused":
+            att = rope_attend(qkv, m["cos"], m["sin"], m["pos"], m["kc"][li], m["vc"][li], m["att_work"])
+        else:
+            q = rope_cache(qkv, m["cos"], m["sin"], m["pos"], m["kc"][li], m["vc"][li])
+            att = F.scaled_dot_product_attention(q[:, :, None], m["kc"][li], m["vc"][li], attn_mask=mask)
+            att = att.reshape(B, -1)
+        o = lay["o"](att)
+        add_rmsnorm(h, o, lay["n2"], xn, eps)
+        d = lay["down"](silu_mul(lay["gu"](xn)))
+    add_rmsnorm(h, d, m["norm"], xn, eps)
     logits = F.linear(xn, m["head"])
     m["tok"].copy_(logits.argmax(-1))
     m["pos"].add_(1)
 
 
 def run_variant(cfg: dict, variant: str, batch: int, prompt: int, gen_tokens: int, device,
-                profile_steps: int = 0, gv_gather: str = "auto", act_order: bool = False) -> dict:
+                profile_steps: int = 0, gv_gather: str = "auto", act_order: bool = False,
+                attention: str = "fused") -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     t0 = time.time()
     m = build_model(cfg, variant, batch, prompt + gen_tokens, device, gv_gather, act_order)
     build_s = time.time() - t0
-    prompt_ids = torch.randint(0, cfg["vocab"], (prompt, batch), device=device)
+    prompt_ids = torch.randint(0, cfg["vocab"], (prompt, batch), device=device,
+                               generator=torch.Generator(device=device).manual_seed(1))  # the same in every run
     m["tok"].copy_(prompt_ids[0])
-    step(m)  # compiles / loads every kernel outside the capture
+    step(m, attention)  # compiles / loads every kernel outside the capture
     torch.cuda.synchronize()
     m["pos"].zero_()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        step(m)
+        step(m, attention)
     torch.cuda.synchronize()
     m["pos"].zero_()
     for i in range(prompt):  # prefill, token by token (not timed)
@@ -249,7 +207,8 @@ def run_variant(cfg: dict, variant: str, batch: int, prompt: int, gen_tokens: in
     ms = start.elapsed_time(end)
     res = {"variant": variant, "batch": batch, "tokens_per_s": batch * gen_tokens / (ms / 1e3),
            "ms_per_step": ms / gen_tokens, "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2 ** 30,
-           "build_s": build_s, "distinct_tokens": int(out.unique().numel()), "pos_end": int(m["pos"])}
+           "build_s": build_s, "distinct_tokens": int(out.unique().numel()), "pos_end": int(m["pos"]),
+           "tokens_sha1": hashlib.sha1(out.cpu().numpy().tobytes()).hexdigest()[:12]}
     if profile_steps:
         m["pos"].fill_(m["max_len"] - profile_steps)  # replay the sequence's last positions again
         res["profile"] = kernel_profile(graph, profile_steps)
@@ -325,6 +284,10 @@ def main(argv=None) -> int:
     ap.add_argument("--act-order", action="store_true",
                     help="every layer's col_perm a random permutation of its columns (GPTQ's act-order), not slimq's "
                          "default (the identity for uniform widths, whole groups moved for SliM)")
+    ap.add_argument("--attention", choices=("fused", "sdpa"), default="fused",
+                    help="fused: rotation, cache write and attention over positions 0..pos in one kernel per layer "
+                         "(decode_kernels.rope_attend); sdpa: rotation and cache write, then torch's SDPA over the "
+                         "whole cache with a mask (before session 21)")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="also profile STEPS more graph replays per variant: GPU time by kernel")
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
@@ -345,13 +308,14 @@ def main(argv=None) -> int:
     for batch in [int(b) for b in args.batches.split(",")]:
         base = None
         for v in args.variants.split(","):
-            r = run_variant(cfg, v, batch, args.prompt, args.gen, dev, args.profile, args.gv_gather, args.act_order)
+            r = run_variant(cfg, v, batch, args.prompt, args.gen, dev, args.profile, args.gv_gather, args.act_order,
+                            args.attention)
             base = r["tokens_per_s"] if v == "fp16" else base
             r["speedup_vs_fp16"] = r["tokens_per_s"] / base if base else None
             results.append(r)
             print(json.dumps(r), flush=True)
     print(f"\n{torch.cuda.get_device_name(dev)}: LLaMA-2-7B shape ({cfg['layers']} layers), random weights, "
-          f"prompt {args.prompt} + {args.gen} greedy tokens, CUDA graph per step")
+          f"prompt {args.prompt} + {args.gen} greedy tokens, CUDA graph per step, {args.attention} attention")
     print(f"{'variant':>8} {'batch':>5} {'tok/s':>9} {'ms/step':>8} {'vs fp16':>8} {'peak GiB':>9}")
     for r in results:
         sp = f"{r['speedup_vs_fp16']:.2f}x" if r["speedup_vs_fp16"] else "-"
@@ -363,7 +327,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "decode.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(dev), "gv_gather": args.gv_gather,
-                                                 "act_order": args.act_order, "results": results}, indent=1))
+                                                 "act_order": args.act_order, "attention": args.attention,
+                                                 "results": results}, indent=1))
     return 0
 
 
