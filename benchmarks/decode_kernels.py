@@ -42,10 +42,13 @@ def _add_rmsnorm(h_ptr, d_ptr, w_ptr, out_ptr, H, eps, HAS_D: tl.constexpr, BLOC
 
 
 def add_rmsnorm(h: torch.Tensor, d: torch.Tensor | None, w: torch.Tensor, out: torch.Tensor, eps: float) -> None:
-    """``h [B, H] += d`` (in place, when ``d`` is given), then ``out [B, H] = rmsnorm(h) * w``."""
+    """``h [B, H] += d`` (in place, when ``d`` is given), then ``out [B, H] = rmsnorm(h) * w``. One program per
+    row with a warp per 256 features (4-16): at H = 4096 16 warps took 2.4 us a call against 3.9 with 4 (H200,
+    run 204: the row's loads spread over more warps)."""
     B, H = h.shape
-    _add_rmsnorm[(B,)](h, d if d is not None else h, w, out, H, eps, HAS_D=d is not None,
-                       BLOCK=triton.next_power_of_2(H))
+    block = triton.next_power_of_2(H)
+    _add_rmsnorm[(B,)](h, d if d is not None else h, w, out, H, eps, HAS_D=d is not None, BLOCK=block,
+                       num_warps=max(4, min(16, block // 256)))
 
 
 @triton.jit
