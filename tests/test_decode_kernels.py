@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_kernels_triton import DEV, IN_PROCESS, inproc, run_in_interpreter  # isort: skip (TRITON_INTERPRET first)
+from test_kernels_triton import DEV, IN_PROCESS, gpu, inproc, run_in_interpreter  # isort: skip (TRITON_INTERPRET first)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import decode_kernels as dk
@@ -103,6 +103,26 @@ def test_rope_attend_reuses_its_workspace_across_positions():
         got = dk.rope_attend(qkv, cos, sin, p, kc, vc, work)
         want = dk.rope_attend_reference(qkv, cos, sin, p, kr, vr)
         torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)
+
+
+@gpu
+@pytest.mark.parametrize("B", [1, 16])
+def test_rope_attend_at_the_decode_benchmarks_size(B):
+    """32 heads of 128 over a 144-position cache (``decode.py``'s), 5 splits per head and up to 2560 programs racing
+    on the arrival counters, one workspace over 20 positions: every step matches the reference."""
+    NH, L, HD = 32, 144, 128
+    gen = torch.Generator().manual_seed(4)
+    cos, sin = _rope_tables(L, HD)
+    kc, vc = _caches(B, NH, L, HD, L - 1, torch.float16, gen)
+    kr, vr = kc.clone(), vc.clone()
+    work = dk.attend_workspace(B, NH, L, HD, DEV)
+    for pos in list(range(0, 10)) + list(range(134, 144)):
+        qkv = torch.randn(B, 3 * NH * HD, generator=gen).to(DEV, torch.float16)
+        p = torch.tensor([pos], device=DEV)
+        got = dk.rope_attend(qkv, cos, sin, p, kc, vc, work)
+        want = dk.rope_attend_reference(qkv, cos, sin, p, kr, vr)
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)
+    assert not work["cnt"].any()
 
 
 @inproc
