@@ -113,8 +113,8 @@ class PackedLinear:
     row_perm: torch.Tensor | None
     segments: list[Segment] = field(default_factory=list)
     layout: str = LAYOUT_NAME
-    # whether col_perm is the identity: None until a kernel plan asks (``slimq.kernels.triton._plan.identity_perm``)
+    # whether col_perm is the identity: None until a kernel plan asks (``slimq.kernels.triton._perm.identity_perm``)
     perm_identity: bool | None = field(default=None, compare=False, repr=False)
     # the longest power-of-two run (<= 1024) over whose aligned blocks col_perm counts up by one from a multiple of
-    # the run: None until a kernel plan asks (``slimq.kernels.triton._plan.perm_run``)
+    # the run: None until a kernel plan asks (``slimq.kernels.triton._perm.perm_run``)
     perm_run: int | None = field(default=None, compare=False, repr=False)

@@ -10,7 +10,7 @@ import torch
 
 from slimq.format.layout import PackedLinear
 from slimq.kernels import REGISTRY, Backend
-from slimq.kernels.triton._plan import identity_perm, perm_run
+from slimq.kernels.triton._perm import identity_perm, perm_run
 from slimq.kernels.triton.ops import (
     DEQUANT_MIN_M, FMA_MAX_M, WGS_SPLIT_MAX_M, H2_MAX_M, H2_XSCALE, PATHS, SKINNY_MAX_M, WG_MAX_M, KernelConfig, Launch, Workspace, fallback_config,
     h2_supported, mv_supported, plan_launches, resolve_config, sbp_matmul, select_config, tc_block, tc_supported, workspace_fits,
@@ -63,7 +63,7 @@ def make_workspace(device: torch.device | str, max_m: int, max_n: int, max_k: in
 
 def prepare(packed: PackedLinear) -> None:
     """The layer facts the plans and the dispatch read from ``col_perm`` (whether it is the identity, the
-    longest run of whole blocks it moves: ``_plan.identity_perm``, ``_plan.perm_run``), computed now and kept
+    longest run of whole blocks it moves: ``_perm.identity_perm``, ``_perm.perm_run``), computed now and kept
     on ``packed``: under CUDA-graph capture an unknown answer is taken as the slower one."""
     identity_perm(packed)
     perm_run(packed)

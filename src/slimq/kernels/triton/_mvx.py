@@ -59,7 +59,7 @@ def corr_magic(j, w, c, c1):
 @triton.jit
 def tile_source(perm_ptr, c, PERM: tl.constexpr):
     """The column of ``x`` where the 128-column tile at storage column ``c`` starts: ``c`` itself, or (``PERM``:
-    ``col_perm`` moves whole tiles, ``_plan.perm_run``) ``col_perm[c]``, a multiple of 128."""
+    ``col_perm`` moves whole tiles, ``_perm.perm_run``) ``col_perm[c]``, a multiple of 128."""
     if PERM:
         return tl.multiple_of(tl.load(perm_ptr + c), 128)
     else:

@@ -25,6 +25,7 @@ from slimq.kernels.triton import _h2dot as H2D
 from slimq.kernels.triton import _kernels as K
 from slimq.kernels.triton import _tc as TC
 from slimq.kernels.triton import _wg as WG
+from slimq.kernels.triton._perm import identity_perm, perm_run
 
 if TYPE_CHECKING:  # annotations only: ops imports this module
     from slimq.kernels.triton.ops import KernelConfig, Workspace
@@ -392,43 +393,6 @@ def _mv1_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
         launches.append(Launch("mv_kernel", (triton.cdiv(ns, 32 * cfg.num_warps), cfg.split_k), args, kw,
                                module="mv1"))
     return launches + o.finish(out, bias is not None)
-
-
-def identity_perm(packed: PackedLinear) -> bool:
-    """Whether ``packed.col_perm`` is the identity (uniform layers without act-order). Computed once and kept in
-    ``packed.perm_identity``; while a CUDA graph is being captured an unknown answer is taken as False (the check
-    would synchronize)."""
-    if packed.perm_identity is None:
-        if packed.col_perm.is_cuda and torch.cuda.is_current_stream_capturing():
-            return False
-        ar = torch.arange(packed.in_features, device=packed.col_perm.device, dtype=packed.col_perm.dtype)
-        packed.perm_identity = bool(torch.equal(packed.col_perm, ar))
-    return packed.perm_identity
-
-
-_PERM_RUN_MAX = 1024
-
-
-def perm_run(packed: PackedLinear) -> int:
-    """The longest power of two ``r <= 1024`` such that ``col_perm`` maps every aligned block of ``r`` storage
-    columns (the last one may be short) to ``r`` consecutive columns of ``x`` starting at a multiple of ``r``
-    (1 if none): groups moved whole, as SliM's grouping of the bit-widths does without act-order. Computed once
-    and kept in ``packed.perm_run``; while a CUDA graph is being captured an unknown answer is taken as 1."""
-    if packed.perm_run is None:
-        if packed.col_perm.is_cuda and torch.cuda.is_current_stream_capturing():
-            return 1
-        perm = packed.col_perm.long()
-        k = perm.numel()
-        pos = torch.arange(k, device=perm.device)
-        run = 1
-        while run < _PERM_RUN_MAX and run * 2 <= max(k, 1):
-            r = run * 2
-            start = perm[pos - pos % r]  # the source column of each position's block start
-            if not bool(((perm == start + pos % r) & (start % r == 0)).all()):
-                break
-            run = r
-        packed.perm_run = run
-    return packed.perm_run
 
 
 def mv_reads_x(x: torch.Tensor, packed: PackedLinear) -> bool:

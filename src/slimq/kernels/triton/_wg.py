@@ -282,7 +282,7 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
     pre-arranged by :func:`operand_gather_kernel`, or (DIRECT, with JOIN) ``xt_ptr`` is the float16
     ``x`` itself, ``stride_tm`` its row stride (``xs_ptr``, ``stride_tb``, ``stride_sm`` unused), and
     ``col_perm`` (``perm_ptr``) the identity or, with DIRECT_PERM, moving whole ``BLK``-column blocks to
-    ``BLK``-aligned starts (``_plan.perm_run``). ``ASM``: half2 inline PTX (else integer ops, for the
+    ``BLK``-aligned starts (``_perm.perm_run``). ``ASM``: half2 inline PTX (else integer ops, for the
     interpreter)."""
     tl.static_assert(JOIN or not DIRECT, "DIRECT reads each block as one operand piece: it needs JOIN")
     pid = tl.program_id(0)
