@@ -197,8 +197,9 @@ def attend_workspace(B: int, NH: int, L: int, HD: int, device, block_l: int | No
 def rope_attend(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, kc: torch.Tensor,
                 vc: torch.Tensor, work: dict | None = None, num_warps: int = 2) -> torch.Tensor:
     """One decode step's attention: ``qkv [B, 3 * H]`` (q, k, v of every head), ``cos``/``sin [L, HD / 2]``
-    float32, ``pos`` int64 ``[1]``; caches ``kc``/``vc [B, NH, L, HD]`` get k (rotated) and v at ``pos``.
-    Returns ``[B, H]``: each head's causal attention over positions ``0 .. pos`` (scale ``HD ** -0.5``).
+    float32, ``pos`` int64 ``[1]`` below ``L`` (not checked: it lives on the device, and reading it would
+    synchronize); caches ``kc``/``vc [B, NH, L, HD]`` get k (rotated) and v at ``pos``. Returns ``[B, H]``: each
+    head's causal attention over positions ``0 .. pos`` (scale ``HD ** -0.5``).
 
     The positions are split over programs (``work``, from :func:`attend_workspace`; made here when not given),
     ``B * NH * S`` of them, so that one sequence still spreads its loads over many SMs; each writes its part's
