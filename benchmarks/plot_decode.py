@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from plot_kernels import save_png
+
 VARIANTS = ("fp16", "2b", "3b", "4b", "slim")
 LABEL = {"fp16": "FP16", "2b": "2-bit", "3b": "3-bit", "4b": "4-bit", "slim": "SliM"}
 # Kinds of kernel in a decode step, in stacking order, with their colours.
@@ -126,12 +128,7 @@ def plot(data: dict, out_png: Path, dpi: int = 110) -> Path:
         ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"where a batch-{b0} step goes (profiled)", fontsize=10)
     fig.suptitle(f"LLaMA-2-7B-shaped decode on {data.get('gpu', '?')}", fontsize=11)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(out_png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    tmp.replace(out_png)
-    return out_png
+    return save_png(fig, out_png, dpi)
 
 
 def main(argv=None) -> int:

@@ -120,6 +120,12 @@ def plot(cells: list[dict], out_png: Path, title: str = "", dpi: int = 120) -> P
     axes.flat[0].legend(fontsize=8, loc="lower left")
     if title:
         fig.suptitle(title, fontsize=11)
+    return save_png(fig, out_png, dpi)
+
+
+def save_png(fig, out_png: Path, dpi: int) -> Path:
+    """``fig`` as a PNG at ``out_png`` (its folder made), written to a temporary name and then renamed, so that a
+    failed write never leaves a half-written plot."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(out_png.name + ".tmp.png")
