@@ -37,6 +37,7 @@ from decode_kernels import (
     attend_workspace,
     rope_attend,
     rope_cache,
+    rope_tables,
     silu_mul,
 )
 
@@ -131,11 +132,10 @@ def build_model(cfg: dict, variant: str, batch: int, max_len: int, device, gv_ga
     layers = [dict(qkv=linear(3 * H, H), o=linear(H, H), gu=linear(2 * inter, H), down=linear(H, inter),
                    n1=1 + rnd(H), n2=1 + rnd(H)) for _ in range(nl)]
     hd = H // nh
-    inv = 1.0 / (cfg["theta"] ** (torch.arange(0, hd, 2, device=device).float() / hd))
-    ang = torch.arange(max_len, device=device).float()[:, None] * inv[None]
+    cos, sin = rope_tables(max_len, hd, device, cfg["theta"])
     return dict(
         layers=layers, emb=rnd(cfg["vocab"], H, scale=1.0), head=rnd(cfg["vocab"], H), norm=1 + rnd(H),
-        cos=ang.cos().contiguous(), sin=ang.sin().contiguous(),
+        cos=cos, sin=sin,
         kc=[torch.zeros(batch, nh, max_len, hd, device=device, dtype=dt) for _ in range(nl)],
         vc=[torch.zeros(batch, nh, max_len, hd, device=device, dtype=dt) for _ in range(nl)],
         att_work=attend_workspace(batch, nh, max_len, hd, device),

@@ -24,6 +24,7 @@ from decode_kernels import (
     rope_attend,
     rope_attend_reference,
     rope_cache,
+    rope_tables,
 )
 
 NH, HD, LAYERS = 32, 128, 32
@@ -59,9 +60,7 @@ def _parse(argv=None):
 def main(argv=None) -> int:
     args = _parse(argv)
     dev, dt = torch.device("cuda"), torch.float16
-    inv = 1.0 / (10000.0 ** (torch.arange(0, HD, 2, device=dev).float() / HD))
-    ang = torch.arange(args.len, device=dev).float()[:, None] * inv[None]
-    cos, sin = ang.cos().contiguous(), ang.sin().contiguous()
+    cos, sin = rope_tables(args.len, HD, dev)
     pos = torch.tensor([args.pos], device=dev)
     ar = torch.arange(args.len, device=dev)
     rows = []

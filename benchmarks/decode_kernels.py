@@ -23,7 +23,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-__all__ = ["add_rmsnorm", "attend_workspace", "rope_attend", "rope_attend_reference", "rope_cache", "silu_mul"]
+__all__ = ["add_rmsnorm", "attend_workspace", "rope_attend", "rope_attend_reference", "rope_cache", "rope_tables",
+           "silu_mul"]
 
 
 @triton.jit
@@ -70,11 +71,18 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _rotate(row, c, s, half, HD: tl.constexpr):
-    """The two halves of ``row[0:HD]`` rotated by (c, s) (rotate-half convention), float32."""
-    a = tl.load(row + half).to(tl.float32)
-    b = tl.load(row + HD // 2 + half).to(tl.float32)
-    return a * c - b * s, b * c + a * s
+def _rope_coeffs(cos_ptr, sin_ptr, pos, full, HD: tl.constexpr):
+    """The rotation at ``pos`` over all ``HD`` features, float32: feature ``f`` pairs with ``f + HD/2`` (rotate-half),
+    ``rotated = x * c + partner * s`` with the sine negated below ``HD/2``."""
+    c = tl.load(cos_ptr + pos * (HD // 2) + full % (HD // 2))
+    s = tl.load(sin_ptr + pos * (HD // 2) + full % (HD // 2))
+    return c, tl.where(full < HD // 2, -s, s)
+
+
+@triton.jit
+def _rotate(row, c, s, full, HD: tl.constexpr):
+    """``row[0:HD]`` rotated by :func:`_rope_coeffs`' ``(c, s)``, float32."""
+    return tl.load(row + full).to(tl.float32) * c + tl.load(row + (full + HD // 2) % HD).to(tl.float32) * s
 
 
 @triton.jit
@@ -84,20 +92,13 @@ def _rope_cache(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr, vc_ptr, NH, L
     b = tl.program_id(0)
     hh = tl.program_id(1)
     pos = tl.load(pos_ptr)
-    half = tl.arange(0, HD // 2)
-    row = qkv_ptr + b * 3 * NH * HD + hh * HD
-    c = tl.load(cos_ptr + pos * (HD // 2) + half)
-    s = tl.load(sin_ptr + pos * (HD // 2) + half)
-    q1, q2 = _rotate(row, c, s, half, HD)
-    k1, k2 = _rotate(row + NH * HD, c, s, half, HD)
-    dt = q_ptr.dtype.element_ty
-    qo = q_ptr + (b * NH + hh) * HD
-    tl.store(qo + half, q1.to(dt))
-    tl.store(qo + HD // 2 + half, q2.to(dt))
-    cache = ((b * NH + hh) * L + pos) * HD
-    tl.store(kc_ptr + cache + half, k1.to(dt))
-    tl.store(kc_ptr + cache + HD // 2 + half, k2.to(dt))
     full = tl.arange(0, HD)
+    row = qkv_ptr + b * 3 * NH * HD + hh * HD
+    c, s = _rope_coeffs(cos_ptr, sin_ptr, pos, full, HD)
+    dt = q_ptr.dtype.element_ty
+    tl.store(q_ptr + (b * NH + hh) * HD + full, _rotate(row, c, s, full, HD).to(dt))
+    cache = ((b * NH + hh) * L + pos) * HD
+    tl.store(kc_ptr + cache + full, _rotate(row + NH * HD, c, s, full, HD).to(dt))
     tl.store(vc_ptr + cache + full, tl.load(row + 2 * NH * HD + full))
 
 
@@ -123,12 +124,8 @@ def _rope_attend(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, out_ptr, pa
     dt = out_ptr.dtype.element_ty
     base = bh * L * HD
     row = qkv_ptr + b * 3 * NH * HD + hh * HD
-    # Feature f pairs with f + HD/2 (rotate-half): rotated = x * cos - partner * sin below HD/2, + above.
-    partner = (full + HD // 2) % HD
-    c = tl.load(cos_ptr + pos * (HD // 2) + full % (HD // 2))
-    s = tl.load(sin_ptr + pos * (HD // 2) + full % (HD // 2))
-    s = tl.where(full < HD // 2, -s, s)
-    q = tl.load(row + full).to(tl.float32) * c + tl.load(row + partner).to(tl.float32) * s
+    c, s = _rope_coeffs(cos_ptr, sin_ptr, pos, full, HD)
+    q = _rotate(row, c, s, full, HD)
     # Rounded to the cache's dtype as SDPA would see it; the scale folded in (log2 domain for exp2).
     q = q.to(dt).to(tl.float32) * (scale * 1.4426950408889634)
     start = sp * BLOCK_L
@@ -141,8 +138,7 @@ def _rope_attend(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, out_ptr, pa
         sc = tl.where(valid, tl.sum(kt.to(tl.float32) * q[None, :], axis=1), float("-inf"))
         if sp == 0:
             # The new position (from registers; stored after the loads, which the compiler cannot tell apart).
-            k = tl.load(row + NH * HD + full).to(tl.float32) * c + tl.load(row + NH * HD + partner).to(tl.float32) * s
-            k = k.to(dt)
+            k = _rotate(row + NH * HD, c, s, full, HD).to(dt)
             v = tl.load(row + 2 * NH * HD + full)
             m_new = tl.sum(q * k.to(tl.float32), axis=0)
             m = tl.maximum(m_new, tl.max(sc, axis=0))
@@ -218,6 +214,13 @@ def rope_attend(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: to
                                   nsplit, 1.0 / math.sqrt(HD), HD=HD, BLOCK_L=work["block_l"], SPLITS=work["splits"],
                                   num_warps=num_warps)
     return out
+
+
+def rope_tables(L: int, HD: int, device, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos``, ``sin`` ``[L, HD / 2]`` float32 of the rotary angles ``pos * theta ** (-2 i / HD)``."""
+    inv = 1.0 / (theta ** (torch.arange(0, HD, 2, device=device).float() / HD))
+    ang = torch.arange(L, device=device).float()[:, None] * inv[None]
+    return ang.cos().contiguous(), ang.sin().contiguous()
 
 
 def rope_attend_reference(qkv, cos, sin, pos, kc, vc) -> torch.Tensor:

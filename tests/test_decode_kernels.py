@@ -23,12 +23,6 @@ def test_in_interpreter_subprocess():
     run_in_interpreter(__file__)
 
 
-def _rope_tables(L, hd):
-    inv = 1.0 / (10000.0 ** (torch.arange(0, hd, 2, device=DEV).float() / hd))
-    ang = torch.arange(L, device=DEV).float()[:, None] * inv[None]
-    return ang.cos().contiguous(), ang.sin().contiguous()
-
-
 def _caches(B, NH, L, HD, pos, dt, gen):
     """Caches holding random keys and values at positions below ``pos`` and garbage (large values) above, which
     the attention must not read."""
@@ -50,7 +44,7 @@ def test_rope_attend_matches_rotation_cache_write_and_masked_sdpa(pos, block_l, 
     B, NH, L, HD = 2, 3, 70, 16
     gen = torch.Generator().manual_seed(pos)
     qkv = torch.randn(B, 3 * NH * HD, generator=gen).to(DEV, dt)
-    cos, sin = _rope_tables(L, HD)
+    cos, sin = dk.rope_tables(L, HD, DEV)
     p = torch.tensor([pos], device=DEV)
     kc, vc = _caches(B, NH, L, HD, pos, dt, gen)
     kr, vr = kc.clone(), vc.clone()
@@ -74,7 +68,7 @@ def test_rope_cache_then_sdpa_is_the_same_attention():
     B, NH, L, HD, pos = 2, 2, 40, 16, 17
     gen = torch.Generator().manual_seed(1)
     qkv = torch.randn(B, 3 * NH * HD, generator=gen).to(DEV, torch.float16)
-    cos, sin = _rope_tables(L, HD)
+    cos, sin = dk.rope_tables(L, HD, DEV)
     p = torch.tensor([pos], device=DEV)
     kc, vc = _caches(B, NH, L, HD, pos, torch.float16, gen)
     kr, vr = kc.clone(), vc.clone()
@@ -93,7 +87,7 @@ def test_rope_attend_reuses_its_workspace_across_positions():
     itself: every step matches the reference run on its own caches."""
     B, NH, L, HD = 1, 2, 40, 16
     gen = torch.Generator().manual_seed(3)
-    cos, sin = _rope_tables(L, HD)
+    cos, sin = dk.rope_tables(L, HD, DEV)
     kc, vc = _caches(B, NH, L, HD, L - 1, torch.float16, gen)
     kr, vr = kc.clone(), vc.clone()
     work = dk.attend_workspace(B, NH, L, HD, DEV, block_l=16)
@@ -112,11 +106,11 @@ def test_rope_attend_at_the_decode_benchmarks_size(B):
     on the arrival counters, one workspace over 20 positions: every step matches the reference."""
     NH, L, HD = 32, 144, 128
     gen = torch.Generator().manual_seed(4)
-    cos, sin = _rope_tables(L, HD)
+    cos, sin = dk.rope_tables(L, HD, DEV)
     kc, vc = _caches(B, NH, L, HD, L - 1, torch.float16, gen)
     kr, vr = kc.clone(), vc.clone()
     work = dk.attend_workspace(B, NH, L, HD, DEV)
-    for pos in list(range(0, 10)) + list(range(134, 144)):
+    for pos in list(range(10)) + list(range(134, 144)):
         qkv = torch.randn(B, 3 * NH * HD, generator=gen).to(DEV, torch.float16)
         p = torch.tensor([pos], device=DEV)
         got = dk.rope_attend(qkv, cos, sin, p, kc, vc, work)
@@ -128,7 +122,7 @@ def test_rope_attend_at_the_decode_benchmarks_size(B):
 @inproc
 def test_rope_attend_refuses_mismatched_shapes():
     kc = torch.zeros(1, 2, 8, 12, device=DEV, dtype=torch.float16)
-    cos, sin = _rope_tables(8, 12)
+    cos, sin = dk.rope_tables(8, 12, DEV)
     with pytest.raises(ValueError, match="HD a power of two"):
         dk.rope_attend(torch.zeros(1, 72, device=DEV, dtype=torch.float16), cos, sin,
                        torch.zeros(1, dtype=torch.long, device=DEV), kc, kc.clone())
