@@ -43,7 +43,7 @@ def wgr_call(x: torch.Tensor, p, out: torch.Tensor, bt: int, stages: int):
         raise ValueError(f"wgr: {why}")
     m, k = x.shape
     cfg = KernelConfig("wgr", block_m=bt, block_n=128, block_k=64, num_warps=8, num_stages=stages)
-    ws = Workspace(x.device, m, p.out_features, k, torch.float16)
+    ws = Workspace(x.device, m, p.out_features, k, x.dtype)
     _, kernel = wgr_launches(x, p, None, out, ws, cfg)
     xg = ws.xperm[: m * k].view(m, k)  # what the kernel's TMA descriptor reads
     from slimq.kernels.triton._wgr import seg_planes

@@ -1055,3 +1055,17 @@ def test_wgr_matches_reference(bits, gs, cfg_name):
     p = random_layer(200, 512, gs, bits)
     for m in (70, 300):
         _check(p, m, torch.float16, WGR_CFGS[cfg_name], bias=m == 70)
+
+
+@inproc
+@gpu
+@pytest.mark.parametrize("cfg_name", ["wgr_t256_ws", "wgr_t128_split3", "wgr_t64_4w_s4", "wgrk_t256_sk5"])
+@pytest.mark.parametrize("bits,gs", [(2, 128), (3, 128), (4, 64), (1, 64), ([1, 2, 3], 128)])
+def test_wgr_matches_reference_bfloat16(bits, gs, cfg_name):
+    """``wgr`` with bfloat16 activations builds bfloat16 weights (``_wgr._code_at``: the codes below bfloat16's 7
+    mantissa bits) and multiplies in bfloat16: every width, SliM's segments, split-K and stream-K."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("wgr is Gluon for sm_90")
+    p = random_layer(200, 512, gs, bits)
+    for m in (70, 300):
+        _check(p, m, torch.bfloat16, {**WGR_CFGS, **WGRK_CFGS}[cfg_name], bias=m == 70)

@@ -89,6 +89,62 @@ def test_three_bit_pair_math_gives_exact_codes():
             assert torch.equal(_f16((t1 >> 16) & 0xFFFF) - _f16(torch.tensor(e << 10)), q1[:, 16 * h + j + 8].float())
 
 
+def _bf16(bits: torch.Tensor) -> torch.Tensor:
+    """float values of 16-bit bfloat16 patterns (int64 tensor)."""
+    return bits.to(torch.int16).view(torch.bfloat16).float()
+
+
+def test_bfloat16_pair_math_gives_exact_codes():
+    """The bfloat16 fragment's per-pair arithmetic (``_code_at``, ``_magic`` with ``BF16``), replayed on integers:
+    the word shifted right by ``S`` (4 j at 4 bits, 6 (j // 3) at 2 and 3 bits) puts pair ``j``'s codes at bit ``p
+    = j W - S`` of each half, below bfloat16's 7 mantissa bits even with a 3-bit code's partner bit at ``p + 2``;
+    ``| (134 - p) << 7`` per half, less that magic, is every code exactly (2-, 4-bit words; 3-bit codes from a
+    2-bit word and its 1-bit partners; 1-bit codes alone)."""
+    g = torch.Generator().manual_seed(1)
+
+    def shift(j, w):
+        return 4 * j if w == 4 else 6 * (j // 3)
+
+    for w in (2, 4):
+        e_per = 32 // w
+        q = torch.randint(0, 1 << w, (64, e_per), generator=g)
+        word = (q << (w * torch.arange(e_per))).sum(1)
+        for j in range(e_per // 2):
+            sh = shift(j, w)
+            p = j * w - sh
+            assert 0 <= p and p + w <= 7, (w, j, p)
+            m = ((1 << w) - 1) << p
+            e = 134 - p
+            t = ((word >> sh) & (m | (m << 16))) | ((e << 7) | (e << 23))
+            lo = _bf16(t & 0xFFFF) - _bf16(torch.tensor(e << 7))
+            hi = _bf16((t >> 16) & 0xFFFF) - _bf16(torch.tensor(e << 7))
+            assert torch.equal(lo, q[:, j].float()) and torch.equal(hi, q[:, j + e_per // 2].float()), (w, j)
+    q2 = torch.randint(0, 4, (64, 16), generator=g)
+    q1 = torch.randint(0, 2, (64, 32), generator=g)
+    word = (q2 << (2 * torch.arange(16))).sum(1)
+    u = (q1 << torch.arange(32)).sum(1)
+    for h in (0, 1):
+        half = (u >> (16 * h)) & 0xFFFF
+        v = (half & 0xFF) | ((half >> 8) << 16)  # _smem_partner's respread
+        for j in range(8):
+            sh = shift(j, 2)
+            p = 2 * j - sh
+            assert p + 3 <= 7, (j, p)
+            e = 134 - p
+            magic = (e << 7) | (e << 23)
+            sv = v << (p + 2 - j) if p + 2 >= j else v >> (j - p - 2)
+            t = ((word >> sh) & ((3 << p) | (3 << (p + 16)))) | magic
+            t = (sv & ((1 << (p + 2)) | (1 << (p + 18)))) | t
+            assert torch.equal(_bf16(t & 0xFFFF) - _bf16(torch.tensor(e << 7)),
+                               (q2[:, j] + 4 * q1[:, 16 * h + j]).float()), (h, j)
+            assert torch.equal(_bf16((t >> 16) & 0xFFFF) - _bf16(torch.tensor(e << 7)),
+                               (q2[:, j + 8] + 4 * q1[:, 16 * h + j + 8]).float()), (h, j)
+            sv1 = v << (p - j) if p >= j else v >> (j - p)
+            t1 = (sv1 & ((1 << p) | (1 << (p + 16)))) | magic
+            assert torch.equal(_bf16(t1 & 0xFFFF) - _bf16(torch.tensor(e << 7)), q1[:, 16 * h + j].float())
+            assert torch.equal(_bf16((t1 >> 16) & 0xFFFF) - _bf16(torch.tensor(e << 7)), q1[:, 16 * h + j + 8].float())
+
+
 def test_operand_order_refuses_other_widths_and_positions():
     _gluon()
     from slimq.kernels.triton._wgr import fragment_order, wgr_src
@@ -123,12 +179,13 @@ _BODY = """
     wgr_plan._pdl = lambda x, cfg: cfg.pdl  # as on an sm_90 device (the CPU stand-in has none)
     n, k, m, bt, w = 256, 1024, 256, f["bt"], f["w"]
     p = random_layer(n, k, 128, w)
-    x = torch.zeros(m, k, dtype=torch.float16)
-    out = torch.empty(m, n, dtype=torch.float16)
-    ws = Workspace("cpu", m, n, k, torch.float16, split_rows=m, stream_k_programs=f.get("sk", 0))
+    dt = getattr(torch, f.get("dt", "float16"))
+    x = torch.zeros(m, k, dtype=dt)
+    out = torch.empty(m, n, dtype=dt)
+    ws = Workspace("cpu", m, n, k, dt, split_rows=m, stream_k_programs=f.get("sk", 0))
     cfg = KernelConfig("wgr", block_m=bt, block_n=16 * f["warps"], block_k=64, num_warps=f["warps"],
                        num_stages=f["stages"], split_k=f["split"], producers=f["ws"], stream_k=f.get("sk", 0))
-    gather, lc = wgr_launches(x, p, torch.zeros(n, dtype=torch.float16) if f["bias"] else None, out, ws, cfg)[:2]
+    gather, lc = wgr_launches(x, p, torch.zeros(n, dtype=dt) if f["bias"] else None, out, ws, cfg)[:2]
     kw = {key: v for key, v in lc.kwargs.items() if key != "launch_pdl"}  # a launch option, not a kernel argument
     kern = (wgrk_kernel if f.get("sk") else wgr_kernel).warmup(*lc.args, **kw, grid=(1,))
     sass = sass_of(kern)
@@ -139,7 +196,7 @@ _BODY = """
     k_loops = [lp for lp in loops if sum(op.startswith("HGMMA") for op in lp) == 8]  # stream-K: inside a unit loop
     loop = min(k_loops, key=len) if k_loops else []
     others = [lp for lp in loops if not any(op.startswith("HGMMA") for op in lp)]
-    print(json.dumps({"rs_hgmma": len(re.findall(r"HGMMA\\.64x%dx16\\.F32 R\\d+, R\\d+, gdesc" % bt, sass)),
+    print(json.dumps({"rs_hgmma": len(re.findall(r"HGMMA\\.64x%dx16\\.F32(?:\\.BF16)? R\\d+, R\\d+, gdesc" % bt, sass)),
                       "wait0": sass.count("DEPBAR.LE gsb0, 0x0"), "wait1": sass.count("DEPBAR.LE gsb0, 0x1"),
                       "spills": sass.count("STL") + sass.count("LDL"),
                       "loop_spills": sum(op.startswith(("STL", "LDL")) for op in loop),
@@ -162,7 +219,9 @@ _BODY = """
     (2, 256, 8, 4, 1, False, 0), (4, 128, 8, 3, 1, True, 0), (2, 256, 8, 5, 3, False, 0), (4, 64, 4, 4, 1, False, 0),
     (3, 256, 8, 4, 1, False, 0), (3, 64, 4, 3, 2, True, 0), (1, 256, 8, 4, 1, False, 0),
     ([1, 2, 3, 2], 256, 8, 4, 1, False, 0), ([3, 1, 2], 128, 4, 3, 2, True, 0), ([2, 3], 256, 8, 4, 1, False, 0),
-    (2, 256, 8, 4, 1, False, 1), (4, 64, 4, 3, 2, True, 1), ([1, 2, 3, 2], 256, 8, 4, 1, False, 1)])
+    (2, 256, 8, 4, 1, False, 1), (4, 64, 4, 3, 2, True, 1), ([1, 2, 3, 2], 256, 8, 4, 1, False, 1),
+    (2, 256, 8, 4, 1, False, "bf16"), (4, 128, 8, 3, 2, True, "bf16"), (3, 256, 8, 4, 1, False, "bf16"),
+    ([1, 2, 3, 2], 256, 8, 4, 1, False, "bf16")])
 def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split, bias, ws):
     """Every ``HGMMA`` takes its A operand from registers, and none of those registers is written while its
     ``wgmma`` may still run (``_sass.wgmma_register_hazards``); in the K loop (two tiles) the four of each tile,
@@ -170,10 +229,13 @@ def test_wgr_compiles_for_sm90_with_register_operand(w, bt, warps, stages, split
     zeros) and no global loads, no shared-memory stores (the fragment is built in registers: the layout changes
     are checked trivial when compiling), one HFMA2 per code pair of the thread's 32 weights; no spills. With the
     copy warp (``ws``) the TMA loads are in its loop (one tile per trip) and the K loop releases each slot with
-    one arrive instead; that warp waits for the gather (``griddepcontrol.wait``, the kernel launched with PDL)."""
+    one arrive instead; that warp waits for the gather (``griddepcontrol.wait``, the kernel launched with PDL).
+    ``ws == "bf16"``: the copy warp with bfloat16 activations (bfloat16 weights in the fragment, the same counts)."""
     _gluon()
+    dt = "bfloat16" if ws == "bf16" else "float16"
+    ws = int(ws == "bf16" or ws)
     got = compile_sm90(_BODY, {"w": w, "bt": bt, "warps": warps, "stages": stages, "split": split, "bias": bias,
-                               "ws": ws})
+                               "ws": ws, "dt": dt})
     assert got["hazards"] == [], got["hazards"]  # no A register rewritten while its wgmma may still read it
     assert got["rs_hgmma"] == 16 and got["loop_hgmma"] == 8, got  # peeled first and last tiles, the loop's two
     assert got["wait0"] == 2 and got["wait1"] == 4, got
@@ -216,7 +278,8 @@ def test_wgrk_compiles_for_sm90(w, bt, warps, bias):
 @pytest.mark.parametrize("variant,m,bt,stages", [("2b", 300, 256, 4), ("4b", 130, 128, 3), ("2b", 300, 128, 5),
                                                  ("4b", 300, 256, 2), ("3b", 300, 256, 4), ("3b", 130, 64, 3),
                                                  ("1b", 300, 256, 4), ("slim", 300, 256, 4), ("slim", 130, 64, 3)])
-def test_wgr_matches_reference_on_gpu(variant, m, bt, stages):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_wgr_matches_reference_on_gpu(variant, m, bt, stages, dtype):
     _gluon()
     import wgr_probe
     from kernels import TOL, build_layer, rel_err
@@ -224,7 +287,7 @@ def test_wgr_matches_reference_on_gpu(variant, m, bt, stages):
     from slimq.kernels.reference import packed_matmul_reference
     dev = torch.device("cuda")
     p = build_layer(200, 512, variant, dev, seed=3)  # a partial row tile and a partial token tile
-    x = torch.randn(m, 512, device=dev, dtype=torch.float16)
-    out = torch.empty(m, 200, device=dev, dtype=torch.float16)
+    x = torch.randn(m, 512, device=dev, dtype=dtype)
+    out = torch.empty(m, 200, device=dev, dtype=dtype)
     wgr_probe.wgr_call(x, p, out, bt, stages)()
-    assert rel_err(out, packed_matmul_reference(x, p).float()) < TOL[torch.float16]
+    assert rel_err(out, packed_matmul_reference(x, p).float()) < TOL[dtype]

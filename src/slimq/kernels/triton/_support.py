@@ -46,11 +46,9 @@ def wgs_supported(x: torch.Tensor, packed: PackedLinear) -> str | None:
 
 def wgr_supported(x: torch.Tensor, packed: PackedLinear) -> str | None:
     """None if the ``wgr`` path can run ``packed`` on ``x``, else why not: Hopper and Gluon
-    (:func:`wgs_unavailable`), float16 activations, and the layer conditions of :func:`wgr_layer_unsupported`."""
-    why = wgs_unavailable(x.device, x.dtype)
-    if why is None and x.dtype != torch.float16:
-        why = f"needs float16 activations, got {x.dtype}"
-    return why or wgr_layer_unsupported(packed)
+    (:func:`wgs_unavailable`), float16 or bfloat16 activations (the weights are built in the same type), and the
+    layer conditions of :func:`wgr_layer_unsupported`."""
+    return wgs_unavailable(x.device, x.dtype) or wgr_layer_unsupported(packed)
 
 
 def wgr_layer_unsupported(packed: PackedLinear) -> str | None:

@@ -190,15 +190,69 @@ def _smem_rows(s_s, z_s, PW: gl.constexpr, BN: gl.constexpr, num_warps: gl.const
 
 
 @gluon.jit
-def _pairs(src, mask, magic, s, z, shape: gl.constexpr):
-    """Each element's code pair ``(src & mask) | magic`` (both halves at the magic's bit ``p``) as float16 ``(lo,
-    hi)`` of ``q s + (-z s)``: one LOP3, HSUB2 and HFMA2 (as ``_h2.pair_halves``)."""
-    s2 = _half2(s)[:, :, :, None, None].broadcast_to(shape)
-    c2 = _half2(-z * s)[:, :, :, None, None].broadcast_to(shape)
-    return gl.inline_asm_elementwise(
-        "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 t, t, $5, $6; "
-        "mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r", [src, mask.broadcast_to(shape), magic.broadcast_to(shape), s2, c2],
-        dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+def _pair16(v, BF16: gl.constexpr):
+    """float32 -> float16 (``BF16``: bfloat16) bits repeated in both halves of an int32."""
+    if BF16:
+        b = v.to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+        return b | (b << 16)
+    else:
+        return _half2(v)
+
+
+@gluon.jit
+def _code_at(j, W: gl.constexpr, SPAN: gl.constexpr, BF16: gl.constexpr):
+    """``(S, p)`` for pair ``j`` of ``W``-bit codes (at bit ``j W`` of each half of a word) whose merged code spans
+    ``SPAN`` bits: the word is shifted right by ``S`` so that the code sits at bit ``p = j W - S`` and ends below
+    the 16-bit type's exponent. float16 (10 mantissa bits): ``S = 8`` where ``j W + SPAN > 10``, else 0.
+    bfloat16 (7): at 4 bits ``S = 4 j`` (``p = 0``), at 2 bits ``S = 6 (j // 3)`` (``p`` 0, 2 or 4: a 3-bit code
+    at ``p`` still ends at bit 6)."""
+    if BF16:
+        if W == 4:
+            S = j * 4
+        else:
+            S = (j // 3) * 6
+    else:
+        S = gl.where(j * W + SPAN > 10, 8, 0)
+    return S, j * W - S
+
+
+@gluon.jit
+def _shifted(w, S, BF16: gl.constexpr):
+    """Words ``w [..., KP, 1]`` shifted right by ``S [..., H]`` (:func:`_code_at`; float16: 0 or 8)."""
+    if BF16:
+        return w >> S
+    else:
+        return gl.where(S > 0, w >> 8, w)
+
+
+@gluon.jit
+def _magic(p, BF16: gl.constexpr):
+    """int32 bits of the 16-bit pair ``(M, M)`` whose mantissa has bit ``p`` worth 1: ``M = 2^(10 - p)`` as float16
+    (exponent field ``25 - p``), ``2^(7 - p)`` as bfloat16 (``134 - p``); ``(code << p) | M`` reads ``M + code``."""
+    if BF16:
+        e = 134 - p
+        return (e << 7) | (e << 23)
+    else:
+        e = 25 - p
+        return (e << 10) | (e << 26)
+
+
+@gluon.jit
+def _pairs(src, mask, magic, s, z, shape: gl.constexpr, BF16: gl.constexpr):
+    """Each element's code pair ``(src & mask) | magic`` (both halves at the magic's bit ``p``) as float16
+    (``BF16``: bfloat16) ``(lo, hi)`` of ``q s + (-z s)``: one LOP3, HSUB2 and HFMA2 (as ``_h2.pair_halves``)."""
+    s2 = _pair16(s, BF16)[:, :, :, None, None].broadcast_to(shape)
+    c2 = _pair16(-z * s, BF16)[:, :, :, None, None].broadcast_to(shape)
+    args = [src, mask.broadcast_to(shape), magic.broadcast_to(shape), s2, c2]
+    if BF16:
+        return gl.inline_asm_elementwise(
+            "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.bf16x2 t, t, $4; fma.rn.bf16x2 t, t, $5, $6; "
+            "mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r", args, dtype=(gl.bfloat16, gl.bfloat16), is_pure=True,
+            pack=1)
+    else:
+        return gl.inline_asm_elementwise(
+            "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 t, t, $5, $6; "
+            "mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r", args, dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
 
 
 @gluon.jit
@@ -213,85 +267,87 @@ def _operand(lo, hi, PW: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_w
 
 
 @gluon.jit
-def _fragment(w, s, z, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr):
-    """The float16 weights ``(q - z) s`` of one tile of ``W``-bit codes (2 or 4) as ``wgmma``'s register A operand
-    ``[BN, 64]``, positions in operand order (:func:`wgr_src`). Per code pair ``(j, j + H)`` of a word
-    (:func:`_pairs`): ``(src & mask) | magic`` is the half2 ``(2^(10-p) + q_j, 2^(10-p) + q_(j+H))`` for the codes
-    at bit ``p`` of each half (``src``: the word, or ``word >> 8`` where the codes would reach the exponent), less
-    the magic the exact codes, then ``q s + (-z s)``. The pair is then a K position pair ``(k, k + 1)`` of the
-    fragment: one 32-bit register of it."""
+def _fragment(w, s, z, W: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr,
+              BF16: gl.constexpr = False):
+    """The float16 (``BF16``: bfloat16) weights ``(q - z) s`` of one tile of ``W``-bit codes (2 or 4) as ``wgmma``'s
+    register A operand ``[BN, 64]``, positions in operand order (:func:`wgr_src`). Per code pair ``(j, j + H)`` of
+    a word (:func:`_pairs`): ``(src & mask) | magic`` is the 16-bit pair ``(M + q_j, M + q_(j+H))`` for the codes
+    at bit ``p`` of each half (``src``: the word shifted so that the codes end below the exponent,
+    :func:`_code_at`; ``M``: :func:`_magic`), less the magic the exact codes, then ``q s + (-z s)``. The pair is
+    then a K position pair ``(k, k + 1)`` of the fragment: one 32-bit register of it."""
     KP: gl.constexpr = WGR_BK * W // 32
     H: gl.constexpr = 16 // W
     L: gl.constexpr = _word_layout(KP, H, num_warps)
-    j = _ar_last(H, L)
-    hi8 = (j * W + W) > 10
-    p = j * W - gl.where(hi8, 8, 0)
+    S, p = _code_at(_ar_last(H, L), W, W, BF16)
     m = ((1 << W) - 1) << p
-    e = 25 - p
     shape: gl.constexpr = [BN // 16, 2, 8, KP, H]
-    src = gl.where(hi8, w[:, :, :, :, None] >> 8, w[:, :, :, :, None])
-    lo, hi = _pairs(src, m | (m << 16), (e << 10) | (e << 26), s, z, shape)
+    src = _shifted(w[:, :, :, :, None], S, BF16)
+    lo, hi = _pairs(src, m | (m << 16), _magic(p, BF16), s, z, shape, BF16)
     return _operand(lo, hi, W, BN, BT, num_warps)
 
 
 @gluon.jit
-def _partner_bits(v, BITS: gl.constexpr, num_warps: gl.constexpr):
+def _partner_bits(v, BITS: gl.constexpr, num_warps: gl.constexpr, BF16: gl.constexpr = False):
     """The 1-bit partners ``v`` (:func:`_smem_partner`) of pair ``j`` shifted from bit ``j`` to ``p + BITS - 1``
-    (above a 2-bit code at ``p`` for 3-bit codes, at ``p`` for 1-bit ones), with ``p = 2 j``, or ``2 j - 8`` for
-    ``j >= 4`` (the 2-bit codes then come from ``w >> 8``, so that a 3-bit code stays below bit 10): ``(j, hi8, p,
-    shifted [BN / 16, 2, 8, 4, 8])``."""
+    (above a 2-bit code at ``p`` for 3-bit codes, at ``p`` for 1-bit ones), ``(S, p)`` from :func:`_code_at` for
+    3-bit codes (float16: ``p = 2 j``, or ``2 j - 8`` for ``j >= 4``, the 2-bit codes then from ``w >> 8``, so that
+    a 3-bit code stays below bit 10): ``(S, p, shifted [BN / 16, 2, 8, 4, 8])``."""
     L: gl.constexpr = _word_layout(4, 8, num_warps)
     j = _ar_last(8, L)
-    hi8 = j >= 4
-    p = 2 * j - gl.where(hi8, 8, 0)
+    S, p = _code_at(j, 2, 3, BF16)
     sh = p + BITS - 1 - j
     vv = v[:, :, :, :, None]
-    return hi8, p, gl.where(sh >= 0, vv << gl.maximum(sh, 0), vv >> gl.maximum(-sh, 0))
+    return S, p, gl.where(sh >= 0, vv << gl.maximum(sh, 0), vv >> gl.maximum(-sh, 0))
 
 
 @gluon.jit
-def _fragment3(w, v, s, z, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr):
+def _fragment3(w, v, s, z, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr, BF16: gl.constexpr = False):
     """:func:`_fragment` for 3-bit codes ``q = q2 + 4 q1``: ``w`` the 2-bit plane's words, ``v`` their 1-bit
     partners, shifted to ``p + 2`` (:func:`_partner_bits`); two LOP3 merge both into the magic, then HSUB2 and
     HFMA2 as at 2 bits (the pair math ``_h2.pair3_halves`` does)."""
-    hi8, p, sv = _partner_bits(v, 3, num_warps)
+    S, p, sv = _partner_bits(v, 3, num_warps, BF16)
     m2 = (3 << p) | (3 << (p + 16))
     m1 = (1 << (p + 2)) | (1 << (p + 18))
-    e = 25 - p
     shape: gl.constexpr = [BN // 16, 2, 8, 4, 8]
-    src = gl.where(hi8, w[:, :, :, :, None] >> 8, w[:, :, :, :, None])
-    magic = ((e << 10) | (e << 26)).broadcast_to(shape)
-    s2 = _half2(s)[:, :, :, None, None].broadcast_to(shape)
-    c2 = _half2(-z * s)[:, :, :, None, None].broadcast_to(shape)
-    lo, hi = gl.inline_asm_elementwise(
-        "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; lop3.b32 t, $5, $6, t, 0xEA; sub.f16x2 t, t, $4; "
-        "fma.rn.f16x2 t, t, $7, $8; mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r,r,r",
-        [src, m2.broadcast_to(shape), magic, sv, m1.broadcast_to(shape), s2, c2], dtype=(gl.float16, gl.float16),
-        is_pure=True, pack=1)
+    src = _shifted(w[:, :, :, :, None], S, BF16)
+    magic = _magic(p, BF16).broadcast_to(shape)
+    s2 = _pair16(s, BF16)[:, :, :, None, None].broadcast_to(shape)
+    c2 = _pair16(-z * s, BF16)[:, :, :, None, None].broadcast_to(shape)
+    args = [src, m2.broadcast_to(shape), magic, sv, m1.broadcast_to(shape), s2, c2]
+    if BF16:
+        lo, hi = gl.inline_asm_elementwise(
+            "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; lop3.b32 t, $5, $6, t, 0xEA; sub.bf16x2 t, t, $4; "
+            "fma.rn.bf16x2 t, t, $7, $8; mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r,r,r", args,
+            dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
+    else:
+        lo, hi = gl.inline_asm_elementwise(
+            "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; lop3.b32 t, $5, $6, t, 0xEA; sub.f16x2 t, t, $4; "
+            "fma.rn.f16x2 t, t, $7, $8; mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r,r,r", args,
+            dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
     return _operand(lo, hi, 2, BN, BT, num_warps)
 
 
 @gluon.jit
-def _fragment1(v, s, z, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr):
+def _fragment1(v, s, z, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr, BF16: gl.constexpr = False):
     """:func:`_fragment` for 1-bit codes (SliM's 1-bit segments) in the 2-bit operand order: the 1-bit plane read
     as 3-bit codes' partners (:func:`_smem_partner`), each shifted to bit ``p`` (:func:`_partner_bits`)."""
-    _, p, sv = _partner_bits(v, 1, num_warps)
+    _, p, sv = _partner_bits(v, 1, num_warps, BF16)
     m = (1 << p) | (1 << (p + 16))
-    e = 25 - p
-    lo, hi = _pairs(sv, m, (e << 10) | (e << 26), s, z, [BN // 16, 2, 8, 4, 8])
+    lo, hi = _pairs(sv, m, _magic(p, BF16), s, z, [BN // 16, 2, 8, 4, 8], BF16)
     return _operand(lo, hi, 2, BN, BT, num_warps)
 
 
 @gluon.jit
-def _seg_fragment(w, v, s, z, BITS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr):
+def _seg_fragment(w, v, s, z, BITS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr,
+                  BF16: gl.constexpr = False):
     """The A fragment of a tile of ``BITS``-bit codes from its words ``w`` (2-, 3-, 4-bit) and partners ``v`` (1-,
-    3-bit); the one not needed may be anything."""
+    3-bit); the one not needed may be anything. ``BF16``: bfloat16 weights (bfloat16 activations)."""
     if BITS == 3:
-        return _fragment3(w, v, s, z, BN, BT, num_warps)
+        return _fragment3(w, v, s, z, BN, BT, num_warps, BF16)
     elif BITS == 1:
-        return _fragment1(v, s, z, BN, BT, num_warps)
+        return _fragment1(v, s, z, BN, BT, num_warps, BF16)
     else:
-        return _fragment(w, s, z, BITS, BN, BT, num_warps)
+        return _fragment(w, s, z, BITS, BN, BT, num_warps, BF16)
 
 
 @gluon.jit
@@ -367,6 +423,7 @@ def _slot_fragment(t, kb, tb, bars, smem, SEG_BITS: gl.constexpr, BN: gl.constex
     USE_W: gl.constexpr = seg_planes(SEG_BITS)[0]
     USE_V: gl.constexpr = seg_planes(SEG_BITS)[1]
     PW: gl.constexpr = seg_planes(SEG_BITS)[2]
+    BF16: gl.constexpr = smem[0].dtype == gl.bfloat16
     slot = t % STAGES
     phase = (t // STAGES) & 1
     if USE_W:
@@ -379,15 +436,15 @@ def _slot_fragment(t, kb, tb, bars, smem, SEG_BITS: gl.constexpr, BN: gl.constex
         mbarrier.wait(bars[4].index(slot), phase)
     v = _smem_partner(smem[4].index(slot), BN, num_warps) if USE_V else 0
     if NSEG == 1:
-        return _seg_fragment(w, v, s, z, SEG_BITS[0], BN, BT, num_warps)
+        return _seg_fragment(w, v, s, z, SEG_BITS[0], BN, BT, num_warps, BF16)
     else:
         k = kb + t
         if k < tb[0]:
-            a = _seg_fragment(w, v, s, z, SEG_BITS[0], BN, BT, num_warps)
+            a = _seg_fragment(w, v, s, z, SEG_BITS[0], BN, BT, num_warps, BF16)
         elif NSEG == 2 or k < tb[1]:
-            a = _seg_fragment(w, v, s, z, SEG_BITS[1], BN, BT, num_warps)
+            a = _seg_fragment(w, v, s, z, SEG_BITS[1], BN, BT, num_warps, BF16)
         else:
-            a = _seg_fragment(w, v, s, z, SEG_BITS[NSEG - 1], BN, BT, num_warps)
+            a = _seg_fragment(w, v, s, z, SEG_BITS[NSEG - 1], BN, BT, num_warps, BF16)
         return a
 
 
@@ -526,7 +583,7 @@ def _ring(xd, pd, vd, sd, zd, SEG_BITS: gl.constexpr, BN: gl.constexpr, BT: gl.c
     USE_W: gl.constexpr = seg_planes(SEG_BITS)[0]
     USE_V: gl.constexpr = seg_planes(SEG_BITS)[1]
     KP: gl.constexpr = WGR_BK * seg_planes(SEG_BITS)[2] // 32
-    smem = (gl.allocate_shared_memory(gl.float16, [STAGES, BT, WGR_BK], xd.layout),
+    smem = (gl.allocate_shared_memory(xd.dtype, [STAGES, BT, WGR_BK], xd.layout),
             gl.allocate_shared_memory(gl.int32, [STAGES if USE_W else 1, KP, BN], pd.layout),
             gl.allocate_shared_memory(sd.dtype, [STAGES, 1, BN], sd.layout),
             gl.allocate_shared_memory(zd.dtype, [STAGES, 1, BN], zd.layout),
