@@ -40,19 +40,20 @@ def test_mv_bit_widths_and_groupings(layer, cfg_name):
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 8])
 @pytest.mark.parametrize("cfg_name", ["mv_kw4_dx", "mv_split_dx"])
 def test_mv_reads_x_itself_on_identity_permutations(bits, cfg_name):
-    """``direct`` on a uniform layer (identity ``col_perm``, float16 token), with the warps splitting K
-    (``mvs_kernel``) or programs splitting it (``mv_kernel``): no gather launch, the pairs built from ``x`` and
-    ``corr``/``sum x`` from the correction MMA (``_mvx``), every plane width and the 3-bit virtual plane; a
-    bfloat16 token keeps the gather."""
+    """``direct`` on a uniform layer (identity ``col_perm``, float16 or bfloat16 token), with the warps splitting K
+    (``mvs_kernel``) or programs splitting it (``mv_kernel``): no gather launch, the pairs built from ``x`` (bfloat16
+    words rounded to half2 in registers, ``_mvx.f16_words``) and ``corr``/``sum x`` from the correction MMA
+    (``_mvx``), every plane width and the 3-bit virtual plane."""
     from slimq.kernels.triton._plan import mv_direct
     cfg = CFGS[cfg_name]
     p = random_layer(64, 640, 128, bits, seed=bits)
     x = torch.zeros(1, p.in_features, dtype=torch.float16, device=DEV)
-    assert mv_direct(x, p, cfg) and not mv_direct(x.bfloat16(), p, cfg)
+    assert mv_direct(x, p, cfg) and mv_direct(x.bfloat16(), p, cfg)
     want = ["mvs_kernel"] if cfg.k_warps else ["mv_kernel"]
-    assert [k for k in planned_kernels(x, p, cfg) if k != "finalize_kernel"] == want
+    for xx in (x, x.bfloat16()):
+        assert [k for k in planned_kernels(xx, p, cfg) if k != "finalize_kernel"] == want
     _check(p, 1, torch.float16, cfg, bias=True)
-    _check(p, 1, torch.bfloat16, cfg)
+    _check(p, 1, torch.bfloat16, cfg, bias=True)
 
 
 @inproc
@@ -68,12 +69,13 @@ def test_mv_reads_x_itself_through_whole_tile_permutations(layer, cfg_name):
     x = torch.zeros(1, p.in_features, dtype=torch.float16, device=DEV)
     assert mv_direct(x, p, CFGS[cfg_name]) and "mv_gather_kernel" not in planned_kernels(x, p, CFGS[cfg_name])
     _check(p, 1, torch.float16, CFGS[cfg_name], bias=True, seed=6)
+    _check(p, 1, torch.bfloat16, CFGS[cfg_name], seed=6)
 
 
 def test_mv_reads_x_itself_only_where_it_can():
     """``x`` is read directly only with ``direct``, for a ``col_perm`` that moves whole 128-column tiles (checked once
-    per layer and kept) and one float16 token that is contiguous and 16-byte aligned; otherwise the gather runs
-    first."""
+    per layer and kept) and one float16 or bfloat16 token that is contiguous and 16-byte aligned; otherwise the
+    gather runs first."""
     from slimq.kernels.triton._plan import identity_perm, mv_direct
     p = random_layer(32, 256, 128, 2)
     assert p.perm_identity is None and identity_perm(p) and p.perm_identity is True
@@ -98,8 +100,8 @@ def test_mv_reads_x_itself_only_where_it_can():
 
 def test_dispatch_takes_mv_on_mid_layers_only_where_it_reads_x(monkeypatch):
     """``resolve_config`` tells the rule whether one-token ``mv`` can read ``x`` itself: on layers of 2^24 up to
-    2^26 weights (here any size) it takes ``mv`` with ``direct`` for a float16 token and a whole-tile
-    ``col_perm``, ``gv`` for a bfloat16 one or a permutation of 64-column runs."""
+    2^26 weights (here any size) it takes ``mv`` with ``direct`` for a float16 or bfloat16 token and a
+    whole-tile ``col_perm``, ``gv`` for a float32 one or a permutation of 64-column runs."""
     import slimq.kernels.triton._dispatch as dispatch
     monkeypatch.setattr(dispatch, "_MV_DIRECT_MIN_WEIGHTS", 0)
     monkeypatch.setattr(dispatch, "_mvs_wins", lambda n, k, bits, num_sms: False)
@@ -107,7 +109,7 @@ def test_dispatch_takes_mv_on_mid_layers_only_where_it_reads_x(monkeypatch):
     x = torch.zeros(1, p.in_features, dtype=torch.float16, device=DEV)
     cfg = slt.resolve_config(x, p)
     assert (cfg.path, cfg.direct) == ("mv", True)
-    assert slt.resolve_config(x.bfloat16(), p).path == "gv"
+    assert slt.resolve_config(x.bfloat16(), p).path == "mv" and slt.resolve_config(x.float(), p).path == "gv"
     q = random_layer(64, 256, 128, 2, seed=2)
     q.col_perm = torch.arange(256, dtype=torch.int32, device=DEV).view(4, 64).flip(0).reshape(-1)
     assert slt.resolve_config(torch.zeros(1, 256, dtype=torch.float16, device=DEV), q).path == "gv"

@@ -96,9 +96,10 @@ _MVS_BODY = """
     fields = json.loads(sys.argv[1])
     n, k, kw = 256, 4096, fields["k_warps"]
     p = random_layer(n, k, 128, fields["bits"])  # uniform: identity col_perm; mixed: groups moved whole
-    x = torch.zeros(1, k, dtype=torch.float16)
-    out = torch.empty(1, n, dtype=torch.float16)
-    ws = Workspace("cpu", 1, n, k, torch.float16)
+    dt = getattr(torch, fields.get("dtype", "float16"))
+    x = torch.zeros(1, k, dtype=dt)
+    out = torch.empty(1, n, dtype=dt)
+    ws = Workspace("cpu", 1, n, k, dt)
     cfg = KernelConfig("mv", block_m=1, block_n=32, block_k=128, num_warps=kw, num_stages=1, k_warps=kw,
                        maxnreg=fields.get("maxnreg", 0), direct=fields.get("direct", False))
     lcs = mv_launches(x, p, None, out, ws, cfg)
@@ -112,6 +113,7 @@ _MVS_BODY = """
     ldg = [i for i, op in enumerate(ops) if op.startswith("LDG")]
     wait = [i for i, op in enumerate(ops) if op.startswith("ACQBULK")]
     print(json.dumps({"launches": [l.kernel for l in lcs], "hmma": len(hmma), "ldg": len(ldg),
+                      "f2fp": sum(op.startswith("F2FP") for op in ops),
                       "ldg_before_hmma": sum(i < hmma[0] for i in ldg),
                       "ldg_before_wait": sum(i < wait[0] for i in ldg) if wait else None,
                       "local": sass.count("STL") + sass.count("LDL")}))
@@ -138,3 +140,13 @@ def test_mvs_issues_every_load_before_the_first_mma():
     got = compile_sm90(_MVS_BODY, {"bits": [1, 2, 2, 3], "k_warps": 8, "direct": True})
     assert got["launches"] == ["mvs_kernel"] and got["local"] == 0, got
     assert got["ldg"] == 16 + 4 + 4 * 4 and got["ldg_before_hmma"] == got["ldg"], got
+
+
+def test_mvs_reads_bfloat16_x_with_one_conversion_per_word():
+    """A bfloat16 token read directly (uniform 2-bit, 16 warps, 2 tiles per warp): the same loads, all before the
+    first MMA, and one ``cvt.rn.f16x2.f32`` (F2FP) per word of ``x`` (16 per lane and tile), no spills."""
+    f16 = compile_sm90(_MVS_BODY, {"bits": 2, "k_warps": 16, "maxnreg": 128, "direct": True})
+    got = compile_sm90(_MVS_BODY, {"bits": 2, "k_warps": 16, "maxnreg": 128, "direct": True, "dtype": "bfloat16"})
+    assert got["launches"] == ["mvs_kernel"] and got["local"] == 0, got
+    assert got["ldg"] == f16["ldg"] and got["ldg_before_hmma"] == got["ldg"] and got["hmma"] == f16["hmma"], got
+    assert got["f2fp"] - f16["f2fp"] == 2 * 16, (got, f16)

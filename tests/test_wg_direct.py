@@ -90,8 +90,7 @@ def test_perm_run_finds_blocks_moved_whole():
 @inproc
 def test_wg_direct_keeps_the_gather_where_it_cannot_read_x():
     """A ``col_perm`` that does not move whole blocks (act-order), codes of two planes (5-8-bit mixes but 8),
-    bfloat16 or float32 activations, and a config without ``direct`` keep the gather launch; the results
-    stay right."""
+    float32 activations, and a config without ``direct`` keep the gather launch; the results stay right."""
     scrambled = random_layer(64, 256, 128, 2, seed=2)
     scrambled.col_perm = torch.randperm(256, generator=torch.Generator().manual_seed(2)).to(DEV, torch.int32)
     wide = random_layer(*LAYERS["mix_wide"], seed=2)
@@ -100,11 +99,23 @@ def test_wg_direct_keeps_the_gather_where_it_cannot_read_x():
     assert "operand_gather_kernel" in planned_kernels(x16, scrambled, DIRECT["m16"])
     x_wide = torch.zeros(16, wide.in_features, dtype=torch.float16, device=DEV)
     assert "operand_gather_kernel" in planned_kernels(x_wide, wide, DIRECT["m16"])
-    assert "operand_gather_kernel" in planned_kernels(x16.bfloat16(), u2, DIRECT["m16"])
+    assert "operand_gather_kernel" in planned_kernels(x16.float(), u2, DIRECT["m16"])
     assert "operand_gather_kernel" in planned_kernels(x16, u2, KernelConfig("wg", block_m=16, block_n=64, join=True))
     _check(scrambled, 16, torch.float16, DIRECT["m16"], bias=True)
     _check(wide, 16, torch.float16, DIRECT["m16"])
-    _check(u2, 16, torch.bfloat16, DIRECT["m16"])
+    _check(u2, 16, torch.float32, DIRECT["m16"])
+
+
+@inproc
+@pytest.mark.parametrize("layer,cfg_name,m", [("u2_g128_short", "m16", 16), ("mv_mix123", "m16_wide", 11),
+                                              ("u3_odd", "m16", 5)])
+def test_wg_reads_bfloat16_x_itself(layer, cfg_name, m):
+    """bfloat16 tokens are read directly too (rounded to float16 in the kernel, as the gather rounds them): a
+    uniform layer with a short last block, a SliM layer moved in whole groups, merged 3-bit codes."""
+    p = random_layer(*LAYERS[layer], seed=5)
+    x = torch.zeros(m, p.in_features, dtype=torch.bfloat16, device=DEV)
+    assert "operand_gather_kernel" not in planned_kernels(x, p, DIRECT[cfg_name])
+    _check(p, m, torch.bfloat16, DIRECT[cfg_name], bias=True, seed=5)
 
 
 def test_direct_needs_wg_with_join_or_one_token_mv():

@@ -36,7 +36,8 @@ def _acts(seg, tile, src, t, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS: tl.cons
 @triton.jit
 def _segment(y, seg, t, row4, rows, wrow, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, stride_cs, perm_ptr,
              BITS: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr, WAIT: tl.constexpr,
-             DEPTH: tl.constexpr, L2A: tl.constexpr, DIRECT: tl.constexpr, DIRECT_PERM: tl.constexpr):
+             DEPTH: tl.constexpr, L2A: tl.constexpr, DIRECT: tl.constexpr, DIRECT_PERM: tl.constexpr,
+             XBF16: tl.constexpr = False):
     """``y`` plus this program's share of one segment. The weight-side loads run ``DEPTH`` (1 or 2)
     tiles ahead of the one computed, the activation-side ones one tile ahead (with ``DIRECT_PERM`` each tile's
     source column in ``col_perm`` two ahead, so that its ``x`` load never waits for it); with ``L2A``, the
@@ -65,7 +66,7 @@ def _segment(y, seg, t, row4, rows, wrow, pid_k, split_k, xw_ptr, stride_wb, xc_
         a_nxt = _acts(seg, tl.minimum(tt + 1, last), s_nxt, t, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS, ASM,
                       DIRECT)
         if DIRECT:
-            y = tile_direct(y, w_cur, a_cur, t, BITS, ASM)
+            y = tile_direct(y, w_cur, a_cur, t, BITS, ASM, XBF16)
         else:
             y = _tile(y, w_cur, a_cur, t, BITS, ASM)
         if DEPTH == 2:
@@ -84,11 +85,11 @@ def mv_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, acc_ptr, rowperm_pt
               GS: tl.constexpr, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr,
               FUSED: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr, DEPTH: tl.constexpr = 1,
               PDL: tl.constexpr = False, L2A: tl.constexpr = 0, DIRECT: tl.constexpr = False,
-              DIRECT_PERM: tl.constexpr = False):
+              DIRECT_PERM: tl.constexpr = False, XBF16: tl.constexpr = False):
     """Grid ``(cdiv(NS, NT), split_k)`` with ``NT = 32 * num_warps`` rows per program, one token:
     ``out[0, rows] = x W^T`` for the band's rows ``r0 + [0, NS)``. Activation pairs and the block sums
     ``xc`` (``[XC_SLOTS, tokens, nblk]``, slot stride ``stride_cs``; token 0 here) come from ``mv_gather_kernel``,
-    or (``DIRECT``, ``_mvx``) ``xw_ptr`` is ``x`` itself (float16 read as int32), each tile read from its storage
+    or (``DIRECT``, ``_mvx``) ``xw_ptr`` is ``x`` itself (float16, or ``XBF16`` bfloat16, read as int32), each tile read from its storage
     column or (``DIRECT_PERM``) from ``col_perm`` (``perm_ptr``) at it. ``zero`` must be 0 (it hides the rows'
     alignment, so that every lane keeps one row). ``ASM``: PTX (else lane-by-lane emulation for the
     interpreter)."""
@@ -106,7 +107,7 @@ def mv_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, acc_ptr, rowperm_pt
     y = tl.zeros([NT], tl.float32)
     for i in tl.static_range(NSEG):
         y = _segment(y, segs[i], t, row4, rows, wrow, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, stride_cs, perm_ptr,
-                     SEG_BITS[i], GS, NS, ASM, _first(PDL, i), DEPTH, L2A, DIRECT, DIRECT_PERM)
+                     SEG_BITS[i], GS, NS, ASM, _first(PDL, i), DEPTH, L2A, DIRECT, DIRECT_PERM, XBF16)
     offs_m = tl.arange(0, 1)
     store_rows((y * XSCALE_INV)[None, :], out_ptr, 0, acc_ptr, 0, rowperm_ptr, bias_ptr, r0, offs_m, offs_m < 1,
                offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)

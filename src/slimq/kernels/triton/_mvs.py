@@ -156,11 +156,12 @@ def _pdl_wait_after(dep, PDL: tl.constexpr):
 
 @triton.jit
 def _seg_tiles(y, seg, warp, t, wl, al, dep, TPW: tl.constexpr, BITS: tl.constexpr, DIRECT: tl.constexpr,
-               ASM: tl.constexpr):
-    """``y`` plus the sums of the warp's tiles of one segment that lie inside it."""
+               ASM: tl.constexpr, XBF16: tl.constexpr = False):
+    """``y`` plus the sums of the warp's tiles of one segment that lie inside it (``XBF16``: ``DIRECT`` reads
+    bfloat16 ``x``)."""
     for i in tl.static_range(TPW):
         if DIRECT:
-            yi = tile_direct(y, _hold_words(wl[i], dep, BITS), al[i], t, BITS, ASM)
+            yi = tile_direct(y, _hold_words(wl[i], dep, BITS), al[i], t, BITS, ASM, XBF16)
         else:
             yi = _tile(y, _hold_words(wl[i], dep, BITS), al[i], t, BITS, ASM)
         y = tl.where(warp * TPW + i < seg[1] // _TILE, yi, y)
@@ -172,12 +173,12 @@ def mvs_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, rowperm_ptr, bias_
                SEG_BITS: tl.constexpr, SEG_TPW: tl.constexpr, NSEG: tl.constexpr, NS: tl.constexpr,
                NW: tl.constexpr, GS: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr,
                ASM: tl.constexpr, XSCALE_INV: tl.constexpr, PDL: tl.constexpr = False, DIRECT: tl.constexpr = False,
-               DIRECT_PERM: tl.constexpr = False):
+               DIRECT_PERM: tl.constexpr = False, XBF16: tl.constexpr = False):
     """Grid ``(cdiv(NS, 32),)``, ``num_warps == NW``, one token: ``out[0, rows] = x W^T`` for 32 of the band's
     rows ``r0 + [0, NS)``; warp ``w`` takes tiles ``[w TPW, (w + 1) TPW)`` of each segment (``SEG_TPW``).
-    Activation pairs and block sums as ``mv_kernel`` (``mv_gather_kernel``), or (``DIRECT``) ``x`` itself, each
-    tile from its storage column or (``DIRECT_PERM``) from ``col_perm`` (``perm_ptr``) at it; ``zero`` must be
-    0."""
+    Activation pairs and block sums as ``mv_kernel`` (``mv_gather_kernel``), or (``DIRECT``) ``x`` itself
+    (float16, or ``XBF16`` bfloat16), each tile from its storage column or (``DIRECT_PERM``) from ``col_perm``
+    (``perm_ptr``) at it; ``zero`` must be 0."""
     NT: tl.constexpr = 32 * NW
     tid = tl.arange(0, NT)
     lane = tid % 32
@@ -209,7 +210,7 @@ def mvs_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, rowperm_ptr, bias_
     dep = dep & zero
     y = tl.zeros([NT], tl.float32)
     for i in tl.static_range(NSEG):
-        y = _seg_tiles(y, segs[i], warp, t, wl[i], al[i], dep, SEG_TPW[i], SEG_BITS[i], DIRECT, ASM)
+        y = _seg_tiles(y, segs[i], warp, t, wl[i], al[i], dep, SEG_TPW[i], SEG_BITS[i], DIRECT, ASM, XBF16)
     y = tl.sum(tl.reshape(y, [NW, 32]), axis=0) * XSCALE_INV  # the warps' shares of each row
     offs = tl.program_id(0) * 32 + tl.arange(0, 32)
     offs_m = tl.arange(0, 1)

@@ -1,5 +1,5 @@
-"""``mv``'s one-token tile with the activations read straight from ``x`` (no gather launch): for float16 activations
-and layers whose ``col_perm`` is the identity or moves whole 128-column tiles (SliM's grouping of the bit-widths
+"""``mv``'s one-token tile with the activations read straight from ``x`` (no gather launch): for float16 or bfloat16
+activations (bfloat16 words rounded to float16 in registers, :func:`f16_words`, as the gather rounds them) and layers whose ``col_perm`` is the identity or moves whole 128-column tiles (SliM's grouping of the bit-widths
 without act-order: each tile read from ``col_perm`` at its first storage column, :func:`tile_source`;
 ``_mv``/``_mvs``, ``DIRECT``).
 
@@ -31,7 +31,7 @@ from slimq.kernels.triton._mv import (
 )
 from slimq.kernels.triton._tiles import plane_width
 
-__all__ = ["x_quads", "tile_direct", "tile_source", "corr_magic"]
+__all__ = ["x_quads", "tile_direct", "tile_source", "corr_magic", "f16_words"]
 
 _ONES = tl.constexpr(0x3C003C00)  # half2 (1, 1)
 
@@ -75,6 +75,33 @@ def x_quads(x32_ptr, c, t, ASM: tl.constexpr):
     for q in tl.static_range(4):
         v = v + _ld4(p + 4 * q, ASM)
     return v
+
+
+@triton.jit
+def _bf16_word_to_f16(v, ASM: tl.constexpr):
+    """A word of two bfloat16 as the half2 of the same values, round to nearest (``|x| > 65504`` becomes inf, as in
+    the gather's rounding): the halves widened to float32 by a shift and a mask, then one ``cvt.rn.f16x2.f32``."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 lo, hi; shl.b32 lo, $1, 16; and.b32 hi, $1, 0xFFFF0000; cvt.rn.f16x2.f32 $0, hi, lo; }",
+            "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        lo = (v << 16).to(tl.float32, bitcast=True).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        hi = (v & -65536).to(tl.float32, bitcast=True).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+        return lo | (hi << 16)
+
+
+@triton.jit
+def f16_words(v, BF16: tl.constexpr, ASM: tl.constexpr):
+    """The lane's words of ``x`` (:func:`x_quads`) as half2: as loaded for float16 ``x``, converted (``BF16``) for
+    bfloat16."""
+    if BF16:
+        out = ()
+        for i in tl.static_range(len(v)):
+            out = out + (_bf16_word_to_f16(v[i], ASM),)
+        return out
+    else:
+        return v
 
 
 @triton.jit
@@ -127,9 +154,10 @@ def _plane_mma_c(accs, cacc, words, x, W: tl.constexpr, C: tl.constexpr, C1: tl.
 
 
 @triton.jit
-def tile_direct(y, wl, v, t, BITS: tl.constexpr, ASM: tl.constexpr):
-    """``_mv._tile`` from the lane's half2 words ``v`` of ``x`` (:func:`x_quads`) instead of the gather's pairs
-    and sums."""
+def tile_direct(y, wl, v, t, BITS: tl.constexpr, ASM: tl.constexpr, XBF16: tl.constexpr = False):
+    """``_mv._tile`` from the lane's words ``v`` of ``x`` (:func:`x_quads`; ``XBF16``: bfloat16 pairs, rounded to
+    float16 here) instead of the gather's pairs and sums."""
+    v = f16_words(v, XBF16, ASM)
     words, s, zr = wl
     zero = tl.zeros(s.shape, tl.float32)
     accs = ((zero, zero, zero, zero), (zero, zero, zero, zero))

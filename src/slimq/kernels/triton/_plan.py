@@ -387,7 +387,8 @@ def _mv1_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
     for r0, ns, segs in bands(packed):
         kw = dict(_mv_kw(x, segs, ns, bias, o, cfg, pdl), FUSED=o.fused,
                   XSCALE_INV=1.0 if direct else 1.0 / H2_XSCALE,
-                  **({"DIRECT": True, "DIRECT_PERM": not identity_perm(packed)} if direct else {}))
+                  **({"DIRECT": True, "DIRECT_PERM": not identity_perm(packed),
+                      "XBF16": x.dtype == torch.bfloat16} if direct else {}))
         args = (xw, ws.pair_stride, ws.xc32, stride_cs, out, o.acc, o.rp, o.b, r0, cfg.split_k, o.cnt, 0,
                 tuple(_seg_arg(s) for s in segs), packed.col_perm)
         launches.append(Launch("mv_kernel", (triton.cdiv(ns, 32 * cfg.num_warps), cfg.split_k), args, kw,
@@ -396,9 +397,10 @@ def _mv1_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
 
 
 def mv_reads_x(x: torch.Tensor, packed: PackedLinear) -> bool:
-    """Whether one-token ``mv`` can read ``x`` itself (``_mvx``): one float16 token, 16-byte aligned and
-    contiguous, and a ``col_perm`` that moves whole 128-column tiles (:func:`perm_run`; the identity included)."""
-    return (x.shape[0] == 1 and x.dtype == torch.float16 and x.stride(1) == 1 and x.data_ptr() % 16 == 0
+    """Whether one-token ``mv`` can read ``x`` itself (``_mvx``): one float16 or bfloat16 token, 16-byte aligned
+    and contiguous, and a ``col_perm`` that moves whole 128-column tiles (:func:`perm_run`; the identity
+    included)."""
+    return (x.shape[0] == 1 and x.dtype in (torch.float16, torch.bfloat16) and x.stride(1) == 1 and x.data_ptr() % 16 == 0
             and x.shape[1] % 8 == 0 and perm_run(packed) >= MV.TILE)
 
 
@@ -412,10 +414,12 @@ _WG_DIRECT_BITS = frozenset(b for b, widths in PLANE_WIDTHS.items() if len(width
 
 
 def wg_direct(x: torch.Tensor, packed: PackedLinear, cfg: KernelConfig) -> bool:
-    """Whether a ``wg`` call reads ``x`` itself (``cfg.direct``, ``_wg._direct_x``): float16 ``x`` with unit column
-    stride, codes of one operand per block (``_WG_DIRECT_BITS``) and a ``col_perm`` that moves whole blocks of the
-    call's block size (:func:`perm_run`; the identity included)."""
-    return (cfg.path == "wg" and cfg.direct and cfg.join and x.dtype == torch.float16 and x.stride(1) == 1
+    """Whether a ``wg`` call reads ``x`` itself (``cfg.direct``, ``_wg._direct_x``): float16 or bfloat16 ``x`` (rounded
+    to float16 in the kernel, as the gather rounds it) with unit column stride, codes of one operand per block
+    (``_WG_DIRECT_BITS``) and a ``col_perm`` that moves whole blocks of the call's block size (:func:`perm_run`; the
+    identity included)."""
+    return (cfg.path == "wg" and cfg.direct and cfg.join and x.dtype in (torch.float16, torch.bfloat16)
+            and x.stride(1) == 1
             and all(s.bits in _WG_DIRECT_BITS for s in packed.segments)
             and perm_run(packed) >= tc_block(packed.segments[0].group_size))
 
@@ -438,7 +442,8 @@ def _mvs_launches(packed: PackedLinear, bias: torch.Tensor | None, out: torch.Te
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), SEG_TPW=tpw, NSEG=len(segs), NS=ns, NW=cfg.k_warps,
                   GS=segs[0].group_size, HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, ASM=out.is_cuda,
                   XSCALE_INV=1.0 if x is not None else 1.0 / H2_XSCALE, DIRECT=x is not None,
-                  DIRECT_PERM=x is not None and not identity_perm(packed), num_warps=cfg.k_warps,
+                  DIRECT_PERM=x is not None and not identity_perm(packed),
+                  XBF16=x is not None and x.dtype == torch.bfloat16, num_warps=cfg.k_warps,
                   num_stages=1, **_pdl_kw(pdl),
                   **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
         launches.append(Launch("mvs_kernel", (triton.cdiv(ns, 32),), args, kw, module="mvs"))

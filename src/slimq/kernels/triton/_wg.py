@@ -155,8 +155,8 @@ def _plane_sum(init, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, 
 @triton.jit
 def _direct_x(x_ptr, stride_xm, offs_m, mask_m, c0, c_end, W: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
               FULL: tl.constexpr, EVEN_M: tl.constexpr, perm_ptr, PERM: tl.constexpr, sblk=None):
-    """``DIRECT`` (float16 ``x``): storage columns ``[c0, c0 + BLK)`` of ``x`` itself (0 at ``c_end`` and past,
-    and for tokens past ``M``): ``x``'s columns ``c0 ..``, or with PERM ``col_perm[c0] ..`` (a block moved
+    """``DIRECT`` (float16 or bfloat16 ``x``, used as float16): storage columns ``[c0, c0 + BLK)`` of ``x`` itself
+    (0 at ``c_end`` and past, and for tokens past ``M``): ``x``'s columns ``c0 ..``, or with PERM ``col_perm[c0] ..`` (a block moved
     whole, from a ``BLK``-aligned start), as ``(b, xs)``: ``b [BLK, BT]`` in the
     operand order of plane width ``W`` with ``JOIN`` (position ``h + 2 (r + KP j)`` holds column
     ``r E + h H + j``: a reshape and a permute of the natural tile, no address arithmetic per
@@ -178,6 +178,7 @@ def _direct_x(x_ptr, stride_xm, offs_m, mask_m, c0, c_end, W: tl.constexpr, BT: 
         xn = tl.load(ptr, mask=mask_m[:, None], other=0.0)
     else:
         xn = tl.load(ptr, mask=mask_m[:, None] & (cols < c_end)[None, :], other=0.0)
+    xn = xn.to(tl.float16)  # bfloat16 x: rounded as the gather rounds it
     xs = tl.sum(xn.to(tl.float32), axis=1)
     b = tl.permute(tl.reshape(xn, [BT, KP, 2, H]), (3, 1, 2, 0))  # (m, r, h, j) -> (j, r, h, m)
     return tl.reshape(b, [BLK, BT]), xs
