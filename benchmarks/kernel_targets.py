@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plot_kernels import KernelsJSONError, merge_runs  # noqa: E402
+from plot_kernels import KernelsJSONError, baseline, merge_runs  # noqa: E402
 
 BIG = ((28672, 8192), (8192, 28672))
 M1_FLOOR = {"2b": 5.0, "3b": 4.0, "4b": 3.0}
@@ -82,12 +82,14 @@ def main(argv=None) -> int:
     ap.add_argument("json", nargs="+", type=Path, help="kernels.py JSONs, earliest first")
     args = ap.parse_args(argv)
     try:
-        _, cells = merge_runs(args.json)
+        meta, cells = merge_runs(args.json)
     except KernelsJSONError as e:
         ap.error(str(e))
     rows = checks(cells)
     if not rows:
         ap.error("none of the targets' cells were timed in these files")
+    if baseline(meta) != "FP16":  # the targets are set against FP16; a bfloat16 run is read against BF16
+        print(f"(bfloat16 activations: every ratio is to cuBLAS {baseline(meta)} in the same run)")
     print(report(rows))
     return 0
 

@@ -3,8 +3,9 @@
 
 Several JSONs merge cell by cell: a later file's (shape, M, variant) replaces an earlier one's, so a
 table can combine runs that each re-measured part of it (as the README's does). Every ratio is
-taken inside its own run (that run's FP16 time), never across runs. Prints the merged ratios with
-the run each came from, and writes a PNG.
+taken inside its own run (that run's FP16 time), never across runs. Runs with bfloat16 activations
+(``kernels.py --dtype bfloat16``) are ratios to cuBLAS BF16 and say so; runs of both activation types do
+not merge. Prints the merged ratios with the run each came from, and writes a PNG.
 
     python benchmarks/plot_kernels.py benchmarks/reference/kernels_h200.json [more.json ...] --out speedup.png
 """
@@ -28,17 +29,23 @@ class KernelsJSONError(ValueError):
 def merge_runs(paths: list[Path]) -> tuple[dict, list[dict]]:
     """``(meta of the last file, cells)``; a cell is ``{"N", "K", "M", "series", "speedup", "us",
     "fp16_us", "run"}`` for every (shape, M, series) in any file, the last file that has it winning.
-    ``series`` is a variant or ``"int4"``."""
+    ``series`` is a variant or ``"int4"``. Files timed with different activation dtypes (``meta["dtype"]``,
+    float16 where absent) are refused: their ratios have different baselines."""
     if not paths:
         raise KernelsJSONError("give at least one kernels.py JSON")
     cells: dict[tuple, dict] = {}
     meta = {}
+    dtypes = {}
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
             meta, rows = data["meta"], data["rows"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise KernelsJSONError(f"{path}: not a kernels.py JSON ({type(e).__name__}: {e})") from e
+        dtypes.setdefault(meta.get("dtype", "float16"), Path(path).name)
+        if len(dtypes) > 1:
+            raise KernelsJSONError("runs with different activation dtypes do not merge: "
+                                   + ", ".join(f"{f} ({d})" for d, f in dtypes.items()))
         for r in rows:
             try:
                 key, fp16 = (int(r["N"]), int(r["K"]), int(r["M"])), float(r["fp16_us"])
@@ -57,16 +64,22 @@ def merge_runs(paths: list[Path]) -> tuple[dict, list[dict]]:
     return meta, sorted(cells.values(), key=lambda c: (c["N"] * c["K"], c["N"], c["M"], c["series"]))
 
 
-def table(cells: list[dict]) -> str:
+def baseline(meta: dict) -> str:
+    """What the ratios of a run with ``meta`` are taken against: ``"FP16"``, or ``"BF16"`` for bfloat16
+    activations."""
+    return "BF16" if meta.get("dtype") == "bfloat16" else "FP16"
+
+
+def table(cells: list[dict], base: str = "FP16") -> str:
     """Speedups per (shape, M), one column per series, with the run of each cell (a letter); shapes
-    timed at one M only are listed here but not plotted."""
+    timed at one M only are listed here but not plotted. ``base``: the cuBLAS baseline's name."""
     runs = sorted({c["run"] for c in cells})
     tag = {r: chr(ord("a") + i) for i, r in enumerate(runs)}
     series = [s for s in (*VARIANTS, "int4") if any(c["series"] == s for c in cells)]
     by_key: dict[tuple, dict] = {}
     for c in cells:
         by_key.setdefault((c["N"], c["K"], c["M"]), {})[c["series"]] = c
-    lines = ["speedup over cuBLAS FP16 (run: " + ", ".join(f"{tag[r]} = {r}" for r in runs) + ")",
+    lines = [f"speedup over cuBLAS {base} (run: " + ", ".join(f"{tag[r]} = {r}" for r in runs) + ")",
              f"{'N x K':>12} {'M':>5} " + " ".join(f"{s:>8}" for s in series)]
     for (n, k, m), row in by_key.items():
         cols = [f"{row[s]['speedup']:6.2f}x{tag[row[s]['run']]}" if s in row else f"{'-':>8}" for s in series]
@@ -74,9 +87,9 @@ def table(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(cells: list[dict], out_png: Path, title: str = "", dpi: int = 120) -> Path:
+def plot(cells: list[dict], out_png: Path, title: str = "", dpi: int = 120, base: str = "FP16") -> Path:
     """One panel per shape timed at two or more M: speedup (log axis) against M (log axis), a line per
-    series, the 1x line."""
+    series, the 1x line; ``base`` names the baseline on the y axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -114,7 +127,7 @@ def plot(cells: list[dict], out_png: Path, title: str = "", dpi: int = 120) -> P
         ax.set_xlabel("tokens M")
         ax.grid(True, alpha=0.25)
     for ax in axes[:, 0]:
-        ax.set_ylabel("speedup over FP16")
+        ax.set_ylabel(f"speedup over {base}")
     for ax in list(axes.flat)[len(shapes):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=8, loc="lower left")
@@ -143,9 +156,11 @@ def main(argv=None) -> int:
         meta, cells = merge_runs(args.json)
     except KernelsJSONError as e:
         ap.error(str(e))
-    print(table(cells))
-    title = f"slimq kernels on {meta.get('gpu', '?')} (group size {meta.get('group_size', '?')})"
-    print(f"wrote {plot(cells, args.out, title)}")
+    base = baseline(meta)
+    print(table(cells, base))
+    acts = ", bfloat16 activations" if base == "BF16" else ""
+    title = f"slimq kernels on {meta.get('gpu', '?')} (group size {meta.get('group_size', '?')}{acts})"
+    print(f"wrote {plot(cells, args.out, title, base=base)}")
     return 0
 
 

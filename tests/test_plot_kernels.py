@@ -11,12 +11,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import plot_kernels as pk  # noqa: E402
 
 
-def _run(path: Path, fp16: float, cells: dict) -> Path:
+def _run(path: Path, fp16: float, cells: dict, dtype: str | None = None) -> Path:
     """A kernels.py-shaped JSON: ``cells[(n, k, m)] = {variant: us}``, FP16 at ``fp16`` us everywhere."""
     rows = [dict(N=n, K=k, M=m, fp16_us=fp16, int4_us=None,
                  **{v: {"us": us, "ok": True, "cfg": "x"} for v, us in vs.items()})
             for (n, k, m), vs in cells.items()]
-    path.write_text(json.dumps({"meta": {"gpu": "test GPU", "group_size": 128}, "rows": rows}))
+    meta = {"gpu": "test GPU", "group_size": 128, **({"dtype": dtype} if dtype else {})}
+    path.write_text(json.dumps({"meta": meta, "rows": rows}))
     return path
 
 
@@ -52,6 +53,17 @@ def test_bad_inputs_are_named(tmp_path):
         pk.merge_runs([])
     with pytest.raises(SystemExit):
         pk.main([str(bad), "--out", str(tmp_path / "x.png")])
+
+
+def test_bfloat16_runs_name_their_baseline_and_do_not_merge_with_float16(tmp_path):
+    a = _run(tmp_path / "a.json", 100.0, {(64, 128, 1): {"2b": 50.0}, (64, 128, 16): {"2b": 90.0}})
+    b = _run(tmp_path / "b.json", 100.0, {(64, 128, 1): {"2b": 40.0}, (64, 128, 16): {"2b": 80.0}}, "bfloat16")
+    meta, cells = pk.merge_runs([b])
+    assert pk.baseline(meta) == "BF16" and pk.table(cells, "BF16").startswith("speedup over cuBLAS BF16")
+    assert pk.baseline(pk.merge_runs([a])[0]) == "FP16"
+    with pytest.raises(pk.KernelsJSONError, match=r"different activation dtypes.*a.json \(float16\).*b.json"):
+        pk.merge_runs([a, b])
+    assert pk.main([str(b), "--out", str(tmp_path / "bf.png")]) == 0 and (tmp_path / "bf.png").exists()
 
 
 def test_targets_report_reads_merged_cells(tmp_path):
