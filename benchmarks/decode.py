@@ -18,6 +18,7 @@ equal across runs of one build and path).
         [--gv-gather on|off] # force the M = 1 path's in-kernel gather (default: the dispatch rule)
         [--act-order]        # random column permutations (GPTQ act-order) instead of slimq's default
         [--attention fused|sdpa]
+        [--dtype bfloat16]   # bfloat16 activations and dense weights: the baseline is cuBLAS BF16 (variant "fp16")
 """
 from __future__ import annotations
 
@@ -107,14 +108,13 @@ class SharedWorkspaceLinear(torch.nn.Module):
 
 
 def build_model(cfg: dict, variant: str, batch: int, max_len: int, device, gv_gather: str = "auto",
-                act_order: bool = False):
-    """Random weights (FP16 or packed; ``act_order``: :func:`random_packed`'s) plus the static KV cache and step
-    buffers."""
+                act_order: bool = False, dt: torch.dtype = torch.float16):
+    """Random weights (dense in ``dt``, or packed; ``act_order``: :func:`random_packed`'s) plus the static KV cache and
+    step buffers; activations in ``dt`` (float16 or bfloat16)."""
     from slimq.kernels.triton import Workspace
     from slimq.nn import QuantLinear
     H, inter, nl, nh = cfg["hidden"], cfg["inter"], cfg["layers"], cfg["heads"]
     gen = torch.Generator(device=device).manual_seed(0)
-    dt = torch.float16
 
     def rnd(*shape, scale=0.02):
         return (torch.randn(*shape, device=device, dtype=dt, generator=gen) * scale)
@@ -175,11 +175,11 @@ def step(m: dict, attention: str = "fused") -> None:
 
 def run_variant(cfg: dict, variant: str, batch: int, prompt: int, gen_tokens: int, device,
                 profile_steps: int = 0, gv_gather: str = "auto", act_order: bool = False,
-                attention: str = "fused") -> dict:
+                attention: str = "fused", dt: torch.dtype = torch.float16) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     t0 = time.time()
-    m = build_model(cfg, variant, batch, prompt + gen_tokens, device, gv_gather, act_order)
+    m = build_model(cfg, variant, batch, prompt + gen_tokens, device, gv_gather, act_order, dt)
     build_s = time.time() - t0
     prompt_ids = torch.randint(0, cfg["vocab"], (prompt, batch), device=device,
                                generator=torch.Generator(device=device).manual_seed(1))  # the same in every run
@@ -252,7 +252,7 @@ def _print_profile(r: dict, top: int = 12) -> None:
 
 
 def precompile_variants(cfg: dict, variants: list[str], batches: list[int], device, gv_gather: str = "auto",
-                        act_order: bool = False) -> int:
+                        act_order: bool = False, dt: torch.dtype = torch.float16) -> int:
     """Compile every slimq kernel variant the runs will launch, in parallel processes."""
     from slimq.kernels.triton import Workspace, plan_launches
     from slimq.kernels.triton.warmup import precompile
@@ -260,14 +260,14 @@ def precompile_variants(cfg: dict, variants: list[str], batches: list[int], devi
     gen = torch.Generator(device=device).manual_seed(1)
     launches = []
     for batch in batches:
-        ws = Workspace(device, batch, 2 * inter, inter, torch.float16)
+        ws = Workspace(device, batch, 2 * inter, inter, dt)
         for v in variants:
             if v == "fp16":
                 continue
             for n, k in ((3 * H, H), (H, H), (2 * inter, H), (H, inter)):
                 p = random_packed(n, k, v, device, gen, act_order)
-                x = torch.empty(batch, k, device=device, dtype=torch.float16)
-                out = torch.empty(batch, n, device=device, dtype=torch.float16)
+                x = torch.empty(batch, k, device=device, dtype=dt)
+                out = torch.empty(batch, n, device=device, dtype=dt)
                 launches += plan_launches(x, p, None, out, ws, call_config(x, p, gv_gather))
     return precompile(launches, processes=min(16, os.cpu_count() or 1))
 
@@ -288,6 +288,8 @@ def main(argv=None) -> int:
                     help="fused: rotation, cache write and attention over positions 0..pos in one kernel per layer "
                          "(decode_kernels.rope_attend); sdpa: rotation and cache write, then torch's SDPA over the "
                          "whole cache with a mask (before session 21)")
+    ap.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16",
+                    help="activations and dense weights; with bfloat16 the baseline (variant fp16) is cuBLAS BF16")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="also profile STEPS more graph replays per variant: GPU time by kernel")
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
@@ -295,11 +297,12 @@ def main(argv=None) -> int:
     if not 0 <= args.profile <= args.prompt + args.gen:
         ap.error("--profile takes 0 .. prompt + gen steps")
     dev = torch.device("cuda")
+    dt = getattr(torch, args.dtype)
     cfg = dict(LLAMA2_7B, layers=args.layers)
     t0 = time.time()
     try:
         n_var = precompile_variants(cfg, args.variants.split(","), [int(b) for b in args.batches.split(",")], dev,
-                                    args.gv_gather, args.act_order)
+                                    args.gv_gather, args.act_order, dt)
     except Exception as e:  # noqa: BLE001 - fall back to compiling on first launch
         n_var = -1
         print(f"precompile failed ({type(e).__name__}: {e}); compiling lazily", flush=True)
@@ -309,13 +312,14 @@ def main(argv=None) -> int:
         base = None
         for v in args.variants.split(","):
             r = run_variant(cfg, v, batch, args.prompt, args.gen, dev, args.profile, args.gv_gather, args.act_order,
-                            args.attention)
+                            args.attention, dt)
             base = r["tokens_per_s"] if v == "fp16" else base
             r["speedup_vs_fp16"] = r["tokens_per_s"] / base if base else None
             results.append(r)
             print(json.dumps(r), flush=True)
     print(f"\n{torch.cuda.get_device_name(dev)}: LLaMA-2-7B shape ({cfg['layers']} layers), random weights, "
-          f"prompt {args.prompt} + {args.gen} greedy tokens, CUDA graph per step, {args.attention} attention")
+          f"prompt {args.prompt} + {args.gen} greedy tokens, CUDA graph per step, {args.attention} attention, "
+          f"{args.dtype} (variant fp16: the dense {args.dtype} model)")
     print(f"{'variant':>8} {'batch':>5} {'tok/s':>9} {'ms/step':>8} {'vs fp16':>8} {'peak GiB':>9}")
     for r in results:
         sp = f"{r['speedup_vs_fp16']:.2f}x" if r["speedup_vs_fp16"] else "-"
@@ -328,6 +332,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "decode.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(dev), "gv_gather": args.gv_gather,
                                                  "act_order": args.act_order, "attention": args.attention,
+                                                 "dtype": args.dtype,
                                                  "results": results}, indent=1))
     return 0
 
