@@ -97,27 +97,48 @@ def _lane_mma(a_lo, a_hi, b_lo, b_hi):
 
 
 @triton.jit
-def _mma(a0, a1, a2, a3, b0, b1, c, ASM: tl.constexpr):
-    """One ``mma.m16n8k16`` (f16 in, f32 accumulate) on the lane's accumulators ``c = (c0, c1, c2, c3)``
-    (rows ``g`` and ``g + 8``, columns ``2t`` and ``2t + 1``; with one token every column carries it, so
+def _lo_hi_bf32(v):
+    """float32 values of the low and high bfloat16 halves of int32 bit patterns ``v``."""
+    return (v << 16).to(tl.float32, bitcast=True), (v & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _mma(a0, a1, a2, a3, b0, b1, c, ASM: tl.constexpr, BF16: tl.constexpr = False):
+    """One ``mma.m16n8k16`` (f16 in, or ``BF16`` bf16 in; f32 accumulate) on the lane's accumulators ``c = (c0, c1,
+    c2, c3)`` (rows ``g`` and ``g + 8``, columns ``2t`` and ``2t + 1``; with one token every column carries it, so
     ``c1 == c0`` and ``c3 == c2``, kept apart so that the accumulators stay a register quad).
     Volatile like the loads (:func:`_ld4`), so that LLVM keeps the two in order. Else the same sums
     computed lane by lane (the interpreter: element ``i`` of a ``[32 * num_warps]``
     tensor is thread ``i``)."""
     c0, c1, c2, c3 = c
     if ASM:
-        return tl.inline_asm_elementwise(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
-            "{$10, $11, $12, $13};",
-            "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
-            dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=False, pack=1)
+        if BF16:
+            return tl.inline_asm_elementwise(
+                "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
+                "{$10, $11, $12, $13};",
+                "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+                dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=False, pack=1)
+        else:
+            return tl.inline_asm_elementwise(
+                "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
+                "{$10, $11, $12, $13};",
+                "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+                dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=False, pack=1)
     else:
-        a0l, a0h = _lo_hi_f32(a0)
-        a1l, a1h = _lo_hi_f32(a1)
-        a2l, a2h = _lo_hi_f32(a2)
-        a3l, a3h = _lo_hi_f32(a3)
-        b0l, b0h = _lo_hi_f32(b0)
-        b1l, b1h = _lo_hi_f32(b1)
+        if BF16:
+            a0l, a0h = _lo_hi_bf32(a0)
+            a1l, a1h = _lo_hi_bf32(a1)
+            a2l, a2h = _lo_hi_bf32(a2)
+            a3l, a3h = _lo_hi_bf32(a3)
+            b0l, b0h = _lo_hi_bf32(b0)
+            b1l, b1h = _lo_hi_bf32(b1)
+        else:
+            a0l, a0h = _lo_hi_f32(a0)
+            a1l, a1h = _lo_hi_f32(a1)
+            a2l, a2h = _lo_hi_f32(a2)
+            a3l, a3h = _lo_hi_f32(a3)
+            b0l, b0h = _lo_hi_f32(b0)
+            b1l, b1h = _lo_hi_f32(b1)
         d0, d1 = _lane_mma((a0l, a2l), (a0h, a2h), (b0l, b1l), (b0h, b1h))
         d2, d3 = _lane_mma((a1l, a3l), (a1h, a3h), (b0l, b1l), (b0h, b1h))
         return c0 + d0, c1 + d1, c2 + d2, c3 + d3

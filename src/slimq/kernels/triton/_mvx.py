@@ -1,5 +1,5 @@
 """``mv``'s one-token tile with the activations read straight from ``x`` (no gather launch): for float16 or bfloat16
-activations (bfloat16 words rounded to float16 in registers, :func:`f16_words`, as the gather rounds them) and layers whose ``col_perm`` is the identity or moves whole 128-column tiles (SliM's grouping of the bit-widths
+activations and layers whose ``col_perm`` is the identity or moves whole 128-column tiles (SliM's grouping of the bit-widths
 without act-order: each tile read from ``col_perm`` at its first storage column, :func:`tile_source`;
 ``_mv``/``_mvs``, ``DIRECT``).
 
@@ -12,6 +12,15 @@ and ``sum x`` come from one more ``mma`` per k-step whose A rows ``0..7`` hold t
 the virtual 1-bit plane's for 3-bit codes: both planes multiply the same pairs) and rows ``8..15`` ones: every
 lane then finds ``corr`` in its first accumulator and ``sum x`` in its third, exact products summed in float32
 as the MMAs of the codes are. The activations are not scaled (the tensor cores add in float32).
+
+bfloat16 ``x`` (``XBF16``) is used as it is: the MMAs take bfloat16 operands, so the codes are read with a
+bfloat16 magic, whose mantissa has 7 bits. Pair ``j`` of a width-``w`` plane then sits at bit ``p = (j % G) w``
+(:func:`bf_pos`, ``G = 7 // w`` pairs per copy) of the word shifted right by ``(j // G) G w``: 4-bit words in 4
+shifted copies (3 shifts), 2-bit in 3, 1-bit (and 3-bit codes' virtual 1-bit words, :func:`_mv.vwords`) in 3 or 2
+(the float16 path: one ``word >> 8``). The magic is ``2**(7 - p + c)`` (exponent field ``134 - p + c``), the
+correction rows' constants exact bfloat16 sums (:func:`corr_magic_bf16`), the ones ``0x3F80``. The tile costs a few
+more shifts than float16's and no conversion of ``x`` (rounding bfloat16 ``x`` to float16, as the gather does,
+cost 3 instructions per word of ``x`` and 8-14% of a decode step's matmul time, run 219).
 """
 from __future__ import annotations
 
@@ -31,7 +40,7 @@ from slimq.kernels.triton._mv import (
 )
 from slimq.kernels.triton._tiles import plane_width
 
-__all__ = ["x_quads", "tile_direct", "tile_source", "corr_magic", "f16_words"]
+__all__ = ["x_quads", "tile_direct", "tile_source", "corr_magic", "corr_magic_bf16", "bf_pos", "bf_group"]
 
 _ONES = tl.constexpr(0x3C003C00)  # half2 (1, 1)
 
@@ -77,31 +86,114 @@ def x_quads(x32_ptr, c, t, ASM: tl.constexpr):
     return v
 
 
+@triton.constexpr_function
+def bf_group(w):
+    """bfloat16 reads: pairs of a width-``w`` plane per shifted copy of a word (codes at bits ``0 .. 6``)."""
+    return 7 // int(w)
+
+
+@triton.constexpr_function
+def bf_pos(j, w):
+    """bfloat16 reads: bit (within its half-word) of pair ``j`` of a width-``w`` plane, in copy ``j // G``."""
+    return (int(j) % bf_group(w)) * int(w)
+
+
+@triton.constexpr_function
+def _bf_copies(h, w):
+    """Shifted copies of a word that its ``h`` pairs need."""
+    return -(-int(h) // bf_group(w))
+
+
+@triton.constexpr_function
+def _bf_mask2(j, w):
+    m = ((1 << int(w)) - 1) << bf_pos(j, w)
+    return m | (m << 16)
+
+
+@triton.constexpr_function
+def _bf_magic(j, w, c):
+    """int32 bits of the bfloat16 pair ``(M, M)``, ``M = 2**(7 - p + c)``: pair ``j``'s masked codes read as ``M +
+    2**c q``."""
+    m = (134 - bf_pos(j, w) + int(c)) << 7
+    return m | (m << 16)
+
+
+@triton.constexpr_function
+def corr_magic_bf16(j, w, c, c1):
+    """:func:`corr_magic` for bfloat16 reads: the magic of pair ``j`` (plus the virtual 1-bit plane's) as an exact
+    bfloat16 pair; raises where the sum is not exact."""
+    j, w, c, c1 = int(j), int(w), int(c), int(c1)
+    e0 = 7 - bf_pos(j, w) + c
+    e1 = 7 - bf_pos(j, 1) + c1 if c1 >= 0 else None
+    if e1 is None or e1 == e0:
+        e, frac = (e0, 0) if e1 is None else (e0 + 1, 0)
+    else:
+        e, d = max(e0, e1), abs(e0 - e1)
+        frac = 1 << (7 - d) if d <= 7 else -1
+    if frac < 0:
+        raise ValueError(f"correction magic of pair {j} (width {w}, exponents {e0}, {e1}) is not exact in bfloat16")
+    bits = ((e + 127) << 7) | frac
+    return bits | (bits << 16)
+
+
 @triton.jit
-def _bf16_word_to_f16(v, ASM: tl.constexpr):
-    """A word of two bfloat16 as the half2 of the same values, round to nearest (``|x| > 65504`` becomes inf, as in
-    the gather's rounding): the halves widened to float32 by a shift and a mask, then one ``cvt.rn.f16x2.f32``."""
+def _bf_copies_of(words, H: tl.constexpr, W: tl.constexpr):
+    """Each of the lane's words of a plane (a tuple of 4-tuples, one per word row) in the shifted copies its ``H``
+    pairs are read from: ``out[i][k]`` is word row ``i`` shifted right by ``k G W``."""
+    G: tl.constexpr = bf_group(W)
+    out = ()
+    for i in tl.static_range(len(words)):
+        w = words[i]
+        cp = ()
+        for k in tl.static_range(_bf_copies(H, W)):
+            cp = cp + ((w[0] >> (k * G * W), w[1] >> (k * G * W), w[2] >> (k * G * W), w[3] >> (k * G * W)),)
+        out = out + (cp,)
+    return out
+
+
+@triton.jit
+def _bf_pair(src, j: tl.constexpr, W: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """The bfloat16 pair ``(M + 2**C q_j, M + 2**C q_{j+H})`` from ``src``, the copy of the word pair ``j`` is read
+    from: one LOP3."""
     if ASM:
         return tl.inline_asm_elementwise(
-            "{ .reg .b32 lo, hi; shl.b32 lo, $1, 16; and.b32 hi, $1, 0xFFFF0000; cvt.rn.f16x2.f32 $0, hi, lo; }",
-            "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
+            "lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,r,r",
+            [src, tl.full(src.shape, _bf_mask2(j, W), tl.int32), tl.full(src.shape, _bf_magic(j, W, C), tl.int32)],
+            dtype=tl.int32, is_pure=True, pack=1)
     else:
-        lo = (v << 16).to(tl.float32, bitcast=True).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        hi = (v & -65536).to(tl.float32, bitcast=True).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
-        return lo | (hi << 16)
+        return (src & _bf_mask2(j, W)) | _bf_magic(j, W, C)
 
 
 @triton.jit
-def f16_words(v, BF16: tl.constexpr, ASM: tl.constexpr):
-    """The lane's words of ``x`` (:func:`x_quads`) as half2: as loaded for float16 ``x``, converted (``BF16``) for
-    bfloat16."""
-    if BF16:
-        out = ()
-        for i in tl.static_range(len(v)):
-            out = out + (_bf16_word_to_f16(v[i], ASM),)
-        return out
-    else:
-        return v
+def _bf_kstep(accs, cp, b0, b1, j: tl.constexpr, W: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """``_mv._kstep`` for bfloat16 reads: pairs ``j`` and ``j + 1`` of the word row whose copies are ``cp``."""
+    G: tl.constexpr = bf_group(W)
+    u = cp[j // G]
+    v = cp[(j + 1) // G]
+    acc0, acc1 = accs
+    a0 = (_bf_pair(u[0], j, W, C, ASM), _bf_pair(u[1], j, W, C, ASM), _bf_pair(v[0], j + 1, W, C, ASM),
+          _bf_pair(v[1], j + 1, W, C, ASM))
+    a1 = (_bf_pair(u[2], j, W, C, ASM), _bf_pair(u[3], j, W, C, ASM), _bf_pair(v[2], j + 1, W, C, ASM),
+          _bf_pair(v[3], j + 1, W, C, ASM))
+    return (_mma(a0[0], a0[1], a0[2], a0[3], b0, b1, acc0, ASM, True),
+            _mma(a1[0], a1[1], a1[2], a1[3], b0, b1, acc1, ASM, True))
+
+
+@triton.jit
+def _bf_plane_mma(accs, cacc, words, x, W: tl.constexpr, C: tl.constexpr, C1: tl.constexpr, ONES: tl.constexpr,
+                  CORR: tl.constexpr, ASM: tl.constexpr, HP: tl.constexpr = 0):
+    """:func:`_plane_mma_c` for bfloat16 reads (``CORR``: with the correction ``mma``; without, ``HP`` pairs per
+    word: 8 for 3-bit codes' virtual 1-bit words, which multiply plane 0's pairs)."""
+    H: tl.constexpr = HP if HP else 16 // W
+    cps = _bf_copies_of(words, H, W)
+    z = tl.zeros(x[0].shape, tl.int32)
+    ones = tl.full(x[0].shape, 0x3F803F80 if ONES else 0, tl.int32)
+    for s in tl.static_range(8):
+        accs = _bf_kstep(accs, cps[(2 * s) // H], x[2 * s], x[2 * s + 1], (2 * s) % H, W, C, ASM)
+        if CORR:
+            cacc = _mma(z + corr_magic_bf16((2 * s) % H, W, C, C1), ones, z + corr_magic_bf16((2 * s) % H + 1, W, C, C1),
+                        ones, x[2 * s], x[2 * s + 1], cacc, ASM, True)
+    return accs, cacc
 
 
 @triton.jit
@@ -155,9 +247,8 @@ def _plane_mma_c(accs, cacc, words, x, W: tl.constexpr, C: tl.constexpr, C1: tl.
 
 @triton.jit
 def tile_direct(y, wl, v, t, BITS: tl.constexpr, ASM: tl.constexpr, XBF16: tl.constexpr = False):
-    """``_mv._tile`` from the lane's words ``v`` of ``x`` (:func:`x_quads`; ``XBF16``: bfloat16 pairs, rounded to
-    float16 here) instead of the gather's pairs and sums."""
-    v = f16_words(v, XBF16, ASM)
+    """``_mv._tile`` from the lane's words ``v`` of ``x`` (:func:`x_quads`; ``XBF16``: bfloat16, multiplied as
+    bfloat16, module doc) instead of the gather's pairs and sums."""
     words, s, zr = wl
     zero = tl.zeros(s.shape, tl.float32)
     accs = ((zero, zero, zero, zero), (zero, zero, zero, zero))
@@ -166,17 +257,32 @@ def tile_direct(y, wl, v, t, BITS: tl.constexpr, ASM: tl.constexpr, XBF16: tl.co
     W1: tl.constexpr = plane_width(BITS, 1)
     W2: tl.constexpr = plane_width(BITS, 2)
     x0 = _direct_pairs(v, W0, ASM)
-    if virtual1(BITS):
-        accs, cacc = _plane_mma_c(accs, cacc, words[0], x0, W0, _shift(BITS, 0), _shift(BITS, 1), True, ASM)
-        accs = _plane_mma(accs, vwords(words[1][0], ASM), x0, 1, _shift(BITS, 1), ASM, 8)
+    if XBF16:
+        if virtual1(BITS):
+            accs, cacc = _bf_plane_mma(accs, cacc, words[0], x0, W0, _shift(BITS, 0), _shift(BITS, 1), True, True,
+                                       ASM)
+            accs, cacc = _bf_plane_mma(accs, cacc, vwords(words[1][0], ASM), x0, 1, _shift(BITS, 1), -1, False,
+                                       False, ASM, 8)
+        else:
+            accs, cacc = _bf_plane_mma(accs, cacc, words[0], x0, W0, _shift(BITS, 0), -1, True, True, ASM)
+            if W1 > 0:
+                accs, cacc = _bf_plane_mma(accs, cacc, words[1], _direct_pairs(v, W1, ASM), W1, _shift(BITS, 1), -1,
+                                           False, True, ASM)
+        if W2 > 0:
+            accs, cacc = _bf_plane_mma(accs, cacc, words[2], _direct_pairs(v, W2, ASM), W2, _shift(BITS, 2), -1,
+                                       False, True, ASM)
     else:
-        accs, cacc = _plane_mma_c(accs, cacc, words[0], x0, W0, _shift(BITS, 0), -1, True, ASM)
-        if W1 > 0:
-            accs, cacc = _plane_mma_c(accs, cacc, words[1], _direct_pairs(v, W1, ASM), W1, _shift(BITS, 1), -1,
+        if virtual1(BITS):
+            accs, cacc = _plane_mma_c(accs, cacc, words[0], x0, W0, _shift(BITS, 0), _shift(BITS, 1), True, ASM)
+            accs = _plane_mma(accs, vwords(words[1][0], ASM), x0, 1, _shift(BITS, 1), ASM, 8)
+        else:
+            accs, cacc = _plane_mma_c(accs, cacc, words[0], x0, W0, _shift(BITS, 0), -1, True, ASM)
+            if W1 > 0:
+                accs, cacc = _plane_mma_c(accs, cacc, words[1], _direct_pairs(v, W1, ASM), W1, _shift(BITS, 1), -1,
+                                          False, ASM)
+        if W2 > 0:
+            accs, cacc = _plane_mma_c(accs, cacc, words[2], _direct_pairs(v, W2, ASM), W2, _shift(BITS, 2), -1,
                                       False, ASM)
-    if W2 > 0:
-        accs, cacc = _plane_mma_c(accs, cacc, words[2], _direct_pairs(v, W2, ASM), W2, _shift(BITS, 2), -1, False,
-                                  ASM)
     acc0, acc1 = accs  # rows 4g, 4g + 1 (block 0), 4g + 2, 4g + 3 (block 1): keep row 4g + t
     a = tl.where(t == 0, acc0[0], tl.where(t == 1, acc0[2], tl.where(t == 2, acc1[0], acc1[2])))
     return y + s.to(tl.float32) * ((a - cacc[0]) - zr.to(tl.float32) * cacc[2])

@@ -397,10 +397,12 @@ def _mv1_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
 
 
 def mv_reads_x(x: torch.Tensor, packed: PackedLinear) -> bool:
-    """Whether one-token ``mv`` can read ``x`` itself (``_mvx``): one float16 or bfloat16 token, 16-byte aligned
-    and contiguous, and a ``col_perm`` that moves whole 128-column tiles (:func:`perm_run`; the identity
+    """Whether one-token ``mv`` can read ``x`` itself (``_mvx``): one float16 token, or a bfloat16 one on codes
+    of planes up to 4 bits wide (no 8-bit codes: their plane does not fit bfloat16's 7 mantissa bits), 16-byte
+    aligned and contiguous, and a ``col_perm`` that moves whole 128-column tiles (:func:`perm_run`; the identity
     included)."""
-    return (x.shape[0] == 1 and x.dtype in (torch.float16, torch.bfloat16) and x.stride(1) == 1 and x.data_ptr() % 16 == 0
+    bf16_ok = x.dtype == torch.bfloat16 and all(max(plane_widths(s.bits)) <= 4 for s in packed.segments)
+    return (x.shape[0] == 1 and (x.dtype == torch.float16 or bf16_ok) and x.stride(1) == 1 and x.data_ptr() % 16 == 0
             and x.shape[1] % 8 == 0 and perm_run(packed) >= MV.TILE)
 
 
