@@ -108,14 +108,23 @@ def test_wg_direct_keeps_the_gather_where_it_cannot_read_x():
 
 @inproc
 @pytest.mark.parametrize("layer,cfg_name,m", [("u2_g128_short", "m16", 16), ("mv_mix123", "m16_wide", 11),
-                                              ("u3_odd", "m16", 5)])
+                                              ("u3_odd", "m16", 5), ("u2_g128_short", "m64_scaled", 70),
+                                              ("mv_mix123", "m64_scaled", 64)])
 def test_wg_reads_bfloat16_x_itself(layer, cfg_name, m):
-    """bfloat16 tokens are read directly too (rounded to float16 in the kernel, as the gather rounds them): a
-    uniform layer with a short last block, a SliM layer moved in whole groups, merged 3-bit codes."""
+    """bfloat16 tokens are read directly too and multiplied as bfloat16 (bfloat16 operands: codes read with a
+    bfloat16 magic, merged 3-bit codes, SCALED weights rounded to bfloat16; in the interpreter the dots run in
+    float32): a uniform layer with a short last block, a SliM layer moved in whole groups, merged 3-bit codes,
+    scaled operands at 64-70 tokens. 8-bit codes (wider than bfloat16's mantissa) keep the gather."""
     p = random_layer(*LAYERS[layer], seed=5)
     x = torch.zeros(m, p.in_features, dtype=torch.bfloat16, device=DEV)
-    assert "operand_gather_kernel" not in planned_kernels(x, p, DIRECT[cfg_name])
+    launches = slt.plan_launches(x, p, None, torch.empty(m, p.out_features, dtype=x.dtype, device=DEV),
+                                 slt.Workspace(DEV, m, p.out_features, p.in_features, x.dtype), DIRECT[cfg_name])
+    assert [lc.kernel for lc in launches if lc.kernel != "finalize_kernel"] == ["wg_kernel"]
+    assert launches[0].kwargs["XBF16"] is True
     _check(p, m, torch.bfloat16, DIRECT[cfg_name], bias=True, seed=5)
+    p8 = random_layer(64, 256, 128, 8, seed=5)
+    assert "operand_gather_kernel" in planned_kernels(torch.zeros(16, 256, dtype=torch.bfloat16, device=DEV), p8,
+                                                      DIRECT["m16"])
 
 
 def test_direct_needs_wg_with_join_or_one_token_mv():

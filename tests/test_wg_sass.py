@@ -41,14 +41,20 @@ _DIRECT_BODY = """
     f = json.loads(sys.argv[1])
     m, n, k = 16, 256, 4096
     p = random_layer(n, k, 128, f["bits"])  # mixed: SliM's groups moved whole (col_perm read per block)
-    x = torch.zeros(m, k, dtype=torch.float16)
-    out = torch.empty(m, n, dtype=torch.float16)
-    ws = Workspace("cpu", m, n, k, torch.float16, stream_k_programs=0)
-    cfg = KernelConfig("wg", block_m=16, block_n=64, split_k=2, join=True, direct=f["direct"])
+    dt = getattr(torch, f.get("dtype", "float16"))
+    x = torch.zeros(m, k, dtype=dt)
+    out = torch.empty(m, n, dtype=dt)
+    ws = Workspace("cpu", m, n, k, dt, stream_k_programs=0)
+    cfg = KernelConfig("wg", block_m=f.get("m", 16), block_n=64, split_k=2, join=True, direct=f["direct"],
+                       scaled=f.get("scaled", False))
     (lc,) = [lc for lc in plan_launches(x, p, None, out, ws, cfg) if lc.kernel == "wg_kernel"]
-    sass = sass_of(lc.fn.warmup(*lc.args, **lc.kwargs, grid=(1,)))
+    kw = dict(lc.kwargs, ASM=True) if f.get("asm") else lc.kwargs  # the PTX path, as on a GPU
+    sass = sass_of(lc.fn.warmup(*lc.args, **kw, grid=(1,)))
     print(json.dumps({"cp_async_16": len(re.findall(r"LDGSTS\\.E\\.BYPASS\\.128", sass)),
-                      "ldg_u16": len(re.findall(r"LDG\\.E\\.U16", sass))}))
+                      "ldg_u16": len(re.findall(r"LDG\\.E\\.U16", sass)),
+                      "hgmma_bf16": len(re.findall(r"HGMMA\\.\\S+\\.BF16 R\\d+, R\\d+, gdesc", sass)),
+                      "hgmma": len(re.findall(r"HGMMA\\.\\S+ R\\d+, R\\d+, gdesc", sass)),
+                      "local": sass.count("STL") + sass.count("LDL"), "xbf16": lc.kwargs.get("XBF16")}))
 """
 
 
@@ -61,3 +67,15 @@ def test_wg_direct_pipelines_slim_x_through_col_perm():
     gather = compile_sm90(_DIRECT_BODY, {"bits": [1, 2, 2, 3], "direct": False})
     assert direct["cp_async_16"] >= gather["cp_async_16"] > 0, (direct, gather)
     assert direct["ldg_u16"] == gather["ldg_u16"], (direct, gather)
+
+
+@pytest.mark.parametrize("bits,m,scaled", [(2, 16, False), ([1, 2, 2, 3], 16, False), (4, 64, True)])
+def test_wg_direct_multiplies_bfloat16_x_as_bfloat16(bits, m, scaled):
+    """``wg`` reading bfloat16 ``x`` itself: every register-operand ``HGMMA`` is a bfloat16 one (codes, merged 3-bit
+    codes and SCALED weights built as bfloat16), as many as for float16, ``x`` still by 16-byte ``cp.async``, no
+    spills."""
+    f = {"bits": bits, "direct": True, "m": m, "scaled": scaled, "asm": True}
+    f16 = compile_sm90(_DIRECT_BODY, f)
+    got = compile_sm90(_DIRECT_BODY, {**f, "dtype": "bfloat16"})
+    assert got["xbf16"] is True and got["hgmma_bf16"] == got["hgmma"] == f16["hgmma"] > 0, (got, f16)
+    assert got["cp_async_16"] == f16["cp_async_16"] and got["local"] == 0, (got, f16)

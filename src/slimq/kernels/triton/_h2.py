@@ -28,6 +28,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from slimq.kernels.triton._bf16 import bf_magic, bf_mask2, bf_pos, bf_shift
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import (
     group_params, pdl_release, pdl_wait, plane_coef, plane_width, skinny_program, store_rows, word_tile,
@@ -196,22 +197,96 @@ def pair3_halves(words, sh, v, s2, z2, I: tl.constexpr, ASM: tl.constexpr, SCALE
             return q_lo.to(tl.float16), q_hi.to(tl.float16)
 
 
+@triton.constexpr_function
+def _bf_m1(i):
+    """bfloat16 reads of 3-bit pair ``i``: the mask of the high bit (``p + 2``) in both halves."""
+    m = 4 << bf_pos(i, 2)
+    return m | (m << 16)
+
+
+@triton.constexpr_function
+def _bf16_asm(scaled, merge3):
+    """PTX of :func:`pair_halves_bf16` (``$2`` source, ``$3`` mask, ``$4`` magic, ``$5``/``$6`` the scale pair) or,
+    ``merge3``, of :func:`pair3_halves_bf16` (``$2``/``$3`` the sources, ``$4``-``$6`` masks and magic, ``$7``/``$8``
+    the scale pair): outputs the two bfloat16 halves."""
+    if merge3:
+        body, fma = "lop3.b32 t, $2, $4, $6, 0xEA; lop3.b32 t, $3, $5, t, 0xEA; sub.bf16x2 t, t, $6; ", "$7, $8"
+    else:
+        body, fma = "lop3.b32 t, $2, $3, $4, 0xEA; sub.bf16x2 t, t, $4; ", "$5, $6"
+    return "{ .reg .b32 t; " + body + (f"fma.rn.bf16x2 t, t, {fma}; " if scaled else "") + "mov.b32 {$0, $1}, t; }"
+
+
+@triton.jit
+def pair_halves_bf16(words, s2, z2, I: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr):
+    """:func:`pair_halves` as bfloat16 (``_bf16``: the word shifted so that the codes end below bit 7, the magic
+    ``2**(7 - p)``; ``s2``/``z2`` bfloat16 pairs under ASM): the exact codes, or SCALED ``q s - z s``."""
+    S: tl.constexpr = bf_shift(I, W)
+    P: tl.constexpr = bf_pos(I, W)
+    src = words >> S if S > 0 else words
+    if ASM:
+        args = [src, tl.full(src.shape, bf_mask2(I, W), tl.int32), tl.full(src.shape, bf_magic(I, W), tl.int32)]
+        if SCALED:
+            return tl.inline_asm_elementwise(_bf16_asm(True, False), "=h,=h,r,r,r,r,r", args + [s2, z2],
+                                             dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(_bf16_asm(False, False), "=h,=h,r,r,r", args,
+                                             dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
+    else:
+        q_lo = ((src >> P) & ((1 << W) - 1)).to(tl.float32)
+        q_hi = ((src >> (P + 16)) & ((1 << W) - 1)).to(tl.float32)
+        if SCALED:
+            return (q_lo * s2 + z2).to(tl.bfloat16), (q_hi * s2 + z2).to(tl.bfloat16)
+        else:
+            return q_lo.to(tl.bfloat16), q_hi.to(tl.bfloat16)
+
+
+@triton.jit
+def pair3_halves_bf16(words, v, s2, z2, I: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr):
+    """:func:`pair3_halves` as bfloat16: ``q0`` from the 2-bit ``words`` shifted by ``_bf16.bf_shift`` (at bit
+    ``p <= 4``), the partner of pair ``I`` (bit ``I`` of ``v``) shifted to ``p + 2`` (one SHF)."""
+    S: tl.constexpr = bf_shift(I, 2)
+    P: tl.constexpr = bf_pos(I, 2)
+    src = words >> S if S > 0 else words
+    if ASM:
+        sv = tl.inline_asm_elementwise(_shift_asm(P + 2 - I), "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
+        args = [src, sv, tl.full(src.shape, bf_mask2(I, 2), tl.int32), tl.full(src.shape, _bf_m1(I), tl.int32),
+                tl.full(src.shape, bf_magic(I, 2), tl.int32)]
+        if SCALED:
+            return tl.inline_asm_elementwise(_bf16_asm(True, True), "=h,=h,r,r,r,r,r,r,r", args + [s2, z2],
+                                             dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(_bf16_asm(False, True), "=h,=h,r,r,r,r,r", args,
+                                             dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
+    else:
+        q_lo = (((src >> P) & 3) + 4 * ((v >> I) & 1)).to(tl.float32)
+        q_hi = (((src >> (P + 16)) & 3) + 4 * ((v >> (I + 16)) & 1)).to(tl.float32)
+        if SCALED:
+            return (q_lo * s2 + z2).to(tl.bfloat16), (q_hi * s2 + z2).to(tl.bfloat16)
+        else:
+            return q_lo.to(tl.bfloat16), q_hi.to(tl.bfloat16)
+
+
 @triton.jit
 def pair_tree(words, sh, v, s2, z2, I0: tl.constexpr, N: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr,
-              SCALED: tl.constexpr, MERGE3: tl.constexpr = False):
+              SCALED: tl.constexpr, MERGE3: tl.constexpr = False, BF16: tl.constexpr = False):
     """Code pairs ``I0 .. I0 + N - 1`` of every word, joined: ``words.shape + [2 (half), 2, ...]`` (``log2 N``
     more axes of 2: the bits of ``j = I - I0``, least significant first). Each pair is
     :func:`pair_halves` (exact, or SCALED), or with MERGE3 :func:`pair3_halves` of 2-bit ``words`` and
-    their 1-bit partners ``v`` (unused otherwise)."""
+    their 1-bit partners ``v`` (unused otherwise); ``BF16``: their bfloat16 versions (``sh`` unused)."""
     if N == 1:
-        if MERGE3:
+        if BF16:
+            if MERGE3:
+                lo, hi = pair3_halves_bf16(words, v, s2, z2, I0, ASM, SCALED)
+            else:
+                lo, hi = pair_halves_bf16(words, s2, z2, I0, W, ASM, SCALED)
+        elif MERGE3:
             lo, hi = pair3_halves(words, sh, v, s2, z2, I0, ASM, SCALED)
         else:
             lo, hi = pair_halves(words, sh, s2, z2, I0, W, ASM, SCALED)
         return tl.join(lo, hi)
     else:
-        return tl.join(pair_tree(words, sh, v, s2, z2, I0, N // 2, W, ASM, SCALED, MERGE3),
-                       pair_tree(words, sh, v, s2, z2, I0 + N // 2, N // 2, W, ASM, SCALED, MERGE3))
+        return tl.join(pair_tree(words, sh, v, s2, z2, I0, N // 2, W, ASM, SCALED, MERGE3, BF16),
+                       pair_tree(words, sh, v, s2, z2, I0 + N // 2, N // 2, W, ASM, SCALED, MERGE3, BF16))
 
 
 @triton.jit

@@ -14,10 +14,9 @@ lane then finds ``corr`` in its first accumulator and ``sum x`` in its third, ex
 as the MMAs of the codes are. The activations are not scaled (the tensor cores add in float32).
 
 bfloat16 ``x`` (``XBF16``) is used as it is: the MMAs take bfloat16 operands, so the codes are read with a
-bfloat16 magic, whose mantissa has 7 bits. Pair ``j`` of a width-``w`` plane then sits at bit ``p = (j % G) w``
-(:func:`bf_pos`, ``G = 7 // w`` pairs per copy) of the word shifted right by ``(j // G) G w``: 4-bit words in 4
-shifted copies (3 shifts), 2-bit in 3, 1-bit (and 3-bit codes' virtual 1-bit words, :func:`_mv.vwords`) in 3 or 2
-(the float16 path: one ``word >> 8``). The magic is ``2**(7 - p + c)`` (exponent field ``134 - p + c``), the
+bfloat16 magic, whose mantissa has 7 bits (``_bf16``: pair ``j`` of a width-``w`` plane at bit ``(j % G) w`` of the
+word shifted right by ``(j // G) G w``, ``G = 7 // w``): 4-bit words in 4 shifted copies (3 shifts), 2-bit in 3,
+1-bit (and 3-bit codes' virtual 1-bit words, :func:`_mv.vwords`) in 3 or 2 (the float16 path: one ``word >> 8``). The magic is ``2**(7 - p + c)`` (exponent field ``134 - p + c``), the
 correction rows' constants exact bfloat16 sums (:func:`corr_magic_bf16`), the ones ``0x3F80``. The tile costs a few
 more shifts than float16's and no conversion of ``x`` (rounding bfloat16 ``x`` to float16, as the gather does,
 cost 3 instructions per word of ``x`` and 8-14% of a decode step's matmul time, run 219).
@@ -27,6 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from slimq.kernels.triton._bf16 import bf_group, bf_magic, bf_mask2, bf_pos
 from slimq.kernels.triton._h2 import _pos
 from slimq.kernels.triton._mv import (
     _kstep,
@@ -40,7 +40,7 @@ from slimq.kernels.triton._mv import (
 )
 from slimq.kernels.triton._tiles import plane_width
 
-__all__ = ["x_quads", "tile_direct", "tile_source", "corr_magic", "corr_magic_bf16", "bf_pos", "bf_group"]
+__all__ = ["x_quads", "tile_direct", "tile_source", "corr_magic", "corr_magic_bf16"]
 
 _ONES = tl.constexpr(0x3C003C00)  # half2 (1, 1)
 
@@ -87,35 +87,9 @@ def x_quads(x32_ptr, c, t, ASM: tl.constexpr):
 
 
 @triton.constexpr_function
-def bf_group(w):
-    """bfloat16 reads: pairs of a width-``w`` plane per shifted copy of a word (codes at bits ``0 .. 6``)."""
-    return 7 // int(w)
-
-
-@triton.constexpr_function
-def bf_pos(j, w):
-    """bfloat16 reads: bit (within its half-word) of pair ``j`` of a width-``w`` plane, in copy ``j // G``."""
-    return (int(j) % bf_group(w)) * int(w)
-
-
-@triton.constexpr_function
 def _bf_copies(h, w):
     """Shifted copies of a word that its ``h`` pairs need."""
     return -(-int(h) // bf_group(w))
-
-
-@triton.constexpr_function
-def _bf_mask2(j, w):
-    m = ((1 << int(w)) - 1) << bf_pos(j, w)
-    return m | (m << 16)
-
-
-@triton.constexpr_function
-def _bf_magic(j, w, c):
-    """int32 bits of the bfloat16 pair ``(M, M)``, ``M = 2**(7 - p + c)``: pair ``j``'s masked codes read as ``M +
-    2**c q``."""
-    m = (134 - bf_pos(j, w) + int(c)) << 7
-    return m | (m << 16)
 
 
 @triton.constexpr_function
@@ -158,10 +132,10 @@ def _bf_pair(src, j: tl.constexpr, W: tl.constexpr, C: tl.constexpr, ASM: tl.con
     if ASM:
         return tl.inline_asm_elementwise(
             "lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,r,r",
-            [src, tl.full(src.shape, _bf_mask2(j, W), tl.int32), tl.full(src.shape, _bf_magic(j, W, C), tl.int32)],
+            [src, tl.full(src.shape, bf_mask2(j, W), tl.int32), tl.full(src.shape, bf_magic(j, W, C), tl.int32)],
             dtype=tl.int32, is_pure=True, pack=1)
     else:
-        return (src & _bf_mask2(j, W)) | _bf_magic(j, W, C)
+        return (src & bf_mask2(j, W)) | bf_magic(j, W, C)
 
 
 @triton.jit

@@ -25,6 +25,7 @@ from slimq.kernels.triton import _h2dot as H2D
 from slimq.kernels.triton import _kernels as K
 from slimq.kernels.triton import _tc as TC
 from slimq.kernels.triton import _wg as WG
+from slimq.kernels.triton._bf16 import BF16_MAX_WIDTH
 from slimq.kernels.triton._perm import identity_perm, perm_run
 
 if TYPE_CHECKING:  # annotations only: ops imports this module
@@ -401,9 +402,15 @@ def mv_reads_x(x: torch.Tensor, packed: PackedLinear) -> bool:
     of planes up to 4 bits wide (no 8-bit codes: their plane does not fit bfloat16's 7 mantissa bits), 16-byte
     aligned and contiguous, and a ``col_perm`` that moves whole 128-column tiles (:func:`perm_run`; the identity
     included)."""
-    bf16_ok = x.dtype == torch.bfloat16 and all(max(plane_widths(s.bits)) <= 4 for s in packed.segments)
+    bf16_ok = x.dtype == torch.bfloat16 and bf16_codes(packed)
     return (x.shape[0] == 1 and (x.dtype == torch.float16 or bf16_ok) and x.stride(1) == 1 and x.data_ptr() % 16 == 0
             and x.shape[1] % 8 == 0 and perm_run(packed) >= MV.TILE)
+
+
+def bf16_codes(packed: PackedLinear) -> bool:
+    """Whether every plane of the layer can be read as bfloat16 (``_bf16``: planes up to ``BF16_MAX_WIDTH`` bits;
+    not 8-bit codes), so that a kernel reading bfloat16 ``x`` itself multiplies in bfloat16."""
+    return all(max(plane_widths(s.bits)) <= BF16_MAX_WIDTH for s in packed.segments)
 
 
 def mv_direct(x: torch.Tensor, packed: PackedLinear, cfg: KernelConfig) -> bool:
@@ -416,12 +423,12 @@ _WG_DIRECT_BITS = frozenset(b for b, widths in PLANE_WIDTHS.items() if len(width
 
 
 def wg_direct(x: torch.Tensor, packed: PackedLinear, cfg: KernelConfig) -> bool:
-    """Whether a ``wg`` call reads ``x`` itself (``cfg.direct``, ``_wg._direct_x``): float16 or bfloat16 ``x`` (rounded
-    to float16 in the kernel, as the gather rounds it) with unit column stride, codes of one operand per block
-    (``_WG_DIRECT_BITS``) and a ``col_perm`` that moves whole blocks of the call's block size (:func:`perm_run`; the
-    identity included)."""
-    return (cfg.path == "wg" and cfg.direct and cfg.join and x.dtype in (torch.float16, torch.bfloat16)
-            and x.stride(1) == 1
+    """Whether a ``wg`` call reads ``x`` itself (``cfg.direct``, ``_wg._direct_x``): float16 ``x``, or bfloat16 on
+    codes :func:`bf16_codes` takes (then multiplied as bfloat16), with unit column stride, codes of one operand per
+    block (``_WG_DIRECT_BITS``) and a ``col_perm`` that moves whole blocks of the call's block size
+    (:func:`perm_run`; the identity included)."""
+    return (cfg.path == "wg" and cfg.direct and cfg.join
+            and (x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and bf16_codes(packed))) and x.stride(1) == 1
             and all(s.bits in _WG_DIRECT_BITS for s in packed.segments)
             and perm_run(packed) >= tc_block(packed.segments[0].group_size))
 
@@ -513,7 +520,7 @@ def _operand_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor 
         kw = dict(SEG_BITS=tuple(s.bits for s in segs), NSEG=len(segs), GS=gs, BLK=blk, **tiles, ATOMIC=o.atomic,
                   HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl),
-                  **({"DIRECT": True, "DIRECT_PERM": perm} if direct else {}))
+                  **({"DIRECT": True, "DIRECT_PERM": perm, "XBF16": x.dtype == torch.bfloat16} if direct else {}))
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
         launches.append(Launch(kernel, grid, args, kw, module=cfg.path))
     return launches + o.finish(out, bias is not None)

@@ -26,7 +26,8 @@ then ``acc += coef * s * sum``. With ``SCALED`` the operands are the weights ``(
 instead (one HFMA2 more per pair) and the dots accumulate into ``acc`` directly: cheaper once the
 ``BN x BT`` rescaling per block outweighs it (64 tokens and up). Codes are exact in fp16 and the
 MMA accumulates in float32; the activations go through fp16 (bf16 inputs are converted: ``|x|``
-must stay below 65504).
+must stay below 65504), except where the kernel reads bf16 ``x`` itself (``DIRECT`` with ``XBF16``): then the
+operand is bf16 (codes read with a bf16 magic, ``_bf16``; SCALED weights rounded to bf16) and the dots bf16.
 
 3-bit segments (with ``JOIN``) are one operand of whole codes ``q0 + 4 q1`` (``_h2.pair3_halves``,
 :func:`_virtual_words`) rather than a dot per plane: half the MMA work and block rescaling.
@@ -70,9 +71,10 @@ def _j(blk, w, join):
 
 @triton.jit
 def _operand(words, sh, v, s2, z2, I0: tl.constexpr, J: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr,
-             SCALED: tl.constexpr, MERGE: tl.constexpr):
-    """fp16 ``[BN, 2 KP J]``: column ``h + 2 (r + KP j)`` = slot ``I0 + j + h H`` of word row ``r``."""
-    t = pair_tree(words, sh, v, s2, z2, I0, J, W, ASM, SCALED, MERGE)
+             SCALED: tl.constexpr, MERGE: tl.constexpr, BF16: tl.constexpr = False):
+    """fp16 (``BF16``: bf16) ``[BN, 2 KP J]``: column ``h + 2 (r + KP j)`` = slot ``I0 + j + h H`` of word row
+    ``r``."""
+    t = pair_tree(words, sh, v, s2, z2, I0, J, W, ASM, SCALED, MERGE, BF16)
     BN: tl.constexpr = words.shape[0]
     KP: tl.constexpr = words.shape[1]
     # [BN, KP, h, j0, j1, ...] -> [BN, ..., j1, j0, KP, h]: j above the word row, so that the MMA
@@ -115,12 +117,13 @@ def _virtual_words(seg, k0, ns, offs_n, KP: tl.constexpr, ASM: tl.constexpr, FUL
 @triton.jit
 def _plane_sum(init, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n, s2, z2, P: tl.constexpr,
                BITS: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr,
-               FULL: tl.constexpr, MERGE: tl.constexpr = False, EVEN_M: tl.constexpr = False, bx=None):
+               FULL: tl.constexpr, MERGE: tl.constexpr = False, EVEN_M: tl.constexpr = False, bx=None,
+               BF16: tl.constexpr = False):
     """float32 ``[BN, BT]``: ``init + sum_k q_k x_k`` of plane ``P`` over segment columns ``[k0, k0 + BLK)``
     (SCALED: ``init + sum_k w_k x_k``, ``w`` this plane's share of the weight, from ``s2``/``z2``).
     MERGE (3-bit segments, ``P == 0``): both planes at once, ``q`` the whole 3-bit code. ``bx``: the
     activations ``[BLK, BT]`` in operand order (:func:`_direct_x`; one piece, ``JOIN``), else loaded
-    from the gather's buffer."""
+    from the gather's buffer. ``BF16`` (with ``bx`` bfloat16): the operand in bfloat16, bfloat16 dots."""
     W: tl.constexpr = plane_width(BITS, P)
     E: tl.constexpr = 32 // W
     H: tl.constexpr = E // 2
@@ -141,21 +144,25 @@ def _plane_sum(init, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, 
     xp = xt_ptr + _slot(W) * stride_tb + offs_m[None, :] * stride_tm + (seg[0] + k0 + tl.arange(0, KD))[:, None]
     part = init
     for p in tl.static_range(H // J):
-        a = _operand(words, sh, v, s2, z2, p * J, J, W, ASM, SCALED, MERGE)
+        a = _operand(words, sh, v, s2, z2, p * J, J, W, ASM, SCALED, MERGE, BF16)
         if bx is not None:
             b = bx
         elif EVEN_M:
             b = tl.load(xp + p * KD)
         else:
             b = tl.load(xp + p * KD, mask=mask_m[None, :], other=0.0)
-        part = tl.dot(a, b, part)
+        if BF16 and not ASM:  # the interpreter's bfloat16 dot is wrong (numpy has no bfloat16): float32 there
+            part = tl.dot(a.to(tl.float32), b.to(tl.float32), part)
+        else:
+            part = tl.dot(a, b, part)
     return part
 
 
 @triton.jit
 def _direct_x(x_ptr, stride_xm, offs_m, mask_m, c0, c_end, W: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
-              FULL: tl.constexpr, EVEN_M: tl.constexpr, perm_ptr, PERM: tl.constexpr, sblk=None):
-    """``DIRECT`` (float16 or bfloat16 ``x``, used as float16): storage columns ``[c0, c0 + BLK)`` of ``x`` itself
+              FULL: tl.constexpr, EVEN_M: tl.constexpr, perm_ptr, PERM: tl.constexpr, sblk=None,
+              XBF16: tl.constexpr = False):
+    """``DIRECT`` (float16 ``x``, or ``XBF16`` bfloat16 kept as it is): storage columns ``[c0, c0 + BLK)`` of ``x`` itself
     (0 at ``c_end`` and past, and for tokens past ``M``): ``x``'s columns ``c0 ..``, or with PERM ``col_perm[c0] ..`` (a block moved
     whole, from a ``BLK``-aligned start), as ``(b, xs)``: ``b [BLK, BT]`` in the
     operand order of plane width ``W`` with ``JOIN`` (position ``h + 2 (r + KP j)`` holds column
@@ -178,7 +185,6 @@ def _direct_x(x_ptr, stride_xm, offs_m, mask_m, c0, c_end, W: tl.constexpr, BT: 
         xn = tl.load(ptr, mask=mask_m[:, None], other=0.0)
     else:
         xn = tl.load(ptr, mask=mask_m[:, None] & (cols < c_end)[None, :], other=0.0)
-    xn = xn.to(tl.float16)  # bfloat16 x: rounded as the gather rounds it
     xs = tl.sum(xn.to(tl.float32), axis=1)
     b = tl.permute(tl.reshape(xn, [BT, KP, 2, H]), (3, 1, 2, 0))  # (m, r, h, j) -> (j, r, h, m)
     return tl.reshape(b, [BLK, BT]), xs
@@ -197,12 +203,12 @@ def _block_src(perm_ptr, c0, last, BLK: tl.constexpr, PERM: tl.constexpr):
 
 
 @triton.jit
-def _half2(v, shape, ASM: tl.constexpr):
+def _half2(v, shape, ASM: tl.constexpr, BF16: tl.constexpr = False):
     """float32 ``v [BN]`` as what ``pair_halves`` takes for ``s2``/``z2``, broadcast to ``shape``:
-    the int32 bits of the half2 ``(v, v)`` (ASM), else float32."""
+    the int32 bits of the half2 (``BF16``: bfloat16 pair) ``(v, v)`` (ASM), else float32."""
     if ASM:
-        v2 = tl.inline_asm_elementwise("mov.b32 $0, {$1, $1};", "=r,h", [v.to(tl.float16)], dtype=tl.int32,
-                                       is_pure=True, pack=1)
+        v2 = tl.inline_asm_elementwise("mov.b32 $0, {$1, $1};", "=r,h", [v.to(tl.bfloat16 if BF16 else tl.float16)],
+                                       dtype=tl.int32, is_pure=True, pack=1)
         return tl.broadcast_to(v2[:, None], shape)
     else:
         return tl.broadcast_to(v[:, None], shape)
@@ -233,10 +239,11 @@ def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask
               BITS: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr,
               JOIN: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr, FULL: tl.constexpr,
               EVEN_M: tl.constexpr, DIRECT: tl.constexpr = False, perm_ptr=None, DIRECT_PERM: tl.constexpr = False,
-              sblk=None):
+              sblk=None, XBF16: tl.constexpr = False):
     """``acc [BN, BT] += W x^T`` over segment columns ``[k0, k0 + BLK)`` of every plane; ``s``, ``z``,
     ``xs`` the block's :func:`_wg_params` (loaded a block ahead by the caller). DIRECT: ``xt_ptr`` is
-    ``x`` itself (rows ``stride_tm`` apart), its block and sums read here (:func:`_direct_x`).
+    ``x`` itself (rows ``stride_tm`` apart), its block and sums read here (:func:`_direct_x`; ``XBF16``: bfloat16,
+    multiplied as bfloat16).
 
     SCALED: the operands are the weights ``(q - z) s`` (plane 0) and ``coef q s`` (others), one
     HFMA2 per code pair more, and the dots accumulate straight into ``acc``. Else the operands
@@ -247,11 +254,11 @@ def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask
     bx = None
     if DIRECT:
         bx, xs = _direct_x(xt_ptr, stride_tm, offs_m, mask_m, seg[0] + k0, seg[0] + seg[1], plane_width(BITS, 0), BT,
-                           BLK, FULL, EVEN_M, perm_ptr, DIRECT_PERM, sblk)
+                           BLK, FULL, EVEN_M, perm_ptr, DIRECT_PERM, sblk, XBF16)
     if SCALED:
         acc = _plane_sum(acc, seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
-                         _half2(s, [BN, KP0], ASM), _half2(-z * s, [BN, KP0], ASM), 0, BITS, BLK, JOIN, ASM, True,
-                         FULL, MERGE, EVEN_M, bx)
+                         _half2(s, [BN, KP0], ASM, XBF16), _half2(-z * s, [BN, KP0], ASM, XBF16), 0, BITS, BLK, JOIN,
+                         ASM, True, FULL, MERGE, EVEN_M, bx, XBF16)
         for p in tl.static_range(1, 3):
             if plane_width(BITS, p) > 0 and not MERGE:
                 tl.static_assert(not DIRECT, "DIRECT takes codes of one plane (1, 2, 4, 8 bits) or merged 3-bit codes")
@@ -261,7 +268,7 @@ def _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask
                                  BLK, JOIN, ASM, True, FULL, False, EVEN_M)
         return acc
     part = _plane_sum(-z[:, None] * xs[None, :], seg, k0, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_n,
-                      s, z, 0, BITS, BLK, JOIN, ASM, False, FULL, MERGE, EVEN_M, bx)
+                      s, z, 0, BITS, BLK, JOIN, ASM, False, FULL, MERGE, EVEN_M, bx, XBF16)
     acc += part * s[:, None]
     for p in tl.static_range(1, 3):
         if plane_width(BITS, p) > 0 and not MERGE:
@@ -278,10 +285,10 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
               BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr, ATOMIC: tl.constexpr,
               HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr,
               SCALED: tl.constexpr = False, EVEN_M: tl.constexpr = False, PDL: tl.constexpr = False,
-              DIRECT: tl.constexpr = False, DIRECT_PERM: tl.constexpr = False):
+              DIRECT: tl.constexpr = False, DIRECT_PERM: tl.constexpr = False, XBF16: tl.constexpr = False):
     """Grid ``(cdiv(M, BT) * cdiv(ns, BN), split_k)``, token tiles fastest; activations
-    pre-arranged by :func:`operand_gather_kernel`, or (DIRECT, with JOIN) ``xt_ptr`` is the float16
-    ``x`` itself, ``stride_tm`` its row stride (``xs_ptr``, ``stride_tb``, ``stride_sm`` unused), and
+    pre-arranged by :func:`operand_gather_kernel`, or (DIRECT, with JOIN) ``xt_ptr`` is the float16 (``XBF16``:
+    bfloat16, multiplied as bfloat16 by bfloat16 operands) ``x`` itself, ``stride_tm`` its row stride (``xs_ptr``, ``stride_tb``, ``stride_sm`` unused), and
     ``col_perm`` (``perm_ptr``) the identity or, with DIRECT_PERM, moving whole ``BLK``-column blocks to
     ``BLK``-aligned starts (``_perm.perm_run``). ``ASM``: half2 inline PTX (else integer ops, for the
     interpreter)."""
@@ -312,7 +319,7 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
                                       BLK, SCALED, EVEN_M, DIRECT)
                 acc = _wg_block(acc, seg, t * BLK, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns,
                                 offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, perm_ptr,
-                                DIRECT_PERM)
+                                DIRECT_PERM, None, XBF16)
         else:
             # scales, zeros and activation sums one block ahead: the block's dot waits on them (its
             # accumulator starts at -z * xs), and Triton's pipeline stages only the dot operands' loads
@@ -327,14 +334,14 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
                 sb = _block_src(perm_ptr, seg[0] + (t + 1) * BLK, last, BLK, DIRECT_PERM)
                 acc = _wg_block(acc, seg, t * BLK, cs, cz, cxs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns,
                                 offs_nc, SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, True, EVEN_M, DIRECT, perm_ptr,
-                                DIRECT_PERM, csb)
+                                DIRECT_PERM, csb, XBF16)
         if (t_hi > t_lo) & (t_hi * BLK > seg[1]):  # the segment's last block is partial and ours
             k0 = (t_hi - 1) * BLK
             s, z, xs = _wg_params(seg, k0, xs_ptr, stride_sm, offs_m, mask_m, ns, offs_nc, t_hi > t_lo, GS, BLK, SCALED,
                                   EVEN_M, DIRECT)
             acc = _wg_block(acc, seg, k0, s, z, xs, xt_ptr, stride_tm, stride_tb, offs_m, mask_m, ns, offs_nc,
                             SEG_BITS[i], BN, BT, BLK, JOIN, ASM, SCALED, False, EVEN_M, DIRECT, perm_ptr,
-                            DIRECT_PERM)
+                            DIRECT_PERM, None, XBF16)
     store_rows(tl.trans(acc), out_ptr, stride_om, acc_ptr, stride_am, rowperm_ptr, bias_ptr, r0, offs_m, mask_m,
                offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
 
