@@ -205,7 +205,7 @@ def _code_at(j, W: gl.constexpr, SPAN: gl.constexpr, BF16: gl.constexpr):
     ``SPAN`` bits: the word is shifted right by ``S`` so that the code sits at bit ``p = j W - S`` and ends below
     the 16-bit type's exponent. float16 (10 mantissa bits): ``S = 8`` where ``j W + SPAN > 10``, else 0.
     bfloat16 (7): at 4 bits ``S = 4 j`` (``p = 0``), at 2 bits ``S = 6 (j // 3)`` (``p`` 0, 2 or 4: a 3-bit code
-    at ``p`` still ends at bit 6)."""
+    at ``p`` still ends at bit 6): ``_bf16.bf_shift``'s rule, here on a tensor of pair indices."""
     if BF16:
         if W == 4:
             S = j * 4
