@@ -1,12 +1,19 @@
 """``_bf16``: where the bfloat16 reads (``_mvx`` at one token, ``_wg`` with ``direct``) find each code, replayed on
 integers (no GPU): every pair of 1-, 2- and 4-bit words, merged 3-bit codes, and plane coefficients, read through
-the shifted word, mask and magic as bfloat16, less the magic, is the code exactly."""
+the shifted word, mask and magic as bfloat16, less the magic, is the code exactly.
+
+``_bf16`` is imported inside the tests: importing it imports triton, which at collection time would come before
+``test_kernels_triton`` turns the interpreter on (it must see ``TRITON_INTERPRET`` first).
+"""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from slimq.kernels.triton._bf16 import BF16_MAX_WIDTH, bf_group, bf_magic, bf_mask2, bf_pos, bf_shift
+
+def _bf():
+    from slimq.kernels.triton import _bf16
+    return _bf16
 
 
 def _bf16(bits: torch.Tensor) -> torch.Tensor:
@@ -16,6 +23,8 @@ def _bf16(bits: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("w", [1, 2, 4])
 @pytest.mark.parametrize("c", [0, 2, 4])
 def test_every_pair_reads_exactly(w, c):
+    b = _bf()
+    bf_magic, bf_mask2, bf_pos, bf_shift = b.bf_magic, b.bf_mask2, b.bf_pos, b.bf_shift
     g = torch.Generator().manual_seed(w + 10 * c)
     e = 32 // w
     q = torch.randint(0, 1 << w, (256, e), generator=g)
@@ -32,6 +41,8 @@ def test_every_pair_reads_exactly(w, c):
 def test_merged_three_bit_codes_read_exactly():
     """2-bit pair ``i`` at ``p = bf_pos(i, 2) <= 4`` and its partner (bit ``i`` of the respread 1-bit word) moved to
     ``p + 2``: the 3-bit code ``q0 + 4 q1``, as ``_h2.pair3_halves_bf16`` builds it."""
+    b = _bf()
+    bf_magic, bf_mask2, bf_pos, bf_shift = b.bf_magic, b.bf_mask2, b.bf_pos, b.bf_shift
     g = torch.Generator().manual_seed(3)
     q0 = torch.randint(0, 4, (256, 16), generator=g)
     q1 = torch.randint(0, 2, (256, 16), generator=g)
@@ -51,6 +62,8 @@ def test_merged_three_bit_codes_read_exactly():
 
 
 def test_wider_planes_are_refused():
-    assert BF16_MAX_WIDTH == 4 and bf_group(1) == 7 and bf_group(2) == 3 and bf_group(4) == 1
+    b = _bf()
+    bf_group = b.bf_group
+    assert b.BF16_MAX_WIDTH == 4 and bf_group(1) == 7 and bf_group(2) == 3 and bf_group(4) == 1
     with pytest.raises(ValueError, match="planes of 1-4 bits"):
         bf_group(8)
