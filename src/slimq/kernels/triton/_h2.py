@@ -92,26 +92,53 @@ def pair_halves(words, sh, s2, z2, I: tl.constexpr, W: tl.constexpr, ASM: tl.con
     P: tl.constexpr = _pos(I, W)
     src = _pair_src(words, sh, I, W)
     if ASM:
-        if SCALED:
-            lo, hi = tl.inline_asm_elementwise(
-                "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 t, t, $5, $6; "
-                "mov.b32 {$0, $1}, t; }",
-                "=h,=h,r,r,r,r,r",
-                [src, tl.full(src.shape, M2, tl.int32), tl.full(src.shape, MAGIC2, tl.int32), s2, z2],
-                dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
-        else:
-            lo, hi = tl.inline_asm_elementwise(
-                "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.f16x2 t, t, $4; mov.b32 {$0, $1}, t; }",
-                "=h,=h,r,r,r", [src, tl.full(src.shape, M2, tl.int32), tl.full(src.shape, MAGIC2, tl.int32)],
-                dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
-        return lo, hi
+        args = [src, tl.full(src.shape, M2, tl.int32), tl.full(src.shape, MAGIC2, tl.int32)]
+        return _halves_asm(args + [s2, z2] if SCALED else args, SCALED, False, False)
     else:
-        q_lo = ((src >> P) & ((1 << W) - 1)).to(tl.float32)
-        q_hi = ((src >> (P + 16)) & ((1 << W) - 1)).to(tl.float32)
-        if SCALED:
-            return (q_lo * s2 + z2).to(tl.float16), (q_hi * s2 + z2).to(tl.float16)
-        else:
-            return q_lo.to(tl.float16), q_hi.to(tl.float16)
+        return _halves_emulated((src >> P) & ((1 << W) - 1), (src >> (P + 16)) & ((1 << W) - 1), s2, z2, SCALED,
+                                False)
+
+
+@triton.constexpr_function
+def _pair_asm(scaled, merge3, bf16):
+    """PTX of the code pairs: ``$2`` source, ``$3`` mask, ``$4`` magic (``$5``/``$6`` the scale pair), or with
+    ``merge3`` (3-bit codes) ``$2``/``$3`` the sources, ``$4``-``$6`` masks and magic (``$7``/``$8`` the scale
+    pair); LOP3(s), then the magic subtracted and (``scaled``) the pair scaled, in float16 or (``bf16``) bfloat16
+    pairs; outputs the two halves."""
+    t = "bf16x2" if bf16 else "f16x2"
+    if merge3:
+        body, fma = f"lop3.b32 t, $2, $4, $6, 0xEA; lop3.b32 t, $3, $5, t, 0xEA; sub.{t} t, t, $6; ", "$7, $8"
+    else:
+        body, fma = f"lop3.b32 t, $2, $3, $4, 0xEA; sub.{t} t, t, $4; ", "$5, $6"
+    return "{ .reg .b32 t; " + body + (f"fma.rn.{t} t, t, {fma}; " if scaled else "") + "mov.b32 {$0, $1}, t; }"
+
+
+@triton.constexpr_function
+def _in_regs(n):
+    """Constraints of :func:`_halves_asm`: two 16-bit outputs, ``n`` 32-bit inputs."""
+    return "=h,=h," + ",".join(["r"] * int(n))
+
+
+@triton.jit
+def _halves_asm(args, SCALED: tl.constexpr, MERGE3: tl.constexpr, BF16: tl.constexpr):
+    """The pair ``(lo, hi)`` of :func:`_pair_asm` from ``args`` (float16, or ``BF16`` bfloat16)."""
+    if BF16:
+        return tl.inline_asm_elementwise(_pair_asm(SCALED, MERGE3, True), _in_regs(len(args)), args,
+                                         dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(_pair_asm(SCALED, MERGE3, False), _in_regs(len(args)), args,
+                                         dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+
+
+@triton.jit
+def _halves_emulated(q_lo, q_hi, s2, z2, SCALED: tl.constexpr, BF16: tl.constexpr):
+    """The interpreter's pair: integer codes as float16 (``BF16``: bfloat16), or SCALED ``q s - z s`` (``s2``/``z2``
+    float32 there)."""
+    DT: tl.constexpr = tl.bfloat16 if BF16 else tl.float16
+    if SCALED:
+        return (q_lo.to(tl.float32) * s2 + z2).to(DT), (q_hi.to(tl.float32) * s2 + z2).to(DT)
+    else:
+        return q_lo.to(tl.float32).to(DT), q_hi.to(tl.float32).to(DT)
 
 
 @triton.constexpr_function
@@ -164,14 +191,6 @@ def code3_exact(src, sv, I: tl.constexpr):
     return q_lo, q_hi
 
 
-@triton.constexpr_function
-def _pair3_asm(scaled):
-    """PTX of :func:`pair3_halves`: ``$2``/``$3`` the sources, ``$4``-``$6`` masks and magic (``$7``, ``$8``
-    the scale pair when ``scaled``), outputs the two fp16 halves."""
-    body = "lop3.b32 t, $2, $4, $6, 0xEA; lop3.b32 t, $3, $5, t, 0xEA; sub.f16x2 t, t, $6; "
-    return "{ .reg .b32 t; " + body + ("fma.rn.f16x2 t, t, $7, $8; " if scaled else "") + "mov.b32 {$0, $1}, t; }"
-
-
 @triton.jit
 def pair3_halves(words, sh, v, s2, z2, I: tl.constexpr, ASM: tl.constexpr, SCALED: tl.constexpr):
     """fp16 ``(lo, hi)`` of 3-bit codes ``q0 + 4 q1`` (exact, or SCALED to ``q s - z s``) of pair ``I``
@@ -182,19 +201,10 @@ def pair3_halves(words, sh, v, s2, z2, I: tl.constexpr, ASM: tl.constexpr, SCALE
     if ASM:
         args = [src, sv, tl.full(src.shape, _c3(I, "m0"), tl.int32), tl.full(src.shape, _c3(I, "m1"), tl.int32),
                 tl.full(src.shape, _c3(I, "magic"), tl.int32)]
-        if SCALED:
-            lo, hi = tl.inline_asm_elementwise(_pair3_asm(True), "=h,=h,r,r,r,r,r,r,r", args + [s2, z2],
-                                               dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
-        else:
-            lo, hi = tl.inline_asm_elementwise(_pair3_asm(False), "=h,=h,r,r,r,r,r", args,
-                                               dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
-        return lo, hi
+        return _halves_asm(args + [s2, z2] if SCALED else args, SCALED, True, False)
     else:
         q_lo, q_hi = code3_exact(src, sv, I)
-        if SCALED:
-            return (q_lo.to(tl.float32) * s2 + z2).to(tl.float16), (q_hi.to(tl.float32) * s2 + z2).to(tl.float16)
-        else:
-            return q_lo.to(tl.float16), q_hi.to(tl.float16)
+        return _halves_emulated(q_lo, q_hi, s2, z2, SCALED, False)
 
 
 @triton.constexpr_function
@@ -202,18 +212,6 @@ def _bf_m1(i):
     """bfloat16 reads of 3-bit pair ``i``: the mask of the high bit (``p + 2``) in both halves."""
     m = 4 << bf_pos(i, 2)
     return m | (m << 16)
-
-
-@triton.constexpr_function
-def _bf16_asm(scaled, merge3):
-    """PTX of :func:`pair_halves_bf16` (``$2`` source, ``$3`` mask, ``$4`` magic, ``$5``/``$6`` the scale pair) or,
-    ``merge3``, of :func:`pair3_halves_bf16` (``$2``/``$3`` the sources, ``$4``-``$6`` masks and magic, ``$7``/``$8``
-    the scale pair): outputs the two bfloat16 halves."""
-    if merge3:
-        body, fma = "lop3.b32 t, $2, $4, $6, 0xEA; lop3.b32 t, $3, $5, t, 0xEA; sub.bf16x2 t, t, $6; ", "$7, $8"
-    else:
-        body, fma = "lop3.b32 t, $2, $3, $4, 0xEA; sub.bf16x2 t, t, $4; ", "$5, $6"
-    return "{ .reg .b32 t; " + body + (f"fma.rn.bf16x2 t, t, {fma}; " if scaled else "") + "mov.b32 {$0, $1}, t; }"
 
 
 @triton.jit
@@ -225,19 +223,10 @@ def pair_halves_bf16(words, s2, z2, I: tl.constexpr, W: tl.constexpr, ASM: tl.co
     src = words >> S if S > 0 else words
     if ASM:
         args = [src, tl.full(src.shape, bf_mask2(I, W), tl.int32), tl.full(src.shape, bf_magic(I, W), tl.int32)]
-        if SCALED:
-            return tl.inline_asm_elementwise(_bf16_asm(True, False), "=h,=h,r,r,r,r,r", args + [s2, z2],
-                                             dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
-        else:
-            return tl.inline_asm_elementwise(_bf16_asm(False, False), "=h,=h,r,r,r", args,
-                                             dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
+        return _halves_asm(args + [s2, z2] if SCALED else args, SCALED, False, True)
     else:
-        q_lo = ((src >> P) & ((1 << W) - 1)).to(tl.float32)
-        q_hi = ((src >> (P + 16)) & ((1 << W) - 1)).to(tl.float32)
-        if SCALED:
-            return (q_lo * s2 + z2).to(tl.bfloat16), (q_hi * s2 + z2).to(tl.bfloat16)
-        else:
-            return q_lo.to(tl.bfloat16), q_hi.to(tl.bfloat16)
+        return _halves_emulated((src >> P) & ((1 << W) - 1), (src >> (P + 16)) & ((1 << W) - 1), s2, z2, SCALED,
+                                True)
 
 
 @triton.jit
@@ -251,19 +240,11 @@ def pair3_halves_bf16(words, v, s2, z2, I: tl.constexpr, ASM: tl.constexpr, SCAL
         sv = tl.inline_asm_elementwise(_shift_asm(P + 2 - I), "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
         args = [src, sv, tl.full(src.shape, bf_mask2(I, 2), tl.int32), tl.full(src.shape, _bf_m1(I), tl.int32),
                 tl.full(src.shape, bf_magic(I, 2), tl.int32)]
-        if SCALED:
-            return tl.inline_asm_elementwise(_bf16_asm(True, True), "=h,=h,r,r,r,r,r,r,r", args + [s2, z2],
-                                             dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
-        else:
-            return tl.inline_asm_elementwise(_bf16_asm(False, True), "=h,=h,r,r,r,r,r", args,
-                                             dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
+        return _halves_asm(args + [s2, z2] if SCALED else args, SCALED, True, True)
     else:
-        q_lo = (((src >> P) & 3) + 4 * ((v >> I) & 1)).to(tl.float32)
-        q_hi = (((src >> (P + 16)) & 3) + 4 * ((v >> (I + 16)) & 1)).to(tl.float32)
-        if SCALED:
-            return (q_lo * s2 + z2).to(tl.bfloat16), (q_hi * s2 + z2).to(tl.bfloat16)
-        else:
-            return q_lo.to(tl.bfloat16), q_hi.to(tl.bfloat16)
+        q_lo = ((src >> P) & 3) + 4 * ((v >> I) & 1)
+        q_hi = ((src >> (P + 16)) & 3) + 4 * ((v >> (I + 16)) & 1)
+        return _halves_emulated(q_lo, q_hi, s2, z2, SCALED, True)
 
 
 @triton.jit

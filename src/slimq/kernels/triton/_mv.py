@@ -56,7 +56,8 @@ from slimq.kernels.triton._h2 import (
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tiles import pdl_release, plane_coef, plane_width
 
-__all__ = ["mv_gather_kernel", "a_regs", "block_sums", "plane_pairs", "plane_shifts", "virtual1", "vwords", "TILE",
+__all__ = ["mv_gather_kernel", "a_regs", "lop3_pair", "block_sums", "plane_pairs", "plane_shifts", "virtual1", "vwords",
+           "TILE",
            "XC_SLOTS"]
 
 TILE = 128  # columns per tile: each lane covers 32 of them
@@ -97,9 +98,20 @@ def _lane_mma(a_lo, a_hi, b_lo, b_hi):
 
 
 @triton.jit
-def _lo_hi_bf32(v):
-    """float32 values of the low and high bfloat16 halves of int32 bit patterns ``v``."""
-    return (v << 16).to(tl.float32, bitcast=True), (v & -65536).to(tl.float32, bitcast=True)
+def _lo_hi(v, BF16: tl.constexpr):
+    """float32 values of the low and high 16-bit halves of int32 bit patterns ``v``: float16, or ``BF16`` bfloat16."""
+    if BF16:
+        return (v << 16).to(tl.float32, bitcast=True), (v & -65536).to(tl.float32, bitcast=True)
+    else:
+        return _lo_hi_f32(v)
+
+
+@triton.constexpr_function
+def _mma_asm(bf16):
+    """PTX of one ``mma.m16n8k16`` with float16 (``bf16``: bfloat16) operands and float32 accumulators."""
+    t = "bf16" if bf16 else "f16"
+    return (f"mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32 {{$0, $1, $2, $3}}, {{$4, $5, $6, $7}}, {{$8, $9}}, "
+            "{$10, $11, $12, $13};")
 
 
 @triton.jit
@@ -112,33 +124,16 @@ def _mma(a0, a1, a2, a3, b0, b1, c, ASM: tl.constexpr, BF16: tl.constexpr = Fals
     tensor is thread ``i``)."""
     c0, c1, c2, c3 = c
     if ASM:
-        if BF16:
-            return tl.inline_asm_elementwise(
-                "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
-                "{$10, $11, $12, $13};",
-                "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
-                dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=False, pack=1)
-        else:
-            return tl.inline_asm_elementwise(
-                "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
-                "{$10, $11, $12, $13};",
-                "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
-                dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=False, pack=1)
+        return tl.inline_asm_elementwise(
+            _mma_asm(BF16), "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+            dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=False, pack=1)
     else:
-        if BF16:
-            a0l, a0h = _lo_hi_bf32(a0)
-            a1l, a1h = _lo_hi_bf32(a1)
-            a2l, a2h = _lo_hi_bf32(a2)
-            a3l, a3h = _lo_hi_bf32(a3)
-            b0l, b0h = _lo_hi_bf32(b0)
-            b1l, b1h = _lo_hi_bf32(b1)
-        else:
-            a0l, a0h = _lo_hi_f32(a0)
-            a1l, a1h = _lo_hi_f32(a1)
-            a2l, a2h = _lo_hi_f32(a2)
-            a3l, a3h = _lo_hi_f32(a3)
-            b0l, b0h = _lo_hi_f32(b0)
-            b1l, b1h = _lo_hi_f32(b1)
+        a0l, a0h = _lo_hi(a0, BF16)
+        a1l, a1h = _lo_hi(a1, BF16)
+        a2l, a2h = _lo_hi(a2, BF16)
+        a3l, a3h = _lo_hi(a3, BF16)
+        b0l, b0h = _lo_hi(b0, BF16)
+        b1l, b1h = _lo_hi(b1, BF16)
         d0, d1 = _lane_mma((a0l, a2l), (a0h, a2h), (b0l, b1l), (b0h, b1h))
         d2, d3 = _lane_mma((a1l, a3l), (a1h, a3h), (b0l, b1l), (b0h, b1h))
         return c0 + d0, c1 + d1, c2 + d2, c3 + d3
@@ -234,13 +229,19 @@ def _pair(word, sh, j: tl.constexpr, W: tl.constexpr, C: tl.constexpr, ASM: tl.c
         src = sh
     else:
         src = word
+    return lop3_pair(src, _mask2(j, W), _magic(j, W, C), ASM)
+
+
+@triton.jit
+def lop3_pair(src, MASK: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
+    """``(src & MASK) | MAGIC``: the 16-bit pair of codes read with the magic in the exponent."""
     if ASM:  # one LOP3 with both constants in registers (two LOP3 when both are immediates)
         return tl.inline_asm_elementwise(
             "lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,r,r",
-            [src, tl.full(src.shape, _mask2(j, W), tl.int32), tl.full(src.shape, _magic(j, W, C), tl.int32)],
+            [src, tl.full(src.shape, MASK, tl.int32), tl.full(src.shape, MAGIC, tl.int32)],
             dtype=tl.int32, is_pure=True, pack=1)
     else:
-        return (src & _mask2(j, W)) | _magic(j, W, C)
+        return (src & MASK) | MAGIC
 
 
 @triton.constexpr_function

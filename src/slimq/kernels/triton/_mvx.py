@@ -1,6 +1,6 @@
 """``mv``'s one-token tile with the activations read straight from ``x`` (no gather launch): for float16 or bfloat16
-activations and layers whose ``col_perm`` is the identity or moves whole 128-column tiles (SliM's grouping of the bit-widths
-without act-order: each tile read from ``col_perm`` at its first storage column, :func:`tile_source`;
+activations and layers whose ``col_perm`` is the identity or moves whole 128-column tiles (SliM's grouping of the
+bit-widths without act-order: each tile read from ``col_perm`` at its first storage column, :func:`tile_source`;
 ``_mv``/``_mvs``, ``DIRECT``).
 
 The gather (``_mv.mv_gather_kernel``) gives ``mv`` two things: each lane's 16 activation pairs per plane width
@@ -16,8 +16,9 @@ as the MMAs of the codes are. The activations are not scaled (the tensor cores a
 bfloat16 ``x`` (``XBF16``) is used as it is: the MMAs take bfloat16 operands, so the codes are read with a
 bfloat16 magic, whose mantissa has 7 bits (``_bf16``: pair ``j`` of a width-``w`` plane at bit ``(j % G) w`` of the
 word shifted right by ``(j // G) G w``, ``G = 7 // w``): 4-bit words in 4 shifted copies (3 shifts), 2-bit in 3,
-1-bit (and 3-bit codes' virtual 1-bit words, :func:`_mv.vwords`) in 3 or 2 (the float16 path: one ``word >> 8``). The magic is ``2**(7 - p + c)`` (exponent field ``134 - p + c``), the
-correction rows' constants exact bfloat16 sums (:func:`corr_magic_bf16`), the ones ``0x3F80``. The tile costs a few
+1-bit (and 3-bit codes' virtual 1-bit words, :func:`_mv.vwords`) in 3 or 2 (the float16 path: one ``word >> 8``).
+The magic is ``2**(7 - p + c)`` (exponent field ``134 - p + c``), the correction rows' constants exact bfloat16
+sums (:func:`corr_magic_bf16`), the ones ``0x3F80``. The tile costs a few
 more shifts than float16's and no conversion of ``x`` (rounding bfloat16 ``x`` to float16, as the gather does,
 cost 3 instructions per word of ``x`` and 8-14% of a decode step's matmul time, run 219).
 """
@@ -34,6 +35,7 @@ from slimq.kernels.triton._mv import (
     _mma,
     _plane_mma,
     _shift,
+    lop3_pair,
     plane_shifts,
     virtual1,
     vwords,
@@ -129,13 +131,7 @@ def _bf_copies_of(words, H: tl.constexpr, W: tl.constexpr):
 def _bf_pair(src, j: tl.constexpr, W: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
     """The bfloat16 pair ``(M + 2**C q_j, M + 2**C q_{j+H})`` from ``src``, the copy of the word pair ``j`` is read
     from: one LOP3."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            "lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,r,r",
-            [src, tl.full(src.shape, bf_mask2(j, W), tl.int32), tl.full(src.shape, bf_magic(j, W, C), tl.int32)],
-            dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        return (src & bf_mask2(j, W)) | bf_magic(j, W, C)
+    return lop3_pair(src, bf_mask2(j, W), bf_magic(j, W, C), ASM)
 
 
 @triton.jit
@@ -165,8 +161,9 @@ def _bf_plane_mma(accs, cacc, words, x, W: tl.constexpr, C: tl.constexpr, C1: tl
     for s in tl.static_range(8):
         accs = _bf_kstep(accs, cps[(2 * s) // H], x[2 * s], x[2 * s + 1], (2 * s) % H, W, C, ASM)
         if CORR:
-            cacc = _mma(z + corr_magic_bf16((2 * s) % H, W, C, C1), ones, z + corr_magic_bf16((2 * s) % H + 1, W, C, C1),
-                        ones, x[2 * s], x[2 * s + 1], cacc, ASM, True)
+            m0 = z + corr_magic_bf16((2 * s) % H, W, C, C1)
+            m1 = z + corr_magic_bf16((2 * s) % H + 1, W, C, C1)
+            cacc = _mma(m0, ones, m1, ones, x[2 * s], x[2 * s + 1], cacc, ASM, True)
     return accs, cacc
 
 

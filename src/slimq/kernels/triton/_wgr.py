@@ -50,6 +50,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from slimq.kernels.triton._dq16 import _half2
+from slimq.kernels.triton._h2 import _in_regs, _pair_asm
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _tma_load
 from slimq.kernels.triton._wgsk import _gdc_wait
 
@@ -243,16 +244,19 @@ def _pairs(src, mask, magic, s, z, shape: gl.constexpr, BF16: gl.constexpr):
     (``BF16``: bfloat16) ``(lo, hi)`` of ``q s + (-z s)``: one LOP3, HSUB2 and HFMA2 (as ``_h2.pair_halves``)."""
     s2 = _pair16(s, BF16)[:, :, :, None, None].broadcast_to(shape)
     c2 = _pair16(-z * s, BF16)[:, :, :, None, None].broadcast_to(shape)
-    args = [src, mask.broadcast_to(shape), magic.broadcast_to(shape), s2, c2]
+    return _scaled_pair([src, mask.broadcast_to(shape), magic.broadcast_to(shape), s2, c2], False, BF16)
+
+
+@gluon.jit
+def _scaled_pair(args, MERGE3: gl.constexpr, BF16: gl.constexpr):
+    """``_h2._pair_asm`` (scaled) on ``args`` (source, mask, magic, scale pair; ``MERGE3``: both sources, both masks,
+    magic, scale pair): the 16-bit ``(lo, hi)`` in float16, or ``BF16`` bfloat16."""
     if BF16:
-        return gl.inline_asm_elementwise(
-            "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.bf16x2 t, t, $4; fma.rn.bf16x2 t, t, $5, $6; "
-            "mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r", args, dtype=(gl.bfloat16, gl.bfloat16), is_pure=True,
-            pack=1)
+        return gl.inline_asm_elementwise(_pair_asm(True, MERGE3, True), _in_regs(len(args)), args,
+                                         dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
     else:
-        return gl.inline_asm_elementwise(
-            "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 t, t, $5, $6; "
-            "mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r", args, dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+        return gl.inline_asm_elementwise(_pair_asm(True, MERGE3, False), _in_regs(len(args)), args,
+                                         dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
 
 
 @gluon.jit
@@ -313,17 +317,7 @@ def _fragment3(w, v, s, z, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.con
     magic = _magic(p, BF16).broadcast_to(shape)
     s2 = _pair16(s, BF16)[:, :, :, None, None].broadcast_to(shape)
     c2 = _pair16(-z * s, BF16)[:, :, :, None, None].broadcast_to(shape)
-    args = [src, m2.broadcast_to(shape), magic, sv, m1.broadcast_to(shape), s2, c2]
-    if BF16:
-        lo, hi = gl.inline_asm_elementwise(
-            "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; lop3.b32 t, $5, $6, t, 0xEA; sub.bf16x2 t, t, $4; "
-            "fma.rn.bf16x2 t, t, $7, $8; mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r,r,r", args,
-            dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
-    else:
-        lo, hi = gl.inline_asm_elementwise(
-            "{ .reg .b32 t; lop3.b32 t, $2, $3, $4, 0xEA; lop3.b32 t, $5, $6, t, 0xEA; sub.f16x2 t, t, $4; "
-            "fma.rn.f16x2 t, t, $7, $8; mov.b32 {$0, $1}, t; }", "=h,=h,r,r,r,r,r,r,r", args,
-            dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+    lo, hi = _scaled_pair([src, sv, m2.broadcast_to(shape), m1.broadcast_to(shape), magic, s2, c2], True, BF16)
     return _operand(lo, hi, 2, BN, BT, num_warps)
 
 
