@@ -8,6 +8,8 @@ every one checked against the reference first, then all timed together with FP16
 Prints the dispatch, the best and every candidate per line (``block_n/k<split>[/options]: us``) and writes
 ``OUT/wg_split.json``. Run 97 (``kernels_h200_run97_m16_split_tune.json``) set ``_dispatch._balanced_split``.
 
+With ``--no-splits`` any path is timed (``--m 1``: one-token ``mv`` against ``--extra byte_split=1,split_k=8``).
+
     PYTHONPATH=src python3 benchmarks/wg_split.py [--m 16] [--shapes 28672x8192,...] [--variants 2b,3b,4b,slim]
         [--extra num_stages=2 --extra num_stages=4,num_warps=8] [--no-splits]
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, cfg_name, parse_extras, rel_err
+from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, cfg_name, parse_extra, rel_err
 
 SPLITS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16)
 
@@ -48,7 +50,8 @@ def short(name: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--m", type=int, default=16, help="tokens (9-16: the rule this sweep tunes)")
+    ap.add_argument("--m", type=int, default=16, help="tokens (9-16: the rule this sweep tunes; 1-16 with "
+                    "--no-splits: the dispatch of any path against its --extra variants)")
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES))
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--extra", action="append", default=[], metavar="FIELD=N,...",
@@ -59,13 +62,23 @@ def main(argv=None) -> int:
     ap.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
-    if not 2 <= args.m <= 16:
-        ap.error(f"--m must be 2-16 (the 16-token tiles of wg), got {args.m}")
-    from slimq.kernels.triton import KernelConfig
+    if not 1 <= args.m <= 16:
+        ap.error(f"--m must be 1-16, got {args.m}")
     if args.rounds < 1:
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
+    from slimq.kernels.triton import KernelConfig
+    bases = (KernelConfig("wg"), KernelConfig("mv", block_m=1, block_n=128, num_warps=4, split_k=4))
     try:
-        extras = parse_extras(args.extra, KernelConfig("wg"))
+        extras = [parse_extra(e) for e in args.extra]
+        for e in extras:  # refused here if no path this sweeps takes it (each case checks its own again)
+            errs = []
+            for b in bases:
+                try:
+                    dataclasses.replace(b, **e)
+                except ValueError as err:
+                    errs.append(err)
+            if len(errs) == len(bases):
+                raise errs[0]
     except ValueError as e:
         ap.error(str(e))
     if not torch.cuda.is_available():
@@ -88,11 +101,18 @@ def main(argv=None) -> int:
             p = build_layer(n, k, v, dev, seed=n + k)
             case = Case(p, args.m, dev, ws)
             auto = resolve_config(case.x, p)
-            if auto.path != "wg":  # e.g. mv for 2-8 tokens on the big layers
-                print(f"{n}x{k} {v}: the dispatch runs {auto.path!r}, not wg; skipped", flush=True)
+            if auto.path != "wg" and not args.no_splits:  # e.g. mv for 2-8 tokens on the big layers
+                print(f"{n}x{k} {v}: the dispatch runs {auto.path!r}, not wg; skipped (--no-splits times the "
+                      f"--extra variants of any path)", flush=True)
                 continue
             cfgs = [auto] + ([] if args.no_splits else candidates(auto, n, k, sms))
-            cfgs += [c for c in (dataclasses.replace(auto, **e) for e in extras) if c not in cfgs]
+            for e in extras:
+                try:
+                    c = dataclasses.replace(auto, **e)
+                except ValueError as err:  # the field does not apply to this case's config
+                    print(f"{n}x{k} {v}: --extra {e} on {cfg_name(auto)}: {err}; skipped", flush=True)
+                    continue
+                cfgs += [] if c in cfgs else [c]
             precompile([lc for c in cfgs for lc in case.launches(c)], processes=args.procs)
             ref = packed_matmul_reference(case.x, p).float()
             fns, errs = {"fp16": lambda x=x16, w=w16, y=y16: torch.mm(x, w.t(), out=y)}, {}

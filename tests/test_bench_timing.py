@@ -89,8 +89,8 @@ def test_stream_k_benchmark_refuses_zero_rounds_and_bad_extras():
 
 def test_wg_split_benchmark_refuses_bad_arguments_and_lists_balanced_candidates():
     import wg_split
-    for bad in (["--rounds", "0"], ["--m", "17"], ["--m", "1"]):
-        with pytest.raises(SystemExit):
+    for bad in (["--rounds", "0"], ["--m", "17"], ["--m", "0"]):
+        with pytest.raises(SystemExit, match="2"):  # argparse's error, before any GPU work
             wg_split.main(bad)
     from slimq.kernels.triton import select_config
     auto = select_config(16, 28672, 8192)
@@ -110,8 +110,9 @@ def test_wg_split_extra_variants_parse_and_refuse_bad_fields():
     for bad in ("num_stages", "num_stages=x", "path=2", "nosuch=1", "join=2", "join=True"):
         with pytest.raises(ValueError):
             parse_extra(bad)
-    for bad in (["--extra", "split_k=0"], ["--extra", "num_stages"]):  # KernelConfig's range check, then syntax
-        with pytest.raises(SystemExit):
+    for bad in (["--extra", "split_k=0"], ["--extra", "num_stages"],  # KernelConfig's range check, then syntax
+                ["--extra", "stream_k=4"]):  # no path wg_split times takes stream-K
+        with pytest.raises(SystemExit, match="2"):
             wg_split.main(bad)
     assert wg_split.short("wg:16x64x128/w4s3/k2/j/nopdl") == "64/k2/nopdl"
     assert wg_split.short("wg:16x128x128/w8s4/k12/j") == "128/k12/w8s4"

@@ -42,6 +42,9 @@ class KernelConfig:
     direct: bool = False  # "wg" with join, "mv" with one token: where col_perm moves whole blocks (the identity
     # included) and x is float16, each program reads its blocks of x itself (``_wg._direct_x``, ``_mvx``;
     # ``_plan.wg_direct``, ``_plan.mv_direct``) instead of a gather launch writing them in operand order
+    byte_split: bool = False  # "mv" with one token and split_k: program p takes the band's tiles (segments in storage
+    # order) whose start lies in the p-th 1/split_k of its bytes, entering only the segments it has tiles of
+    # (``_plan.segment_units``; False: a 1/split_k share of every segment's tiles, one pipeline start per segment)
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -120,5 +123,8 @@ class KernelConfig:
         if self.direct and not ((self.path == "wg" and self.join) or (self.path == "mv" and self.block_m == 1)):
             raise ValueError(f"direct applies to path 'wg' with join, and to path 'mv' with block_m 1, only; got "
                              f"{self.path!r} (join={self.join}, block_m={self.block_m})")
+        if self.byte_split and (self.path != "mv" or self.block_m != 1 or self.k_warps or self.split_k < 2):
+            raise ValueError(f"byte_split applies to path 'mv' with block_m 1, no k_warps and split_k >= 2 only; got "
+                             f"{self.path!r} (block_m={self.block_m}, k_warps={self.k_warps}, split_k={self.split_k})")
         if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):
             raise ValueError(f"chunk_n must be 0, or > 0 with path 'dequant'; got {self.chunk_n} for {self.path!r}")

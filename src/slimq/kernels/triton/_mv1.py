@@ -34,18 +34,17 @@ def _acts(seg, tile, src, t, xw_ptr, stride_wb, xc_ptr, stride_cs, BITS: tl.cons
 
 
 @triton.jit
-def _segment(y, seg, t, row4, rows, wrow, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, stride_cs, perm_ptr,
+def _segment(y, seg, t, row4, rows, wrow, t_lo, t_hi, xw_ptr, stride_wb, xc_ptr, stride_cs, perm_ptr,
              BITS: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr, ASM: tl.constexpr, WAIT: tl.constexpr,
              DEPTH: tl.constexpr, L2A: tl.constexpr, DIRECT: tl.constexpr, DIRECT_PERM: tl.constexpr,
              XBF16: tl.constexpr = False):
-    """``y`` plus this program's share of one segment. The weight-side loads run ``DEPTH`` (1 or 2)
+    """``y`` plus this program's share of one segment, its 128-column tiles ``[t_lo, t_hi)``. The weight-side
+    loads run ``DEPTH`` (1 or 2)
     tiles ahead of the one computed, the activation-side ones one tile ahead (with ``DIRECT_PERM`` each tile's
     source column in ``col_perm`` two ahead, so that its ``x`` load never waits for it); with ``L2A``, the
     weights of the tile ``L2A`` past the next loaded are prefetched into L2 (:func:`_prefetch_tile`).
     WAIT: wait for the gather (PDL) after the first weight loads."""
-    ks = seg[1]
-    t_lo, t_hi = _tile_range(ks, pid_k, _TILE, split_k)
-    last = ks // _TILE - 1
+    last = seg[1] // _TILE - 1
     for d in tl.static_range(L2A):
         _prefetch_tile(seg, tl.minimum(t_lo + DEPTH + d, last) * _TILE, t, wrow, BITS, GS, NS, ASM)
     s_cur = tile_source(perm_ptr, seg[0] + tl.minimum(t_lo, last) * _TILE, DIRECT_PERM)
@@ -85,14 +84,18 @@ def mv_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, acc_ptr, rowperm_pt
               GS: tl.constexpr, ATOMIC: tl.constexpr, HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr,
               FUSED: tl.constexpr, ASM: tl.constexpr, XSCALE_INV: tl.constexpr, DEPTH: tl.constexpr = 1,
               PDL: tl.constexpr = False, L2A: tl.constexpr = 0, DIRECT: tl.constexpr = False,
-              DIRECT_PERM: tl.constexpr = False, XBF16: tl.constexpr = False):
+              DIRECT_PERM: tl.constexpr = False, XBF16: tl.constexpr = False,
+              SEG_UNITS: tl.constexpr = None):
     """Grid ``(cdiv(NS, NT), split_k)`` with ``NT = 32 * num_warps`` rows per program, one token:
     ``out[0, rows] = x W^T`` for the band's rows ``r0 + [0, NS)``. Activation pairs and the block sums
     ``xc`` (``[XC_SLOTS, tokens, nblk]``, slot stride ``stride_cs``; token 0 here) come from ``mv_gather_kernel``,
     or (``DIRECT``, ``_mvx``) ``xw_ptr`` is ``x`` itself (float16, or ``XBF16`` bfloat16, read as int32), each tile read from its storage
     column or (``DIRECT_PERM``) from ``col_perm`` (``perm_ptr``) at it. ``zero`` must be 0 (it hides the rows'
     alignment, so that every lane keeps one row). ``ASM``: PTX (else lane-by-lane emulation for the
-    interpreter)."""
+    interpreter). With ``SEG_UNITS`` (a tile's bytes per row in each segment, in any common unit; else every
+    program takes its ``1 / split_k`` of every segment's tiles) program ``pid_k`` takes the band's tiles (all
+    segments in storage order) whose start falls in its ``1 / split_k`` of the band's bytes, entering only the
+    segments it has tiles of (fewer pipeline starts; :func:`_plan.segment_units`)."""
     pid_k = tl.program_id(1)
     tid = tl.arange(0, NT)
     t = tid % 4
@@ -101,13 +104,30 @@ def mv_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, acc_ptr, rowperm_pt
     rows = tl.minimum(offs_n, NS - 1) + zero
     row4 = tl.minimum(offs_n - t, NS - 4) + zero
     wrow = tl.minimum(offs_n - tid % 32, NS - 1)  # the warp's first row (L2 prefetch)
-    if L2A > 0:
-        for i in tl.static_range(1, NSEG):
-            _prefetch_start(segs[i], pid_k, split_k, t, wrow, SEG_BITS[i], GS, NS, ASM, L2A)
     y = tl.zeros([NT], tl.float32)
-    for i in tl.static_range(NSEG):
-        y = _segment(y, segs[i], t, row4, rows, wrow, pid_k, split_k, xw_ptr, stride_wb, xc_ptr, stride_cs, perm_ptr,
-                     SEG_BITS[i], GS, NS, ASM, _first(PDL, i), DEPTH, L2A, DIRECT, DIRECT_PERM, XBF16)
+    if SEG_UNITS is not None:  # equal bytes: tiles in storage order, cut at every 1 / split_k of the band's bytes
+        total = 0
+        for i in tl.static_range(NSEG):
+            total += (segs[i][1] // _TILE) * SEG_UNITS[i]
+        u_lo = pid_k * total // split_k
+        u_hi = (pid_k + 1) * total // split_k
+        c = 0  # units before segment i
+        for i in tl.static_range(NSEG):
+            n_i = segs[i][1] // _TILE
+            t_lo = tl.minimum(tl.cdiv(tl.maximum(u_lo - c, 0), SEG_UNITS[i]), n_i)
+            t_hi = tl.minimum(tl.cdiv(tl.maximum(u_hi - c, 0), SEG_UNITS[i]), n_i)
+            if t_lo < t_hi:
+                y = _segment(y, segs[i], t, row4, rows, wrow, t_lo, t_hi, xw_ptr, stride_wb, xc_ptr, stride_cs,
+                             perm_ptr, SEG_BITS[i], GS, NS, ASM, PDL, DEPTH, L2A, DIRECT, DIRECT_PERM, XBF16)
+            c += n_i * SEG_UNITS[i]
+    else:
+        if L2A > 0:
+            for i in tl.static_range(1, NSEG):
+                _prefetch_start(segs[i], pid_k, split_k, t, wrow, SEG_BITS[i], GS, NS, ASM, L2A)
+        for i in tl.static_range(NSEG):
+            t_lo, t_hi = _tile_range(segs[i][1], pid_k, _TILE, split_k)
+            y = _segment(y, segs[i], t, row4, rows, wrow, t_lo, t_hi, xw_ptr, stride_wb, xc_ptr, stride_cs,
+                         perm_ptr, SEG_BITS[i], GS, NS, ASM, _first(PDL, i), DEPTH, L2A, DIRECT, DIRECT_PERM, XBF16)
     offs_m = tl.arange(0, 1)
     store_rows((y * XSCALE_INV)[None, :], out_ptr, 0, acc_ptr, 0, rowperm_ptr, bias_ptr, r0, offs_m, offs_m < 1,
                offs_n, mask_n, ATOMIC, HAS_ROWPERM, HAS_BIAS, cnt_ptr, split_k, FUSED)
