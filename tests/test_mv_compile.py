@@ -88,6 +88,16 @@ def test_mv_prefetches_into_l2_in_the_loop_without_spills():
     assert _compile({"bits": 2})["prefetch"] == 0
 
 
+def test_mv_byte_split_compiles_without_spills():
+    """``byte_split`` on a SliM layer (a loop per segment, entered only where the program has tiles) under the
+    dispatch's 96- and 72-register caps with the L2 prefetch: no spills at 96 (72 spills as the plain split does)."""
+    got = _compile({"bits": [1, 2, 3], "split_k": 4, "maxnreg": 96, "l2_ahead": 1, "byte_split": True})
+    assert got["kernel"] == "mv_kernel" and got["local"] == 0, got
+    plain = _compile({"bits": [1, 2, 3], "split_k": 4, "maxnreg": 72, "l2_ahead": 1})
+    got = _compile({"bits": [1, 2, 3], "split_k": 4, "maxnreg": 72, "l2_ahead": 1, "byte_split": True})
+    assert got["local"] <= plain["local"], (got, plain)
+
+
 _MVS_BODY = """
     from test_kernels_triton import random_layer
     from slimq.kernels.triton import KernelConfig, Workspace
