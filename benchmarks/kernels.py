@@ -234,12 +234,21 @@ def parse_extra(spec: str) -> dict:
     return out
 
 
-def parse_extras(specs: list[str], base) -> list[dict]:
-    """Every ``--extra`` spec parsed (:func:`parse_extra`) and checked by ``KernelConfig`` on ``base`` with those
-    fields changed, before any GPU work; raises ValueError."""
+def parse_extras(specs: list[str], base, *more) -> list[dict]:
+    """Every ``--extra`` spec parsed (:func:`parse_extra`) and checked by ``KernelConfig`` on ``base`` (or on any
+    of ``more`` bases: refused only where none takes it) with those fields changed, before any GPU work; raises
+    ValueError (the first base's)."""
     out = [parse_extra(e) for e in specs]
     for fields in out:
-        dataclasses.replace(base, **fields)
+        errs = []
+        for b in (base, *more):
+            try:
+                dataclasses.replace(b, **fields)
+                break
+            except ValueError as err:
+                errs.append(err)
+        else:
+            raise errs[0]
     return out
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, cfg_name, parse_extra, rel_err
+from kernels import SHAPES, TOL, VARIANTS, Case, build_layer, cfg_name, parse_extras, rel_err
 
 SPLITS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16)
 
@@ -67,18 +67,9 @@ def main(argv=None) -> int:
     if args.rounds < 1:
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
     from slimq.kernels.triton import KernelConfig
-    bases = (KernelConfig("wg"), KernelConfig("mv", block_m=1, block_n=128, num_warps=4, split_k=4))
-    try:
-        extras = [parse_extra(e) for e in args.extra]
-        for e in extras:  # refused here if no path this sweeps takes it (each case checks its own again)
-            errs = []
-            for b in bases:
-                try:
-                    dataclasses.replace(b, **e)
-                except ValueError as err:
-                    errs.append(err)
-            if len(errs) == len(bases):
-                raise errs[0]
+    try:  # refused here if neither a wg nor a one-token mv config takes it (each case checks its own again)
+        extras = parse_extras(args.extra, KernelConfig("wg"),
+                              KernelConfig("mv", block_m=1, block_n=128, num_warps=4, split_k=4))
     except ValueError as e:
         ap.error(str(e))
     if not torch.cuda.is_available():

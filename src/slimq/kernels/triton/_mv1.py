@@ -39,8 +39,7 @@ def _segment(y, seg, t, row4, rows, wrow, t_lo, t_hi, xw_ptr, stride_wb, xc_ptr,
              DEPTH: tl.constexpr, L2A: tl.constexpr, DIRECT: tl.constexpr, DIRECT_PERM: tl.constexpr,
              XBF16: tl.constexpr = False):
     """``y`` plus this program's share of one segment, its 128-column tiles ``[t_lo, t_hi)``. The weight-side
-    loads run ``DEPTH`` (1 or 2)
-    tiles ahead of the one computed, the activation-side ones one tile ahead (with ``DIRECT_PERM`` each tile's
+    loads run ``DEPTH`` (1 or 2) tiles ahead of the one computed, the activation-side ones one tile ahead (with ``DIRECT_PERM`` each tile's
     source column in ``col_perm`` two ahead, so that its ``x`` load never waits for it); with ``L2A``, the
     weights of the tile ``L2A`` past the next loaded are prefetched into L2 (:func:`_prefetch_tile`).
     WAIT: wait for the gather (PDL) after the first weight loads."""
