@@ -153,6 +153,8 @@ CFGS = {
                              direct=True),
     "mv_m16_split": KernelConfig("mv", block_m=16, block_n=64, block_k=128, split_k=3, num_warps=2),
     "mv_bytes": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=4, num_warps=2, byte_split=True),
+    "mv_tiles": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=3, num_warps=2, byte_split=True,
+                             tile_units=4000),
     "mv_bytes_l2_dx": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=5, num_warps=2, l2_ahead=1,
                                    byte_split=True, direct=True),
     "mv_m5_l2": KernelConfig("mv", block_m=16, block_n=64, block_k=128, split_k=2, num_warps=2, l2_ahead=2),
@@ -173,7 +175,7 @@ CFGS = {
     "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
     "wg_wide": KernelConfig("wg", block_m=16, block_n=128, split_k=3, join=True),
 }
-M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_l2": 1, "mv_kw1": 1, "mv_kw4": 1, "mv_kw4_dx": 1, "mv_split_dx": 1, "mv_l2_dx": 1, "mv_bytes": 1, "mv_bytes_l2_dx": 1, "mv_m5": 5, "mv_m16_split": 16, "mv_m5_l2": 5, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_l2": 1, "mv_kw1": 1, "mv_kw4": 1, "mv_kw4_dx": 1, "mv_split_dx": 1, "mv_l2_dx": 1, "mv_bytes": 1, "mv_tiles": 1, "mv_bytes_l2_dx": 1, "mv_m5": 5, "mv_m16_split": 16, "mv_m5_l2": 5, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
         "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
         "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9, "wg_wide": 4}
@@ -415,13 +417,18 @@ def test_select_config_is_explicit():
     assert {(c.path, c.split_k, c.maxnreg, c.l2_ahead, c.direct)
             for c in (select_config(1, 22016, 4096, bits=b) for b in ((2,), (4,), (1, 2, 3)))} == \
         {("mv", 4, 80, 0, True)}
-    # SliM on layers of 80+ row programs and K <= 8192: K split into equal bytes across the segments (byte_split;
-    # run 230); not where the rows are fewer, K longer, or the mixed widths are MixLLM's 4/8-bit row bands
+    # SliM wherever K is split: tiles shared out by bytes plus 576 per tile, bytes alone where more than 6 programs
+    # share an SM (28672 x 8192: 896 programs); 128 registers where one wave still fits (runs 232-235); not where
+    # the mixed widths are MixLLM's 4/8-bit row bands
     c = select_config(1, 22016, 4096, bits=(1, 2, 3))
-    assert (c.path, c.split_k, c.maxnreg, c.l2_ahead, c.direct, c.byte_split) == ("mv", 4, 80, 0, True, True)
-    assert [select_config(1, n, k, bits=(1, 2, 3)).byte_split for n, k in (
-        (28672, 8192), (11008, 4096), (12288, 4096), (8192, 8192), (4096, 11008), (8192, 28672))] == \
-        [True, True, True, False, False, False]
+    assert (c.path, c.split_k, c.maxnreg, c.l2_ahead, c.direct, c.byte_split, c.tile_units) == \
+        ("mv", 4, 80, 0, True, True, 576)
+    assert [(c.byte_split, c.tile_units) for c in (select_config(1, n, k, bits=(1, 2, 3)) for n, k in (
+        (28672, 8192), (11008, 4096), (12288, 4096), (8192, 8192), (4096, 11008), (8192, 28672)))] == \
+        [(True, 0)] + [(True, 576)] * 5
+    c = select_config(1, 8192, 28672, bits=(1, 2, 3))
+    assert (c.split_k, c.maxnreg, c.l2_ahead, c.direct) == (8, 128, 1, False)
+    assert select_config(1, 28672, 8192, bits=(1, 2, 3)).maxnreg == 72
     assert not select_config(1, 28672, 8192, bits=(4, 8)).byte_split
     assert not any(select_config(1, 28672, 8192, bits=b).byte_split for b in ((2,), (3,), (4,)))
     assert select_config(1, 22016, 4096, bits=(2,), direct=False).path == "gv"
@@ -442,7 +449,7 @@ def test_select_config_is_explicit():
         (28672, 8192, (2,)): (4, 72, 1, False), (28672, 8192, (3,)): (4, 128, 1, True),
         (28672, 8192, (4,)): (4, 0, 0, True), (28672, 8192, (1, 2, 3)): (4, 72, 1, False),
         (8192, 28672, (2,)): (8, 96, 1, False), (8192, 28672, (3,)): (8, 128, 1, True),
-        (8192, 28672, (4,)): (8, 128, 1, True), (8192, 28672, (1, 2, 3)): (8, 96, 1, False),
+        (8192, 28672, (4,)): (8, 128, 1, True), (8192, 28672, (1, 2, 3)): (8, 128, 1, False),
         (8192, 8192, (2,)): (8, 128, 1, True), (8192, 8192, (3,)): (8, 128, 1, True),
         (8192, 8192, (4,)): (8, 128, 1, True), (8192, 8192, (1, 2, 3)): (8, 128, 0, True)}
     assert select_config(1, 24576, 8192, bits=(2,)).maxnreg == 80  # 4 x 192 programs: 6 per SM fit, 5 do not

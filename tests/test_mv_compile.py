@@ -90,7 +90,11 @@ def test_mv_prefetches_into_l2_in_the_loop_without_spills():
 
 def test_mv_byte_split_compiles_without_spills():
     """``byte_split`` on a SliM layer (a loop per segment, entered only where the program has tiles) under the
-    dispatch's 96- and 72-register caps with the L2 prefetch: no spills at 96 (72 spills as the plain split does)."""
+    dispatch's 128-, 96- and 72-register caps with the L2 prefetch: no spills at 128 (with ``tile_units``) and 96
+    (72 spills as the plain split does)."""
+    got = _compile({"bits": [1, 2, 3], "split_k": 8, "maxnreg": 128, "l2_ahead": 1, "byte_split": True,
+                    "tile_units": 576})
+    assert got["kernel"] == "mv_kernel" and got["local"] == 0, got
     got = _compile({"bits": [1, 2, 3], "split_k": 4, "maxnreg": 96, "l2_ahead": 1, "byte_split": True})
     assert got["kernel"] == "mv_kernel" and got["local"] == 0, got
     plain = _compile({"bits": [1, 2, 3], "split_k": 4, "maxnreg": 72, "l2_ahead": 1})

@@ -45,6 +45,9 @@ class KernelConfig:
     byte_split: bool = False  # "mv" with one token and split_k: program p takes the band's tiles (segments in storage
     # order) whose start lies in the p-th 1/split_k of its bytes, entering only the segments it has tiles of
     # (``_plan.segment_units``; False: a 1/split_k share of every segment's tiles, one pipeline start per segment)
+    tile_units: int = 0  # "mv" with byte_split: a fixed weight added to every tile's bytes in the shares, in
+    # ``_plan.segment_units``' unit (1/16 byte per row; a 2-bit tile of groups of 128 is 576): 0 splits the bytes
+    # evenly, a large value the tiles (a tile's latency rather than its bytes)
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -126,5 +129,8 @@ class KernelConfig:
         if self.byte_split and (self.path != "mv" or self.block_m != 1 or self.k_warps or self.split_k < 2):
             raise ValueError(f"byte_split applies to path 'mv' with block_m 1, no k_warps and split_k >= 2 only; got "
                              f"{self.path!r} (block_m={self.block_m}, k_warps={self.k_warps}, split_k={self.split_k})")
+        if self.tile_units < 0 or (self.tile_units and not self.byte_split):
+            raise ValueError(f"tile_units must be 0, or > 0 with byte_split; got tile_units={self.tile_units} "
+                             f"(byte_split={self.byte_split})")
         if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):
             raise ValueError(f"chunk_n must be 0, or > 0 with path 'dequant'; got {self.chunk_n} for {self.path!r}")

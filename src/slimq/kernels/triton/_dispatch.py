@@ -38,8 +38,9 @@ _MV_L2_MIN_WEIGHTS = 1 << 26  # mv (M == 1) on layers of this many weights: L2 p
 _MV_L2_SPLIT_PER_SM = 7  # ... there K is split up to 16 while the grid holds at most this many programs per SM,
 _MV_L2_CAPS = (96, 80, 72)  # ... under the highest of these register caps that still fits it in one wave
 _MV_DIRECT_MIN_WEIGHTS = 1 << 24  # mv (M == 1) reading x itself on layers from this many weights (_mv_direct_mid)
-_BYTE_SPLIT_MIN_ROWS = 80  # mv (M == 1) on mixed-width layers of at least this many 128-row programs and ...
-_BYTE_SPLIT_MAX_K = 8192  # ... at most this many columns: K split into equal bytes (_byte_split_wins)
+_BYTE_SPLIT_TILE_UNITS = 576  # mv (M == 1) on mixed-width layers: K split into equal shares of bytes plus this
+# per tile (a 2-bit tile's bytes, _plan.segment_units) ...
+_BYTE_SPLIT_BYTES_PER_SM = 6  # ... or of bytes alone where the grid puts more programs than this on an SM
 _MVS_MAX_K = 4096  # mv with the warps splitting K (k_warps, _mvs) at M == 1: layers of at most this many columns
 _MVS_TILES = 8  # ... whose K tiles per warp (summed over segments, at most) stay under this (_mvs.MVS_MAX_TILES)
 _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pass this many per SM (runs 19, 23)
@@ -86,8 +87,8 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       checks it) ``mv`` reads ``x`` without the gather launch where that won (:func:`_mv_direct_wins`), and
       takes the other layers of 2^24 up to 2^27 weights too (:func:`_mv_direct_mid`). Layers of up to 4096 columns
       whose 32-row programs make one wave take ``mv`` with the warps splitting K (:func:`_mvs_wins`). Mixed-width
-      (SliM) layers of many rows and K <= 8192 split K into equal bytes across their segments
-      (:func:`_byte_split_wins`). Elsewhere the half2 CUDA-core GEMV ``gv`` (one output row per thread, 128-row tiles, 2
+      (SliM) layers with K split share their tiles out across the segments by bytes plus a cost per tile
+      (:func:`_byte_split_wins`, :func:`_byte_split_units`). Elsewhere the half2 CUDA-core GEMV ``gv`` (one output row per thread, 128-row tiles, 2
       warps, K split 32, or less so that the grid holds at most ``_GV_PROGRAMS_PER_SM`` programs per
       SM, and at most one split per 128-column tile). On layers of up to ``_GV_GATHER_MAX_WEIGHTS``
       weights (``_GV_GATHER_MAX_WEIGHTS_3B`` with 3-bit segments, or when ``bits`` is unknown) every
@@ -300,17 +301,24 @@ def _mv_direct_mid(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
     return bool(bits) and 7 not in bits and _MV_DIRECT_MIN_WEIGHTS <= n * k < 1 << 27
 
 
-def _byte_split_wins(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
-    """Whether one-token ``mv`` on a layer of mixed widths (SliM: 1/2/3-bit segments) splits K into equal bytes
+def _byte_split_wins(bits: tuple[int, ...] | None) -> bool:
+    """Whether one-token ``mv`` on a layer of mixed widths (SliM: 1/2/3-bit segments) splits K into equal shares
     across the segments (``byte_split``: each program enters only the segments it has tiles of) instead of a
-    share of every segment. H200, ``wg_split.py --m 1 --no-splits --extra ...``, SliM, us: run 230 (dispatch's
-    split: plain -> equal bytes) 28672 x 8192 (K split 4) 38.5 (run 228) -> 36.0, 22016 x 4096 (4) 21.6 (run
-    228) -> 20.5, 12288 x 4096 (8) 15.9 -> 14.9, 11008 x 4096 (8) 15.5 -> 14.4; slower where the rows are
-    fewer or K longer (8192 x 8192 17.5 -> 19.0, 8192 x 28672 37.8 -> 39.3; 4096 x 11008 15.2 -> 15.1): there
-    every program's mix of segments keeps each SM's one wave of programs alike. Not with 8-bit codes: MixLLM's
-    4/8-bit layers are row bands of one segment each (nothing to share out; untimed)."""
-    return (bool(bits) and len(set(bits)) > 1 and 8 not in bits and triton.cdiv(n, 128) >= _BYTE_SPLIT_MIN_ROWS
-            and k <= _BYTE_SPLIT_MAX_K)
+    share of every segment: on every such layer timed (:func:`_byte_split_units`). Not with 8-bit codes:
+    MixLLM's 4/8-bit layers are row bands of one segment each (nothing to share out; untimed)."""
+    return bool(bits) and len(set(bits)) > 1 and 8 not in bits
+
+
+def _byte_split_units(programs: int, num_sms: int) -> int:
+    """``tile_units`` of the dispatched ``byte_split``: a fixed cost per tile on top of its bytes (a 1-bit tile
+    takes nearly a 2-bit one's time: 8192 x 28672 uniform 1-bit 30.3 us, 2-bit 32.5, run 234), except where
+    more than ``_BYTE_SPLIT_BYTES_PER_SM`` programs share an SM, whose mix of programs evens that out. H200,
+    SliM, ``wg_split.py --m 1 --no-splits --extra byte_split=1[,tile_units=576][,maxnreg=N]`` (runs 232-235;
+    us, plain split -> equal bytes -> plus 576 per tile, the dispatch's cap except where named): 8192 x 28672
+    (k8, 3.9 programs per SM) 37.7 -> 39.6 -> 36.6, at 128 registers 35.2; 8192 x 8192 (3.9) 17.1 -> 19.2 ->
+    16.5; 4096 x 11008 (3.9) 14.9 -> 14.9 -> 13.5; 12288 x 4096 (5.8) 15.7 -> 14.8 -> 14.2; 11008 x 4096 (5.2)
+    15.6 -> 14.3 -> 13.8; 22016 x 4096 (5.2) 21.7 -> 20.4 -> 20.4; 28672 x 8192 (6.8) 38.3 -> 35.6 -> 36.6."""
+    return 0 if programs > _BYTE_SPLIT_BYTES_PER_SM * num_sms else _BYTE_SPLIT_TILE_UNITS
 
 
 def _mv_direct_wins(n: int, k: int, bits: tuple[int, ...]) -> bool:
@@ -371,26 +379,29 @@ def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow
         # 48.7 us); reading x itself where that won (:func:`_mv_direct_wins`): 128 registers where that keeps
         # one wave and for 3-bit codes, no L2 prefetch for mixed widths (SliM on 8192 x 8192: 18.2 -> 17.2 us
         # without; run 186). Elsewhere from 2^24 weights (:func:`_mv_direct_mid`): x read itself, no prefetch, the
-        # highest cap of 128/96/80/72 that keeps one wave (runs 187, 190).
+        # highest cap of 128/96/80/72 that keeps one wave (runs 187, 190). Mixed widths: tiles shared out by
+        # bytes plus a cost per tile, 128 registers where that keeps one wave (8192 x 28672 SliM: 36.6 us at 96,
+        # 35.2 at 128, run 234).
         rows = triton.cdiv(n, 128)
         split = max(1, min(16, k_tiles, _pow2_at_most(max(1, _MV_L2_SPLIT_PER_SM * num_sms // rows))))
 
         def fits(r: int) -> bool:
             return _mv_per_sm(r) * num_sms >= rows * split
 
-        split_bytes = _byte_split_wins(n, k, bits) and split > 1
+        split_bytes = _byte_split_wins(bits) and split > 1
+        units = _byte_split_units(rows * split, num_sms) if split_bytes else 0
         if mid:
             return KernelConfig("mv", block_m=1, block_n=128, block_k=128, split_k=split, num_warps=4,
                                 num_stages=1, maxnreg=next((r for r in (128,) + _MV_L2_CAPS if fits(r)), 0),
-                                direct=True, byte_split=split_bytes)
+                                direct=True, byte_split=split_bytes, tile_units=units)
         caps = _MV_L2_CAPS[:1] if min(bits) >= 4 else _MV_L2_CAPS
         cap = 96 if set(bits) == {3} else next((r for r in caps if fits(r)), 0)
         dx = direct and _mv_direct_wins(n, k, bits)
-        if dx and (set(bits) == {3} or fits(128)):
+        if (dx and set(bits) == {3}) or ((dx or split_bytes) and fits(128)):
             cap = 128
         return KernelConfig("mv", block_m=1, block_n=128, block_k=128, split_k=split, num_warps=4, num_stages=1,
                             maxnreg=cap, l2_ahead=1 if cap and not (dx and len(set(bits)) > 1) else 0, direct=dx,
-                            byte_split=split_bytes)
+                            byte_split=split_bytes, tile_units=units)
     if allow_mv and _mv_wins(n, k, bits, direct):  # 128-row programs, as many K shares as fit in one wave
         per_sm = _MV_PROGRAMS_PER_SM if max(bits) <= 2 else _MV_PROGRAMS_PER_SM - 1  # 64 / 72 registers
         split = _pow2_at_most(max(1, per_sm * num_sms // triton.cdiv(n, 128)))

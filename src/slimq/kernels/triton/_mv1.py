@@ -91,10 +91,11 @@ def mv_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, acc_ptr, rowperm_pt
     or (``DIRECT``, ``_mvx``) ``xw_ptr`` is ``x`` itself (float16, or ``XBF16`` bfloat16, read as int32), each tile read from its storage
     column or (``DIRECT_PERM``) from ``col_perm`` (``perm_ptr``) at it. ``zero`` must be 0 (it hides the rows'
     alignment, so that every lane keeps one row). ``ASM``: PTX (else lane-by-lane emulation for the
-    interpreter). With ``SEG_UNITS`` (a tile's bytes per row in each segment, in any common unit; else every
-    program takes its ``1 / split_k`` of every segment's tiles) program ``pid_k`` takes the band's tiles (all
-    segments in storage order) whose start falls in its ``1 / split_k`` of the band's bytes, entering only the
-    segments it has tiles of (fewer pipeline starts; :func:`_plan.segment_units`)."""
+    interpreter). With ``SEG_UNITS`` (a tile's weight in each segment, in any common unit: its bytes per row,
+    plus a fixed cost per tile, :func:`_plan.segment_units`; else every program takes its ``1 / split_k`` of
+    every segment's tiles) program ``pid_k`` takes the band's tiles (all segments in storage order) whose start
+    falls in its ``1 / split_k`` of the band's total weight, entering only the segments it has tiles of (fewer
+    pipeline starts)."""
     pid_k = tl.program_id(1)
     tid = tl.arange(0, NT)
     t = tid % 4
@@ -104,7 +105,7 @@ def mv_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, acc_ptr, rowperm_pt
     row4 = tl.minimum(offs_n - t, NS - 4) + zero
     wrow = tl.minimum(offs_n - tid % 32, NS - 1)  # the warp's first row (L2 prefetch)
     y = tl.zeros([NT], tl.float32)
-    if SEG_UNITS is not None:  # equal bytes: tiles in storage order, cut at every 1 / split_k of the band's bytes
+    if SEG_UNITS is not None:  # equal shares: tiles in storage order, cut at every 1 / split_k of the band's weight
         total = 0
         for i in tl.static_range(NSEG):
             total += (segs[i][1] // _TILE) * SEG_UNITS[i]
