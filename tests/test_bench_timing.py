@@ -31,6 +31,17 @@ def test_read_floor_refuses_an_unknown_flush():
         read_floor.main(["--flush", "zero,dirty"])
 
 
+def test_evict_probe_checks_its_sizes_before_any_gpu_work():
+    """``evict_probe.py``: sizes must be positive numbers of MB, refused by name; the modes are the ``_mv``
+    loads the kernels use."""
+    import evict_probe
+    assert evict_probe._parse([]).sizes == [58.7, 8.4, 4.2]
+    for bad in (["--mb", "x"], ["--mb", "0"], ["--mb", "8,-1"]):
+        with pytest.raises(SystemExit):
+            evict_probe._parse(bad)
+    assert evict_probe.MODES == ("normal", "evict_first", "evict_unchanged")
+
+
 def test_rounds_are_checked_before_any_gpu_work():
     """``--rounds`` (FP16 and the dispatch timed in alternating rounds) defaults to five rounds (``1``: one
     window each, in turn) and refuses fewer than one round; so does ``timing.time_graphs``."""

@@ -442,16 +442,17 @@ def test_select_config_is_explicit():
     # on 2^26+ weights: prefetch into L2 one tile past the next, K split at <= 7 programs per SM, the highest
     # register cap of 96/80/72 that keeps the grid in one wave (3-bit: 96 always; 4+ bits: 96 or none); reading x
     # itself (direct) under 2^27 weights and with 3-4-bit codes (128 registers where one wave holds them and for
-    # 3-bit codes; no prefetch for mixed widths), after the gather for 2-bit and SliM on the big layers (run 186)
+    # 3-bit codes; no prefetch for mixed widths), after the gather for 2-bit and SliM on the big layers (run 186);
+    # since the weights load evict-first, the prefetch only where a program takes more than 16 K tiles (run 243)
     got = {(n, k, b): select_config(1, n, k, bits=b) for n, k in ((28672, 8192), (8192, 28672), (8192, 8192))
            for b in ((2,), (3,), (4,), (1, 2, 3))}
     assert {key: (c.split_k, c.maxnreg, c.l2_ahead, c.direct) for key, c in got.items()} == {
-        (28672, 8192, (2,)): (4, 72, 1, False), (28672, 8192, (3,)): (4, 128, 1, True),
-        (28672, 8192, (4,)): (4, 0, 0, True), (28672, 8192, (1, 2, 3)): (4, 72, 1, False),
+        (28672, 8192, (2,)): (4, 72, 0, False), (28672, 8192, (3,)): (4, 128, 0, True),
+        (28672, 8192, (4,)): (4, 0, 0, True), (28672, 8192, (1, 2, 3)): (4, 72, 0, False),
         (8192, 28672, (2,)): (8, 96, 1, False), (8192, 28672, (3,)): (8, 128, 1, True),
         (8192, 28672, (4,)): (8, 128, 1, True), (8192, 28672, (1, 2, 3)): (8, 128, 1, False),
-        (8192, 8192, (2,)): (8, 128, 1, True), (8192, 8192, (3,)): (8, 128, 1, True),
-        (8192, 8192, (4,)): (8, 128, 1, True), (8192, 8192, (1, 2, 3)): (8, 128, 0, True)}
+        (8192, 8192, (2,)): (8, 128, 0, True), (8192, 8192, (3,)): (8, 128, 0, True),
+        (8192, 8192, (4,)): (8, 128, 0, True), (8192, 8192, (1, 2, 3)): (8, 128, 0, True)}
     assert select_config(1, 24576, 8192, bits=(2,)).maxnreg == 80  # 4 x 192 programs: 6 per SM fit, 5 do not
     assert [select_config(1, n, k, bits=(4,), direct=False).path
             for n, k in ((4096, 11008), (8192, 8192), (11008, 4096), (40960, 4096))] == ["mv", "mv", "gv", "h2"]

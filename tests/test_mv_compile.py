@@ -40,7 +40,10 @@ _BODY = """
     print(json.dumps({"kernel": lc.kernel, "hmma": len(hmma), "lop3": sum(op.startswith("LOP3") for op in body),
                       "prefetch": sum(op.startswith("CCTL.E.PF2") for op in body),
                       "loads_before_first_hmma": sum(i < hmma[0] for i in ldg128), "ldg128": len(ldg128),
-                      "local": sass.count("STL") + sass.count("LDL")}))
+                      "local": sass.count("STL") + sass.count("LDL"),
+                      "ld_policy": len(re.findall(r"ld\\.global[.a-zA-Z0-9:_]*L2::cache_hint", kern.asm["ptx"])),
+                      "ld_plain_v4": len(re.findall(r"ld\\.global\\.nc\\.v4", kern.asm["ptx"])),
+                      "evict_first_policy": "createpolicy.fractional.L2::evict_first" in kern.asm["ptx"]}))
 """
 
 
@@ -86,6 +89,16 @@ def test_mv_prefetches_into_l2_in_the_loop_without_spills():
     got = _compile({"bits": 3, "l2_ahead": 1, "maxnreg": 96})
     assert got["local"] == 0 and got["prefetch"] == 2 + 1 + 2, got
     assert _compile({"bits": 2})["prefetch"] == 0
+
+
+def test_mv_weights_load_evict_first_and_activations_do_not():
+    """The weight words (``_mv._ld4_stream``) and the rows' scales and zeros load under an L2 evict-first cache
+    policy (a call reads them once; after the zeroing flush the lines they replace would otherwise be dirty
+    ones); the activations, which every program reads, keep the default policy."""
+    got = _compile({"bits": 2})
+    assert got["evict_first_policy"] and got["ld_policy"] >= 2 + 2 and got["ld_plain_v4"] >= 4, got
+    got = _compile({"bits": 3, "direct": True})
+    assert got["evict_first_policy"] and got["ld_policy"] >= 3 + 2 and got["ld_plain_v4"] >= 4, got
 
 
 def test_mv_byte_split_compiles_without_spills():

@@ -36,6 +36,7 @@ _MV_PROGRAMS_PER_SM = 8  # mv (M == 1): K split up to 16 while the grid fits in 
 # SM at 2 bits (64 registers), 7 with wider codes (72 registers; 8192 x 28672 at 4 bits: K split 8 48-51 us, 16 57 us)
 _MV_L2_MIN_WEIGHTS = 1 << 26  # mv (M == 1) on layers of this many weights: L2 prefetch and a register cap (run 76)
 _MV_L2_SPLIT_PER_SM = 7  # ... there K is split up to 16 while the grid holds at most this many programs per SM,
+_MV_L2_MIN_TILES = 16  # ... the L2 prefetch only where a program takes more K tiles than this (run 243)
 _MV_L2_CAPS = (96, 80, 72)  # ... under the highest of these register caps that still fits it in one wave
 _MV_DIRECT_MIN_WEIGHTS = 1 << 24  # mv (M == 1) reading x itself on layers from this many weights (_mv_direct_mid)
 _BYTE_SPLIT_TILE_UNITS = 576  # mv (M == 1) on mixed-width layers: K split into equal shares of bytes plus this
@@ -79,8 +80,8 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
 
     * ``M == 1``: the tensor-core GEMV ``mv`` where it measured faster (:func:`_mv_wins`: 8192+ input
       columns, codes all 4-bit or wider, every layer of 2^27+ weights, uniform widths on 2^26+; 128-row
-      programs; on 2^26+ weights the weights of the tile past the loaded one prefetched into L2
-      (``l2_ahead=1``), K split up to 16 at ``_MV_L2_SPLIT_PER_SM`` programs per SM and the highest
+      programs, whose weights load evict-first; on 2^26+ weights with more than ``_MV_L2_MIN_TILES`` K tiles per
+      program the weights of the tile past the loaded one prefetched into L2 (``l2_ahead=1``), K split up to 16 at ``_MV_L2_SPLIT_PER_SM`` programs per SM and the highest
       register cap of ``_MV_L2_CAPS`` that keeps the grid in one wave; below, K split up to
       16 while the grid holds at most ``_MV_PROGRAMS_PER_SM`` programs per SM). Where ``direct`` (the caller's
       word that the token and layer let ``mv`` read ``x`` itself: ``_plan.mv_reads_x``; ``resolve_config``
@@ -381,7 +382,10 @@ def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow
         # without; run 186). Elsewhere from 2^24 weights (:func:`_mv_direct_mid`): x read itself, no prefetch, the
         # highest cap of 128/96/80/72 that keeps one wave (runs 187, 190). Mixed widths: tiles shared out by
         # bytes plus a cost per tile, 128 registers where that keeps one wave (8192 x 28672 SliM: 36.6 us at 96,
-        # 35.2 at 128, run 234).
+        # 35.2 at 128, run 234). Since the weights load evict-first (``_mv._ld4_stream``) the L2 prefetch, whose
+        # lines come in evict-normal, pays only on long K shares (run 243, us with -> without: 28672 x 8192, 16
+        # tiles per program, 2-bit 32.1 -> 30.1, 3-bit 46.1 -> 45.5, SliM 34.4 -> 33.4; 8192 x 8192, 8 tiles, 2-bit
+        # 15.1 -> 14.7, 3-bit 19.2 -> 18.6; 8192 x 28672, 28 tiles, 2-bit 32.2 -> 33.8, SliM 35.8 -> 36.4).
         rows = triton.cdiv(n, 128)
         split = max(1, min(16, k_tiles, _pow2_at_most(max(1, _MV_L2_SPLIT_PER_SM * num_sms // rows))))
 
@@ -400,7 +404,8 @@ def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow
         if (dx and set(bits) == {3}) or ((dx or split_bytes) and fits(128)):
             cap = 128
         return KernelConfig("mv", block_m=1, block_n=128, block_k=128, split_k=split, num_warps=4, num_stages=1,
-                            maxnreg=cap, l2_ahead=1 if cap and not (dx and len(set(bits)) > 1) else 0, direct=dx,
+                            maxnreg=cap, l2_ahead=1 if cap and not (dx and len(set(bits)) > 1)
+                            and k_tiles // split > _MV_L2_MIN_TILES else 0, direct=dx,
                             byte_split=split_bytes, tile_units=units)
     if allow_mv and _mv_wins(n, k, bits, direct):  # 128-row programs, as many K shares as fit in one wave
         per_sm = _MV_PROGRAMS_PER_SM if max(bits) <= 2 else _MV_PROGRAMS_PER_SM - 1  # 64 / 72 registers
