@@ -9,7 +9,8 @@ contiguous buffer (16-byte loads, XOR-reduced) per load flavour, in alternating 
 * ``normal``: ``ld.global.nc.v4`` (``_mv._ld4``, what the activations use);
 * ``evict_first``: the same with an ``L2::evict_first`` cache policy (``_mv._ld4_stream``, what ``mv``'s weight
   words use since session 24);
-* ``evict_unchanged``: a cache policy that changes nothing (a control for the policy operand itself).
+* ``evict_unchanged``: a cache policy that changes nothing (a control for the policy operand itself;
+  ``_mv._ld4`` with that policy).
 
     PYTHONPATH=src python3 benchmarks/evict_probe.py [--mb 58.7,8.4,4.2] [--out DIR]
 
@@ -30,17 +31,9 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import time_graphs  # noqa: E402
 
-from slimq.kernels.triton._mv import _ld4, _ld4_stream  # noqa: E402
+from slimq.kernels.triton._mv import _ld4  # noqa: E402
 
 MODES = ("normal", "evict_first", "evict_unchanged")
-
-
-@triton.jit
-def _ld4_unchanged(p):
-    return tl.inline_asm_elementwise(
-        "{ .reg .b64 pol; createpolicy.fractional.L2::evict_unchanged.b64 pol, 1.0; "
-        "ld.global.nc.L2::cache_hint.v4.b32 {$0, $1, $2, $3}, [$4], pol; }", "=r,=r,=r,=r,l", [p],
-        dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=False, pack=1)
 
 
 @triton.jit
@@ -53,9 +46,9 @@ def read_kernel(ptr, out, BLOCK: tl.constexpr, ITERS, MODE: tl.constexpr):
         if MODE == 0:
             a, b, c, d = _ld4(p, True)
         elif MODE == 1:
-            a, b, c, d = _ld4_stream(p, True)
+            a, b, c, d = _ld4(p, True, "evict_first")  # _mv._ld4_stream
         else:
-            a, b, c, d = _ld4_unchanged(p)
+            a, b, c, d = _ld4(p, True, "evict_unchanged")
         acc = acc ^ a ^ b ^ c ^ d
     tl.store(out + pid * BLOCK + tl.arange(0, BLOCK), acc)
 

@@ -139,13 +139,24 @@ def _mma(a0, a1, a2, a3, b0, b1, c, ASM: tl.constexpr, BF16: tl.constexpr = Fals
         return c0 + d0, c1 + d1, c2 + d2, c3 + d3
 
 
+@triton.constexpr_function
+def ld4_ptx(policy):
+    """PTX of one 16-byte read-only load into four registers, plain (``policy`` None) or under the L2 cache
+    policy ``createpolicy.fractional.L2::<policy>`` (e.g. ``"evict_first"``) as its cache-hint operand."""
+    if policy is None:
+        return "ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];"
+    return (f"{{ .reg .b64 pol; createpolicy.fractional.L2::{policy}.b64 pol, 1.0; "
+            "ld.global.nc.L2::cache_hint.v4.b32 {$0, $1, $2, $3}, [$4], pol; }")
+
+
 @triton.jit
-def _ld4(p, ASM: tl.constexpr):
-    """Four int32 at ``p`` (16-byte aligned), one vector load through the read-only path. Volatile, so that
-    LLVM keeps the loads where they are written, one tile ahead of their use; ptxas still sinks them to the
-    end of the loop when registers are short (``maxnreg`` keeps them ahead: ``tests/test_mv_compile.py``)."""
+def _ld4(p, ASM: tl.constexpr, POLICY: tl.constexpr = None):
+    """Four int32 at ``p`` (16-byte aligned), one vector load through the read-only path (``POLICY``: an L2 cache
+    policy, :func:`ld4_ptx`). Volatile, so that LLVM keeps the loads where they are written, one tile ahead of
+    their use; ptxas still sinks them to the end of the loop when registers are short (``maxnreg`` keeps them
+    ahead: ``tests/test_mv_compile.py``)."""
     if ASM:
-        return tl.inline_asm_elementwise("ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l", [p],
+        return tl.inline_asm_elementwise(ld4_ptx(POLICY), "=r,=r,=r,=r,l", [p],
                                          dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=False, pack=1)
     else:
         return tl.load(p), tl.load(p + 1), tl.load(p + 2), tl.load(p + 3)
@@ -153,17 +164,11 @@ def _ld4(p, ASM: tl.constexpr):
 
 @triton.jit
 def _ld4_stream(p, ASM: tl.constexpr):
-    """:func:`_ld4` for weights, which a call reads once: the lines come into L2 marked evict-first
-    (``createpolicy.fractional.L2::evict_first``, a cache-policy operand), so that the call's later misses
-    replace them rather than other lines: after the issue's zeroing flush those are dirty and would be written
-    back first (a bare read of 58.7 MB: 23.8 -> 22.0 us on the H200, benchmarks/KERNEL_NOTES.md session 24)."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            "{ .reg .b64 pol; createpolicy.fractional.L2::evict_first.b64 pol, 1.0; "
-            "ld.global.nc.L2::cache_hint.v4.b32 {$0, $1, $2, $3}, [$4], pol; }", "=r,=r,=r,=r,l", [p],
-            dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=False, pack=1)
-    else:
-        return tl.load(p), tl.load(p + 1), tl.load(p + 2), tl.load(p + 3)
+    """:func:`_ld4` for weights, which a call reads once: the lines come into L2 marked evict-first, so that the
+    call's later misses replace them rather than other lines: after the issue's zeroing flush those are dirty and
+    would be written back first (a bare read of 58.7 MB: 23.8 -> 22.0 us on the H200, benchmarks/KERNEL_NOTES.md
+    session 24)."""
+    return _ld4(p, ASM, "evict_first")
 
 
 @triton.jit
