@@ -259,7 +259,8 @@ def cfg_name(c) -> str:
             + ("/g" if c.gather else "") + (f"/r{c.maxnreg}" if c.maxnreg else "") + ("/j" if c.join else "") + ("/sc" if c.scaled else "") + ("" if c.pdl else "/nopdl")
             + (f"/p{c.producers}" if c.producers else "") + (f"/l2a{c.l2_ahead}" if c.l2_ahead else "")
             + (f"/sk{c.stream_k}" if c.stream_k else "") + (f"/kw{c.k_warps}" if c.k_warps else "") + ("/dx" if c.direct else "")
-            + ("/bs" if c.byte_split else "") + (f"{c.tile_units}" if c.tile_units else ""))
+            + ("/bs" if c.byte_split else "") + (f"{c.tile_units}" if c.tile_units else "")
+            + (f"p{c.plane_units}" if c.plane_units else ""))
     return f"{c.path}:{c.block_m}x{c.block_n}x{c.block_k}/w{c.num_warps}s{c.num_stages}/k{c.split_k}{walk}"
 
 

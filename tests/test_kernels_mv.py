@@ -118,30 +118,37 @@ def test_dispatch_takes_mv_on_mid_layers_only_where_it_reads_x(monkeypatch):
 
 
 @inproc
-@pytest.mark.parametrize("cfg_name", ["mv_bytes", "mv_tiles", "mv_bytes_l2_dx"])
+@pytest.mark.parametrize("cfg_name", ["mv_bytes", "mv_tiles", "mv_planes", "mv_bytes_l2_dx"])
 @pytest.mark.parametrize("bits", [[1, 2, 3], [3, 1], 2])
 def test_mv_splits_k_into_equal_bytes(cfg_name, bits):
     """``byte_split``: each K-split program takes the tiles that start in its equal share of the band's bytes
     across the segment ends (4 or 5 programs over SliM's three segments of two tiles: programs entering one or two
     segments, none empty), with the gather or reading ``x`` itself; nearly by tiles (``tile_units``: 3
-    programs over six tiles); two segments; and a uniform layer (one segment: the plain split)."""
+    programs over six tiles); with 3-bit tiles weighing most (``plane_units``: of 4 programs over SliM's six tiles
+    one takes the four 1- and 2-bit tiles, two a 3-bit tile each and one none); two segments; and a uniform layer
+    (one segment: the plain split)."""
     p = random_layer(64, 768, 128, bits, seed=8)
     _check(p, 1, torch.float16, CFGS[cfg_name], bias=True, seed=8)
 
 
 def test_segment_units_weigh_a_tile_by_its_bytes():
     """A tile's bytes per row, in 1/16ths: 128 codes of ``bits`` bits plus a float16 scale and zero per group,
-    plus ``tile_units`` (refused below 0, or without ``byte_split``); ``byte_split`` is refused without a K split or on another path, by name."""
+    plus ``tile_units`` and, per bit plane past the first (3-bit codes: two planes), ``plane_units`` (either refused
+    below 0, or without ``byte_split``); ``byte_split`` is refused without a K split or on another path, by name."""
     from types import SimpleNamespace
     from slimq.kernels.triton._plan import segment_units
     segs = [SimpleNamespace(bits=b, group_size=g) for b, g in ((1, 128), (2, 128), (3, 128), (2, 256))]
     assert segment_units(segs) == tuple(16 * (128 * b // 8 + 4 * 128 // g) for b, g in ((1, 128), (2, 128), (3, 128),
                                                                                         (2, 256)))
     assert segment_units(segs, 100) == tuple(u + 100 for u in segment_units(segs))
-    with pytest.raises(ValueError, match="tile_units must be >= 0"):
-        segment_units(segs, -1)
+    assert segment_units(segs, 100, 7) == tuple(u + 100 + 7 * (s.bits == 3) for u, s in zip(segment_units(segs), segs))
+    for bad in ((-1, 0), (0, -1)):
+        with pytest.raises(ValueError, match="tile_units and plane_units must be >= 0"):
+            segment_units(segs, *bad)
     with pytest.raises(ValueError, match="tile_units must be 0, or > 0 with byte_split"):
         KernelConfig("mv", block_m=1, block_n=64, num_warps=2, split_k=4, tile_units=64)
+    with pytest.raises(ValueError, match="plane_units must be 0, or > 0 with byte_split"):
+        KernelConfig("mv", block_m=1, block_n=64, num_warps=2, split_k=4, plane_units=64)
     with pytest.raises(ValueError, match="byte_split applies to path 'mv' with block_m 1, no k_warps and split_k"):
         KernelConfig("mv", block_m=1, block_n=64, num_warps=2, byte_split=True)
     with pytest.raises(ValueError, match="byte_split applies to path 'mv'"):

@@ -155,6 +155,8 @@ CFGS = {
     "mv_bytes": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=4, num_warps=2, byte_split=True),
     "mv_tiles": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=3, num_warps=2, byte_split=True,
                              tile_units=4000),
+    "mv_planes": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=4, num_warps=2, byte_split=True,
+                              tile_units=576, plane_units=4000),
     "mv_bytes_l2_dx": KernelConfig("mv", block_m=1, block_n=64, block_k=128, split_k=5, num_warps=2, l2_ahead=1,
                                    byte_split=True, direct=True),
     "mv_m5_l2": KernelConfig("mv", block_m=16, block_n=64, block_k=128, split_k=2, num_warps=2, l2_ahead=2),
@@ -175,7 +177,7 @@ CFGS = {
     "wg_nopdl": KernelConfig("wg", block_m=16, block_n=64, split_k=4, join=True, pdl=False),
     "wg_wide": KernelConfig("wg", block_m=16, block_n=128, split_k=3, join=True),
 }
-M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_l2": 1, "mv_kw1": 1, "mv_kw4": 1, "mv_kw4_dx": 1, "mv_split_dx": 1, "mv_l2_dx": 1, "mv_bytes": 1, "mv_tiles": 1, "mv_bytes_l2_dx": 1, "mv_m5": 5, "mv_m16_split": 16, "mv_m5_l2": 5, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
+M_OF = {"gv": 1, "gv_split": 1, "gv_nopdl": 1, "gv_depth2": 1, "gv_gather": 1, "gv_gather_d2": 1, "gv_maxnreg": 1, "mv": 1, "mv_split": 1, "mv_l2": 1, "mv_kw1": 1, "mv_kw4": 1, "mv_kw4_dx": 1, "mv_split_dx": 1, "mv_l2_dx": 1, "mv_bytes": 1, "mv_tiles": 1, "mv_planes": 1, "mv_bytes_l2_dx": 1, "mv_m5": 5, "mv_m16_split": 16, "mv_m5_l2": 5, "fma1": 1, "fma1_split_perseg": 1, "fma1_prefetch": 1, "fma_gather_m2": 2, "dot": 5, "dot_split_gather": 16,
         "gemm": 19, "gemm_split_perseg": 7, "dequant": 3, "dequant_chunked": 5, "h2_m1": 1, "h2_m1_split": 1, "h2_m1_prefetch": 1,
         "h2_m4": 3, "h2_m16": 16, "h2dot": 7, "h2dot_join": 16, "h2dot_join_split": 20, "tc": 5, "tc_m32": 33,
         "wg": 5, "wg_pieces": 16, "wg_scaled": 70, "wg_scaled_pieces": 20, "wg_nopdl": 9, "wg_wide": 4}
@@ -417,15 +419,15 @@ def test_select_config_is_explicit():
     assert {(c.path, c.split_k, c.maxnreg, c.l2_ahead, c.direct)
             for c in (select_config(1, 22016, 4096, bits=b) for b in ((2,), (4,), (1, 2, 3)))} == \
         {("mv", 4, 80, 0, True)}
-    # SliM wherever K is split: tiles shared out by bytes plus 576 per tile, bytes alone where more than 6 programs
-    # share an SM (28672 x 8192: 896 programs); 128 registers where one wave still fits (runs 232-235); not where
-    # the mixed widths are MixLLM's 4/8-bit row bands
+    # SliM wherever K is split: tiles shared out by bytes plus 576 per tile and, per bit plane past the first (3-bit
+    # tiles), 576 more on layers of 2^27+ weights, 288 below (runs 245-247); 128 registers where one wave still fits
+    # (runs 232-235); not where the mixed widths are MixLLM's 4/8-bit row bands
     c = select_config(1, 22016, 4096, bits=(1, 2, 3))
-    assert (c.path, c.split_k, c.maxnreg, c.l2_ahead, c.direct, c.byte_split, c.tile_units) == \
-        ("mv", 4, 80, 0, True, True, 576)
-    assert [(c.byte_split, c.tile_units) for c in (select_config(1, n, k, bits=(1, 2, 3)) for n, k in (
-        (28672, 8192), (11008, 4096), (12288, 4096), (8192, 8192), (4096, 11008), (8192, 28672)))] == \
-        [(True, 0)] + [(True, 576)] * 5
+    assert (c.path, c.split_k, c.maxnreg, c.l2_ahead, c.direct, c.byte_split, c.tile_units, c.plane_units) == \
+        ("mv", 4, 80, 0, True, True, 576, 288)
+    assert [(c.byte_split, c.tile_units, c.plane_units) for c in (select_config(1, n, k, bits=(1, 2, 3)) for n, k in (
+        (28672, 8192), (8192, 28672), (11008, 4096), (12288, 4096), (8192, 8192), (4096, 11008)))] == \
+        [(True, 576, 576)] * 2 + [(True, 576, 288)] * 4
     c = select_config(1, 8192, 28672, bits=(1, 2, 3))
     assert (c.split_k, c.maxnreg, c.l2_ahead, c.direct) == (8, 128, 1, False)
     assert select_config(1, 28672, 8192, bits=(1, 2, 3)).maxnreg == 72
@@ -443,14 +445,15 @@ def test_select_config_is_explicit():
     # register cap of 96/80/72 that keeps the grid in one wave (3-bit: 96 always; 4+ bits: 96 or none); reading x
     # itself (direct) under 2^27 weights and with 3-4-bit codes (128 registers where one wave holds them and for
     # 3-bit codes; no prefetch for mixed widths), after the gather for 2-bit and SliM on the big layers (run 186);
-    # since the weights load evict-first, the prefetch only where a program takes more than 16 K tiles (run 243)
+    # since the weights load evict-first, the prefetch only where a program takes more than 16 K tiles (run 243) of
+    # codes under 4 bits (runs 245, 248)
     got = {(n, k, b): select_config(1, n, k, bits=b) for n, k in ((28672, 8192), (8192, 28672), (8192, 8192))
            for b in ((2,), (3,), (4,), (1, 2, 3))}
     assert {key: (c.split_k, c.maxnreg, c.l2_ahead, c.direct) for key, c in got.items()} == {
         (28672, 8192, (2,)): (4, 72, 0, False), (28672, 8192, (3,)): (4, 128, 0, True),
         (28672, 8192, (4,)): (4, 0, 0, True), (28672, 8192, (1, 2, 3)): (4, 72, 0, False),
         (8192, 28672, (2,)): (8, 96, 1, False), (8192, 28672, (3,)): (8, 128, 1, True),
-        (8192, 28672, (4,)): (8, 128, 1, True), (8192, 28672, (1, 2, 3)): (8, 128, 1, False),
+        (8192, 28672, (4,)): (8, 128, 0, True), (8192, 28672, (1, 2, 3)): (8, 128, 1, False),
         (8192, 8192, (2,)): (8, 128, 0, True), (8192, 8192, (3,)): (8, 128, 0, True),
         (8192, 8192, (4,)): (8, 128, 0, True), (8192, 8192, (1, 2, 3)): (8, 128, 0, True)}
     assert select_config(1, 24576, 8192, bits=(2,)).maxnreg == 80  # 4 x 192 programs: 6 per SM fit, 5 do not

@@ -48,6 +48,9 @@ class KernelConfig:
     tile_units: int = 0  # "mv" with byte_split: a fixed weight added to every tile's bytes in the shares, in
     # ``_plan.segment_units``' unit (1/16 byte per row; a 2-bit tile of groups of 128 is 576): 0 splits the bytes
     # evenly, a large value the tiles (a tile's latency rather than its bytes)
+    plane_units: int = 0  # "mv" with byte_split: a further weight per tile for every bit plane past the first
+    # (3-bit codes: a 2- and a 1-bit plane, ``format.layout.PLANE_WIDTHS``), in the same unit: their tiles decode two
+    # planes, more instructions than their bytes say
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -131,6 +134,9 @@ class KernelConfig:
                              f"{self.path!r} (block_m={self.block_m}, k_warps={self.k_warps}, split_k={self.split_k})")
         if self.tile_units < 0 or (self.tile_units and not self.byte_split):
             raise ValueError(f"tile_units must be 0, or > 0 with byte_split; got tile_units={self.tile_units} "
+                             f"(byte_split={self.byte_split})")
+        if self.plane_units < 0 or (self.plane_units and not self.byte_split):
+            raise ValueError(f"plane_units must be 0, or > 0 with byte_split; got plane_units={self.plane_units} "
                              f"(byte_split={self.byte_split})")
         if self.chunk_n < 0 or (self.chunk_n and self.path != "dequant"):
             raise ValueError(f"chunk_n must be 0, or > 0 with path 'dequant'; got {self.chunk_n} for {self.path!r}")

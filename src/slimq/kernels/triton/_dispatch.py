@@ -36,12 +36,15 @@ _MV_PROGRAMS_PER_SM = 8  # mv (M == 1): K split up to 16 while the grid fits in 
 # SM at 2 bits (64 registers), 7 with wider codes (72 registers; 8192 x 28672 at 4 bits: K split 8 48-51 us, 16 57 us)
 _MV_L2_MIN_WEIGHTS = 1 << 26  # mv (M == 1) on layers of this many weights: L2 prefetch and a register cap (run 76)
 _MV_L2_SPLIT_PER_SM = 7  # ... there K is split up to 16 while the grid holds at most this many programs per SM,
-_MV_L2_MIN_TILES = 16  # ... the L2 prefetch only where a program takes more K tiles than this (run 243)
+_MV_L2_MIN_TILES = 16  # ... the L2 prefetch only where a program takes more K tiles than this (run 243), of codes
+# under 4 bits (run 249)
 _MV_L2_CAPS = (96, 80, 72)  # ... under the highest of these register caps that still fits it in one wave
 _MV_DIRECT_MIN_WEIGHTS = 1 << 24  # mv (M == 1) reading x itself on layers from this many weights (_mv_direct_mid)
 _BYTE_SPLIT_TILE_UNITS = 576  # mv (M == 1) on mixed-width layers: K split into equal shares of bytes plus this
 # per tile (a 2-bit tile's bytes, _plan.segment_units) ...
-_BYTE_SPLIT_BYTES_PER_SM = 6  # ... or of bytes alone where the grid puts more programs than this on an SM
+_BYTE_SPLIT_PLANE_UNITS = (288, 576)  # ... and this per bit plane past the first (3-bit tiles: two planes), the
+# second on layers of _BYTE_SPLIT_BIG_WEIGHTS+ weights
+_BYTE_SPLIT_BIG_WEIGHTS = 1 << 27
 _MVS_MAX_K = 4096  # mv with the warps splitting K (k_warps, _mvs) at M == 1: layers of at most this many columns
 _MVS_TILES = 8  # ... whose K tiles per warp (summed over segments, at most) stay under this (_mvs.MVS_MAX_TILES)
 _GV_PROGRAMS_PER_SM = 8  # gv (M == 1): K split 32, fewer when the grid would pass this many per SM (runs 19, 23)
@@ -81,9 +84,9 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
     * ``M == 1``: the tensor-core GEMV ``mv`` where it measured faster (:func:`_mv_wins`: 8192+ input
       columns, codes all 4-bit or wider, every layer of 2^27+ weights, uniform widths on 2^26+; 128-row
       programs, whose weights load evict-first; on 2^26+ weights with more than ``_MV_L2_MIN_TILES`` K tiles per
-      program the weights of the tile past the loaded one prefetched into L2 (``l2_ahead=1``), K split up to 16 at ``_MV_L2_SPLIT_PER_SM`` programs per SM and the highest
-      register cap of ``_MV_L2_CAPS`` that keeps the grid in one wave; below, K split up to
-      16 while the grid holds at most ``_MV_PROGRAMS_PER_SM`` programs per SM). Where ``direct`` (the caller's
+      program of codes under 4 bits the weights of the tile past the loaded one prefetched into L2
+      (``l2_ahead=1``), K split up to 16 at ``_MV_L2_SPLIT_PER_SM`` programs per SM and the highest register cap
+      of ``_MV_L2_CAPS`` that keeps the grid in one wave; below, K split up to 16 while the grid holds at most ``_MV_PROGRAMS_PER_SM`` programs per SM). Where ``direct`` (the caller's
       word that the token and layer let ``mv`` read ``x`` itself: ``_plan.mv_reads_x``; ``resolve_config``
       checks it) ``mv`` reads ``x`` without the gather launch where that won (:func:`_mv_direct_wins`), and
       takes the other layers of 2^24 up to 2^27 weights too (:func:`_mv_direct_mid`). Layers of up to 4096 columns
@@ -310,16 +313,22 @@ def _byte_split_wins(bits: tuple[int, ...] | None) -> bool:
     return bool(bits) and len(set(bits)) > 1 and 8 not in bits
 
 
-def _byte_split_units(programs: int, num_sms: int) -> int:
-    """``tile_units`` of the dispatched ``byte_split``: a fixed cost per tile on top of its bytes (a 1-bit tile
-    takes nearly a 2-bit one's time: 8192 x 28672 uniform 1-bit 30.3 us, 2-bit 32.5, run 234), except where
-    more than ``_BYTE_SPLIT_BYTES_PER_SM`` programs share an SM, whose mix of programs evens that out. H200,
-    SliM, ``wg_split.py --m 1 --no-splits --extra byte_split=1[,tile_units=576][,maxnreg=N]`` (runs 232-235;
-    us, plain split -> equal bytes -> plus 576 per tile, the dispatch's cap except where named): 8192 x 28672
-    (k8, 3.9 programs per SM) 37.7 -> 39.6 -> 36.6, at 128 registers 35.2; 8192 x 8192 (3.9) 17.1 -> 19.2 ->
-    16.5; 4096 x 11008 (3.9) 14.9 -> 14.9 -> 13.5; 12288 x 4096 (5.8) 15.7 -> 14.8 -> 14.2; 11008 x 4096 (5.2)
-    15.6 -> 14.3 -> 13.8; 22016 x 4096 (5.2) 21.7 -> 20.4 -> 20.4; 28672 x 8192 (6.8) 38.3 -> 35.6 -> 36.6."""
-    return 0 if programs > _BYTE_SPLIT_BYTES_PER_SM * num_sms else _BYTE_SPLIT_TILE_UNITS
+def _byte_split_units(n: int, k: int) -> tuple[int, int]:
+    """``(tile_units, plane_units)`` of the dispatched ``byte_split``: a fixed cost per tile on top of its bytes (a
+    1-bit tile takes nearly a 2-bit one's time: 8192 x 28672 uniform 1-bit 30.3 us, 2-bit 32.5, run 234) and a
+    further cost per tile for each bit plane past the first (a 3-bit tile decodes a 2- and a 1-bit plane: 28672 x
+    8192 uniform 3-bit 45.7 us against 2-bit 30.7, run 246, 1.5x the time for 1.5x the bytes but at 2.1x the
+    instructions), higher on layers of ``_BYTE_SPLIT_BIG_WEIGHTS`` weights. H200, SliM, ``wg_split.py --m 1
+    --no-splits --extra byte_split=1,tile_units=T,plane_units=P`` (us). Runs 232-235, before ``plane_units``
+    (plain split -> equal bytes -> plus 576 per tile): 8192 x 28672 (k8, 3.9 programs per SM) 37.7 -> 39.6 ->
+    36.6, at 128 registers 35.2; 8192 x 8192 17.1 -> 19.2 -> 16.5; 4096 x 11008 14.9 -> 14.9 -> 13.5; 12288 x 4096
+    15.7 -> 14.8 -> 14.2; 11008 x 4096 15.6 -> 14.3 -> 13.8; 22016 x 4096 21.7 -> 20.4 -> 20.4; 28672 x 8192 (6.8
+    programs per SM) 38.3 -> 35.6 -> 36.6. Run 245 (T x P in {0, 288, 576, 864} x {0, 288, 576}, the dispatch's
+    tiling since run 244): 28672 x 8192 bytes alone (the dispatch then) 33.3, T 576 P 576 32.8 (best), T 288 P 288
+    33.0, T 576 P 0 34.7; 8192 x 28672 T 576 P 0 (then) 35.5, P 576 34.5 (best), P 288 34.5. Run 247 (T 576; P 0 /
+    288 / 576): 8192 x 8192 16.0 / 16.1 / 16.3, 4096 x 11008 13.5 / 13.6 / 13.6, 11008 x 4096 14.0 / 13.8 / 14.5,
+    12288 x 4096 14.3 / 14.2 / 14.8, 22016 x 4096 20.1 / 19.5 / 19.3."""
+    return _BYTE_SPLIT_TILE_UNITS, _BYTE_SPLIT_PLANE_UNITS[n * k >= _BYTE_SPLIT_BIG_WEIGHTS]
 
 
 def _mv_direct_wins(n: int, k: int, bits: tuple[int, ...]) -> bool:
@@ -385,7 +394,10 @@ def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow
         # 35.2 at 128, run 234). Since the weights load evict-first (``_mv._ld4_stream``) the L2 prefetch, whose
         # lines come in evict-normal, pays only on long K shares (run 243, us with -> without: 28672 x 8192, 16
         # tiles per program, 2-bit 32.1 -> 30.1, 3-bit 46.1 -> 45.5, SliM 34.4 -> 33.4; 8192 x 8192, 8 tiles, 2-bit
-        # 15.1 -> 14.7, 3-bit 19.2 -> 18.6; 8192 x 28672, 28 tiles, 2-bit 32.2 -> 33.8, SliM 35.8 -> 36.4).
+        # 15.1 -> 14.7, 3-bit 19.2 -> 18.6; 8192 x 28672, 28 tiles, 2-bit 32.2 -> 33.8, SliM 35.8 -> 36.4), and
+        # not for 4-bit codes, whose tiles hold twice the bytes in flight (8192 x 28672 4-bit, with -> without, us:
+        # 42.5 -> 41.6 in run 245, 42.5 -> 41.3 and 43.2 -> 41.6 in run 249). Mixed widths: 576 more per 3-bit tile
+        # on 2^27+ weights, 288 below (:func:`_byte_split_units`, runs 245-247).
         rows = triton.cdiv(n, 128)
         split = max(1, min(16, k_tiles, _pow2_at_most(max(1, _MV_L2_SPLIT_PER_SM * num_sms // rows))))
 
@@ -393,11 +405,11 @@ def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow
             return _mv_per_sm(r) * num_sms >= rows * split
 
         split_bytes = _byte_split_wins(bits) and split > 1
-        units = _byte_split_units(rows * split, num_sms) if split_bytes else 0
+        units, planes = _byte_split_units(n, k) if split_bytes else (0, 0)
         if mid:
             return KernelConfig("mv", block_m=1, block_n=128, block_k=128, split_k=split, num_warps=4,
                                 num_stages=1, maxnreg=next((r for r in (128,) + _MV_L2_CAPS if fits(r)), 0),
-                                direct=True, byte_split=split_bytes, tile_units=units)
+                                direct=True, byte_split=split_bytes, tile_units=units, plane_units=planes)
         caps = _MV_L2_CAPS[:1] if min(bits) >= 4 else _MV_L2_CAPS
         cap = 96 if set(bits) == {3} else next((r for r in caps if fits(r)), 0)
         dx = direct and _mv_direct_wins(n, k, bits)
@@ -405,8 +417,8 @@ def _m1_config(n: int, k: int, bits: tuple[int, ...] | None, num_sms: int, allow
             cap = 128
         return KernelConfig("mv", block_m=1, block_n=128, block_k=128, split_k=split, num_warps=4, num_stages=1,
                             maxnreg=cap, l2_ahead=1 if cap and not (dx and len(set(bits)) > 1)
-                            and k_tiles // split > _MV_L2_MIN_TILES else 0, direct=dx,
-                            byte_split=split_bytes, tile_units=units)
+                            and k_tiles // split > _MV_L2_MIN_TILES and max(bits) < 4 else 0, direct=dx,
+                            byte_split=split_bytes, tile_units=units, plane_units=planes)
     if allow_mv and _mv_wins(n, k, bits, direct):  # 128-row programs, as many K shares as fit in one wave
         per_sm = _MV_PROGRAMS_PER_SM if max(bits) <= 2 else _MV_PROGRAMS_PER_SM - 1  # 64 / 72 registers
         split = _pow2_at_most(max(1, per_sm * num_sms // triton.cdiv(n, 128)))

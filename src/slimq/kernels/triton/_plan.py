@@ -391,7 +391,7 @@ def _mv1_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
                   **({"DIRECT": True, "DIRECT_PERM": not identity_perm(packed),
                       "XBF16": x.dtype == torch.bfloat16} if direct else {}))
         if cfg.byte_split and len(segs) > 1:
-            kw["SEG_UNITS"] = segment_units(segs, cfg.tile_units)
+            kw["SEG_UNITS"] = segment_units(segs, cfg.tile_units, cfg.plane_units)
         args = (xw, ws.pair_stride, ws.xc32, stride_cs, out, o.acc, o.rp, o.b, r0, cfg.split_k, o.cnt, 0,
                 tuple(_seg_arg(s) for s in segs), packed.col_perm)
         launches.append(Launch("mv_kernel", (triton.cdiv(ns, 32 * cfg.num_warps), cfg.split_k), args, kw,
@@ -399,13 +399,15 @@ def _mv1_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
     return launches + o.finish(out, bias is not None)
 
 
-def segment_units(segs: list[Segment], tile_units: int = 0) -> tuple[int, ...]:
+def segment_units(segs: list[Segment], tile_units: int = 0, plane_units: int = 0) -> tuple[int, ...]:
     """A 128-column tile's bytes per row in each segment, in 1/16ths of a byte (codes, float16 scale and zero per
-    group), plus ``tile_units`` (``KernelConfig.tile_units``: a fixed cost per tile): the weights of
+    group), plus ``tile_units`` (``KernelConfig.tile_units``: a fixed cost per tile) and ``plane_units`` for each bit
+    plane past the first (``KernelConfig.plane_units``; 3-bit codes have two): the weights of
     ``KernelConfig.byte_split``'s equal shares."""
-    if tile_units < 0:
-        raise ValueError(f"tile_units must be >= 0, got {tile_units}")
-    return tuple(2 * MV.TILE * s.bits + 64 * MV.TILE // s.group_size + tile_units for s in segs)
+    if tile_units < 0 or plane_units < 0:
+        raise ValueError(f"tile_units and plane_units must be >= 0, got {tile_units}, {plane_units}")
+    return tuple(2 * MV.TILE * s.bits + 64 * MV.TILE // s.group_size + tile_units
+                 + plane_units * (len(plane_widths(s.bits)) - 1) for s in segs)
 
 
 def mv_reads_x(x: torch.Tensor, packed: PackedLinear) -> bool:
