@@ -149,9 +149,10 @@ def test_segment_units_weigh_a_tile_by_its_bytes():
         KernelConfig("mv", block_m=1, block_n=64, num_warps=2, split_k=4, tile_units=64)
     with pytest.raises(ValueError, match="plane_units must be 0, or > 0 with byte_split"):
         KernelConfig("mv", block_m=1, block_n=64, num_warps=2, split_k=4, plane_units=64)
-    with pytest.raises(ValueError, match="byte_split applies to path 'mv' with block_m 1, no k_warps and split_k"):
+    with pytest.raises(ValueError, match="byte_split applies to path 'wg', and 'mv' with block_m 1 and no k_warps, "
+                       "with split_k >= 2"):
         KernelConfig("mv", block_m=1, block_n=64, num_warps=2, byte_split=True)
-    with pytest.raises(ValueError, match="byte_split applies to path 'mv'"):
+    with pytest.raises(ValueError, match="byte_split applies to path 'wg', and 'mv'"):
         KernelConfig("gv", block_m=1, split_k=4, byte_split=True)
 
 

@@ -500,6 +500,13 @@ def test_select_config_is_explicit():
         (16, 4096, 11008, (1, 2, 3)), (16, 8192, 8192, (3,)), (16, 11008, 4096, (2,)), (16, 11008, 4096, (3,)),
         (16, 11008, 4096, (1, 2, 3)), (4, 4096, 4096, (4,)), (16, 28672, 8192, (2,)), (32, 4096, 11008, (2,))))]
     assert got == [(128, 8), (128, 4), (128, 3), (64, 3), (64, 3), (64, 8), (64, 2), (64, 8)]  # K splits: run 97
+    # SliM at 9-16 tokens with K split: each program a run of blocks across the segments, 576 units per block
+    # (runs 256-257); not at 2-8 tokens (run 257: mixed), with wider token tiles, on uniform or 4/8-bit layers
+    got = [select_config(m, n, k, bits=b) for m, n, k, b in (
+        (16, 4096, 4096, (1, 2, 3)), (9, 11008, 4096, (1, 2, 3)), (16, 28672, 8192, (1, 2)),
+        (4, 4096, 11008, (1, 2, 3)), (32, 4096, 4096, (1, 2, 3)), (16, 4096, 4096, (2,)), (16, 4096, 4096, (4, 8)))]
+    assert [(c.path, c.byte_split, c.tile_units, c.plane_units) for c in got] == \
+        [("wg", True, 576, 0)] * 3 + [("wg", False, 0, 0)] * 4
     assert select_config(1, 4096, 200).split_k == 2 and select_config(4, 64, 200).split_k == 2  # <= K-tiles
     for m in (1, 16, 64, 1024):
         for n, k in ((4096, 4096), (28672, 8192), (8192, 28672), (576, 576)):

@@ -42,9 +42,10 @@ class KernelConfig:
     direct: bool = False  # "wg" with join, "mv" with one token: where col_perm moves whole blocks (the identity
     # included) and x is float16, each program reads its blocks of x itself (``_wg._direct_x``, ``_mvx``;
     # ``_plan.wg_direct``, ``_plan.mv_direct``) instead of a gather launch writing them in operand order
-    byte_split: bool = False  # "mv" with one token and split_k: program p takes the band's tiles (segments in storage
-    # order) whose start lies in the p-th 1/split_k of its bytes, entering only the segments it has tiles of
-    # (``_plan.segment_units``; False: a 1/split_k share of every segment's tiles, one pipeline start per segment)
+    byte_split: bool = False  # "mv" with one token, and "wg", with split_k: program p takes the band's tiles (segments
+    # in storage order) whose start lies in the p-th 1/split_k of its bytes, entering only the segments it has tiles
+    # of (``_plan.segment_units``, ``_tiles.unit_range``; False: a 1/split_k share of every segment's tiles, one
+    # pipeline start per segment)
     tile_units: int = 0  # "mv" with byte_split: a fixed weight added to every tile's bytes in the shares, in
     # ``_plan.segment_units``' unit (1/16 byte per row; a 2-bit tile of groups of 128 is 576): 0 splits the bytes
     # evenly, a large value the tiles (a tile's latency rather than its bytes)
@@ -129,9 +130,11 @@ class KernelConfig:
         if self.direct and not ((self.path == "wg" and self.join) or (self.path == "mv" and self.block_m == 1)):
             raise ValueError(f"direct applies to path 'wg' with join, and to path 'mv' with block_m 1, only; got "
                              f"{self.path!r} (join={self.join}, block_m={self.block_m})")
-        if self.byte_split and (self.path != "mv" or self.block_m != 1 or self.k_warps or self.split_k < 2):
-            raise ValueError(f"byte_split applies to path 'mv' with block_m 1, no k_warps and split_k >= 2 only; got "
-                             f"{self.path!r} (block_m={self.block_m}, k_warps={self.k_warps}, split_k={self.split_k})")
+        if self.byte_split and (self.split_k < 2 or not (self.path == "wg" or (self.path == "mv" and self.block_m == 1
+                                                                                and not self.k_warps))):
+            raise ValueError(f"byte_split applies to path 'wg', and 'mv' with block_m 1 and no k_warps, with split_k >= "
+                             f"2 only; got {self.path!r} (block_m={self.block_m}, k_warps={self.k_warps}, "
+                             f"split_k={self.split_k})")
         if self.tile_units < 0 or (self.tile_units and not self.byte_split):
             raise ValueError(f"tile_units must be 0, or > 0 with byte_split; got tile_units={self.tile_units} "
                              f"(byte_split={self.byte_split})")

@@ -129,6 +129,13 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       28672 / 28672 x 8192 3- and 4-bit 69-77 -> 78-92: each program reorders its blocks, which costs more than
       the launch on big layers; run 183, 4 tokens: 4096 x 4096 2-bit 13.6 -> 12.5, 3-bit 16.5 -> 13.7, 4-bit
       15.1 -> 13.3, 11008 x 4096 and 4096 x 11008 mixed within the timing noise).
+      Mixed-width (SliM) layers at 9-16 tokens with K split take ``byte_split`` with 576 units per block: each
+      program a run of blocks across the segments, weighed by bytes plus a cost per block, instead of a share of
+      every segment's blocks with a pipeline start in each (H200 run 256, ``wg_split.py --m 16 --variants slim
+      --no-splits --extra byte_split=1[,tile_units=576[,plane_units=P]]``, us: 4096 x 4096 15.4 -> 14.8, 4096 x
+      11008 24.5 -> 23.0, 11008 x 4096 23.9 -> 22.8, 8192 x 8192 27.3 -> 26.7, 8192 x 28672 68.0 -> 63.9, 28672 x
+      8192 70.3 -> 68.5; bytes alone and plane costs were slower); at 4 tokens mixed (run 257: 4096 x 11008 24.8
+      -> 23.3, 4096 x 4096 15.0 -> 15.5), so not there.
       It beat ``h2dot``/``tc`` at ``M = 4`` and 16 by 1.1-1.7x, ``gemm`` at 17-64 tokens by
       1.2-2.5x and dequantize-then-cuBLAS at 128 tokens (2-, 4-bit; 3-bit merged into one operand).
     * beyond, on uniform 2-4-bit and SliM layers of ``WGR_M`` tokens: ``wgr`` where :func:`wgr_config` fills
@@ -164,9 +171,12 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
             split = 1 << max(0, int(math.log2(max(1.0, waves * num_sms / tiles))))
         direct = bt == 16 and (n * k <= _WG_DIRECT_WEIGHTS or (m > MV_MAX_M and n * k <= _WG_DIRECT_WEIGHTS_3B
                                                                 and bool(bits) and min(bits) >= 3))
-        return KernelConfig("wg", block_m=bt, block_n=bn, split_k=max(1, min(16, split, k_tiles)), num_warps=4,
-                            num_stages=3, join=True, scaled=bt >= 64, pdl=bt <= 32 and n * k < _WG_BIG_WEIGHTS,
-                            direct=direct)
+        split = max(1, min(16, split, k_tiles))
+        # SliM at 9-16 tokens: runs of blocks across the segments, plus a cost per block (runs 256-257)
+        shares = m > MV_MAX_M and bt == 16 and split > 1 and _byte_split_wins(bits)
+        return KernelConfig("wg", block_m=bt, block_n=bn, split_k=split, num_warps=4, num_stages=3, join=True,
+                            scaled=bt >= 64, pdl=bt <= 32 and n * k < _WG_BIG_WEIGHTS, direct=direct,
+                            byte_split=shares, tile_units=_BYTE_SPLIT_TILE_UNITS if shares else 0)
     return (wgr_config(m, n, k, bits, num_sms) if wgr else None) or wgs_config(m, n, k, num_sms) or _DEQUANT
 
 

@@ -17,7 +17,7 @@ from slimq.kernels.triton._gv import _first
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._mv import _TILE, _act_loads, _prefetch_start, _prefetch_tile, _tile, _weight_loads
 from slimq.kernels.triton._mvx import tile_direct, tile_source, x_quads
-from slimq.kernels.triton._tiles import pdl_wait, store_rows
+from slimq.kernels.triton._tiles import pdl_wait, store_rows, unit_range
 
 __all__ = ["mv_kernel"]
 
@@ -106,20 +106,11 @@ def mv_kernel(xw_ptr, stride_wb, xc_ptr, stride_cs, out_ptr, acc_ptr, rowperm_pt
     wrow = tl.minimum(offs_n - tid % 32, NS - 1)  # the warp's first row (L2 prefetch)
     y = tl.zeros([NT], tl.float32)
     if SEG_UNITS is not None:  # equal shares: tiles in storage order, cut at every 1 / split_k of the band's weight
-        total = 0
         for i in tl.static_range(NSEG):
-            total += (segs[i][1] // _TILE) * SEG_UNITS[i]
-        u_lo = pid_k * total // split_k
-        u_hi = (pid_k + 1) * total // split_k
-        c = 0  # units before segment i
-        for i in tl.static_range(NSEG):
-            n_i = segs[i][1] // _TILE
-            t_lo = tl.minimum(tl.cdiv(tl.maximum(u_lo - c, 0), SEG_UNITS[i]), n_i)
-            t_hi = tl.minimum(tl.cdiv(tl.maximum(u_hi - c, 0), SEG_UNITS[i]), n_i)
+            t_lo, t_hi = unit_range(segs, i, NSEG, SEG_UNITS, _TILE, pid_k, split_k)
             if t_lo < t_hi:
                 y = _segment(y, segs[i], t, row4, rows, wrow, t_lo, t_hi, xw_ptr, stride_wb, xc_ptr, stride_cs,
                              perm_ptr, SEG_BITS[i], GS, NS, ASM, PDL, DEPTH, L2A, DIRECT, DIRECT_PERM, XBF16)
-            c += n_i * SEG_UNITS[i]
     else:
         if L2A > 0:
             for i in tl.static_range(1, NSEG):

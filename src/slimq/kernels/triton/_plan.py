@@ -534,6 +534,8 @@ def _operand_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor 
                   HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl),
                   **({"DIRECT": True, "DIRECT_PERM": perm, "XBF16": x.dtype == torch.bfloat16} if direct else {}))
+        if cfg.byte_split and len(segs) > 1:  # wg only (KernelConfig): runs of blocks in equal shares of the weight
+            kw["SEG_UNITS"] = segment_units(segs, cfg.tile_units, cfg.plane_units)
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
         launches.append(Launch(kernel, grid, args, kw, module=cfg.path))
     return launches + o.finish(out, bias is not None)

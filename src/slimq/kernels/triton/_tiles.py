@@ -61,6 +61,28 @@ def pdl_release(PDL: tl.constexpr):
 
 
 @triton.jit
+def unit_range(segs, i: tl.constexpr, NSEG: tl.constexpr, SEG_UNITS: tl.constexpr, BLK: tl.constexpr, pid_k,
+               split_k):
+    """Blocks ``[t_lo, t_hi)`` of segment ``i`` (``BLK`` columns each, the last possibly partial) that K-split
+    program ``pid_k`` takes in ``KernelConfig.byte_split``'s equal shares: every segment's blocks in storage order,
+    block ``t`` of segment ``i`` weighing ``SEG_UNITS[i]`` (``_plan.segment_units``), each program the blocks that
+    start in its ``1 / split_k`` of the total weight; empty where it has none there."""
+    total = 0
+    c = 0  # weight of the segments before i
+    for j in tl.static_range(NSEG):
+        w = tl.cdiv(segs[j][1], BLK) * SEG_UNITS[j]
+        if j < i:
+            c += w
+        total += w
+    u_lo = pid_k * total // split_k
+    u_hi = (pid_k + 1) * total // split_k
+    n_i = tl.cdiv(segs[i][1], BLK)
+    t_lo = tl.minimum(tl.cdiv(tl.maximum(u_lo - c, 0), SEG_UNITS[i]), n_i)
+    t_hi = tl.minimum(tl.cdiv(tl.maximum(u_hi - c, 0), SEG_UNITS[i]), n_i)
+    return t_lo, t_hi
+
+
+@triton.jit
 def skinny_program(ns, M, BM: tl.constexpr, BN: tl.constexpr):
     """Program ``(pid_n, pid_k)`` of a skinny launch (grid ``(cdiv(ns, BN), split_k)``, ``M <= BM``):
     ``(pid_k, offs_n, mask_n, offs_m, mask_m)``."""

@@ -45,7 +45,7 @@ import triton.language as tl
 from slimq.kernels.triton._h2 import _scaled_x, _slot, pair_tree
 from slimq.kernels.triton._kernels import _tile_range
 from slimq.kernels.triton._tc import _tc_src
-from slimq.kernels.triton._tiles import pdl_release, pdl_wait, plane_coef, plane_width, store_rows
+from slimq.kernels.triton._tiles import pdl_release, pdl_wait, plane_coef, plane_width, store_rows, unit_range
 
 __all__ = ["wg_kernel", "operand_gather_kernel", "wg_pieces"]
 
@@ -285,13 +285,16 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
               BN: tl.constexpr, BT: tl.constexpr, BLK: tl.constexpr, JOIN: tl.constexpr, ATOMIC: tl.constexpr,
               HAS_ROWPERM: tl.constexpr, HAS_BIAS: tl.constexpr, FUSED: tl.constexpr, ASM: tl.constexpr,
               SCALED: tl.constexpr = False, EVEN_M: tl.constexpr = False, PDL: tl.constexpr = False,
-              DIRECT: tl.constexpr = False, DIRECT_PERM: tl.constexpr = False, XBF16: tl.constexpr = False):
+              DIRECT: tl.constexpr = False, DIRECT_PERM: tl.constexpr = False, XBF16: tl.constexpr = False,
+              SEG_UNITS: tl.constexpr = None):
     """Grid ``(cdiv(M, BT) * cdiv(ns, BN), split_k)``, token tiles fastest; activations
     pre-arranged by :func:`operand_gather_kernel`, or (DIRECT, with JOIN) ``xt_ptr`` is the float16 (``XBF16``:
     bfloat16, multiplied as bfloat16 by bfloat16 operands) ``x`` itself, ``stride_tm`` its row stride (``xs_ptr``, ``stride_tb``, ``stride_sm`` unused), and
     ``col_perm`` (``perm_ptr``) the identity or, with DIRECT_PERM, moving whole ``BLK``-column blocks to
     ``BLK``-aligned starts (``_perm.perm_run``). ``ASM``: half2 inline PTX (else integer ops, for the
-    interpreter)."""
+    interpreter). With ``SEG_UNITS`` (``KernelConfig.byte_split``) program ``pid_k`` takes the blocks of all
+    segments in storage order that start in its ``1 / split_k`` of their total weight (``_tiles.unit_range``: a
+    run of blocks in one or two segments, so fewer pipeline starts), else ``1 / split_k`` of every segment's."""
     tl.static_assert(JOIN or not DIRECT, "DIRECT reads each block as one operand piece: it needs JOIN")
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -309,7 +312,10 @@ def wg_kernel(xt_ptr, stride_tm, stride_tb, xs_ptr, stride_sm, out_ptr, stride_o
     acc = tl.zeros([BN, BT], tl.float32)
     for i in tl.static_range(NSEG):
         seg = segs[i]
-        t_lo, t_hi = _tile_range(seg[1], pid_k, BLK, split_k)
+        if SEG_UNITS is None:
+            t_lo, t_hi = _tile_range(seg[1], pid_k, BLK, split_k)
+        else:
+            t_lo, t_hi = unit_range(segs, i, NSEG, SEG_UNITS, BLK, pid_k, split_k)
         t_full = tl.minimum(t_hi, seg[1] // BLK)
         # the operands of SCALED take s, z: loaded ahead they would cross layouts (shared memory) every block;
         # SliM layers with masked tokens ran 20-30% slower with them loaded ahead (run 35), others 2-12% faster
