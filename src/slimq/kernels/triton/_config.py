@@ -46,10 +46,10 @@ class KernelConfig:
     # in storage order) whose start lies in the p-th 1/split_k of its bytes, entering only the segments it has tiles
     # of (``_plan.segment_units``, ``_tiles.unit_range``; False: a 1/split_k share of every segment's tiles, one
     # pipeline start per segment)
-    tile_units: int = 0  # "mv" with byte_split: a fixed weight added to every tile's bytes in the shares, in
+    tile_units: int = 0  # "mv" and "wg" with byte_split: a fixed weight added to every tile's bytes in the shares, in
     # ``_plan.segment_units``' unit (1/16 byte per row; a 2-bit tile of groups of 128 is 576): 0 splits the bytes
     # evenly, a large value the tiles (a tile's latency rather than its bytes)
-    plane_units: int = 0  # "mv" with byte_split: a further weight per tile for every bit plane past the first
+    plane_units: int = 0  # "mv" and "wg" with byte_split: a further weight per tile for every bit plane past the first
     # (3-bit codes: a 2- and a 1-bit plane, ``format.layout.PLANE_WIDTHS``), in the same unit: their tiles decode two
     # planes, more instructions than their bytes say
 
@@ -130,10 +130,10 @@ class KernelConfig:
         if self.direct and not ((self.path == "wg" and self.join) or (self.path == "mv" and self.block_m == 1)):
             raise ValueError(f"direct applies to path 'wg' with join, and to path 'mv' with block_m 1, only; got "
                              f"{self.path!r} (join={self.join}, block_m={self.block_m})")
-        if self.byte_split and (self.split_k < 2 or not (self.path == "wg" or (self.path == "mv" and self.block_m == 1
-                                                                                and not self.k_warps))):
-            raise ValueError(f"byte_split applies to path 'wg', and 'mv' with block_m 1 and no k_warps, with split_k >= "
-                             f"2 only; got {self.path!r} (block_m={self.block_m}, k_warps={self.k_warps}, "
+        mv1 = self.path == "mv" and self.block_m == 1 and not self.k_warps
+        if self.byte_split and (self.split_k < 2 or not (self.path == "wg" or mv1)):
+            raise ValueError(f"byte_split applies to path 'wg', and 'mv' with block_m 1 and no k_warps, with "
+                             f"split_k >= 2 only; got {self.path!r} (block_m={self.block_m}, k_warps={self.k_warps}, "
                              f"split_k={self.split_k})")
         if self.tile_units < 0 or (self.tile_units and not self.byte_split):
             raise ValueError(f"tile_units must be 0, or > 0 with byte_split; got tile_units={self.tile_units} "

@@ -40,10 +40,10 @@ _MV_L2_MIN_TILES = 16  # ... the L2 prefetch only where a program takes more K t
 # under 4 bits (run 249)
 _MV_L2_CAPS = (96, 80, 72)  # ... under the highest of these register caps that still fits it in one wave
 _MV_DIRECT_MIN_WEIGHTS = 1 << 24  # mv (M == 1) reading x itself on layers from this many weights (_mv_direct_mid)
-_BYTE_SPLIT_TILE_UNITS = 576  # mv (M == 1) on mixed-width layers: K split into equal shares of bytes plus this
-# per tile (a 2-bit tile's bytes, _plan.segment_units) ...
-_BYTE_SPLIT_PLANE_UNITS = (288, 576)  # ... and this per bit plane past the first (3-bit tiles: two planes), the
-# second on layers of _BYTE_SPLIT_BIG_WEIGHTS+ weights
+_BYTE_SPLIT_TILE_UNITS = 576  # mv (M == 1) and wg (9-16 tokens) on mixed-width layers: K split into equal shares
+# of bytes plus this per tile (a 2-bit tile's bytes, _plan.segment_units) ...
+_BYTE_SPLIT_PLANE_UNITS = (288, 576)  # ... and, mv only, this per bit plane past the first (3-bit tiles: two
+# planes), the second on layers of _BYTE_SPLIT_BIG_WEIGHTS+ weights
 _BYTE_SPLIT_BIG_WEIGHTS = 1 << 27
 _MVS_MAX_K = 4096  # mv with the warps splitting K (k_warps, _mvs) at M == 1: layers of at most this many columns
 _MVS_TILES = 8  # ... whose K tiles per warp (summed over segments, at most) stay under this (_mvs.MVS_MAX_TILES)
@@ -86,16 +86,18 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       programs, whose weights load evict-first; on 2^26+ weights with more than ``_MV_L2_MIN_TILES`` K tiles per
       program of codes under 4 bits the weights of the tile past the loaded one prefetched into L2
       (``l2_ahead=1``), K split up to 16 at ``_MV_L2_SPLIT_PER_SM`` programs per SM and the highest register cap
-      of ``_MV_L2_CAPS`` that keeps the grid in one wave; below, K split up to 16 while the grid holds at most ``_MV_PROGRAMS_PER_SM`` programs per SM). Where ``direct`` (the caller's
+      of ``_MV_L2_CAPS`` that keeps the grid in one wave; below, K split up to 16 while the grid holds at most
+      ``_MV_PROGRAMS_PER_SM`` programs per SM). Where ``direct`` (the caller's
       word that the token and layer let ``mv`` read ``x`` itself: ``_plan.mv_reads_x``; ``resolve_config``
       checks it) ``mv`` reads ``x`` without the gather launch where that won (:func:`_mv_direct_wins`), and
       takes the other layers of 2^24 up to 2^27 weights too (:func:`_mv_direct_mid`). Layers of up to 4096 columns
       whose 32-row programs make one wave take ``mv`` with the warps splitting K (:func:`_mvs_wins`). Mixed-width
       (SliM) layers with K split share their tiles out across the segments by bytes plus a cost per tile
-      (:func:`_byte_split_wins`, :func:`_byte_split_units`). Elsewhere the half2 CUDA-core GEMV ``gv`` (one output row per thread, 128-row tiles, 2
-      warps, K split 32, or less so that the grid holds at most ``_GV_PROGRAMS_PER_SM`` programs per
-      SM, and at most one split per 128-column tile). On layers of up to ``_GV_GATHER_MAX_WEIGHTS``
-      weights (``_GV_GATHER_MAX_WEIGHTS_3B`` with 3-bit segments, or when ``bits`` is unknown) every
+      (:func:`_byte_split_wins`, :func:`_byte_split_units`). Elsewhere the half2 CUDA-core GEMV ``gv`` (one
+      output row per thread, 128-row tiles, 2 warps, K split 32, or less so that the grid holds at most
+      ``_GV_PROGRAMS_PER_SM`` programs per SM, and at most one split per 128-column tile). On layers of up to
+      ``_GV_GATHER_MAX_WEIGHTS`` weights (``_GV_GATHER_MAX_WEIGHTS_3B`` with 3-bit segments, or when ``bits`` is
+      unknown) every
       program pairs its own activations (``gather``: one launch instead of two, K split <= 16): 4-17%
       faster there, slower on the big shapes (run 27). Layers of 1- and 2-bit codes only load two
       tiles ahead (``depth=2``: 3-13% faster in run 27, once the shared half2 sums freed registers);
@@ -316,9 +318,10 @@ def _mv_direct_mid(n: int, k: int, bits: tuple[int, ...] | None) -> bool:
 
 
 def _byte_split_wins(bits: tuple[int, ...] | None) -> bool:
-    """Whether one-token ``mv`` on a layer of mixed widths (SliM: 1/2/3-bit segments) splits K into equal shares
-    across the segments (``byte_split``: each program enters only the segments it has tiles of) instead of a
-    share of every segment: on every such layer timed (:func:`_byte_split_units`). Not with 8-bit codes:
+    """Whether one-token ``mv`` (and ``wg`` at 9-16 tokens, :func:`select_config`) on a layer of mixed widths (SliM:
+    1/2/3-bit segments) splits K into equal shares across the segments (``byte_split``: each program enters only
+    the segments it has tiles of) instead of a share of every segment: on every such layer timed
+    (:func:`_byte_split_units`). Not with 8-bit codes:
     MixLLM's 4/8-bit layers are row bands of one segment each (nothing to share out; untimed)."""
     return bool(bits) and len(set(bits)) > 1 and 8 not in bits
 

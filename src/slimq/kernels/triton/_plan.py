@@ -390,8 +390,7 @@ def _mv1_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | No
                   XSCALE_INV=1.0 if direct else 1.0 / H2_XSCALE,
                   **({"DIRECT": True, "DIRECT_PERM": not identity_perm(packed),
                       "XBF16": x.dtype == torch.bfloat16} if direct else {}))
-        if cfg.byte_split and len(segs) > 1:
-            kw["SEG_UNITS"] = segment_units(segs, cfg.tile_units, cfg.plane_units)
+        kw.update(_shares_kw(cfg, segs))
         args = (xw, ws.pair_stride, ws.xc32, stride_cs, out, o.acc, o.rp, o.b, r0, cfg.split_k, o.cnt, 0,
                 tuple(_seg_arg(s) for s in segs), packed.col_perm)
         launches.append(Launch("mv_kernel", (triton.cdiv(ns, 32 * cfg.num_warps), cfg.split_k), args, kw,
@@ -408,6 +407,13 @@ def segment_units(segs: list[Segment], tile_units: int = 0, plane_units: int = 0
         raise ValueError(f"tile_units and plane_units must be >= 0, got {tile_units}, {plane_units}")
     return tuple(2 * MV.TILE * s.bits + 64 * MV.TILE // s.group_size + tile_units
                  + plane_units * (len(plane_widths(s.bits)) - 1) for s in segs)
+
+
+def _shares_kw(cfg: KernelConfig, segs: list[Segment]) -> dict:
+    """``SEG_UNITS`` for a ``byte_split`` launch of ``mv_kernel`` / ``wg_kernel`` over a band of several segments
+    (one segment has nothing to share out: the plain split), else nothing."""
+    return {"SEG_UNITS": segment_units(segs, cfg.tile_units, cfg.plane_units)} if cfg.byte_split and len(segs) > 1 \
+        else {}
 
 
 def mv_reads_x(x: torch.Tensor, packed: PackedLinear) -> bool:
@@ -534,8 +540,7 @@ def _operand_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor 
                   HAS_ROWPERM=o.has_rp, HAS_BIAS=bias is not None, FUSED=o.fused, ASM=x.is_cuda,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kw(pdl),
                   **({"DIRECT": True, "DIRECT_PERM": perm, "XBF16": x.dtype == torch.bfloat16} if direct else {}))
-        if cfg.byte_split and len(segs) > 1:  # wg only (KernelConfig): runs of blocks in equal shares of the weight
-            kw["SEG_UNITS"] = segment_units(segs, cfg.tile_units, cfg.plane_units)
+        kw.update(_shares_kw(cfg, segs))  # wg only (KernelConfig refuses byte_split on tc)
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(ns, cfg.block_n), cfg.split_k)
         launches.append(Launch(kernel, grid, args, kw, module=cfg.path))
     return launches + o.finish(out, bias is not None)
