@@ -41,7 +41,9 @@ class KernelConfig:
     # up front, the rows summed in the program (``_mvs``; 0: each warp takes 32 rows)
     direct: bool = False  # "wg" with join, "mv" with one token: where col_perm moves whole blocks (the identity
     # included) and x is float16, each program reads its blocks of x itself (``_wg._direct_x``, ``_mvx``;
-    # ``_plan.wg_direct``, ``_plan.mv_direct``) instead of a gather launch writing them in operand order
+    # ``_plan.wg_direct``, ``_plan.mv_direct``) instead of a gather launch writing them in operand order; "wgr":
+    # uniform 2- or 4-bit codes, the identity col_perm, float16 x: TMA reads x itself (``_wgrn``,
+    # ``_wgr_plan.wgr_direct``)
     byte_split: bool = False  # "mv" with one token, and "wg", with split_k: program p takes the band's tiles (segments
     # in storage order) whose start lies in the p-th 1/split_k of its bytes, entering only the segments it has tiles
     # of (``_plan.segment_units``, ``_tiles.unit_range``; False: a 1/split_k share of every segment's tiles, one
@@ -127,9 +129,10 @@ class KernelConfig:
             raise ValueError(f"producers applies to paths 'wgs' and 'wgr' only, got {self.path!r}")
         if self.path == "wgr" and self.producers not in (0, 1):
             raise ValueError(f"path 'wgr' takes producers 0 or 1 (one warp issuing the copies), got {self.producers}")
-        if self.direct and not ((self.path == "wg" and self.join) or (self.path == "mv" and self.block_m == 1)):
-            raise ValueError(f"direct applies to path 'wg' with join, and to path 'mv' with block_m 1, only; got "
-                             f"{self.path!r} (join={self.join}, block_m={self.block_m})")
+        if self.direct and not ((self.path == "wg" and self.join) or (self.path == "mv" and self.block_m == 1)
+                                or self.path == "wgr"):
+            raise ValueError(f"direct applies to path 'wg' with join, to path 'mv' with block_m 1, and to 'wgr', "
+                             f"only; got {self.path!r} (join={self.join}, block_m={self.block_m})")
         mv1 = self.path == "mv" and self.block_m == 1 and not self.k_warps
         if self.byte_split and (self.split_k < 2 or not (self.path == "wg" or mv1)):
             raise ValueError(f"byte_split applies to path 'wg', and 'mv' with block_m 1 and no k_warps, with "

@@ -51,6 +51,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 
 from slimq.kernels.triton._dq16 import _half2
 from slimq.kernels.triton._h2 import _in_regs, _pair_asm
+from slimq.kernels.triton._wgrn import nat_fragment, rows_smem_layout
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _tma_load
 from slimq.kernels.triton._wgsk import _gdc_wait
 
@@ -115,14 +116,6 @@ def _words_smem_layout(kp, bn, num_warps):
 
 
 @triton.constexpr_function
-def _rows_smem_layout(bn, num_warps):
-    """How the MMA threads read a tile's per-row scales or zeros ``[1, BN]`` from shared memory (the rows of
-    :func:`_words_smem_layout`; the four lanes of a row read the same value)."""
-    warps = [[0, 16 << i] for i in range((num_warps - 1).bit_length())]
-    return gl.DistributedLinearLayout([[0, 8]], [[0, 0], [0, 0], [0, 1], [0, 2], [0, 4]], warps, [], [1, bn])
-
-
-@triton.constexpr_function
 def _partner_layout(bn, num_warps):
     """How the MMA threads read a tile's two 1-bit partner words ``[2, BN]`` (3-bit codes): the slice along ``h``
     of ``[2, 2, BN]`` (1-bit word row ``r1``, half ``h``, row ``n``) with lane bit 0 as ``h`` and lane bit 1 as
@@ -184,7 +177,7 @@ def _smem_rows(s_s, z_s, PW: gl.constexpr, BN: gl.constexpr, num_warps: gl.const
     """A tile's rows' float32 scale and zero ``[BN / 16, 2, 8]`` from their shared-memory slots."""
     KP: gl.constexpr = WGR_BK * PW // 32
     L3: gl.constexpr = gl.SliceLayout(3, gl.SliceLayout(4, _word_layout(KP, 16 // PW, num_warps)))
-    LR: gl.constexpr = _rows_smem_layout(BN, num_warps)
+    LR: gl.constexpr = rows_smem_layout(BN, num_warps)
     s = gl.convert_layout(gl.reshape(s_s.load(LR), [BN // 16, 2, 8]), L3, assert_trivial=True).to(gl.float32)
     z = gl.convert_layout(gl.reshape(z_s.load(LR), [BN // 16, 2, 8]), L3, assert_trivial=True).to(gl.float32)
     return s, z
@@ -410,9 +403,10 @@ def _issue(xd, segs, tb, t0, n0, kb, t, bars, smem, pred, SEG_BITS: gl.constexpr
 
 @gluon.jit
 def _slot_fragment(t, kb, tb, bars, smem, SEG_BITS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr,
-                   STAGES: gl.constexpr, num_warps: gl.constexpr):
+                   STAGES: gl.constexpr, num_warps: gl.constexpr, NAT: gl.constexpr = False):
     """Wait for tile ``t``'s words, scales, zeros and partners and build its ``wgmma`` A fragment (as the segment
-    holding K tile ``kb + t`` codes it)."""
+    holding K tile ``kb + t`` codes it; ``NAT``: one 2- or 4-bit segment, activations in natural column order,
+    ``_wgrn``)."""
     NSEG: gl.constexpr = len(SEG_BITS)
     USE_W: gl.constexpr = seg_planes(SEG_BITS)[0]
     USE_V: gl.constexpr = seg_planes(SEG_BITS)[1]
@@ -424,6 +418,9 @@ def _slot_fragment(t, kb, tb, bars, smem, SEG_BITS: gl.constexpr, BN: gl.constex
         mbarrier.wait(bars[1].index(slot), phase)
     mbarrier.wait(bars[2].index(slot), phase)
     mbarrier.wait(bars[3].index(slot), phase)
+    if NAT:
+        return nat_fragment(smem[1].index(slot), smem[2].index(slot), smem[3].index(slot), SEG_BITS[0], BN, BT,
+                            num_warps)
     s, z = _smem_rows(smem[2].index(slot), smem[3].index(slot), PW, BN, num_warps)
     w = _smem_words(smem[1].index(slot), PW, BN, num_warps) if USE_W else 0
     if USE_V:
@@ -482,11 +479,11 @@ def _producer(xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS: gl.cons
 @gluon.jit
 def _consumer(xd, segs, tb, t0, n0, kb, kt, it, bars, empty, smem, SEG_BITS: gl.constexpr, GS: gl.constexpr,
               BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, WS: gl.constexpr,
-              TAIL: gl.constexpr = False):
+              TAIL: gl.constexpr = False, NAT: gl.constexpr = False):
     """The MMA warps' K loop: ``(sums,)``, the ``[BN, BT]`` float32 sums of K tiles ``[kb, kb + kt)``, which are
     the ring's tiles ``[it, it + kt)`` (slots and phases count ring tiles; a tuple: ``gl.warp_specialize`` takes
     the default partition's results as one). ``TAIL`` (with ``WS``): release the last slots too, for a copy warp
-    that goes on filling the ring (``_wgrk``)."""
+    that goes on filling the ring (``_wgrk``). ``NAT``: the activations in natural column order (``_wgrn``)."""
     LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
     kc = kb - it  # ring tile t holds K tile kc + t
     te = it + kt
@@ -496,20 +493,20 @@ def _consumer(xd, segs, tb, t0, n0, kb, kt, it, bars, empty, smem, SEG_BITS: gl.
     # fragment carried round the loop (t - 1 -> t) was rebuilt into the registers of the wgmma still running
     # (run 115: wrong sums at 256 tokens); unrolled by two, neither fragment is rebuilt before the wait that
     # retires its wgmma (tests/test_wgr.py checks the SASS).
-    fb = _slot_fragment(it, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+    fb = _slot_fragment(it, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps, NAT)
     # tile 0, peeled: the accumulator starts from a wgmma (ptxas serializes wgmma whose accumulator may come from
     # plain moves, info C7515; see _wgs)
     acc = _mma(it, fb, gl.zeros([BN, BT], gl.float32, layout=LACC), bars, smem, STAGES, True)
     acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))  # returns at once (one group in flight)
     for t in range(it + 1, te - 1, 2):  # tiles t and t + 1
-        fa = _slot_fragment(t, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+        fa = _slot_fragment(t, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps, NAT)
         acc, fb = _mma_retire(xd, segs, tb, t0, n0, kc, t, te, fa, fb, acc, bars, empty, smem, SEG_BITS, GS, BN, BT,
                               STAGES, WS)
-        fb = _slot_fragment(t + 1, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+        fb = _slot_fragment(t + 1, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps, NAT)
         acc, fa = _mma_retire(xd, segs, tb, t0, n0, kc, t + 1, te, fb, fa, acc, bars, empty, smem, SEG_BITS, GS, BN,
                               BT, STAGES, WS)
     if kt % 2 == 0:  # the last tile, te - 1, pairs with the peeled one
-        fa = _slot_fragment(te - 1, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps)
+        fa = _slot_fragment(te - 1, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps, NAT)
         acc = _mma(te - 1, fa, acc, bars, smem, STAGES)
         acc, fb = warpgroup_mma_wait(num_outstanding=1, deps=(acc, fb))
         acc, fa = warpgroup_mma_wait(num_outstanding=0, deps=(acc, fa))
@@ -527,17 +524,20 @@ def _consumer(xd, segs, tb, t0, n0, kb, kt, it, bars, empty, smem, SEG_BITS: gl.
 def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T1, T2, M, out_ptr, stride_om,
                acc_ptr, stride_am, bias_ptr, ns, K, SEG_BITS: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
                BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, SPLIT: gl.constexpr = 1,
-               HAS_BIAS: gl.constexpr = False, WS: gl.constexpr = False, PDL: gl.constexpr = False):
+               HAS_BIAS: gl.constexpr = False, WS: gl.constexpr = False, PDL: gl.constexpr = False,
+               NAT: gl.constexpr = False):
     """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a layer of one segment of 1- to 4-bit codes, or of up
     to three segments of 1-3 bits in column order (SliM; ``SEG_BITS``, their widths). TMA descriptors: ``xd`` the
-    activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes); per segment ``i`` (unused ones: any
+    activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes), or with ``NAT`` (one 2- or 4-bit
+    segment, ``_wgrn``) ``x`` itself; per segment ``i`` (unused ones: any
     copies): ``pd_i`` its 2- or 4-bit plane (``[c PW / 32, ns]`` int32, ``[KP, BN]`` boxes; ``PW`` from
     :func:`seg_planes`), ``vd_i`` its 1-bit plane (1- and 3-bit codes; ``[c / 32, ns]``, ``[2, BN]`` boxes),
     ``sd_i``/``zd_i`` its scales and zeros (``[G, ns]``, ``[1, BN]`` boxes); ``T1``, ``T2`` the K tiles where
     segments 1 and 2 start. Grid ``cdiv(ns, BN) * SPLIT * cdiv(M, BT)``, token tiles fastest: with ``SPLIT > 1``
     each program takes ``1 / SPLIT`` of the K tiles and adds its float32 sums into ``acc_ptr`` (``[M, N]``; a
     ``finalize_kernel`` launch writes ``out`` and the bias). ``WS``: a copy warp issues the copies (module doc);
-    ``PDL`` (with ``WS``): launched with ``launch_pdl`` after the gather, the copy warp waits for it.
+    ``PDL`` (with ``WS``): launched with ``launch_pdl`` (after the gather), the copy warp waits for the launch
+    before.
 
     Every operand of a K tile comes by TMA into one ring slot (``STAGES`` slots, one barrier per operand), issued
     ``STAGES - 1`` tiles ahead: run 114 (benchmarks/KERNEL_NOTES.md, session 14) found the words loaded into
@@ -557,7 +557,7 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
         empty = _empty_ring(STAGES)
         res = gl.warp_specialize(
             [(_consumer, (xd, segs, tb, t0, n0, kb, kt, 0, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES,
-                          num_warps, WS)),
+                          num_warps, WS, False, NAT)),
              (_producer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL))],
             [1], [48])
         _empty_done(empty, STAGES)
@@ -565,7 +565,7 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
         for i in gl.static_range(STAGES):
             _issue(xd, segs, tb, t0, n0, kb, i, bars, smem, i < kt, SEG_BITS, GS, BN, BT, STAGES)
         res = _consumer(xd, segs, tb, t0, n0, kb, kt, 0, bars, bars[0], smem, SEG_BITS, GS, BN, BT, STAGES, num_warps,
-                        WS)
+                        WS, False, NAT)
     _ring_done(bars, SEG_BITS, STAGES)
     _store(res[0], n0, t0, ns, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, BN, BT, SPLIT, HAS_BIAS, num_warps)
 

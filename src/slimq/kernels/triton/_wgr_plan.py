@@ -8,13 +8,25 @@ import torch
 import triton
 
 from slimq.format.layout import PackedLinear
+from slimq.kernels.triton._perm import identity_perm
 from slimq.kernels.triton._plan import (Launch, _finalize_launch, _output_args, _pdl, _pdl_kw, check_stream_room,
                                         gather_launch)
 
 if TYPE_CHECKING:
     from slimq.kernels.triton.ops import KernelConfig, Workspace
 
-__all__ = ["wgr_launches"]
+__all__ = ["wgr_launches", "wgr_direct"]
+
+_NAT_BITS = ((2,), (4,))  # _wgrn.NAT_BITS, one segment (kept here: importing _wgrn needs Gluon)
+
+
+def wgr_direct(x: torch.Tensor, packed: PackedLinear, cfg: KernelConfig) -> bool:
+    """Whether a ``wgr`` call reads ``x`` itself (``cfg.direct``, ``_wgrn``): one segment of 2- or 4-bit codes,
+    the identity ``col_perm``, float16 ``x`` that TMA can read as it is (unit column stride, 16-byte aligned rows).
+    Otherwise the call gathers ``x`` in operand order first."""
+    return (cfg.path == "wgr" and cfg.direct and tuple(s.bits for s in packed.segments) in _NAT_BITS
+            and x.dtype == torch.float16 and x.stride(1) == 1 and x.stride(0) * 2 % 16 == 0
+            and x.data_ptr() % 16 == 0 and identity_perm(packed))
 
 
 def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
@@ -37,9 +49,14 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     kp = 64 * seg_planes(seg_bits)[2] // 32
     if cfg.split_k > kdim // 64:
         raise ValueError(f"wgr: split_k={cfg.split_k} exceeds the K tiles of the layer ({kdim // 64})")
-    pdl = _pdl(x, cfg) and cfg.producers == 1  # the copy warp waits for the gather (run 138)
-    gather, xin = gather_launch(x, packed, ws.xperm, wgr=seg_planes(seg_bits)[2], pdl=pdl)
-    desc = TensorDescriptor(xin, [m, kdim], [kdim, 1], [cfg.block_m, 64], smem_layout(64, 16))
+    pdl = _pdl(x, cfg) and cfg.producers == 1  # the copy warp waits for the launch before (run 138)
+    nat = wgr_direct(x, packed, cfg)
+    if nat:
+        first, xin = [], x
+    else:
+        gather, xin = gather_launch(x, packed, ws.xperm, wgr=seg_planes(seg_bits)[2], pdl=pdl)
+        first = [gather]
+    desc = TensorDescriptor(xin, [m, kdim], [xin.stride(0), 1], [cfg.block_m, 64], smem_layout(64, 16))
 
     def rows_desc(t: torch.Tensor, box_rows: int) -> TensorDescriptor:  # [R, ns] -> [box_rows, BN] boxes, unswizzled
         lay = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8 * t.element_size(), rank=2)
@@ -54,16 +71,17 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     split = cfg.split_k > 1
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
     kw = dict(SEG_BITS=seg_bits, GS=segs[0].group_size, BN=cfg.block_n, BT=cfg.block_m, STAGES=cfg.num_stages,
-              num_warps=cfg.num_warps, HAS_BIAS=bias is not None and not split, **_pdl_kw(pdl))
+              num_warps=cfg.num_warps, HAS_BIAS=bias is not None and not split, **_pdl_kw(pdl),
+              **({"NAT": True} if nat else {}))
     tiles = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m)
     if cfg.stream_k:  # persistent programs sharing the tiles' K tiles (_wgrk: always the copy warp, no K split)
         programs = min(cfg.stream_k, tiles * (kdim // 64))
         check_stream_room(ws, programs, cfg)
-        return [gather, Launch("wgrk_kernel", (programs,), (desc, *seg_args, *starts, m, out, out.stride(0), ws.skp,
+        return [*first, Launch("wgrk_kernel", (programs,), (desc, *seg_args, *starts, m, out, out.stride(0), ws.skp,
                                                             ws.skf, b, n, kdim), kw, module="wgrk")]
     kw.update(SPLIT=cfg.split_k, WS=cfg.producers == 1)
     grid = (tiles * cfg.split_k,)
-    launches = [gather, Launch("wgr_kernel", grid, (desc, *seg_args, *starts, m, out, out.stride(0), acc,
+    launches = [*first, Launch("wgr_kernel", grid, (desc, *seg_args, *starts, m, out, out.stride(0), acc,
                                                      acc.stride(0), b, n, kdim), kw, module="wgr")]
     if split:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))

@@ -89,7 +89,7 @@ def _slot_offsets(u, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr
 @gluon.jit
 def _sk_sums(xd, segs, tb, S, KT, n_r, M, out_ptr, stride_om, part_ptr, flag_ptr, bias_ptr, ns, bars, empty, smem,
              SEG_BITS: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr,
-             HAS_BIAS: gl.constexpr, num_warps: gl.constexpr):
+             HAS_BIAS: gl.constexpr, num_warps: gl.constexpr, NAT: gl.constexpr = False):
     """The MMA warps: this program's units, last tile first (module doc), each multiplied (``_consumer``), then
     stored as a partial, or finished (the lower-indexed programs' partials added) and written to ``out``."""
     lo, hi, t_hi, n_units = _units(S, KT)
@@ -97,7 +97,7 @@ def _sk_sums(xd, segs, tb, S, KT, n_r, M, out_ptr, stride_om, part_ptr, flag_ptr
     for u in range(0, n_units):
         t, kb, ke, t0, n0 = _unit_tile(u, lo, hi, t_hi, KT, n_r, BN, BT)
         acc = _consumer(xd, segs, tb, t0, n0, kb, ke - kb, it, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES,
-                        num_warps, True, True)[0]
+                        num_warps, True, True, NAT)[0]
         it += ke - kb
         offs = _slot_offsets(u, BN, BT, num_warps)  # made per unit, not live across the K loops
         if ke < KT:  # the tile's start or middle: a partial for the program that finishes it
@@ -112,9 +112,9 @@ def _sk_sums(xd, segs, tb, S, KT, n_r, M, out_ptr, stride_om, part_ptr, flag_ptr
 def wgrk_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T1, T2, M, out_ptr, stride_om,
                 part_ptr, flag_ptr, bias_ptr, ns, K, SEG_BITS: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
                 BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, HAS_BIAS: gl.constexpr = False,
-                PDL: gl.constexpr = False):
+                PDL: gl.constexpr = False, NAT: gl.constexpr = False):
     """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` as ``_wgr.wgr_kernel`` (the same descriptors and
-    segments) by persistent programs sharing the ``cdiv(ns, BN) * cdiv(M, BT)`` tiles' K tiles evenly (module
+    segments; ``NAT``: ``x`` itself, ``_wgrn``) by persistent programs sharing the ``cdiv(ns, BN) * cdiv(M, BT)`` tiles' K tiles evenly (module
     doc). ``part_ptr``: float32, ``BN * BT`` per program; ``flag_ptr``: int32 per program, zeros (left zeroed).
     Grid: at most the SM count and at most the number of steps. ``PDL``: launched with ``launch_pdl`` after the
     gather (the copy warp waits for it)."""
@@ -127,7 +127,7 @@ def wgrk_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, 
     empty = _empty_ring(STAGES)
     gl.warp_specialize(
         [(_sk_sums, (xd, segs, tb, S, KT, n_r, M, out_ptr, stride_om, part_ptr, flag_ptr, bias_ptr, ns, bars, empty,
-                     smem, SEG_BITS, GS, BN, BT, STAGES, HAS_BIAS, num_warps)),
+                     smem, SEG_BITS, GS, BN, BT, STAGES, HAS_BIAS, num_warps, NAT)),
          (_sk_copies, (xd, segs, tb, S, KT, n_r, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL))],
         [1], [48])
     _empty_done(empty, STAGES)
