@@ -1058,6 +1058,7 @@ def test_wgr_dispatch_rule():
             assert cfg is None or cfg.num_stages == (5 if five else 4), (bits, m, n, k, cfg)
             assert got == split, (bits, m, n, k, cfg)
             assert cfg is None or cfg.producers == 1  # the copy warp
+            assert cfg is None or cfg.direct == (bits in ((2,), (4,)) and n <= 16384)  # natural-order x (_wgrn)
             assert cfg is None or cfg.stream_k in (0, 132)  # one persistent program per SM
             assert (select_config(m, n, k, bits=bits).path == "wgr") == (split is not None), (bits, m, n, k)
             assert select_config(m, n, k, bits=bits, wgr=False).path != "wgr"

@@ -20,6 +20,7 @@ SKINNY_MAX_M = 16    # (fallbacks: h2dot / dot with M padded to 16 up to here, t
 WG_MAX_M = 128       # ... weights as the register operand of the tensor-core dot up to here ...
 WGS_SPLIT_MAX_M = 512  # wgs splits K (float32 sums in workspace.acc) only up to this many tokens
 WGR_M = (256, 1024)    # wgr (weights as the register operand, 2-/3-/4-bit layers) where it can fill its waves
+WGR_DIRECT_MAX_N = 16384  # wgr reads x in its natural order (no gather launch) at 2 and 4 bits up to this many rows
 DEQUANT_MIN_M = WG_MAX_M + 1  # ... and wgs (sm_90) or dequantize-then-cuBLAS from here
 _WG_WAVES = (3.9, 2.9)  # wg programs per SM to aim for: token tiles <= 32, >= 64 (runs 12-13)
 _WG_WIDE_WAVES = 2  # wg with 128-row tiles (_wg_wide_rows): K split for at least ~this many programs per SM
@@ -142,7 +143,9 @@ def select_config(m: int, n: int, k: int, *, num_sms: int = 132, bits: tuple[int
       1.2-2.5x and dequantize-then-cuBLAS at 128 tokens (2-, 4-bit; 3-bit merged into one operand).
     * beyond, on uniform 2-4-bit and SliM layers of ``WGR_M`` tokens: ``wgr`` where :func:`wgr_config` fills
       its waves (``wgr=False``: the rule without it, for layers or
-      activations it cannot take);
+      activations it cannot take); uniform 2- and 4-bit layers of up to ``WGR_DIRECT_MAX_N`` rows read ``x``
+      in its natural order (``direct``, ``_wgrn``; the plan keeps the gather where ``x`` or ``col_perm`` does
+      not qualify);
     * else ``wgs`` where :func:`wgs_config` gives a tiling (layers of 2^26+ weights up to 1024 tokens,
       2^25+ up to 512; stream-K unless the tiles make one full wave; where it cannot run,
       :func:`resolve_config` turns it into ``dequant``), else dequantize into the workspace then cuBLAS in
@@ -219,7 +222,15 @@ def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: in
     11008 x 4096 at 512 (172 tiles, 1.3 waves) 0.64-0.66 (0.67-0.70) and 4096 x 4096 at 512 (64 tiles; K split 2
     leaves 32 K tiles per program) 0.55-0.56 unsplit, 0.59-0.60 split 2 (0.58-0.63). The copy warp
     (``producers=1``) gained 10-17% over the MMA warps issuing the copies themselves (run 130); launching it during
-    the gather (``pdl``, the copy warp waits for it) a median 1.4 us per call (run 138)."""
+    the gather (``pdl``, the copy warp waits for it) a median 1.4 us per call (run 138).
+
+    ``direct`` (session 26, H200 runs 262-263, ``kernels.py --ms 256,512,1024 --variants 2b,4b --no-peer --rounds
+    5``, the operand-order gather of before and the natural order alternated in one call): no gather launch
+    gained 4-12% on the layers of up to 11008 rows at 2 and 4 bits (4096 x 4096 at 1024 tokens 2-bit 58.3 ->
+    51.7-51.9 us, 4096 x 11008 at 1024 150.6 -> 131.3-135.3, 11008 x 4096 at 256 51.0 -> 47.6-48.0) and 1-8% on
+    8192 x 28672, but lost on 28672 x 8192 (4-bit at 1024 758.9 -> 789.7-792.1, 2-bit at 512 379.0 ->
+    388.4-393.2): the extra PRMT per fragment register costs per weight and token tile, the gather per token and
+    column, so the gather is kept above ``WGR_DIRECT_MAX_N`` rows."""
     if not bits or not WGR_M[0] <= m <= WGR_M[1] or k % 64:
         return None
     uniform = len(set(bits)) == 1 and bits[0] in (2, 3, 4)
@@ -231,19 +242,20 @@ def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: in
     waves = tiles * split / num_sms
     fill = waves / math.ceil(waves)
     two_four = uniform and bits[0] in (2, 4)
+    direct = two_four and n <= WGR_DIRECT_MAX_N
     if split == 1 and waves > 1 and fill < (0.9 if two_four else 0.8 if waves < 3 else 0.85):
-        return _wgr_tiles(256, stream_k=num_sms)
+        return _wgr_tiles(256, stream_k=num_sms, direct=direct)
     short = fill < (0.5 if waves <= 1 else 0.75)
     t128 = _one_wave(triton.cdiv(n, 128) * triton.cdiv(m, 128), num_sms) and (
         short or (two_four and split == 2 and k <= 8192))
     if (split > 1 or t128) and k <= 8192:  # one wave of 64-row tiles (one warpgroup), unsplit, where they fill it
         if _one_wave(triton.cdiv(n, 64) * triton.cdiv(m, 256), num_sms):
-            return _wgr_tiles(256, warps=4)
+            return _wgr_tiles(256, warps=4, direct=direct)
         if split > 1 and k // 64 // split <= 16 and _one_wave(triton.cdiv(n, 64) * triton.cdiv(m, 128), num_sms):
-            return _wgr_tiles(128, warps=4, stages=5 if two_four else 4)
+            return _wgr_tiles(128, warps=4, stages=5 if two_four else 4, direct=direct)
     if t128:
-        return _wgr_tiles(128)  # 128-token tiles fill one wave
-    return None if short else _wgr_tiles(256, split_k=split)
+        return _wgr_tiles(128, direct=direct)  # 128-token tiles fill one wave
+    return None if short else _wgr_tiles(256, split_k=split, direct=direct)
 
 
 def _one_wave(tiles: int, num_sms: int) -> bool:
@@ -251,11 +263,13 @@ def _one_wave(tiles: int, num_sms: int) -> bool:
     return 0.9 * num_sms <= tiles <= num_sms
 
 
-def _wgr_tiles(block_m: int, split_k: int = 1, stream_k: int = 0, warps: int = 8, stages: int = 4) -> KernelConfig:
+def _wgr_tiles(block_m: int, split_k: int = 1, stream_k: int = 0, warps: int = 8, stages: int = 4,
+               direct: bool = False) -> KernelConfig:
     """``wgr`` on ``[16 warps rows, block_m tokens]`` tiles: ``warps`` MMA warps (8: two warpgroups, 128 rows; 4:
-    one, 64 rows), the copy warp, ``stages`` K tiles in flight."""
+    one, 64 rows), the copy warp, ``stages`` K tiles in flight; ``direct``: uniform 2- and 4-bit layers read ``x``
+    in its natural order where it qualifies (``_wgr_plan.wgr_direct``; no gather launch)."""
     return KernelConfig("wgr", block_m=block_m, block_n=16 * warps, block_k=64, num_warps=warps, num_stages=stages,
-                        split_k=split_k, producers=1, stream_k=stream_k)
+                        split_k=split_k, producers=1, stream_k=stream_k, direct=direct)
 
 
 def _balanced_split(tiles: int, k_tiles: int, per_sm: float, num_sms: int) -> int:
