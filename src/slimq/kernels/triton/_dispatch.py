@@ -230,7 +230,11 @@ def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: in
     51.7-51.9 us, 4096 x 11008 at 1024 150.6 -> 131.3-135.3, 11008 x 4096 at 256 51.0 -> 47.6-48.0) and 1-8% on
     8192 x 28672, but lost on 28672 x 8192 (4-bit at 1024 758.9 -> 789.7-792.1, 2-bit at 512 379.0 ->
     388.4-393.2): the extra PRMT per fragment register costs per weight and token tile, the gather per token and
-    column, so the gather is kept above ``WGR_DIRECT_MAX_N`` rows."""
+    column, so the gather is kept above ``WGR_DIRECT_MAX_N`` rows. 3-bit codes and SliM in natural order (run 264,
+    the same A/B twice) were slower: their MMA warps run three more instructions per fragment register (the 1-bit
+    plane's bits spread into place) and set the pace (3-bit 11008 x 4096 at 256 51.5 / 52.3 -> 58.1 / 58.0 us,
+    8192 x 28672 at 1024 758.7 / 760.4 -> 888.0 / 855.0; SliM 4096 x 4096 at 256 31.5 -> 37.7 / 37.4, gaining
+    only where 1-bit segments weigh in at 1024 tokens: 4096 x 4096 58.9 -> 56.7), so they keep the gather."""
     if not bits or not WGR_M[0] <= m <= WGR_M[1] or k % 64:
         return None
     uniform = len(set(bits)) == 1 and bits[0] in (2, 3, 4)

@@ -51,7 +51,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 
 from slimq.kernels.triton._dq16 import _half2
 from slimq.kernels.triton._h2 import _in_regs, _pair_asm
-from slimq.kernels.triton._wgrn import nat_fragment, rows_smem_layout
+from slimq.kernels.triton._wgrn import nat_fragment, nat_rows, nat_words, rows_smem_layout
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _tma_load
 from slimq.kernels.triton._wgsk import _gdc_wait
 
@@ -326,10 +326,13 @@ def _fragment1(v, s, z, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.conste
 
 @gluon.jit
 def _seg_fragment(w, v, s, z, BITS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr,
-                  BF16: gl.constexpr = False):
+                  BF16: gl.constexpr = False, NAT: gl.constexpr = False):
     """The A fragment of a tile of ``BITS``-bit codes from its words ``w`` (2-, 3-, 4-bit) and partners ``v`` (1-,
-    3-bit); the one not needed may be anything. ``BF16``: bfloat16 weights (bfloat16 activations)."""
-    if BITS == 3:
+    3-bit); the one not needed may be anything. ``BF16``: bfloat16 weights (bfloat16 activations). ``NAT``: in
+    natural column order (``_wgrn``; float16)."""
+    if NAT:
+        return nat_fragment(w, v, s, z, BITS, BN, BT, num_warps)
+    elif BITS == 3:
         return _fragment3(w, v, s, z, BN, BT, num_warps, BF16)
     elif BITS == 1:
         return _fragment1(v, s, z, BN, BT, num_warps, BF16)
@@ -376,23 +379,29 @@ def _seg_issue(seg, kk, n0, slot, bars, smem, pred, BITS: gl.constexpr, SEG_BITS
 
 @gluon.jit
 def _issue(xd, segs, tb, t0, n0, kb, t, bars, smem, pred, SEG_BITS: gl.constexpr, GS: gl.constexpr,
-           BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):
+           BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, perm=0, PERM_X: gl.constexpr = False):
     """TMA of the program's ``t``-th tile (global K tile ``k = kb + t``) into ring slot ``t % STAGES``: the
     activations ``[BT, 64]``, and from the segment holding ``k`` (``tb``: the K tiles where segments 1 and 2
     start) its words ``[KP, BN]``, the rows' scales and zeros of ``k``'s group and 1-bit partner words ``[2, BN]``,
     each on its own barrier (``bars``, ``smem``: the operands' barrier and buffer rings). Separate barriers let
     the copies go out after one CTA barrier: on one shared barrier, Gluon's shared-memory hazard analysis put a
-    CTA barrier between every two."""
+    CTA barrier between every two. ``PERM_X``: the activations of K tile
+    ``k`` start at column ``perm[64 k]`` of ``x`` (``col_perm`` moving whole 64-column runs, read by the thread
+    that issues the copies)."""
     NSEG: gl.constexpr = len(SEG_BITS)
     slot = t % STAGES
     k = kb + t
+    if PERM_X:
+        xk = gl.load(perm + k * WGR_BK)
+    else:
+        xk = k * WGR_BK
     mbarrier.expect(bars[0].index(slot), BT * WGR_BK * 2, pred=pred)
     if NSEG == 1:  # all expects first, then the copies
         _seg_expect(slot, bars, pred, SEG_BITS[0], SEG_BITS, BN)
-        _tma_load(xd, [t0, k * WGR_BK], bars[0].index(slot), smem[0].index(slot), pred=pred)
+        _tma_load(xd, [t0, xk], bars[0].index(slot), smem[0].index(slot), pred=pred)
         _seg_copy(segs[0], k, n0, slot, bars, smem, pred, SEG_BITS[0], SEG_BITS, GS)
     else:
-        _tma_load(xd, [t0, k * WGR_BK], bars[0].index(slot), smem[0].index(slot), pred=pred)
+        _tma_load(xd, [t0, xk], bars[0].index(slot), smem[0].index(slot), pred=pred)
         if k < tb[0]:
             _seg_issue(segs[0], k, n0, slot, bars, smem, pred, SEG_BITS[0], SEG_BITS, GS, BN)
         elif NSEG == 2 or k < tb[1]:
@@ -405,8 +414,7 @@ def _issue(xd, segs, tb, t0, n0, kb, t, bars, smem, pred, SEG_BITS: gl.constexpr
 def _slot_fragment(t, kb, tb, bars, smem, SEG_BITS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr,
                    STAGES: gl.constexpr, num_warps: gl.constexpr, NAT: gl.constexpr = False):
     """Wait for tile ``t``'s words, scales, zeros and partners and build its ``wgmma`` A fragment (as the segment
-    holding K tile ``kb + t`` codes it; ``NAT``: one 2- or 4-bit segment, activations in natural column order,
-    ``_wgrn``)."""
+    holding K tile ``kb + t`` codes it; ``NAT``: activations in natural column order, ``_wgrn``)."""
     NSEG: gl.constexpr = len(SEG_BITS)
     USE_W: gl.constexpr = seg_planes(SEG_BITS)[0]
     USE_V: gl.constexpr = seg_planes(SEG_BITS)[1]
@@ -419,23 +427,27 @@ def _slot_fragment(t, kb, tb, bars, smem, SEG_BITS: gl.constexpr, BN: gl.constex
     mbarrier.wait(bars[2].index(slot), phase)
     mbarrier.wait(bars[3].index(slot), phase)
     if NAT:
-        return nat_fragment(smem[1].index(slot), smem[2].index(slot), smem[3].index(slot), SEG_BITS[0], BN, BT,
-                            num_warps)
-    s, z = _smem_rows(smem[2].index(slot), smem[3].index(slot), PW, BN, num_warps)
-    w = _smem_words(smem[1].index(slot), PW, BN, num_warps) if USE_W else 0
+        s, z = nat_rows(smem[2].index(slot), smem[3].index(slot), BN, num_warps)
+        w = nat_words(smem[1].index(slot), PW, BN, num_warps) if USE_W else 0
+    else:
+        s, z = _smem_rows(smem[2].index(slot), smem[3].index(slot), PW, BN, num_warps)
+        w = _smem_words(smem[1].index(slot), PW, BN, num_warps) if USE_W else 0
     if USE_V:
         mbarrier.wait(bars[4].index(slot), phase)
-    v = _smem_partner(smem[4].index(slot), BN, num_warps) if USE_V else 0
+        v = nat_words(smem[4].index(slot), 1, BN, num_warps) if NAT else _smem_partner(smem[4].index(slot), BN,
+                                                                                        num_warps)
+    else:
+        v = 0
     if NSEG == 1:
-        return _seg_fragment(w, v, s, z, SEG_BITS[0], BN, BT, num_warps, BF16)
+        return _seg_fragment(w, v, s, z, SEG_BITS[0], BN, BT, num_warps, BF16, NAT)
     else:
         k = kb + t
         if k < tb[0]:
-            a = _seg_fragment(w, v, s, z, SEG_BITS[0], BN, BT, num_warps, BF16)
+            a = _seg_fragment(w, v, s, z, SEG_BITS[0], BN, BT, num_warps, BF16, NAT)
         elif NSEG == 2 or k < tb[1]:
-            a = _seg_fragment(w, v, s, z, SEG_BITS[1], BN, BT, num_warps, BF16)
+            a = _seg_fragment(w, v, s, z, SEG_BITS[1], BN, BT, num_warps, BF16, NAT)
         else:
-            a = _seg_fragment(w, v, s, z, SEG_BITS[NSEG - 1], BN, BT, num_warps, BF16)
+            a = _seg_fragment(w, v, s, z, SEG_BITS[NSEG - 1], BN, BT, num_warps, BF16, NAT)
         return a
 
 
@@ -449,7 +461,8 @@ def _mma(t, a, acc, bars, smem, STAGES: gl.constexpr, FIRST: gl.constexpr = Fals
 
 @gluon.jit
 def _mma_retire(xd, segs, tb, t0, n0, kb, t, kt, a, a_prev, acc, bars, empty, smem, SEG_BITS: gl.constexpr,
-                GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, WS: gl.constexpr):
+                GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, WS: gl.constexpr,
+                perm=0, PERM_X: gl.constexpr = False):
     """Start tile ``t``'s wgmma on fragment ``a``, wait for tile ``t - 1``'s (fragment ``a_prev``) in both
     warpgroups, and refill that tile's slot with tile ``t - 1 + STAGES`` (``WS``: release the slot to the copy
     warp instead)."""
@@ -460,30 +473,32 @@ def _mma_retire(xd, segs, tb, t0, n0, kb, t, kt, a, a_prev, acc, bars, empty, sm
         mbarrier.arrive(empty.index((t - 1) % STAGES))
     else:
         _issue(xd, segs, tb, t0, n0, kb, t - 1 + STAGES, bars, smem, t - 1 + STAGES < kt, SEG_BITS, GS, BN, BT,
-               STAGES)
+               STAGES, perm, PERM_X)
     return acc, a_prev
 
 
 @gluon.jit
 def _producer(xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS: gl.constexpr, GS: gl.constexpr,
-              BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr):
+              BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, perm=0,
+              PERM_X: gl.constexpr = False):
     """The copy warp (``WS``): each tile's operands into its slot once the MMA warps released the slot (``PDL``:
     first waiting for the gather launched before)."""
     if PDL:
         _gdc_wait()
     for t in range(kt):
         mbarrier.wait(empty.index(t % STAGES), ((t // STAGES) & 1) ^ 1)
-        _issue(xd, segs, tb, t0, n0, kb, t, bars, smem, True, SEG_BITS, GS, BN, BT, STAGES)
+        _issue(xd, segs, tb, t0, n0, kb, t, bars, smem, True, SEG_BITS, GS, BN, BT, STAGES, perm, PERM_X)
 
 
 @gluon.jit
 def _consumer(xd, segs, tb, t0, n0, kb, kt, it, bars, empty, smem, SEG_BITS: gl.constexpr, GS: gl.constexpr,
               BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, WS: gl.constexpr,
-              TAIL: gl.constexpr = False, NAT: gl.constexpr = False):
+              TAIL: gl.constexpr = False, NAT: gl.constexpr = False, perm=0, PERM_X: gl.constexpr = False):
     """The MMA warps' K loop: ``(sums,)``, the ``[BN, BT]`` float32 sums of K tiles ``[kb, kb + kt)``, which are
     the ring's tiles ``[it, it + kt)`` (slots and phases count ring tiles; a tuple: ``gl.warp_specialize`` takes
     the default partition's results as one). ``TAIL`` (with ``WS``): release the last slots too, for a copy warp
-    that goes on filling the ring (``_wgrk``). ``NAT``: the activations in natural column order (``_wgrn``)."""
+    that goes on filling the ring (``_wgrk``). ``NAT``: the activations in natural column order (``_wgrn``);
+    ``perm``, ``PERM_X``: :func:`_issue`'s, for the copies the MMA warps issue without ``WS``."""
     LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
     kc = kb - it  # ring tile t holds K tile kc + t
     te = it + kt
@@ -501,10 +516,10 @@ def _consumer(xd, segs, tb, t0, n0, kb, kt, it, bars, empty, smem, SEG_BITS: gl.
     for t in range(it + 1, te - 1, 2):  # tiles t and t + 1
         fa = _slot_fragment(t, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps, NAT)
         acc, fb = _mma_retire(xd, segs, tb, t0, n0, kc, t, te, fa, fb, acc, bars, empty, smem, SEG_BITS, GS, BN, BT,
-                              STAGES, WS)
+                              STAGES, WS, perm, PERM_X)
         fb = _slot_fragment(t + 1, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps, NAT)
         acc, fa = _mma_retire(xd, segs, tb, t0, n0, kc, t + 1, te, fb, fa, acc, bars, empty, smem, SEG_BITS, GS, BN,
-                              BT, STAGES, WS)
+                              BT, STAGES, WS, perm, PERM_X)
     if kt % 2 == 0:  # the last tile, te - 1, pairs with the peeled one
         fa = _slot_fragment(te - 1, kc, tb, bars, smem, SEG_BITS, BN, BT, STAGES, num_warps, NAT)
         acc = _mma(te - 1, fa, acc, bars, smem, STAGES)
@@ -522,15 +537,15 @@ def _consumer(xd, segs, tb, t0, n0, kb, kt, it, bars, empty, smem, SEG_BITS: gl.
 
 @gluon.jit
 def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T1, T2, M, out_ptr, stride_om,
-               acc_ptr, stride_am, bias_ptr, ns, K, SEG_BITS: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
-               BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, SPLIT: gl.constexpr = 1,
-               HAS_BIAS: gl.constexpr = False, WS: gl.constexpr = False, PDL: gl.constexpr = False,
-               NAT: gl.constexpr = False):
+               acc_ptr, stride_am, bias_ptr, ns, K, perm_ptr, SEG_BITS: gl.constexpr, GS: gl.constexpr,
+               BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
+               SPLIT: gl.constexpr = 1, HAS_BIAS: gl.constexpr = False, WS: gl.constexpr = False,
+               PDL: gl.constexpr = False, NAT: gl.constexpr = False, PERM_X: gl.constexpr = False):
     """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a layer of one segment of 1- to 4-bit codes, or of up
     to three segments of 1-3 bits in column order (SliM; ``SEG_BITS``, their widths). TMA descriptors: ``xd`` the
-    activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes), or with ``NAT`` (one 2- or 4-bit
-    segment, ``_wgrn``) ``x`` itself; per segment ``i`` (unused ones: any
-    copies): ``pd_i`` its 2- or 4-bit plane (``[c PW / 32, ns]`` int32, ``[KP, BN]`` boxes; ``PW`` from
+    activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes), or with ``NAT`` (``_wgrn``) ``x``
+    itself, K tile ``k`` at column ``64 k`` or (``PERM_X``) ``perm_ptr[64 k]`` (``col_perm``); per segment ``i``
+    (unused ones: any copies): ``pd_i`` its 2- or 4-bit plane (``[c PW / 32, ns]`` int32, ``[KP, BN]`` boxes; ``PW`` from
     :func:`seg_planes`), ``vd_i`` its 1-bit plane (1- and 3-bit codes; ``[c / 32, ns]``, ``[2, BN]`` boxes),
     ``sd_i``/``zd_i`` its scales and zeros (``[G, ns]``, ``[1, BN]`` boxes); ``T1``, ``T2`` the K tiles where
     segments 1 and 2 start. Grid ``cdiv(ns, BN) * SPLIT * cdiv(M, BT)``, token tiles fastest: with ``SPLIT > 1``
@@ -558,14 +573,15 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
         res = gl.warp_specialize(
             [(_consumer, (xd, segs, tb, t0, n0, kb, kt, 0, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES,
                           num_warps, WS, False, NAT)),
-             (_producer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL))],
+             (_producer, (xd, segs, tb, t0, n0, kb, kt, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL,
+                          perm_ptr, PERM_X))],
             [1], [48])
         _empty_done(empty, STAGES)
     else:
         for i in gl.static_range(STAGES):
-            _issue(xd, segs, tb, t0, n0, kb, i, bars, smem, i < kt, SEG_BITS, GS, BN, BT, STAGES)
+            _issue(xd, segs, tb, t0, n0, kb, i, bars, smem, i < kt, SEG_BITS, GS, BN, BT, STAGES, perm_ptr, PERM_X)
         res = _consumer(xd, segs, tb, t0, n0, kb, kt, 0, bars, bars[0], smem, SEG_BITS, GS, BN, BT, STAGES, num_warps,
-                        WS, False, NAT)
+                        WS, False, NAT, perm_ptr, PERM_X)
     _ring_done(bars, SEG_BITS, STAGES)
     _store(res[0], n0, t0, ns, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, BN, BT, SPLIT, HAS_BIAS, num_warps)
 

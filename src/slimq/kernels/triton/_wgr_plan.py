@@ -8,7 +8,7 @@ import torch
 import triton
 
 from slimq.format.layout import PackedLinear
-from slimq.kernels.triton._perm import identity_perm
+from slimq.kernels.triton._perm import identity_perm, perm_run
 from slimq.kernels.triton._plan import (Launch, _finalize_launch, _output_args, _pdl, _pdl_kw, check_stream_room,
                                         gather_launch)
 
@@ -17,16 +17,14 @@ if TYPE_CHECKING:
 
 __all__ = ["wgr_launches", "wgr_direct"]
 
-_NAT_BITS = ((2,), (4,))  # _wgrn.NAT_BITS, one segment (kept here: importing _wgrn needs Gluon)
-
 
 def wgr_direct(x: torch.Tensor, packed: PackedLinear, cfg: KernelConfig) -> bool:
-    """Whether a ``wgr`` call reads ``x`` itself (``cfg.direct``, ``_wgrn``): one segment of 2- or 4-bit codes,
-    the identity ``col_perm``, float16 ``x`` that TMA can read as it is (unit column stride, 16-byte aligned rows).
-    Otherwise the call gathers ``x`` in operand order first."""
-    return (cfg.path == "wgr" and cfg.direct and tuple(s.bits for s in packed.segments) in _NAT_BITS
-            and x.dtype == torch.float16 and x.stride(1) == 1 and x.stride(0) * 2 % 16 == 0
-            and x.data_ptr() % 16 == 0 and identity_perm(packed))
+    """Whether a ``wgr`` call reads ``x`` itself (``cfg.direct``, ``_wgrn``): float16 ``x`` that TMA can read as it
+    is (unit column stride, 16-byte aligned rows) and a ``col_perm`` that moves whole 64-column runs (the identity,
+    or SliM's grouping of its bit-widths: the copies then read each K tile's column from ``col_perm``). Otherwise
+    the call gathers ``x`` in operand order first."""
+    return (cfg.path == "wgr" and cfg.direct and x.dtype == torch.float16 and x.stride(1) == 1
+            and x.stride(0) * 2 % 16 == 0 and x.data_ptr() % 16 == 0 and perm_run(packed) >= 64)
 
 
 def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | None, out: torch.Tensor,
@@ -72,17 +70,18 @@ def wgr_launches(x: torch.Tensor, packed: PackedLinear, bias: torch.Tensor | Non
     acc, has_rp, rp, b = _output_args(packed, bias, out, ws, m, split)
     kw = dict(SEG_BITS=seg_bits, GS=segs[0].group_size, BN=cfg.block_n, BT=cfg.block_m, STAGES=cfg.num_stages,
               num_warps=cfg.num_warps, HAS_BIAS=bias is not None and not split, **_pdl_kw(pdl),
-              **({"NAT": True} if nat else {}))
+              **({"NAT": True, "PERM_X": not identity_perm(packed)} if nat else {}))
     tiles = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m)
     if cfg.stream_k:  # persistent programs sharing the tiles' K tiles (_wgrk: always the copy warp, no K split)
         programs = min(cfg.stream_k, tiles * (kdim // 64))
         check_stream_room(ws, programs, cfg)
         return [*first, Launch("wgrk_kernel", (programs,), (desc, *seg_args, *starts, m, out, out.stride(0), ws.skp,
-                                                            ws.skf, b, n, kdim), kw, module="wgrk")]
+                                                            ws.skf, b, n, kdim, packed.col_perm), kw,
+                                      module="wgrk")]
     kw.update(SPLIT=cfg.split_k, WS=cfg.producers == 1)
     grid = (tiles * cfg.split_k,)
     launches = [*first, Launch("wgr_kernel", grid, (desc, *seg_args, *starts, m, out, out.stride(0), acc,
-                                                     acc.stride(0), b, n, kdim), kw, module="wgr")]
+                                                     acc.stride(0), b, n, kdim, packed.col_perm), kw, module="wgr")]
     if split:
         launches.append(_finalize_launch(acc, out, rp, b, has_rp, bias is not None))
     return launches

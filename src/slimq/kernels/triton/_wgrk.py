@@ -49,7 +49,8 @@ def _unit_tile(u, lo, hi, t_hi, KT, n_r, BN: gl.constexpr, BT: gl.constexpr):
 
 @gluon.jit
 def _sk_copies(xd, segs, tb, S, KT, n_r, bars, empty, smem, SEG_BITS: gl.constexpr, GS: gl.constexpr,
-               BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr):
+               BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, perm=0,
+               PERM_X: gl.constexpr = False):
     """The copy warp: this program's units, last tile first, each unit's K tiles into the ring as its slots are
     released (``PDL``: after the gather launched before has finished)."""
     if PDL:
@@ -60,7 +61,7 @@ def _sk_copies(xd, segs, tb, S, KT, n_r, bars, empty, smem, SEG_BITS: gl.constex
         t, kb, ke, t0, n0 = _unit_tile(u, lo, hi, t_hi, KT, n_r, BN, BT)
         for c in range(it, it + ke - kb):  # ring tile c holds K tile kb - it + c
             mbarrier.wait(empty.index(c % STAGES), ((c // STAGES) & 1) ^ 1)
-            _issue(xd, segs, tb, t0, n0, kb - it, c, bars, smem, True, SEG_BITS, GS, BN, BT, STAGES)
+            _issue(xd, segs, tb, t0, n0, kb - it, c, bars, smem, True, SEG_BITS, GS, BN, BT, STAGES, perm, PERM_X)
         it += ke - kb
 
 
@@ -110,12 +111,13 @@ def _sk_sums(xd, segs, tb, S, KT, n_r, M, out_ptr, stride_om, part_ptr, flag_ptr
 
 @gluon.jit
 def wgrk_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T1, T2, M, out_ptr, stride_om,
-                part_ptr, flag_ptr, bias_ptr, ns, K, SEG_BITS: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr,
-                BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr, HAS_BIAS: gl.constexpr = False,
-                PDL: gl.constexpr = False, NAT: gl.constexpr = False):
+                part_ptr, flag_ptr, bias_ptr, ns, K, perm_ptr, SEG_BITS: gl.constexpr, GS: gl.constexpr,
+                BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
+                HAS_BIAS: gl.constexpr = False, PDL: gl.constexpr = False, NAT: gl.constexpr = False,
+                PERM_X: gl.constexpr = False):
     """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` as ``_wgr.wgr_kernel`` (the same descriptors and
-    segments; ``NAT``: ``x`` itself, ``_wgrn``) by persistent programs sharing the ``cdiv(ns, BN) * cdiv(M, BT)`` tiles' K tiles evenly (module
-    doc). ``part_ptr``: float32, ``BN * BT`` per program; ``flag_ptr``: int32 per program, zeros (left zeroed).
+    segments; ``NAT``: ``x`` itself, ``_wgrn``, at ``col_perm``'s columns with ``PERM_X``) by persistent programs
+    sharing the ``cdiv(ns, BN) * cdiv(M, BT)`` tiles' K tiles evenly (module doc). ``part_ptr``: float32, ``BN * BT`` per program; ``flag_ptr``: int32 per program, zeros (left zeroed).
     Grid: at most the SM count and at most the number of steps. ``PDL``: launched with ``launch_pdl`` after the
     gather (the copy warp waits for it)."""
     segs = ((pd0, vd0, sd0, zd0), (pd1, vd1, sd1, zd1), (pd2, vd2, sd2, zd2))
@@ -128,7 +130,8 @@ def wgrk_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, 
     gl.warp_specialize(
         [(_sk_sums, (xd, segs, tb, S, KT, n_r, M, out_ptr, stride_om, part_ptr, flag_ptr, bias_ptr, ns, bars, empty,
                      smem, SEG_BITS, GS, BN, BT, STAGES, HAS_BIAS, num_warps, NAT)),
-         (_sk_copies, (xd, segs, tb, S, KT, n_r, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL))],
+         (_sk_copies, (xd, segs, tb, S, KT, n_r, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL, perm_ptr,
+                       PERM_X))],
         [1], [48])
     _empty_done(empty, STAGES)
     _ring_done(bars, SEG_BITS, STAGES)
