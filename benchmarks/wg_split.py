@@ -8,7 +8,8 @@ every one checked against the reference first, then all timed together with FP16
 Prints the dispatch, the best and every candidate per line (``block_n/k<split>[/options]: us``) and writes
 ``OUT/wg_split.json``. Run 97 (``kernels_h200_run97_m16_split_tune.json``) set ``_dispatch._balanced_split``.
 
-With ``--no-splits`` any path is timed (``--m 1``: one-token ``mv`` against ``--extra byte_split=1,split_k=8``).
+With ``--no-splits`` any path is timed (``--m 1``: one-token ``mv`` against ``--extra byte_split=1,split_k=8``;
+``--m 256``: ``wgr`` against ``--extra stream_k=132``).
 
     PYTHONPATH=src python3 benchmarks/wg_split.py [--m 16] [--shapes 28672x8192,...] [--variants 2b,3b,4b,slim]
         [--extra num_stages=2 --extra num_stages=4,num_warps=8] [--no-splits]
@@ -50,7 +51,7 @@ def short(name: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--m", type=int, default=16, help="tokens (9-16: the rule this sweep tunes; 1-16 with "
+    ap.add_argument("--m", type=int, default=16, help="tokens (9-16: the rule this sweep tunes; 1-1024 with "
                     "--no-splits: the dispatch of any path against its --extra variants)")
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES))
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -62,14 +63,15 @@ def main(argv=None) -> int:
     ap.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/results")
     args = ap.parse_args(argv)
-    if not 1 <= args.m <= 16:
-        ap.error(f"--m must be 1-16, got {args.m}")
+    if not (1 <= args.m <= 16 or (args.no_splits and 16 < args.m <= 1024)):
+        ap.error(f"--m must be 1-16, or up to 1024 with --no-splits; got {args.m}")
     if args.rounds < 1:
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
     from slimq.kernels.triton import KernelConfig
-    try:  # refused here if neither a wg nor a one-token mv config takes it (each case checks its own again)
+    try:  # refused here if no wg, one-token mv or wgr config takes it (each case checks its own again)
         extras = parse_extras(args.extra, KernelConfig("wg"),
-                              KernelConfig("mv", block_m=1, block_n=128, num_warps=4, split_k=4))
+                              KernelConfig("mv", block_m=1, block_n=128, num_warps=4, split_k=4),
+                              KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, producers=1))
     except ValueError as e:
         ap.error(str(e))
     if not torch.cuda.is_available():

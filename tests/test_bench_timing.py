@@ -100,7 +100,7 @@ def test_stream_k_benchmark_refuses_zero_rounds_and_bad_extras():
 
 def test_wg_split_benchmark_refuses_bad_arguments_and_lists_balanced_candidates():
     import wg_split
-    for bad in (["--rounds", "0"], ["--m", "17"], ["--m", "0"]):
+    for bad in (["--rounds", "0"], ["--m", "17"], ["--m", "0"], ["--m", "2048", "--no-splits"]):
         with pytest.raises(SystemExit, match="2"):  # argparse's error, before any GPU work
             wg_split.main(bad)
     from slimq.kernels.triton import select_config
@@ -122,7 +122,7 @@ def test_wg_split_extra_variants_parse_and_refuse_bad_fields():
         with pytest.raises(ValueError):
             parse_extra(bad)
     for bad in (["--extra", "split_k=0"], ["--extra", "num_stages"],  # KernelConfig's range check, then syntax
-                ["--extra", "stream_k=4"]):  # no path wg_split times takes stream-K
+                ["--extra", "k_warps=3"], ["--extra", "stream_k=4,split_k=2"]):  # no path it times takes these
         with pytest.raises(SystemExit, match="2"):
             wg_split.main(bad)
     assert wg_split.short("wg:16x64x128/w4s3/k2/j/nopdl") == "64/k2/nopdl"
