@@ -20,7 +20,8 @@ positions ``2 (l % 4) + {0, 1}`` and ``+ 8`` of each 16-wide step, so within a t
 (higher row bits)``, code pair ``j``, half ``h`` (codes ``j`` and ``j + H`` of a word) as listed in
 :func:`wgr_src`. Each thread then reads only its own words (one per row and tile at 2 bits, two at 4) and turns
 them into its fragment with a reshape and permute that Gluon checks to be register renaming
-(``convert_layout(assert_trivial=True)``).
+(``convert_layout(assert_trivial=True)``). With ``KernelConfig(direct=True)`` there is no gather: the threads read
+every word of their rows and take the natural order's codes from it (``_wgrn``; dispatched at 2 and 4 bits).
 
 Each code pair becomes a register of the fragment in one LOP3, HSUB2 and HFMA2 (:func:`_fragment`). Every
 operand of a K tile (activations, code words, the rows' scales and zeros) comes by TMA into one slot of a

@@ -1,5 +1,6 @@
-"""Launch plan of the ``wgr`` path (``_wgr``): the operand-order gather, ``wgr_kernel`` with one set of TMA
-descriptors per segment, and the split-K finalize (kept apart from ``_plan``, which it builds on)."""
+"""Launch plan of the ``wgr`` path (``_wgr``): the operand-order gather (none where the kernel reads ``x`` in its
+natural order, :func:`wgr_direct`), ``wgr_kernel`` with one set of TMA descriptors per segment, and the split-K
+finalize (kept apart from ``_plan``, which it builds on)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -44,6 +44,7 @@ from slimq.kernels.triton._h2 import _in_regs, _pair_asm
 from slimq.kernels.triton._wgs import _acc_layout
 
 __all__ = ["nat_fragment", "nat_words", "nat_rows", "nat_code_source", "rows_smem_layout"]
+
 _BK = gl.constexpr(64)  # K columns per tile (_wgr.WGR_BK)
 
 
