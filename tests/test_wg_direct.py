@@ -128,13 +128,15 @@ def test_wg_reads_bfloat16_x_itself(layer, cfg_name, m):
 
 
 def test_direct_needs_wg_with_join_or_one_token_mv():
-    with pytest.raises(ValueError, match="direct applies to path 'wg' with join, and to path 'mv' with block_m 1"):
+    with pytest.raises(ValueError, match="direct applies to path 'wg' with join, to path 'mv' with block_m 1, and to "
+                                         "'wgr', only"):
         KernelConfig("wg", block_m=16, block_n=64, direct=True)
     with pytest.raises(ValueError, match="direct applies to path 'wg' with join"):
         KernelConfig("tc", block_m=16, block_n=64, join=True, direct=True)
     with pytest.raises(ValueError, match="direct applies to path 'wg' with join"):
         KernelConfig("mv", block_m=16, block_n=128, direct=True)
     assert KernelConfig("mv", block_m=1, block_n=128, split_k=4, direct=True).direct
+    assert KernelConfig("wgr", block_m=256, block_n=128, block_k=64, num_warps=8, direct=True).direct
 
 
 def test_dispatch_reads_x_directly_where_it_measured_faster():

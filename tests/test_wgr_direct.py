@@ -191,7 +191,7 @@ _BODY = """
 """
 
 
-@pytest.mark.parametrize("w,sk", [(2, 0), (4, 8), (3, 0), ([1, 2, 3], 8)])
+@pytest.mark.parametrize("w,sk", [(2, 0), (4, 8), ([1, 2, 3], 8)])  # SliM: 1-, 2- and 3-bit fragments
 def test_direct_wgr_compiles_for_sm90(w, sk):
     """The natural-order fragment compiled for sm_90 (``wgr`` with the copy warp, and stream-K): the plan launches
     the kernel alone; every ``HGMMA`` takes its A operand from registers and none is rewritten while its ``wgmma``
