@@ -42,8 +42,8 @@ class KernelConfig:
     direct: bool = False  # "wg" with join, "mv" with one token: where col_perm moves whole blocks (the identity
     # included) and x is float16, each program reads its blocks of x itself (``_wg._direct_x``, ``_mvx``;
     # ``_plan.wg_direct``, ``_plan.mv_direct``) instead of a gather launch writing them in operand order; "wgr":
-    # uniform 2- or 4-bit codes, the identity col_perm, float16 x: TMA reads x itself (``_wgrn``,
-    # ``_wgr_plan.wgr_direct``)
+    # float16 x and a col_perm moving whole 64-column runs: TMA reads x itself, in its natural order (``_wgrn``,
+    # ``_wgr_plan.wgr_direct``; dispatched at 2 and 4 bits)
     byte_split: bool = False  # "mv" with one token, and "wg", with split_k: program p takes the band's tiles (segments
     # in storage order) whose start lies in the p-th 1/split_k of its bytes, entering only the segments it has tiles
     # of (``_plan.segment_units``, ``_tiles.unit_range``; False: a 1/split_k share of every segment's tiles, one
