@@ -23,6 +23,18 @@ class Ins:
     args: str
 
 
+_OP = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+_BACK = re.compile(r"/\*([0-9a-f]{4,})\*/\s+@!?U?P\w+\s+BRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))")
+
+
+def backward_loops(sass: str) -> list[list[str]]:
+    """The opcodes of every loop of ``sass``: the instructions from a predicated branch's earlier target up to
+    the branch, one list per backward branch."""
+    ops = [(int(a, 16), op) for a, op in _OP.findall(sass)]
+    back = [(int(t, 16), int(a, 16)) for a, t in _BACK.findall(sass) if t]
+    return [[op for a, op in ops if lo <= a <= hi] for lo, hi in back if lo < hi]
+
+
 def instructions(sass: str) -> list[Ins]:
     """The instructions of ``sass`` in address order."""
     out = [Ins(int(a, 16), bool(p), op, args.strip()) for a, p, op, args in _LINE.findall(sass)]

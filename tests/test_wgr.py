@@ -174,7 +174,7 @@ _BODY = """
     from slimq.kernels.triton._wgr_plan import wgr_launches
     from slimq.kernels.triton._wgr import wgr_kernel
     from slimq.kernels.triton._wgrk import wgrk_kernel
-    from _sass import wgmma_register_hazards
+    from _sass import backward_loops, wgmma_register_hazards
     f = json.loads(sys.argv[1])
     wgr_plan._pdl = lambda x, cfg: cfg.pdl  # as on an sm_90 device (the CPU stand-in has none)
     n, k, m, bt, w = 256, 1024, 256, f["bt"], f["w"]
@@ -189,10 +189,7 @@ _BODY = """
     kw = {key: v for key, v in lc.kwargs.items() if key != "launch_pdl"}  # a launch option, not a kernel argument
     kern = (wgrk_kernel if f.get("sk") else wgr_kernel).warmup(*lc.args, **kw, grid=(1,))
     sass = sass_of(kern)
-    ops = re.findall(r"/\\*([0-9a-f]{4,})\\*/\\s+(?:@!?U?P\\w+\\s+)?([A-Z][A-Z0-9_.]*)", sass)
-    bra = r"/\\*([0-9a-f]{4,})\\*/\\s+@!?U?P\\w+\\s+BRA\\s+(?:`\\(\\.L_x_\\d+\\)|0x([0-9a-f]+))"
-    back = [(int(t, 16), int(a, 16)) for a, t in re.findall(bra, sass) if t]
-    loops = [[op for a, op in ops if lo <= int(a, 16) <= hi] for lo, hi in back if lo < hi]
+    loops = backward_loops(sass)
     k_loops = [lp for lp in loops if sum(op.startswith("HGMMA") for op in lp) == 8]  # stream-K: inside a unit loop
     loop = min(k_loops, key=len) if k_loops else []
     others = [lp for lp in loops if not any(op.startswith("HGMMA") for op in lp)]

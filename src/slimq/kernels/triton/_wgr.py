@@ -52,7 +52,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 
 from slimq.kernels.triton._dq16 import _half2
 from slimq.kernels.triton._h2 import _in_regs, _pair_asm
-from slimq.kernels.triton._wgrn import nat_fragment, nat_rows, nat_words, rows_smem_layout
+from slimq.kernels.triton._wgrn import nat_fragment, nat_rows, nat_words, smem_rows
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _tma_load
 from slimq.kernels.triton._wgsk import _gdc_wait
 
@@ -178,10 +178,7 @@ def _smem_rows(s_s, z_s, PW: gl.constexpr, BN: gl.constexpr, num_warps: gl.const
     """A tile's rows' float32 scale and zero ``[BN / 16, 2, 8]`` from their shared-memory slots."""
     KP: gl.constexpr = WGR_BK * PW // 32
     L3: gl.constexpr = gl.SliceLayout(3, gl.SliceLayout(4, _word_layout(KP, 16 // PW, num_warps)))
-    LR: gl.constexpr = rows_smem_layout(BN, num_warps)
-    s = gl.convert_layout(gl.reshape(s_s.load(LR), [BN // 16, 2, 8]), L3, assert_trivial=True).to(gl.float32)
-    z = gl.convert_layout(gl.reshape(z_s.load(LR), [BN // 16, 2, 8]), L3, assert_trivial=True).to(gl.float32)
-    return s, z
+    return smem_rows(s_s, z_s, L3, BN, num_warps)
 
 
 @gluon.jit

@@ -43,7 +43,7 @@ from slimq.kernels.triton._dq16 import _half2
 from slimq.kernels.triton._h2 import _in_regs, _pair_asm
 from slimq.kernels.triton._wgs import _acc_layout
 
-__all__ = ["nat_fragment", "nat_words", "nat_rows", "nat_code_source", "rows_smem_layout"]
+__all__ = ["nat_fragment", "nat_words", "nat_rows", "nat_code_source", "rows_smem_layout", "smem_rows"]
 
 _BK = gl.constexpr(64)  # K columns per tile (_wgr.WGR_BK)
 
@@ -113,12 +113,20 @@ def nat_words(w_s, W: gl.constexpr, BN: gl.constexpr, num_warps: gl.constexpr):
 
 
 @gluon.jit
-def nat_rows(s_s, z_s, BN: gl.constexpr, num_warps: gl.constexpr):
-    """A tile's rows' float32 scale and zero as ``[BN / 16, 2, 8, 1, 1, 1]`` in :func:`_nat_layout`."""
-    L3: gl.constexpr = gl.SliceLayout(3, gl.SliceLayout(4, gl.SliceLayout(5, _nat_layout(num_warps))))
+def smem_rows(s_s, z_s, L3: gl.constexpr, BN: gl.constexpr, num_warps: gl.constexpr):
+    """A tile's rows' float32 scale and zero ``[BN / 16, 2, 8]`` from their shared-memory slots, in ``L3`` (a
+    layout whose rows are :func:`rows_smem_layout`'s: here and in ``_wgr``)."""
     LR: gl.constexpr = rows_smem_layout(BN, num_warps)
     s = gl.convert_layout(gl.reshape(s_s.load(LR), [BN // 16, 2, 8]), L3, assert_trivial=True).to(gl.float32)
     z = gl.convert_layout(gl.reshape(z_s.load(LR), [BN // 16, 2, 8]), L3, assert_trivial=True).to(gl.float32)
+    return s, z
+
+
+@gluon.jit
+def nat_rows(s_s, z_s, BN: gl.constexpr, num_warps: gl.constexpr):
+    """A tile's rows' float32 scale and zero as ``[BN / 16, 2, 8, 1, 1, 1]`` in :func:`_nat_layout`."""
+    L3: gl.constexpr = gl.SliceLayout(3, gl.SliceLayout(4, gl.SliceLayout(5, _nat_layout(num_warps))))
+    s, z = smem_rows(s_s, z_s, L3, BN, num_warps)
     return s[:, :, :, None, None, None], z[:, :, :, None, None, None]
 
 
