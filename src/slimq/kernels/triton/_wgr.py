@@ -52,6 +52,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 
 from slimq.kernels.triton._dq16 import _half2
 from slimq.kernels.triton._h2 import _in_regs, _pair_asm
+from slimq.kernels.triton._trace import stamp
 from slimq.kernels.triton._wgrn import nat_fragment, nat_rows, nat_words, smem_rows
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _tma_load
 from slimq.kernels.triton._wgsk import _gdc_wait
@@ -538,7 +539,8 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
                acc_ptr, stride_am, bias_ptr, ns, K, perm_ptr, SEG_BITS: gl.constexpr, GS: gl.constexpr,
                BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
                SPLIT: gl.constexpr = 1, HAS_BIAS: gl.constexpr = False, WS: gl.constexpr = False,
-               PDL: gl.constexpr = False, NAT: gl.constexpr = False, PERM_X: gl.constexpr = False):
+               PDL: gl.constexpr = False, NAT: gl.constexpr = False, PERM_X: gl.constexpr = False, trace_ptr=None,
+               TRACE: gl.constexpr = False):
     """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` for a layer of one segment of 1- to 4-bit codes, or of up
     to three segments of 1-3 bits in column order (SliM; ``SEG_BITS``, their widths). TMA descriptors: ``xd`` the
     activations gathered in operand order (``[M, K]``, ``[BT, 64]`` boxes), or with ``NAT`` (``_wgrn``) ``x``
@@ -550,7 +552,7 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
     each program takes ``1 / SPLIT`` of the K tiles and adds its float32 sums into ``acc_ptr`` (``[M, N]``; a
     ``finalize_kernel`` launch writes ``out`` and the bias). ``WS``: a copy warp issues the copies (module doc);
     ``PDL`` (with ``WS``): launched with ``launch_pdl`` (after the gather), the copy warp waits for the launch
-    before.
+    before. ``TRACE``: timestamps into ``trace_ptr`` (``_trace``: one unit).
 
     Every operand of a K tile comes by TMA into one ring slot (``STAGES`` slots, one barrier per operand), issued
     ``STAGES - 1`` tiles ahead: run 114 (benchmarks/KERNEL_NOTES.md, session 14) found the words loaded into
@@ -565,6 +567,7 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
     kt_all = K // WGR_BK
     kb = pid_s * kt_all // SPLIT
     kt = (pid_s + 1) * kt_all // SPLIT - kb  # this program's K tiles: [kb, kb + kt) (kt >= 1: SPLIT <= K / 64)
+    stamp(trace_ptr, 0, TRACE)
     smem, bars = _ring(xd, pd0, vd0, sd0, zd0, SEG_BITS, BN, BT, STAGES)
     if WS:  # the copy warp's ring: slot t % STAGES is empty again once the MMA warps retired tile t
         empty = _empty_ring(STAGES)
@@ -581,7 +584,10 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
         res = _consumer(xd, segs, tb, t0, n0, kb, kt, 0, bars, bars[0], smem, SEG_BITS, GS, BN, BT, STAGES, num_warps,
                         WS, False, NAT, perm_ptr, PERM_X)
     _ring_done(bars, SEG_BITS, STAGES)
+    stamp(trace_ptr, 1, TRACE)
+    stamp(trace_ptr, 2, TRACE)
     _store(res[0], n0, t0, ns, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, BN, BT, SPLIT, HAS_BIAS, num_warps)
+    stamp(trace_ptr, 3, TRACE)
 
 
 @gluon.jit
@@ -640,15 +646,19 @@ def _ring_done(bars, SEG_BITS: gl.constexpr, STAGES: gl.constexpr):
 def _store(acc, n0, t0, ns, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, BN: gl.constexpr, BT: gl.constexpr,
            SPLIT: gl.constexpr, HAS_BIAS: gl.constexpr, num_warps: gl.constexpr):
     """Write the ``[BN, BT]`` tile ``y^T`` to ``out[t0 + j, n0 + i]`` (with the bias), or with ``SPLIT > 1`` add it
-    into the float32 ``acc_ptr``."""
+    into the float32 ``acc_ptr``. The sums are rounded to ``out``'s type (after the bias) before they change layout
+    through shared memory: half the bytes of float32 there."""
     LO: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, num_warps], [0, 1])  # rows (n) fastest: coalesced
-    y = gl.convert_layout(acc, LO)
     rows = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, LO))
     toks = t0 + gl.arange(0, BT, layout=gl.SliceLayout(0, LO))
     mask = (rows < ns)[:, None] & (toks < M)[None, :]
     if SPLIT > 1:
+        y = gl.convert_layout(acc, LO)
         gl.atomic_add(acc_ptr + toks[None, :] * stride_am + rows[:, None], y, mask=mask, sem="relaxed")
     else:
         if HAS_BIAS:
-            y = y + gl.load(bias_ptr + rows, mask=rows < ns, other=0.0).to(gl.float32)[:, None]
-        gl.store(out_ptr + toks[None, :] * stride_om + rows[:, None], y.to(out_ptr.dtype.element_ty), mask=mask)
+            LACC: gl.constexpr = acc.type.layout
+            rb = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, LACC))
+            acc = acc + gl.load(bias_ptr + rb, mask=rb < ns, other=0.0).to(gl.float32)[:, None]
+        y = gl.convert_layout(acc.to(out_ptr.dtype.element_ty), LO)
+        gl.store(out_ptr + toks[None, :] * stride_om + rows[:, None], y, mask=mask)

@@ -31,6 +31,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
+from slimq.kernels.triton._trace import stamp
 from slimq.kernels.triton._wgr import WGR_BK, _consumer, _empty_done, _empty_ring, _issue, _ring, _ring_done, _store
 from slimq.kernels.triton._wgs import _acc_layout
 from slimq.kernels.triton._wgsk import _gdc_wait, _unit, _units, add_partials, put_partial, tile_of
@@ -80,32 +81,46 @@ def _slot_offsets(u, BN: gl.constexpr, BT: gl.constexpr, num_warps: gl.constexpr
     out of the unit loop, so that they stayed live (or spilled) across every K loop; made per unit, and as int64
     so that each store's address is one base register plus an immediate (offline sm_90 SASS, 256-token tiles, the
     two-tile K loop: 2-bit 258 -> 238 instructions and 2 -> 0 spills, 3-bit 344 -> 315 and 6 -> 1, 4-bit 272 ->
-    246 and 4 -> 0, SliM 677 -> 601 and 20 -> 1)."""
+    246 and 4 -> 0, SliM 677 -> 601 and 20 -> 1).
+
+    The slot is in 8 x 8 blocks (row block, token block), each row-major: element ``(n, t)`` at ``((n // 8)
+    (BT / 8) + t // 8) 64 + (n % 8) 8 + t % 8``. One store (or load) of the accumulator's column pairs by a warp
+    (rows ``8 a + l // 4``, tokens ``8 j + 2 (l % 4) + {0, 1}``) then covers 256 contiguous bytes, two whole
+    128-byte lines; row-major ``[BN, BT]`` it touched 32 bytes of each of 8 lines, and a 128 x 256 partial took
+    ~4 us to store and as long to add (H200, run 270, ``benchmarks/wgr_timeline.py``)."""
     LACC: gl.constexpr = _acc_layout(BN, BT, num_warps)
     rows = gl.arange(0, BN, layout=gl.SliceLayout(1, LACC)).to(gl.int64)
     toks = gl.arange(0, BT, layout=gl.SliceLayout(0, LACC)).to(gl.int64)
-    return rows[:, None] * BT + toks[None, :] + _opaque_zero(u).to(gl.int64)
+    blk = (rows // 8)[:, None] * (BT // 8) + (toks // 8)[None, :]
+    return blk * 64 + ((rows % 8) * 8)[:, None] + (toks % 8)[None, :] + _opaque_zero(u).to(gl.int64)
 
 
 @gluon.jit
 def _sk_sums(xd, segs, tb, S, KT, n_r, M, out_ptr, stride_om, part_ptr, flag_ptr, bias_ptr, ns, bars, empty, smem,
              SEG_BITS: gl.constexpr, GS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr,
-             HAS_BIAS: gl.constexpr, num_warps: gl.constexpr, NAT: gl.constexpr = False):
+             HAS_BIAS: gl.constexpr, num_warps: gl.constexpr, NAT: gl.constexpr = False, trace_ptr=None,
+             TRACE: gl.constexpr = False):
     """The MMA warps: this program's units, last tile first (module doc), each multiplied (``_consumer``), then
-    stored as a partial, or finished (the lower-indexed programs' partials added) and written to ``out``."""
+    stored as a partial, or finished (the lower-indexed programs' partials added) and written to ``out``
+    (``TRACE``: timestamps into ``trace_ptr``, ``_trace``)."""
+    stamp(trace_ptr, 0, TRACE)
     lo, hi, t_hi, n_units = _units(S, KT)
     it = gl.to_tensor(0)
     for u in range(0, n_units):
         t, kb, ke, t0, n0 = _unit_tile(u, lo, hi, t_hi, KT, n_r, BN, BT)
         acc = _consumer(xd, segs, tb, t0, n0, kb, ke - kb, it, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES,
                         num_warps, True, True, NAT)[0]
+        stamp(trace_ptr, 1 + 3 * u, TRACE)
         it += ke - kb
         offs = _slot_offsets(u, BN, BT, num_warps)  # made per unit, not live across the K loops
         if ke < KT:  # the tile's start or middle: a partial for the program that finishes it
             put_partial(acc, part_ptr, flag_ptr, offs, BN * BT)
+            stamp(trace_ptr, 2 + 3 * u, TRACE)
         else:
             acc = add_partials(acc, t, KT, S, part_ptr, flag_ptr, offs, BN * BT)
+            stamp(trace_ptr, 2 + 3 * u, TRACE)
             _store(acc, n0, t0, ns, M, out_ptr, stride_om, out_ptr, 0, bias_ptr, BN, BT, 1, HAS_BIAS, num_warps)
+        stamp(trace_ptr, 3 + 3 * u, TRACE)
     return (it,)  # warp_specialize takes a tuple of results
 
 
@@ -114,12 +129,12 @@ def wgrk_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, 
                 part_ptr, flag_ptr, bias_ptr, ns, K, perm_ptr, SEG_BITS: gl.constexpr, GS: gl.constexpr,
                 BN: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr,
                 HAS_BIAS: gl.constexpr = False, PDL: gl.constexpr = False, NAT: gl.constexpr = False,
-                PERM_X: gl.constexpr = False):
+                PERM_X: gl.constexpr = False, trace_ptr=None, TRACE: gl.constexpr = False):
     """``out[t, n] = sum_k x[t, k] W[n, k] (+ bias[n])`` as ``_wgr.wgr_kernel`` (the same descriptors and
     segments; ``NAT``: ``x`` itself, ``_wgrn``, at ``col_perm``'s columns with ``PERM_X``) by persistent programs
     sharing the ``cdiv(ns, BN) * cdiv(M, BT)`` tiles' K tiles evenly (module doc). ``part_ptr``: float32, ``BN * BT`` per program; ``flag_ptr``: int32 per program, zeros (left zeroed).
     Grid: at most the SM count and at most the number of steps. ``PDL``: launched with ``launch_pdl`` after the
-    gather (the copy warp waits for it)."""
+    gather (the copy warp waits for it). ``TRACE``: timestamps into ``trace_ptr`` (``_trace``)."""
     segs = ((pd0, vd0, sd0, zd0), (pd1, vd1, sd1, zd1), (pd2, vd2, sd2, zd2))
     tb = (T1, T2)
     n_r = gl.cdiv(ns, BN)
@@ -129,7 +144,7 @@ def wgrk_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, 
     empty = _empty_ring(STAGES)
     gl.warp_specialize(
         [(_sk_sums, (xd, segs, tb, S, KT, n_r, M, out_ptr, stride_om, part_ptr, flag_ptr, bias_ptr, ns, bars, empty,
-                     smem, SEG_BITS, GS, BN, BT, STAGES, HAS_BIAS, num_warps, NAT)),
+                     smem, SEG_BITS, GS, BN, BT, STAGES, HAS_BIAS, num_warps, NAT, trace_ptr, TRACE)),
          (_sk_copies, (xd, segs, tb, S, KT, n_r, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES, PDL, perm_ptr,
                        PERM_X))],
         [1], [48])
