@@ -1035,19 +1035,20 @@ def test_wgr_plan_config_and_support():
 
 def test_wgr_dispatch_rule():
     """Where the dispatch picks ``wgr`` (runs 131 and 143's layers, 132 SMs), its K split or stream-K ("sk": the
-    last of several waves under 90% full at 2 and 4 bits, at 3 bits and SliM 80%, 85% from 3 waves), 128-token
+    last of several waves under 90% full, at 3 bits and SliM 85% from 3 waves; one wave 50-90% full; in place of
+    a K split of 2 at 512+ tokens: session 27), 128-token
     tiles ("t128": one wave, where 256-token tiles fall short or need a K split) or, where either would be taken
     with ``K <= 8192``, one unsplit wave of 64-row tiles ("w4": one warpgroup, 256 tokens; "w4t128": 128 tokens,
     in place of a split leaving 16 K tiles or fewer per program; run 157); the rest stay on ``wgs``."""
     from slimq.kernels.triton._dispatch import wgr_config
-    want = {(256, 28672, 8192): "sk24", (512, 28672, 8192): "sk", (1024, 28672, 8192): 1, (256, 8192, 28672): 2,
+    want = {(256, 28672, 8192): "sk", (512, 28672, 8192): "sk", (1024, 28672, 8192): 1, (256, 8192, 28672): 2,
             (512, 8192, 28672): 1, (256, 8192, 8192): "w4", (1024, 8192, 8192): 1, (256, 4096, 4096): "w4t128",
             (512, 4096, 4096): "w4", (1024, 4096, 4096): 1, (256, 4096, 11008 // 64 * 64): 4,
-            (512, 4096, 11008 // 64 * 64): 2, (256, 11008, 4096): 1, (512, 11008, 4096): "sk",
-            (1024, 11008, 4096): "sk24"}
+            (512, 4096, 11008 // 64 * 64): "sk", (256, 11008, 4096): "sk", (512, 11008, 4096): "sk",
+            (1024, 11008, 4096): "sk", (1024, 4096, 11008 // 64 * 64): 1, (1024, 14720, 4096): "sk24"}
     for bits in ((2,), (3,), (4,), (1, 2, 3), (2, 3), (3, 1)):  # uniform 2-4 bits, SliM's 1-3-bit segments
         for (m, n, k), split in want.items():
-            if split == "sk24":  # 1.7 and 2.6 waves: stream-K for 2 and 4 bits only (3.4 waves: for all)
+            if split == "sk24":  # 3.5 waves, the last 87% full: stream-K for 2 and 4 bits only
                 split = "sk" if bits in ((2,), (4,)) else 1
             cfg = wgr_config(m, n, k, bits)
             got = None if cfg is None else "sk" if cfg.stream_k else (

@@ -234,7 +234,17 @@ def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: in
     the same A/B twice) were slower: their MMA warps run three more instructions per fragment register (the 1-bit
     plane's bits spread into place) and set the pace (3-bit 11008 x 4096 at 256 51.5 / 52.3 -> 58.1 / 58.0 us,
     8192 x 28672 at 1024 758.7 / 760.4 -> 888.0 / 855.0; SliM 4096 x 4096 at 256 31.5 -> 37.7 / 37.4, gaining
-    only where 1-bit segments weigh in at 1024 tokens: 4096 x 4096 58.9 -> 56.7), so they keep the gather."""
+    only where 1-bit segments weigh in at 1024 tokens: 4096 x 4096 58.9 -> 56.7), so they keep the gather.
+
+    Session 27 (H200 runs 270-273, ``benchmarks/wgr_timeline.py``): stream-K's partial sums took ~4 us to store
+    and as long per peer to add (128 x 256 float32 in row-major order, 32 bytes of 8 lines per warp access); in 8 x
+    8 blocks (``_wgrk._slot_offsets``) 11008 x 4096 at 256 tokens, 2-bit, took 52.0 -> 43.2 us. Stream-K then beat
+    one program per tile also where the tiles fill one wave only 50-90% (11008 x 4096 at 256, ``wg_split.py --m 256
+    --no-splits --extra stream_k=132,...``: 2-bit 46.6 -> 43.0 us, 3-bit 51.0 -> 48.0, 4-bit 49.5 -> 46.4, SliM
+    50.8 -> 47.5), in place of a K split of 2 at 512+ tokens (4096 x 11008 at 512: 2-bit 78.1 -> 74.3, 3-bit 86.5
+    -> 84.8, 4-bit 80.1 -> 77.9, SliM 85.1 / 85.2), and at 3 bits and SliM up to a 90% full last wave under three
+    waves (11008 x 4096 at 1024, 2.6 waves: 3-bit 157.9 -> 149.8, SliM 157.7 -> 151.2); not with 64-row tiles or
+    K splits of 4 (4096 x 4096, 4096 x 11008 at 256: 1-10% slower)."""
     if not bits or not WGR_M[0] <= m <= WGR_M[1] or k % 64:
         return None
     uniform = len(set(bits)) == 1 and bits[0] in (2, 3, 4)
@@ -247,9 +257,11 @@ def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: in
     fill = waves / math.ceil(waves)
     two_four = uniform and bits[0] in (2, 4)
     direct = two_four and n <= WGR_DIRECT_MAX_N
-    if split == 1 and waves > 1 and fill < (0.9 if two_four else 0.8 if waves < 3 else 0.85):
-        return _wgr_tiles(256, stream_k=num_sms, direct=direct)
     short = fill < (0.5 if waves <= 1 else 0.75)
+    if split == 1 and (fill < (0.9 if two_four or waves < 3 else 0.85) and (waves > 1 or not short)):
+        return _wgr_tiles(256, stream_k=num_sms, direct=direct)
+    if split == 2 and m >= 512:
+        return _wgr_tiles(256, stream_k=num_sms, direct=direct)
     t128 = _one_wave(triton.cdiv(n, 128) * triton.cdiv(m, 128), num_sms) and (
         short or (two_four and split == 2 and k <= 8192))
     if (split > 1 or t128) and k <= 8192:  # one wave of 64-row tiles (one warpgroup), unsplit, where they fill it
