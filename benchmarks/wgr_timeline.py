@@ -6,10 +6,12 @@ timestamps, the L2 flushed before each as the timing protocol does (a 256 MB buf
 untraced calls; the run of median span is kept. Per program and unit (one tile's K range) it reports the K
 loop's time and K tiles (us per K tile), the partial sums stored or the peers' partials awaited and added, and
 the tile's store; then the call's span, the programs' start skew and the idle time after each program ended.
-Prints a summary per config, writes ``OUT/wgr_timeline.json`` and a Gantt chart ``OUT/wgr_timeline.png``.
+Prints a summary per config, writes ``OUT/wgr_timeline.json`` and a Gantt chart ``OUT/wgr_timeline.png``;
+``--from JSON`` prints and draws a stored run again (no GPU).
 
     PYTHONPATH=src python3 benchmarks/wgr_timeline.py --shape 11008x4096 --m 256 --variant 2b \\
         --also stream_k=132 [--reps 5] [--out DIR]
+    python3 benchmarks/wgr_timeline.py --from benchmarks/reference/wgr_timeline_h200_run271_11008x4096_m256_blocks.json
 """
 from __future__ import annotations
 
@@ -111,10 +113,39 @@ def analyse(trace: list[list[int]], units: list[list[Unit]], max_units: int) -> 
     return {"programs": progs, "summary": summary}
 
 
+def summary_line(res: dict) -> str:
+    """One config's result (``main``'s record) in one line."""
+    s = res["timeline"]["summary"]
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.2f}"
+    return (f"{res['cfg']}: graph-timed {res['timed_us']:.1f} us; traced span {s['span_us']:.1f} us (runs "
+            f"{', '.join(f'{v:.1f}' for v in res['spans_us'])}), {s['programs']} programs, start skew "
+            f"{s['start_skew_us']:.1f}, busy {fmt(s['busy_us_median'])}, idle after {fmt(s['idle_after_us_median'])}"
+            f"; us per K tile: first unit {fmt(s['us_per_k_tile_first_unit'])}, later "
+            f"{fmt(s['us_per_k_tile_later_units'])}; partial stored {fmt(s['partial_store_us'])}, partials added "
+            f"{fmt(s['partials_added_us'])}, tile stored {fmt(s['tile_store_us'])} (medians, us)")
+
+
+def replot(path: Path, out_dir: Path) -> int:
+    """Print and draw a stored ``wgr_timeline.json`` again (no GPU)."""
+    try:
+        results = json.loads(path.read_text())["results"]
+        lines = [summary_line(r) for r in results]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"{path}: not a wgr_timeline.py result ({err})") from None
+    print("\n".join(lines))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if _plot(results, out_dir / "wgr_timeline.png"):
+        print(f"wrote {out_dir / 'wgr_timeline.png'}")
+    return 0
+
+
 def _plot(results: list[dict], path: Path) -> bool:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
     except ImportError:
         return False
     fig = Figure(figsize=(11, 3.2 * len(results)))
@@ -135,7 +166,7 @@ def _plot(results: list[dict], path: Path) -> bool:
                      f"us, graph-timed {res['timed_us']:.1f} us)", fontsize=9)
         ax.set_ylabel("program (by SM)")
         ax.set_xlabel("us from the first program's start")
-    handles = [__import__("matplotlib.patches", fromlist=["Patch"]).Patch(color=c, label=lab) for lab, c in
+    handles = [Patch(color=c, label=lab) for lab, c in
                (("K loop", colors["loop"]), ("partial stored", colors["partial"]),
                 ("peers' partials awaited + added", colors["add"]), ("tile stored", colors["store"]))]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8)
@@ -171,7 +202,7 @@ def main(argv=None) -> int:
     import torch
     from kernels import build_layer, cfg_name, parse_extras, time_graph
 
-    from slimq.kernels.triton import Workspace, resolve_config
+    from slimq.kernels.triton import Workspace, resolve_config, sbp_matmul
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", default="11008x4096", help="N x K (out_features x in_features)")
     ap.add_argument("--m", type=int, default=256)
@@ -180,7 +211,10 @@ def main(argv=None) -> int:
                     help="a variant of the dispatch's config, KernelConfig integer fields: stream_k=132,split_k=2")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--from", dest="src", help="a stored wgr_timeline.json: print and draw it again (no GPU)")
     args = ap.parse_args(argv)
+    if args.src:
+        return replot(Path(args.src), Path(args.out))
     if args.reps < 1:
         raise SystemExit("--reps must be >= 1")
     if not torch.cuda.is_available():
@@ -198,7 +232,6 @@ def main(argv=None) -> int:
     flush = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device=dev)
     results = []
     for cfg in cfgs:
-        from slimq.kernels.triton import sbp_matmul
         call = lambda: sbp_matmul(x, p, out=out, workspace=ws, config=cfg)  # noqa: E731
         timed = time_graph(call)  # also the warm-up: the clock as the timing protocol meets it
         runs = []
@@ -213,14 +246,7 @@ def main(argv=None) -> int:
         res = {"shape": args.shape, "m": args.m, "variant": args.variant, "cfg": cfg_name(cfg), "timed_us": timed,
                "spans_us": [r["summary"]["span_us"] for r in runs], "timeline": tl}
         results.append(res)
-        s = tl["summary"]
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        print(f"{res['cfg']}: graph-timed {timed:.1f} us; traced span {s['span_us']:.1f} us (runs "
-              f"{', '.join(f'{v:.1f}' for v in res['spans_us'])}), {s['programs']} programs, start skew "
-              f"{s['start_skew_us']:.1f}, busy {fmt(s['busy_us_median'])}, idle after {fmt(s['idle_after_us_median'])}"
-              f"; us per K tile: first unit {fmt(s['us_per_k_tile_first_unit'])}, later "
-              f"{fmt(s['us_per_k_tile_later_units'])}; partial stored {fmt(s['partial_store_us'])}, partials added "
-              f"{fmt(s['partials_added_us'])}, tile stored {fmt(s['tile_store_us'])} (medians, us)", flush=True)
+        print(summary_line(res), flush=True)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "wgr_timeline.json.tmp"

@@ -76,3 +76,15 @@ def test_trace_layout_matches_the_kernels():
     assert TRACE_SLOTS == wt.TRACE_SLOTS and unit_slot(TRACE_UNITS - 1, 2) < TRACE_SLOTS - 1
     with pytest.raises(ValueError, match="stamps 0, 1 and 2"):
         unit_slot(0, 3)
+
+
+def test_from_a_stored_run_prints_and_draws(tmp_path, capsys):
+    ref = (Path(__file__).resolve().parents[1] / "benchmarks" / "reference"
+           / "wgr_timeline_h200_run271_11008x4096_m256_blocks.json")
+    assert wt.main(["--from", str(ref), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sk132" in out and "partials added 2.14" in out
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(SystemExit, match="not a wgr_timeline.py result"):
+        wt.main(["--from", str(bad)])
