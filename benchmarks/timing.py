@@ -24,7 +24,7 @@ import statistics
 import torch
 
 FLUSHES = ("zero", "clean", "none")
-_FLUSH_BYTES = 256 * 1024 * 1024
+FLUSH_BYTES = 256 * 1024 * 1024  # the flush buffer (do_bench's size)
 
 
 def _own_bench(fn, flush, rep_ms: float, warmup_ms: float = 10.0) -> float:
@@ -64,7 +64,7 @@ def bench(fn, rep_ms: float = 40, flush: str = "zero") -> float:
         return triton.testing.do_bench(fn, warmup=10, rep=rep_ms, return_mode="median")
     if flush == "none":
         return _own_bench(fn, lambda: None, rep_ms)
-    buf = torch.ones(_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
+    buf = torch.ones(FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
     total = torch.empty((), dtype=torch.float32, device="cuda")
     return _own_bench(fn, lambda: torch.sum(buf, dim=0, out=total), rep_ms)
 

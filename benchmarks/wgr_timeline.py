@@ -24,9 +24,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import FLUSH_BYTES  # noqa: E402
 
 TRACE_SLOTS = 32  # _trace.TRACE_SLOTS (checked against it at run time)
-_FLUSH_BYTES = 256 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
     if base.path != "wgr":
         raise SystemExit(f"the dispatch runs {cfg_name(base)} here, not wgr: pick a shape and M it sends to wgr")
     cfgs = [base] + [dataclasses.replace(base, **f) for f in parse_extras(args.also, base)]
-    flush = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device=dev)
+    flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=dev)
     results = []
     for cfg in cfgs:
         call = lambda: sbp_matmul(x, p, out=out, workspace=ws, config=cfg)  # noqa: E731

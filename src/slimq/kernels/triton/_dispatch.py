@@ -258,9 +258,8 @@ def wgr_config(m: int, n: int, k: int, bits: tuple[int, ...] | None, num_sms: in
     two_four = uniform and bits[0] in (2, 4)
     direct = two_four and n <= WGR_DIRECT_MAX_N
     short = fill < (0.5 if waves <= 1 else 0.75)
-    if split == 1 and (fill < (0.9 if two_four or waves < 3 else 0.85) and (waves > 1 or not short)):
-        return _wgr_tiles(256, stream_k=num_sms, direct=direct)
-    if split == 2 and m >= 512:
+    part_wave = fill < (0.9 if two_four or waves < 3 else 0.85) and (waves > 1 or not short)
+    if (split == 1 and part_wave) or (split == 2 and m >= 512):
         return _wgr_tiles(256, stream_k=num_sms, direct=direct)
     t128 = _one_wave(triton.cdiv(n, 128) * triton.cdiv(m, 128), num_sms) and (
         short or (two_four and split == 2 and k <= 8192))

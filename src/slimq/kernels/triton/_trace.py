@@ -12,7 +12,7 @@ from __future__ import annotations
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-__all__ = ["stamp", "TRACE_SLOTS", "TRACE_UNITS", "unit_slot"]
+__all__ = ["stamp", "stamp_unit", "TRACE_SLOTS", "TRACE_UNITS", "unit_slot"]
 
 TRACE_SLOTS = 32
 _SLOTS = gl.constexpr(TRACE_SLOTS)
@@ -44,3 +44,10 @@ def stamp(trace_ptr, slot, TRACE: gl.constexpr):
         base = trace_ptr + gl.program_id(0) * _SLOTS
         gl.store(base + slot, _globaltimer(), mask=slot < _SLOTS - 1)
         gl.store(base + (_SLOTS - 1), _smid().to(gl.int64))
+
+
+@gluon.jit
+def stamp_unit(trace_ptr, u, which: gl.constexpr, TRACE: gl.constexpr):
+    """:func:`stamp` into unit ``u``'s entry ``which`` (:func:`unit_slot`: 0 K loop ended, 1 partials stored or
+    added, 2 tile written)."""
+    stamp(trace_ptr, 1 + 3 * u + which, TRACE)

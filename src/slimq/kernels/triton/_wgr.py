@@ -52,7 +52,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 
 from slimq.kernels.triton._dq16 import _half2
 from slimq.kernels.triton._h2 import _in_regs, _pair_asm
-from slimq.kernels.triton._trace import stamp
+from slimq.kernels.triton._trace import stamp, stamp_unit
 from slimq.kernels.triton._wgrn import nat_fragment, nat_rows, nat_words, smem_rows
 from slimq.kernels.triton._wgs import _acc_layout, _cta_barrier, _tma_load
 from slimq.kernels.triton._wgsk import _gdc_wait
@@ -584,10 +584,10 @@ def wgr_kernel(xd, pd0, vd0, sd0, zd0, pd1, vd1, sd1, zd1, pd2, vd2, sd2, zd2, T
         res = _consumer(xd, segs, tb, t0, n0, kb, kt, 0, bars, bars[0], smem, SEG_BITS, GS, BN, BT, STAGES, num_warps,
                         WS, False, NAT, perm_ptr, PERM_X)
     _ring_done(bars, SEG_BITS, STAGES)
-    stamp(trace_ptr, 1, TRACE)
-    stamp(trace_ptr, 2, TRACE)
+    stamp_unit(trace_ptr, 0, 0, TRACE)
+    stamp_unit(trace_ptr, 0, 1, TRACE)
     _store(res[0], n0, t0, ns, M, out_ptr, stride_om, acc_ptr, stride_am, bias_ptr, BN, BT, SPLIT, HAS_BIAS, num_warps)
-    stamp(trace_ptr, 3, TRACE)
+    stamp_unit(trace_ptr, 0, 2, TRACE)
 
 
 @gluon.jit

@@ -31,7 +31,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
-from slimq.kernels.triton._trace import stamp
+from slimq.kernels.triton._trace import stamp, stamp_unit
 from slimq.kernels.triton._wgr import WGR_BK, _consumer, _empty_done, _empty_ring, _issue, _ring, _ring_done, _store
 from slimq.kernels.triton._wgs import _acc_layout
 from slimq.kernels.triton._wgsk import _gdc_wait, _unit, _units, add_partials, put_partial, tile_of
@@ -110,17 +110,17 @@ def _sk_sums(xd, segs, tb, S, KT, n_r, M, out_ptr, stride_om, part_ptr, flag_ptr
         t, kb, ke, t0, n0 = _unit_tile(u, lo, hi, t_hi, KT, n_r, BN, BT)
         acc = _consumer(xd, segs, tb, t0, n0, kb, ke - kb, it, bars, empty, smem, SEG_BITS, GS, BN, BT, STAGES,
                         num_warps, True, True, NAT)[0]
-        stamp(trace_ptr, 1 + 3 * u, TRACE)
+        stamp_unit(trace_ptr, u, 0, TRACE)
         it += ke - kb
         offs = _slot_offsets(u, BN, BT, num_warps)  # made per unit, not live across the K loops
         if ke < KT:  # the tile's start or middle: a partial for the program that finishes it
             put_partial(acc, part_ptr, flag_ptr, offs, BN * BT)
-            stamp(trace_ptr, 2 + 3 * u, TRACE)
+            stamp_unit(trace_ptr, u, 1, TRACE)
         else:
             acc = add_partials(acc, t, KT, S, part_ptr, flag_ptr, offs, BN * BT)
-            stamp(trace_ptr, 2 + 3 * u, TRACE)
+            stamp_unit(trace_ptr, u, 1, TRACE)
             _store(acc, n0, t0, ns, M, out_ptr, stride_om, out_ptr, 0, bias_ptr, BN, BT, 1, HAS_BIAS, num_warps)
-        stamp(trace_ptr, 3 + 3 * u, TRACE)
+        stamp_unit(trace_ptr, u, 2, TRACE)
     return (it,)  # warp_specialize takes a tuple of results
 
 
